@@ -1,0 +1,58 @@
+# Every target installs what is missing first, so a fresh Debian 12 machine needs
+# nothing but `make demo` or `make test`. Re-running is cheap: packages already
+# present are skipped and the virtualenv is rebuilt only when pyproject.toml changes.
+
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEBIAN_PACKAGES := qemu-system-x86 busybox-static erofs-utils e2fsprogs python3-venv dpkg apt ca-certificates
+APT_UPDATED := /var/lib/apt/periodic/.hyper-apt-updated
+
+.PHONY: demo test lint typecheck unit integration system-deps venv bench clean
+
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/.installed: pyproject.toml | system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: system-deps $(BIN)/.installed
+
+demo: venv
+	$(BIN)/python scripts/build_busybox_image.py
+	$(BIN)/hyper info
+	$(BIN)/hyper run --rm localhost/busybox sh -c 'echo "hello from $$(uname -sr) in a VM"; cat /etc/os-release 2>/dev/null || true'
+
+lint: venv
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: venv
+	$(BIN)/pytest -q tests/integration
+
+test: lint typecheck
+	$(BIN)/pytest -q -rs tests
+
+bench: venv
+	$(BIN)/python bench/boot.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info test-results
