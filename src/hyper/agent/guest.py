@@ -1,0 +1,622 @@
+"""The guest agent: PID 1 inside every Hyper VM.
+
+Standard library only. At boot it loads the kernel modules the appliance
+lists, mounts the basics, and opens its virtio-serial port. Then it serves
+the host: mounts container roots, starts processes in them, streams their
+stdio as frames, forwards signals and window sizes, reaps every child (it is
+PID 1), reports exit statuses, and powers the VM off when told to.
+
+Output produced while the host is not connected is kept, up to
+OUTPUT_BUFFER_LIMIT bytes; past that the agent stops reading the processes'
+pipes, so they block instead of losing data.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import termios
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from hyper.agent import guest_container as containers
+from hyper.agent import guest_sys as sys_
+from hyper.agent.protocol import (
+    MAX_DATA_CHUNK,
+    PORT_NAME,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    FrameKind,
+    ProtocolError,
+    decode_message,
+    encode_frame,
+    encode_message,
+    require,
+)
+
+OUTPUT_BUFFER_LIMIT = 8 << 20
+RECONNECT_POLL_SECONDS = 0.05
+APPLIANCE_DIR = "/opt/hyper-agent"
+
+
+@dataclass
+class Process:
+    stream: int
+    shim_pid: int
+    init_pid: int
+    stdin_fd: int | None
+    tty_master: int | None
+    outputs: dict[int, FrameKind] = field(default_factory=dict)
+    stdin_buffer: bytearray = field(default_factory=bytearray)
+    stdin_eof: bool = False
+    status: int | None = None
+
+
+class Agent:
+    """Serves one host connection at a time over `channel_fd` until shutdown."""
+
+    def __init__(self, channel_fd: int, boot_log: list[str], *, reconnect: bool = True) -> None:
+        self.channel_fd = channel_fd
+        self.boot_log = boot_log
+        self.reconnect = reconnect
+        self.selector = selectors.DefaultSelector()
+        self.decoder = FrameDecoder()
+        self.outbound = bytearray()
+        self.connected = False
+        self.running = True
+        self.processes: dict[int, Process] = {}
+        self.by_shim: dict[int, Process] = {}
+        self.by_fd: dict[int, Process] = {}
+        self.containers: dict[str, containers.Container] = {}
+        self.layer_mounts: dict[str, str] = {}
+        self.other_mounts: list[str] = []
+        self.hostname = socket.gethostname()
+        self.etc_files: dict[str, str] = {}
+        self.output_paused = False
+        self._watched: dict[int, int] = {}
+        os.set_blocking(channel_fd, False)
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        self._watch(self._wakeup_r, selectors.EVENT_READ)
+
+    # -- selector bookkeeping -------------------------------------------------
+    def _watch(self, fd: int, events: int) -> None:
+        current = self._watched.get(fd, 0)
+        if events == current:
+            return
+        if events == 0:
+            self.selector.unregister(fd)
+            del self._watched[fd]
+        elif current == 0:
+            self.selector.register(fd, events)
+            self._watched[fd] = events
+        else:
+            self.selector.modify(fd, events)
+            self._watched[fd] = events
+
+    def _update_channel_watch(self) -> None:
+        if not self.connected:
+            self._watch(self.channel_fd, 0)
+            return
+        events = selectors.EVENT_READ
+        if self.outbound:
+            events |= selectors.EVENT_WRITE
+        self._watch(self.channel_fd, events)
+
+    def _update_output_watches(self) -> None:
+        paused = len(self.outbound) > OUTPUT_BUFFER_LIMIT
+        if paused == self.output_paused:
+            return
+        self.output_paused = paused
+        for fd in self.by_fd:
+            process = self.by_fd[fd]
+            if fd in process.outputs:
+                want = 0 if paused else selectors.EVENT_READ
+                extra = selectors.EVENT_WRITE if fd == process.tty_master and process.stdin_buffer else 0
+                self._watch(fd, want | extra)
+
+    # -- sending --------------------------------------------------------------
+    def send(self, message: dict[str, Any]) -> None:
+        self.outbound += encode_message(message)
+        self._after_queue()
+
+    def send_data(self, kind: FrameKind, stream: int, data: bytes) -> None:
+        self.outbound += encode_frame(kind, stream, data)
+        self._after_queue()
+
+    def _after_queue(self) -> None:
+        self._flush()
+        self._update_channel_watch()
+        self._update_output_watches()
+
+    def _flush(self) -> None:
+        while self.outbound and self.connected:
+            try:
+                written = os.write(self.channel_fd, self.outbound[:MAX_DATA_CHUNK * 4])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENODEV):
+                    self._disconnected()
+                    return
+                raise
+            del self.outbound[:written]
+
+    # -- connection -----------------------------------------------------------
+    def _disconnected(self) -> None:
+        self.connected = False
+        self.decoder = FrameDecoder()
+        self._update_channel_watch()
+        if not self.reconnect:
+            self.running = False
+
+    def _probe_connection(self) -> None:
+        """A virtio port reads EOF while no host is attached; poll until one is."""
+        try:
+            data = os.read(self.channel_fd, MAX_DATA_CHUNK)
+        except BlockingIOError:
+            self.connected = True
+            self._update_channel_watch()
+            return
+        if data:
+            self.connected = True
+            self._update_channel_watch()
+            self._receive(data)
+
+    def _on_channel_readable(self) -> None:
+        try:
+            data = os.read(self.channel_fd, MAX_DATA_CHUNK * 4)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._disconnected()
+            return
+        if not data:
+            self._disconnected()
+            return
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            for frame in self.decoder.feed(data):
+                if frame.kind == FrameKind.CONTROL:
+                    self._handle_message(decode_message(frame.payload))
+                elif frame.kind == FrameKind.STDIN:
+                    self._handle_stdin(frame.stream, frame.payload)
+                else:
+                    raise ProtocolError(f"host sent a {frame.kind.name} frame")
+        except ProtocolError as exc:
+            print(f"hyper-agent: dropping host connection: {exc}", file=sys.stderr)
+            self.outbound.clear()
+            self._disconnected()
+
+    # -- requests -------------------------------------------------------------
+    def _handle_message(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        request_id = message.get("id")
+        handler = getattr(self, f"_do_{kind}", None)
+        if handler is None:
+            self.send({"type": "response", "id": request_id, "ok": False, "error": f"unknown request {kind!r}"})
+            return
+        try:
+            reply = handler(message) or {}
+        except containers.StartError as exc:
+            self.send(
+                {
+                    "type": "response",
+                    "id": request_id,
+                    "ok": False,
+                    "error": exc.message,
+                    "stage": exc.stage,
+                    "errno": exc.errno,
+                }
+            )
+            return
+        except (OSError, ValueError, KeyError, ProtocolError) as exc:
+            self.send({"type": "response", "id": request_id, "ok": False, "error": f"{kind}: {exc}"})
+            return
+        self.send({"type": "response", "id": request_id, "ok": True, **reply})
+
+    def _do_hello(self, message: dict[str, Any]) -> dict[str, Any]:
+        version = require(message, "version", int)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(f"host speaks protocol {version}, agent speaks {PROTOCOL_VERSION}")
+        return {"version": PROTOCOL_VERSION, "kernel": os.uname().release, "log": self.boot_log}
+
+    def _do_setup(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.hostname = require(message, "hostname", str)
+        if os.getpid() == 1:
+            socket.sethostname(self.hostname)
+        etc = require(message, "etc_files", dict)
+        self.etc_files = {str(k): str(v) for k, v in etc.items() if k in ("hosts", "hostname", "resolv.conf")}
+        return {}
+
+    def _wait_for_disk(self, serial: str) -> str:
+        deadline = time.monotonic() + 10
+        while (device := sys_.find_disk(serial)) is None:
+            if time.monotonic() > deadline:
+                raise containers.StartError("mount", errno.ENODEV, f"no disk with serial {serial}")
+            time.sleep(0.01)
+        return device
+
+    def _do_mount_container(self, message: dict[str, Any]) -> dict[str, Any]:
+        container_id = require(message, "container", str)
+        if not container_id.isalnum() or container_id in self.containers:
+            raise ValueError(f"bad or duplicate container id {container_id!r}")
+        layer_dirs = []
+        for layer in require(message, "layers", list):
+            serial, fstype = str(layer["serial"]), str(layer["fstype"])
+            if serial not in self.layer_mounts:
+                target = f"{containers.RUN_ROOT}/layers/{serial}"
+                containers.mount_layer(self._wait_for_disk(serial), fstype, target)
+                self.layer_mounts[serial] = target
+            layer_dirs.append(self.layer_mounts[serial])
+        writable = require(message, "writable", dict)
+        target = f"{containers.RUN_ROOT}/writable/{container_id}"
+        os.makedirs(target, exist_ok=True)
+        options = str(writable.get("options", ""))
+        sys_.mount(self._wait_for_disk(str(writable["serial"])), target, str(writable["fstype"]), 0, options)
+        self.other_mounts.append(target)
+        self.containers[container_id] = containers.assemble_rootfs(
+            container_id, layer_dirs, target, self.etc_files
+        )
+        return {}
+
+    def _do_start(self, message: dict[str, Any]) -> dict[str, Any]:
+        stream = require(message, "process", int)
+        container = self.containers[require(message, "container", str)]
+        args = [str(a) for a in require(message, "args", list)]
+        if not args or stream in self.processes:
+            raise ValueError("start needs args and a new process id")
+        process = self._spawn(
+            stream,
+            container.rootfs,
+            args,
+            [str(e) for e in require(message, "env", list)],
+            str(message.get("cwd") or "/"),
+            str(message.get("user") or "0"),
+            bool(message.get("tty")),
+            bool(message.get("stdin")),
+            (int(message.get("rows") or 24), int(message.get("cols") or 80)),
+        )
+        return {"pid": process.init_pid}
+
+    def _do_signal(self, message: dict[str, Any]) -> dict[str, Any]:
+        process = self.processes.get(require(message, "process", int))
+        signum = require(message, "signal", int)
+        if process is not None and process.status is None and 0 < signum < signal.NSIG:
+            try:
+                os.kill(process.init_pid, signum)
+            except ProcessLookupError:
+                pass
+        return {}
+
+    def _do_resize(self, message: dict[str, Any]) -> dict[str, Any]:
+        process = self.processes.get(require(message, "process", int))
+        rows, cols = require(message, "rows", int), require(message, "cols", int)
+        if process is not None and process.tty_master is not None:
+            set_window_size(process.tty_master, rows, cols)
+        return {}
+
+    def _do_shutdown(self, message: dict[str, Any]) -> dict[str, Any]:
+        for process in self.processes.values():
+            if process.status is None:
+                try:
+                    os.kill(process.init_pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 5
+        while any(p.status is None for p in self.processes.values()) and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.01)
+        for container in self.containers.values():
+            containers.teardown(container)
+        for path in reversed(self.other_mounts + list(self.layer_mounts.values())):
+            try:
+                sys_.umount(path)
+            except OSError:
+                sys_.umount(path, sys_.MNT_DETACH)
+        os.sync()
+        self.running = False
+        return {}
+
+    # -- processes ------------------------------------------------------------
+    def _spawn(
+        self,
+        stream: int,
+        rootfs: str,
+        args: list[str],
+        env: list[str],
+        cwd: str,
+        user: str,
+        tty: bool,
+        want_stdin: bool,
+        size: tuple[int, int],
+    ) -> Process:
+        parent_fds: list[int] = []
+        child_fds: list[int] = []
+        tty_path = None
+        if tty:
+            master, slave = os.openpty()
+            set_window_size(master, *size)
+            tty_path = os.ttyname(slave)
+            parent_fds.append(master)
+            child_fds.append(slave)
+            stdio = None
+        else:
+            if want_stdin:
+                stdin_r, stdin_w = os.pipe()
+                parent_fds.append(stdin_w)
+            else:
+                stdin_r, stdin_w = os.open("/dev/null", os.O_RDONLY), -1
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            parent_fds += [out_r, err_r]
+            child_fds += [stdin_r, out_w, err_w]
+            stdio = (stdin_r, out_w, err_w)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+        shim = os.fork()
+        if shim == 0:
+            self._run_shim(rootfs, args, env, cwd, user, tty_path, stdio, [*child_fds, report_w, pid_w], report_w, pid_w)
+        for fd in (*child_fds, report_w, pid_w):
+            os.close(fd)
+        init_text = _read_all(pid_r)
+        failure = _read_all(report_r)
+        if failure or not init_text.isdigit():
+            for fd in parent_fds:
+                os.close(fd)
+            self.by_shim[shim] = Process(stream, shim, 0, None, None, status=-1)
+            if failure:
+                raise containers.parse_start_error(failure)
+            raise containers.StartError("setup", 0, "the process could not be started")
+        process = Process(stream, shim, int(init_text), None, None)
+        if tty:
+            process.tty_master = parent_fds[0]
+            process.outputs[parent_fds[0]] = FrameKind.STDOUT
+        else:
+            process.stdin_fd = stdin_w if want_stdin else None
+            process.outputs[parent_fds[-2]] = FrameKind.STDOUT
+            process.outputs[parent_fds[-1]] = FrameKind.STDERR
+        for fd in parent_fds:
+            os.set_blocking(fd, False)
+            self.by_fd[fd] = process
+        for fd in process.outputs:
+            self._watch(fd, 0 if self.output_paused else selectors.EVENT_READ)
+        self.processes[stream] = process
+        self.by_shim[shim] = process
+        return process
+
+    def _run_shim(
+        self,
+        rootfs: str,
+        args: list[str],
+        env: list[str],
+        cwd: str,
+        user: str,
+        tty_path: str | None,
+        stdio: tuple[int, int, int] | None,
+        keep: list[int],
+        report_w: int,
+        pid_w: int,
+    ) -> None:
+        """The forked shim: enters new namespaces, forks the container's PID 1, relays its status."""
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for fd in _open_fds():
+                if fd > 2 and fd not in keep:
+                    os.close(fd)
+            sys_.unshare(sys_.CLONE_NEWNS | sys_.CLONE_NEWPID)
+            init = os.fork()
+            if init == 0:
+                if stdio is not None:
+                    for target, fd in enumerate(stdio):
+                        os.dup2(fd, target)
+                os.close(pid_w)
+                containers.exec_in_container(rootfs, args, env, cwd, user, self.hostname, tty_path, report_w)
+            os.write(pid_w, str(init).encode())
+            for fd in keep:
+                os.close(fd)
+            os.closerange(0, 3)
+            _, status = os.waitpid(init, 0)
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
+        except BaseException:
+            os._exit(125)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            process = self.by_shim.pop(pid, None)
+            if process is None or process.status == -1:
+                continue  # an orphan reparented to PID 1, or a start that failed
+            code = os.waitstatus_to_exitcode(status)
+            process.status = code if code >= 0 else 128 - code
+            self._maybe_report_exit(process)
+
+    def _maybe_report_exit(self, process: Process) -> None:
+        if process.status is None or process.outputs:
+            return
+        if process.stdin_fd is not None:
+            self._close_fd(process.stdin_fd)
+            process.stdin_fd = None
+        self.processes.pop(process.stream, None)
+        self.send({"type": "exited", "process": process.stream, "status": process.status})
+
+    def _close_fd(self, fd: int) -> None:
+        self._watch(fd, 0)
+        self.by_fd.pop(fd, None)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def _on_output(self, fd: int) -> None:
+        process = self.by_fd[fd]
+        try:
+            data = os.read(fd, MAX_DATA_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EIO:  # EIO: the last holder of a pty's other end closed it
+                raise
+            data = b""
+        kind = process.outputs[fd]
+        if data:
+            self.send_data(kind, process.stream, data)
+            return
+        del process.outputs[fd]
+        if fd == process.tty_master:
+            process.tty_master = None
+        self._close_fd(fd)
+        self._maybe_report_exit(process)
+
+    def _handle_stdin(self, stream: int, data: bytes) -> None:
+        process = self.processes.get(stream)
+        if process is None:
+            return
+        target = process.tty_master if process.tty_master is not None else process.stdin_fd
+        if target is None:
+            return
+        if not data:
+            process.stdin_eof = True
+        process.stdin_buffer += data
+        self._pump_stdin(process)
+
+    def _pump_stdin(self, process: Process) -> None:
+        target = process.tty_master if process.tty_master is not None else process.stdin_fd
+        if target is None:
+            return
+        while process.stdin_buffer:
+            try:
+                written = os.write(target, process.stdin_buffer[:MAX_DATA_CHUNK])
+            except BlockingIOError:
+                break
+            except OSError:
+                process.stdin_buffer.clear()  # the reader is gone
+                break
+            del process.stdin_buffer[:written]
+        reading = selectors.EVENT_READ if target in process.outputs and not self.output_paused else 0
+        if process.stdin_buffer:
+            self._watch(target, reading | selectors.EVENT_WRITE)
+        elif process.stdin_eof and target == process.stdin_fd:
+            self._close_fd(target)
+            process.stdin_fd = None
+        else:
+            self._watch(target, reading)
+
+    # -- loop -----------------------------------------------------------------
+    def run(self) -> None:
+        if not self.connected:
+            self._probe_connection()
+        while self.running:
+            timeout = None if self.connected else RECONNECT_POLL_SECONDS
+            for key, events in self.selector.select(timeout):
+                fd = int(key.fd)
+                if fd == self._wakeup_r:
+                    _drain(fd)
+                    self._reap()
+                elif fd == self.channel_fd:
+                    if events & selectors.EVENT_READ:
+                        self._on_channel_readable()
+                    if events & selectors.EVENT_WRITE and self.connected:
+                        self._flush()
+                        self._update_channel_watch()
+                        self._update_output_watches()
+                elif fd in self.by_fd:
+                    process = self.by_fd[fd]
+                    if events & selectors.EVENT_WRITE:
+                        self._pump_stdin(process)
+                    if events & selectors.EVENT_READ and fd in self.by_fd:
+                        self._on_output(fd)
+                if not self.running:
+                    break
+            if not self.connected and self.running:
+                self._probe_connection()
+        self._flush_before_exit()
+
+    def _flush_before_exit(self) -> None:
+        deadline = time.monotonic() + 2
+        while self.outbound and self.connected and time.monotonic() < deadline:
+            self._flush()
+            if self.outbound:
+                time.sleep(0.005)
+
+
+def set_window_size(fd: int, rows: int, cols: int) -> None:
+    rows, cols = max(1, min(rows, 0xFFFF)), max(1, min(cols, 0xFFFF))
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    try:
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _open_fds() -> list[int]:
+    return [int(name) for name in os.listdir("/proc/self/fd")]
+
+
+def boot() -> tuple[int, list[str]]:
+    """Everything PID 1 does before it can serve: mounts, modules, the channel."""
+    log: list[str] = []
+    sys_.mount_basics()
+    with open("/proc/cmdline") as f:
+        cmdline = f.read()
+    try:
+        with open(f"{APPLIANCE_DIR}/modules.list") as f:
+            sys_.load_modules(f.read(), cmdline, log)
+    except FileNotFoundError:
+        log.append("no modules.list: using the kernel's built-in drivers")
+    try:
+        sys_.bring_up_loopback()
+    except OSError as exc:
+        log.append(f"loopback not configured: {exc}")
+    deadline = time.monotonic() + 10
+    while (port := sys_.find_port(PORT_NAME)) is None or not os.path.exists(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"virtio-serial port {PORT_NAME} did not appear")
+        time.sleep(0.005)
+    return os.open(port, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC), log
+
+
+def main() -> None:
+    """PID 1's entry point. It never returns: the VM powers off at the end."""
+    try:
+        channel, log = boot()
+        Agent(channel, log).run()
+    except BaseException:
+        traceback.print_exc()
+        print("hyper-agent: fatal error, powering off", file=sys.stderr)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys_.power_off()

@@ -1,0 +1,310 @@
+"""Inside the guest: assemble a container's root and start its processes.
+
+Standard library only. A container's root is an overlay of read-only layer
+disks under a writable upper directory on its own disk, with /proc, /sys,
+/dev and the /etc files a container expects. Each process gets its own mount
+and PID namespace (the first process is PID 1 of its container, as in
+Docker), is chrooted into the container's root the way runc does without
+pivot_root (the guest's own root is an initramfs, which cannot be pivoted),
+and runs as the requested user.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from dataclasses import dataclass, field
+
+from hyper.agent import guest_sys as sys_
+from hyper.agent.guest_sys import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+RUN_ROOT = "/run/hyper"
+# Character devices every container gets in its /dev: (name, major, minor).
+DEVICE_NODES = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
+DEV_SYMLINKS = (
+    ("ptmx", "pts/ptmx"),
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+)
+
+
+class StartError(Exception):
+    """A process could not be started; `stage` says where, `errno` why."""
+
+    def __init__(self, stage: str, code: int, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.errno = code
+        self.message = message
+
+
+@dataclass
+class Container:
+    id: str
+    rootfs: str
+    mounts: list[str] = field(default_factory=list)  # mounted paths, in mount order
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+def _no_symlinks_under(root: str, relative: str) -> str:
+    """Join `relative` under `root`, refusing a symlink anywhere on the way.
+
+    The image is the tenant's and may hold a symlink such as /dev -> /; the
+    agent must never mount through it onto its own tree.
+    """
+    path = root
+    for part in [p for p in relative.split("/") if p not in ("", ".")]:
+        if part == "..":
+            raise StartError("mount", 22, f"path {relative!r} leaves the container root")
+        path = os.path.join(path, part)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode):
+            raise StartError("mount", 40, f"/{relative} is a symlink in the image; cannot mount there")
+    return path
+
+
+def _ensure_dir(root: str, relative: str) -> str:
+    path = _no_symlinks_under(root, relative)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _ensure_file(root: str, relative: str) -> str:
+    path = _no_symlinks_under(root, relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.exists(path):
+        with open(path, "a"):
+            pass
+    return path
+
+
+def mount_layer(device: str, fstype: str, target: str) -> None:
+    os.makedirs(target, exist_ok=True)
+    sys_.mount(device, target, fstype, MS_RDONLY)
+
+
+def assemble_rootfs(
+    container_id: str,
+    layer_dirs: list[str],
+    writable_dir: str,
+    etc_files: dict[str, str],
+) -> Container:
+    """Overlay the layers (bottom → top) under the writable dir; add /dev, /sys, /etc files."""
+    base = f"{RUN_ROOT}/containers/{container_id}"
+    rootfs = f"{base}/rootfs"
+    upper, work = f"{writable_dir}/upper", f"{writable_dir}/work"
+    for path in (rootfs, upper, work, f"{base}/etc"):
+        os.makedirs(path, exist_ok=True)
+    container = Container(container_id, rootfs)
+    lower = ":".join(reversed(layer_dirs))  # overlayfs lists the top layer first
+    sys_.mount("overlay", rootfs, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+    container.mounts.append(rootfs)
+
+    sysfs = _ensure_dir(rootfs, "sys")
+    sys_.mount("sysfs", sysfs, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    container.mounts.append(sysfs)
+    _ensure_dir(rootfs, "proc")  # mounted by each process, inside its PID namespace
+
+    dev = _ensure_dir(rootfs, "dev")
+    sys_.mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
+    container.mounts.append(dev)
+    for name, major, minor in DEVICE_NODES:
+        os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(f"{dev}/{name}", 0o666)
+    for name, target in DEV_SYMLINKS:
+        os.symlink(target, f"{dev}/{name}")
+    for sub in ("pts", "shm"):
+        os.makedirs(f"{dev}/{sub}")
+    sys_.mount("/dev/pts", f"{dev}/pts", None, sys_.MS_BIND)
+    container.mounts.append(f"{dev}/pts")
+    sys_.mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    container.mounts.append(f"{dev}/shm")
+
+    for name, content in etc_files.items():
+        source = f"{base}/etc/{name}"
+        with open(source, "w") as f:
+            f.write(content)
+        target = _ensure_file(rootfs, f"etc/{name}")
+        sys_.mount(source, target, None, sys_.MS_BIND)
+        container.mounts.append(target)
+    return container
+
+
+def teardown(container: Container) -> None:
+    for path in reversed(container.mounts):
+        try:
+            sys_.umount(path)
+        except OSError:
+            sys_.umount(path, sys_.MNT_DETACH)
+    container.mounts.clear()
+
+
+def _read_table(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+    except FileNotFoundError:
+        return []
+
+
+def resolve_identity(user: str, passwd_path: str, group_path: str) -> Identity:
+    """Docker's `-u` forms: name, uid, name:group, uid:gid, against the image's files."""
+    name, _, group = user.partition(":")
+    name = name or "0"
+    passwd = [row for row in _read_table(passwd_path) if len(row) >= 7]
+    groups = [row for row in _read_table(group_path) if len(row) >= 4]
+    entry = next((row for row in passwd if row[0] == name), None)
+    if entry is None and name.isdigit():
+        entry = next((row for row in passwd if row[2] == name), None)
+    if entry is not None:
+        uid, gid, home, login = int(entry[2]), int(entry[3]), entry[5] or "/", entry[0]
+    elif name.isdigit():
+        uid, gid, home, login = int(name), 0, "/", ""
+    else:
+        raise StartError("user", 22, f"unable to find user {name}: no matching entries in passwd file")
+    if group:
+        match = next((row for row in groups if row[0] == group), None)
+        if match is not None:
+            gid = int(match[2])
+        elif group.isdigit():
+            gid = int(group)
+        else:
+            raise StartError("user", 22, f"unable to find group {group}: no matching entries in group file")
+    extra = tuple(
+        int(row[2])
+        for row in groups
+        if login and login in row[3].split(",") and row[2].isdigit() and int(row[2]) != gid
+    )
+    return Identity(uid, gid, extra, home)
+
+
+def complete_env(env: list[str], identity: Identity, hostname: str, tty: bool) -> list[str]:
+    """Docker's defaults for what the image and the user left unset."""
+    names = {item.partition("=")[0] for item in env}
+    result = list(env)
+    if "PATH" not in names:
+        result.insert(0, f"PATH={DEFAULT_PATH}")
+    if "HOSTNAME" not in names:
+        result.append(f"HOSTNAME={hostname}")
+    if "HOME" not in names:
+        result.append(f"HOME={identity.home}")
+    if tty and "TERM" not in names:
+        result.append("TERM=xterm")
+    return result
+
+
+def env_dict(env: list[str]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in env:
+        key, _, value = item.partition("=")
+        result[key] = value
+    return result
+
+
+def exec_in_container(
+    rootfs: str,
+    args: list[str],
+    env: list[str],
+    cwd: str,
+    user: str,
+    hostname: str,
+    tty_path: str | None,
+    error_fd: int,
+) -> None:
+    """Runs in the forked child that is PID 1 of the new namespaces; never returns.
+
+    Any failure is written to `error_fd` as `stage\\0errno\\0message` before exiting,
+    so that the agent can answer with Docker's 126 or 127.
+    """
+    stage = "setup"
+    try:
+        for signum in range(1, signal.NSIG):
+            if signum not in (signal.SIGKILL, signal.SIGSTOP):
+                try:
+                    signal.signal(signum, signal.SIG_DFL)
+                except (OSError, ValueError):
+                    pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        os.setsid()
+        if tty_path is not None:
+            import fcntl
+            import termios
+
+            fd = os.open(tty_path, os.O_RDWR)
+            fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+            for target in (0, 1, 2):
+                os.dup2(fd, target)
+            if fd > 2:
+                os.close(fd)
+        stage = "mount"
+        sys_.mount(None, "/", None, sys_.MS_REC | sys_.MS_PRIVATE)
+        sys_.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        os.chdir(rootfs)
+        sys_.mount(rootfs, "/", None, sys_.MS_MOVE)
+        os.chroot(".")
+        stage = "user"
+        identity = resolve_identity(user, "/etc/passwd", "/etc/group")
+        full_env = complete_env(env, identity, hostname, tty_path is not None)
+        stage = "cwd"
+        if cwd:
+            os.makedirs(cwd, exist_ok=True)
+        os.chdir(cwd or "/")
+        stage = "user"
+        os.setgroups(list(identity.groups))
+        os.setgid(identity.gid)
+        os.setuid(identity.uid)
+        os.closerange(3, error_fd)
+        os.closerange(error_fd + 1, 65536)
+        stage = "exec"
+        os.execvpe(args[0], args, env_dict(full_env))
+    except StartError as exc:
+        _report(error_fd, exc.stage, exc.errno, exc.message)
+    except OSError as exc:
+        _report(error_fd, stage, exc.errno or 0, _describe(stage, args, exc))
+    except BaseException as exc:
+        _report(error_fd, stage, 0, f"{type(exc).__name__}: {exc}")
+    os._exit(127)
+
+
+def _describe(stage: str, args: list[str], exc: OSError) -> str:
+    if stage == "exec":
+        import errno
+
+        if exc.errno == errno.ENOENT and "/" not in args[0]:
+            return f'exec: "{args[0]}": executable file not found in $PATH'
+        return f'exec: "{args[0]}": {exc.strerror}'
+    return f"{stage}: {exc.strerror or exc}"
+
+
+def _report(fd: int, stage: str, code: int, message: str) -> None:
+    try:
+        os.write(fd, f"{stage}\0{code}\0{message}".encode()[:4000])
+    except OSError:
+        pass
+
+
+def parse_start_error(data: bytes) -> StartError:
+    stage, _, rest = data.decode(errors="replace").partition("\0")
+    code, _, message = rest.partition("\0")
+    return StartError(stage, int(code) if code.isdigit() else 0, message)

@@ -1,0 +1,210 @@
+"""The host's side of the agent channel.
+
+Everything that arrives from the guest is treated as hostile: frames are
+bounded by the decoder, messages are type-checked, every wait has a timeout,
+and the first malformed frame closes the channel and fails whatever was
+waiting on it with AgentConnectionLost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hyper.agent.protocol import (
+    MAX_DATA_CHUNK,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    FrameKind,
+    ProtocolError,
+    decode_message,
+    encode_frame,
+    encode_message,
+    require,
+)
+from hyper.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+
+OUTPUT_QUEUE_FRAMES = 256
+
+
+class AgentConnectionLost(Unavailable):
+    """The channel to the guest closed, or the guest broke the protocol."""
+
+
+class AgentRequestError(FailedPrecondition):
+    """The agent refused or failed a request; `stage` and `errno` say where and why."""
+
+    def __init__(self, message: str, *, stage: str | None, errno: int | None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.errno = errno
+
+
+@dataclass
+class ProcessChannel:
+    """Output and exit status of one process in the guest."""
+
+    stream: int
+    output: asyncio.Queue[tuple[FrameKind, bytes] | None] = field(
+        default_factory=lambda: asyncio.Queue(OUTPUT_QUEUE_FRAMES)
+    )
+    exit_status: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class AgentClient:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._processes: dict[int, ProcessChannel] = {}
+        self._failure: AgentConnectionLost | None = None
+        self._read_task = asyncio.create_task(self._read_loop(), name="agent-reader")
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, socket_path: Path, timeout: float) -> AgentClient:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(socket_path), limit=4 * MAX_DATA_CHUNK), timeout
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise AgentConnectionLost(f"cannot connect to the agent socket {socket_path}: {exc}") from exc
+        return cls(reader, writer)
+
+    # -- receiving ------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        decoder = FrameDecoder()
+        try:
+            while True:
+                data = await self._reader.read(4 * MAX_DATA_CHUNK)
+                if not data:
+                    raise AgentConnectionLost("the guest closed the agent channel")
+                for frame in decoder.feed(data):
+                    await self._dispatch(frame.kind, frame.stream, frame.payload)
+        except ProtocolError as exc:
+            self._fail(AgentConnectionLost(f"the guest agent broke the protocol: {exc}"))
+        except AgentConnectionLost as exc:
+            self._fail(exc)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self._fail(AgentConnectionLost(f"the agent channel failed: {exc}"))
+        finally:
+            self._writer.close()
+
+    async def _dispatch(self, kind: FrameKind, stream: int, payload: bytes) -> None:
+        if kind in (FrameKind.STDOUT, FrameKind.STDERR):
+            process = self._processes.get(stream)
+            if process is not None and payload:
+                await process.output.put((kind, payload))
+            return
+        if kind is not FrameKind.CONTROL:
+            raise ProtocolError(f"the guest sent a {kind.name} frame")
+        message = decode_message(payload)
+        if message["type"] == "response":
+            request_id = require(message, "id", int)
+            future = self._pending.pop(request_id, None)
+            if future is None:
+                raise ProtocolError(f"response to unknown request {request_id}")
+            if not future.done():
+                future.set_result(message)
+        elif message["type"] == "exited":
+            stream = require(message, "process", int)
+            status = require(message, "status", int)
+            if not 0 <= status <= 255:
+                raise ProtocolError(f"exit status {status} out of range")
+            exited = self._processes.pop(stream, None)
+            if exited is not None:
+                await exited.output.put(None)
+                if not exited.exit_status.done():
+                    exited.exit_status.set_result(status)
+        else:
+            raise ProtocolError(f"unexpected message {message['type']!r}")
+
+    def _fail(self, error: AgentConnectionLost) -> None:
+        if self._failure is None:
+            self._failure = error
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        for process in self._processes.values():
+            with contextlib.suppress(asyncio.QueueFull):
+                process.output.put_nowait(None)
+            if not process.exit_status.done():
+                process.exit_status.set_exception(error)
+                process.exit_status.exception()  # retrieved: the runtime reports the cause once
+        self._processes.clear()
+
+    # -- sending --------------------------------------------------------------
+    async def _send(self, data: bytes) -> None:
+        if self._failure is not None:
+            raise self._failure
+        async with self._write_lock:
+            try:
+                self._writer.write(data)
+                await asyncio.wait_for(self._writer.drain(), 30)
+            except (OSError, asyncio.TimeoutError) as exc:
+                error = AgentConnectionLost(f"cannot write to the agent: {exc}")
+                self._fail(error)
+                raise error from exc
+
+    async def request(self, kind: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        """Send a request and wait for its response; raise AgentRequestError on refusal."""
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self._send(encode_message({"type": kind, "id": request_id, **fields}))
+            reply = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"the guest agent did not answer {kind!r} within {timeout:.0f}s") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if reply.get("ok") is not True:
+            stage, errno = reply.get("stage"), reply.get("errno")
+            raise AgentRequestError(
+                str(reply.get("error") or f"{kind} failed")[:2000],
+                stage=stage if isinstance(stage, str) else None,
+                errno=errno if isinstance(errno, int) else None,
+            )
+        return reply
+
+    async def hello(self, timeout: float) -> dict[str, Any]:
+        reply = await self.request("hello", timeout, version=PROTOCOL_VERSION)
+        if reply.get("version") != PROTOCOL_VERSION:
+            raise AgentConnectionLost(
+                f"the guest agent speaks protocol {reply.get('version')!r}, the host {PROTOCOL_VERSION}",
+                hint="the appliance is stale; remove Hyper's cache directory to rebuild it",
+            )
+        return reply
+
+    def open_process(self, stream: int) -> ProcessChannel:
+        """Register a process before it is started, so no output can be missed."""
+        channel = ProcessChannel(stream)
+        self._processes[stream] = channel
+        return channel
+
+    async def write_stdin(self, stream: int, data: bytes) -> None:
+        for start in range(0, len(data), MAX_DATA_CHUNK):
+            await self._send(encode_frame(FrameKind.STDIN, stream, data[start : start + MAX_DATA_CHUNK]))
+
+    async def close_stdin(self, stream: int) -> None:
+        await self._send(encode_frame(FrameKind.STDIN, stream, b""))
+
+    @property
+    def failure(self) -> AgentConnectionLost | None:
+        return self._failure
+
+    async def close(self) -> None:
+        self._read_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._read_task
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()

@@ -1,0 +1,125 @@
+"""The wire protocol between the host and the guest agent, shared by both sides.
+
+Standard library only: the guest imports this module as it is.
+
+A frame is a fixed header followed by a payload:
+
+    kind: u8 | stream: u32 | length: u32 | payload: length bytes
+
+`kind` is CONTROL (payload: one JSON object with a string "type") or one of
+the stdio kinds (payload: raw bytes of process `stream`; an empty payload is
+end-of-file). Every frame is bounded by MAX_PAYLOAD, and the decoder rejects
+anything malformed with ProtocolError: the host treats the guest as hostile
+and closes the channel on the first bad frame.
+
+The first exchange is a hello in each direction carrying PROTOCOL_VERSION;
+a mismatch ends the connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from typing import Any
+
+PROTOCOL_VERSION = 1
+PORT_NAME = "org.hyper.agent.0"
+HEADER = struct.Struct(">BII")
+MAX_PAYLOAD = 1 << 20
+# Stdio payloads are cut well under the bound so that control frames are never
+# stuck behind a very long data frame.
+MAX_DATA_CHUNK = 64 * 1024
+
+
+class FrameKind(enum.IntEnum):
+    CONTROL = 1
+    STDIN = 2
+    STDOUT = 3
+    STDERR = 4
+
+
+class ProtocolError(Exception):
+    """The peer sent something this protocol does not allow."""
+
+
+class Frame:
+    __slots__ = ("kind", "payload", "stream")
+
+    def __init__(self, kind: FrameKind, stream: int, payload: bytes) -> None:
+        self.kind = kind
+        self.stream = stream
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Frame({self.kind.name}, stream={self.stream}, {len(self.payload)} bytes)"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Frame)
+            and (self.kind, self.stream, self.payload) == (other.kind, other.stream, other.payload)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.stream, self.payload))
+
+
+def encode_frame(kind: FrameKind, stream: int, payload: bytes) -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    if not 0 <= stream <= 0xFFFFFFFF:
+        raise ProtocolError(f"stream id {stream} out of range")
+    return HEADER.pack(int(kind), stream, len(payload)) + payload
+
+
+def encode_message(message: dict[str, Any], stream: int = 0) -> bytes:
+    payload = json.dumps(message, separators=(",", ":")).encode()
+    return encode_frame(FrameKind.CONTROL, stream, payload)
+
+
+def decode_message(payload: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"control frame is not valid JSON: {exc}") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("control frame is not an object with a string 'type'")
+    return message
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes as they arrive, take whole frames out."""
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        self._buffer = bytearray()
+        self._max_payload = max_payload
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buffer += data
+        frames: list[Frame] = []
+        while len(self._buffer) >= HEADER.size:
+            kind_value, stream, length = HEADER.unpack_from(self._buffer)
+            try:
+                kind = FrameKind(kind_value)
+            except ValueError:
+                raise ProtocolError(f"unknown frame kind {kind_value}") from None
+            if length > self._max_payload:
+                raise ProtocolError(f"frame of {length} bytes exceeds {self._max_payload}")
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            frames.append(Frame(kind, stream, bytes(self._buffer[HEADER.size : end])))
+            del self._buffer[:end]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+
+def require(message: dict[str, Any], key: str, kind: type) -> Any:
+    """Fetch a field of a decoded message, checking its type (bool is not int)."""
+    value = message.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"message {message.get('type')!r} needs {key!r} of type {kind.__name__}")
+    return value

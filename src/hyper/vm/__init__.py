@@ -1,0 +1,1 @@
+"""Everything about the virtual machine: guest kernel, appliance, accelerator, hypervisor driver."""

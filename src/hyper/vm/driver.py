@@ -1,0 +1,94 @@
+"""The narrow interface every hypervisor driver implements, and the VM's description.
+
+A `VmSpec` is a pure description (frozen); a driver turns it into a running
+VM. Only QEMU is implemented: Cloud Hypervisor or Firecracker would be added
+behind the same protocol once their binaries are at hand to test.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from hyper.vm.accel import Accel
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    path: Path
+    serial: str  # how the guest finds it: /sys/block/*/serial
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    accel: Accel
+    memory_mib: int
+    cpus: int
+    run_dir: Path  # sockets, console log and pid file of this VM
+    disks: tuple[DiskSpec, ...] = ()
+
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / "console.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.run_dir / "qmp.sock"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.run_dir / "agent.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "qemu.pid"
+
+
+class VmState(enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+# Which state may follow which; a method called in another state raises.
+VM_TRANSITIONS: dict[VmState, frozenset[VmState]] = {
+    VmState.CREATED: frozenset({VmState.STARTING, VmState.STOPPED}),
+    VmState.STARTING: frozenset({VmState.RUNNING, VmState.STOPPING, VmState.STOPPED}),
+    VmState.RUNNING: frozenset({VmState.STOPPING, VmState.STOPPED}),
+    VmState.STOPPING: frozenset({VmState.STOPPED}),
+    VmState.STOPPED: frozenset(),
+}
+
+
+class VmDriver(Protocol):
+    """What the runtime needs of a hypervisor."""
+
+    @property
+    def spec(self) -> VmSpec: ...
+
+    @property
+    def state(self) -> VmState: ...
+
+    async def start(self) -> None:
+        """Boot the VM; raise VmStartError (with command, status and console tail) on failure."""
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        """The hypervisor's exit status once it has exited, or None after `timeout` seconds."""
+
+    async def stop(self, timeout: float) -> None:
+        """Ask the VM to power off, then kill it if it has not within `timeout` seconds."""
+
+    async def kill(self) -> None:
+        """End the hypervisor process now. Idempotent."""
+
+    async def close(self) -> None:
+        """Kill if still running and release sockets and files. Idempotent."""

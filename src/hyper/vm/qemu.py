@@ -1,0 +1,268 @@
+"""QEMU as Hyper's hypervisor: a pure command-line builder and the driver that runs it.
+
+The VM is a `microvm` machine (virtio-mmio, no firmware, no PCI) booting the
+kernel directly. QEMU is controlled over QMP with the `qemu.qmp` library; the
+agent speaks over a virtio-serial port backed by a unix socket on which QEMU
+listens, so the host can connect (and, later, reconnect) at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+from qemu.qmp import QMPClient
+
+from hyper.agent.protocol import PORT_NAME
+from hyper.errors import FailedPrecondition, HyperError, Unavailable
+from hyper.vm.accel import Accel
+from hyper.vm.driver import VM_TRANSITIONS, VmSpec, VmState
+
+QEMU_BINARY = "qemu-system-x86_64"
+CONSOLE_TAIL_BYTES = 3000
+QMP_CONNECT_TIMEOUT = 30.0
+# qemu.qmp logs every failed connection attempt at ERROR; we retry on purpose.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+
+class VmStartError(Unavailable):
+    """QEMU did not start, or stopped before the guest was ready."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: list[str],
+        exit_status: int | None,
+        console_tail: str,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.command = command
+        self.exit_status = exit_status
+        self.console_tail = console_tail
+
+
+def _escape(value: str | Path) -> str:
+    """QEMU option values escape a comma by doubling it."""
+    return str(value).replace(",", ",,")
+
+
+def build_command(spec: VmSpec, binary: str = QEMU_BINARY) -> list[str]:
+    """The full QEMU command line for `spec`. Pure: no file or process is touched."""
+    command = [
+        binary,
+        "-name",
+        f"hyper-{spec.name}",
+        "-M",
+        "microvm",
+        "-accel",
+        spec.accel.value,
+        "-m",
+        f"{spec.memory_mib}M",
+        "-smp",
+        str(spec.cpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        str(spec.kernel),
+        "-initrd",
+        str(spec.initrd),
+        "-append",
+        spec.cmdline,
+        "-chardev",
+        f"file,id=console,path={_escape(spec.console_log)}",
+        "-serial",
+        "chardev:console",
+        "-chardev",
+        f"socket,id=qmp,path={_escape(spec.qmp_socket)},server=on,wait=off",
+        "-mon",
+        "chardev=qmp,mode=control",
+        "-device",
+        "virtio-serial-device,max_ports=2",
+        "-chardev",
+        f"socket,id=agent,path={_escape(spec.agent_socket)},server=on,wait=off",
+        "-device",
+        f"virtserialport,chardev=agent,name={PORT_NAME}",
+        "-pidfile",
+        str(spec.pid_file),
+    ]
+    if spec.accel is Accel.KVM:
+        command += ["-cpu", "host"]
+    for index, disk in enumerate(spec.disks):
+        drive = [
+            f"id=disk{index}",
+            f"file={_escape(disk.path)}",
+            "format=raw",
+            "if=none",
+            "readonly=on" if disk.read_only else "readonly=off",
+            # Read-only layers go through the host page cache, shared by every VM.
+            "cache=writeback",
+        ]
+        command += ["-drive", ",".join(drive)]
+        command += ["-device", f"virtio-blk-device,drive=disk{index},serial={_escape(disk.serial)}"]
+    return command
+
+
+def console_tail(path: Path, limit: int = CONSOLE_TAIL_BYTES) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class QemuDriver:
+    """Runs one VM as a QEMU process in its own session (so a Ctrl-C meant for
+    the container does not kill the VM), with QMP for control."""
+
+    def __init__(self, spec: VmSpec, binary: str = QEMU_BINARY) -> None:
+        self._spec = spec
+        self._binary = binary
+        self._state = VmState.CREATED
+        self._process: asyncio.subprocess.Process | None = None
+        self._qmp: QMPClient | None = None
+        self.command = build_command(spec, binary)
+
+    @property
+    def spec(self) -> VmSpec:
+        return self._spec
+
+    @property
+    def state(self) -> VmState:
+        return self._state
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def _move(self, new: VmState) -> None:
+        if new not in VM_TRANSITIONS[self._state]:
+            raise FailedPrecondition(f"VM {self._spec.name} cannot go from {self._state.value} to {new.value}")
+        self._state = new
+
+    def start_error(self, message: str, hint: str | None = None) -> VmStartError:
+        status = self._process.returncode if self._process else None
+        tail = console_tail(self._spec.console_log)
+        qemu_log = console_tail(self._spec.run_dir / "qemu.log", 1000).strip()
+        details = f"{message}"
+        if status is not None:
+            details += f" (QEMU exit status {status})"
+        if qemu_log:
+            details += f"\nQEMU said: {qemu_log}"
+        return VmStartError(
+            details,
+            command=self.command,
+            exit_status=status,
+            console_tail=tail,
+            hint=hint or f"the console log is {self._spec.console_log}",
+        )
+
+    async def start(self) -> None:
+        self._move(VmState.STARTING)
+        self._spec.run_dir.mkdir(parents=True, exist_ok=True)
+        log = (self._spec.run_dir / "qemu.log").open("wb")
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            self._state = VmState.STOPPED
+            raise VmStartError(
+                f"{self._binary} is not installed",
+                command=self.command,
+                exit_status=None,
+                console_tail="",
+                hint="install Debian's qemu-system-x86 (make demo does it)",
+            ) from exc
+        finally:
+            log.close()
+        try:
+            self._qmp = await self._connect_qmp()
+        except BaseException:
+            await self.close()
+            raise
+        self._move(VmState.RUNNING)
+
+    async def _connect_qmp(self) -> QMPClient:
+        assert self._process is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + QMP_CONNECT_TIMEOUT
+        while True:
+            if self._process.returncode is not None:
+                raise self.start_error("QEMU exited while starting")
+            if self._spec.qmp_socket.exists():
+                client = QMPClient(f"hyper-{self._spec.name}")
+                try:
+                    await asyncio.wait_for(client.connect(str(self._spec.qmp_socket)), 5)
+                    return client
+                except (OSError, asyncio.TimeoutError, HyperError, Exception) as exc:
+                    with contextlib.suppress(Exception):
+                        await client.disconnect()
+                    if loop.time() > deadline:
+                        raise self.start_error(f"QMP did not answer: {exc}") from exc
+            if loop.time() > deadline:
+                raise self.start_error(f"QEMU did not open its QMP socket in {QMP_CONNECT_TIMEOUT:.0f}s")
+            try:
+                await asyncio.wait_for(self._process.wait(), 0.02)
+            except asyncio.TimeoutError:
+                pass
+
+    async def query_status(self) -> str:
+        if self._qmp is None:
+            raise FailedPrecondition(f"VM {self._spec.name} has no QMP connection")
+        reply = await asyncio.wait_for(self._qmp.execute("query-status"), 5)
+        assert isinstance(reply, dict)
+        return str(reply.get("status"))
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        if self._process is None:
+            return None
+        try:
+            return await asyncio.wait_for(self._process.wait(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    async def stop(self, timeout: float) -> None:
+        """The guest agent powers the VM off; this waits for that, then pulls the plug."""
+        if self._state in (VmState.STOPPED, VmState.CREATED):
+            self._state = VmState.STOPPED
+            return
+        self._move(VmState.STOPPING)
+        if await self.wait(timeout) is None and self._qmp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._qmp.execute("quit"), 2)
+            await self.wait(2)
+        await self.kill()
+
+    async def kill(self) -> None:
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGKILL)
+            await process.wait()
+        if self._state is not VmState.CREATED:
+            self._state = VmState.STOPPED
+
+    async def close(self) -> None:
+        await self.kill()
+        self._state = VmState.STOPPED
+        if self._qmp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._qmp.disconnect(), 2)
+            self._qmp = None
+        for path in (self._spec.qmp_socket, self._spec.agent_socket, self._spec.pid_file):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
