@@ -13,6 +13,7 @@ pipes, so they block instead of losing data.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -415,7 +416,8 @@ class Agent:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for fd in _open_fds():
                 if fd > 2 and fd not in keep:
-                    os.close(fd)
+                    with contextlib.suppress(OSError):  # one of them was listdir's own
+                        os.close(fd)
             sys_.unshare(sys_.CLONE_NEWNS | sys_.CLONE_NEWPID)
             init = os.fork()
             if init == 0:
@@ -431,7 +433,9 @@ class Agent:
             _, status = os.waitpid(init, 0)
             code = os.waitstatus_to_exitcode(status)
             os._exit(code if code >= 0 else 128 - code)
-        except BaseException:
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(report_w, f"setup\0{getattr(exc, 'errno', 0) or 0}\0{type(exc).__name__}: {exc}".encode())
             os._exit(125)
 
     def _reap(self) -> None:

@@ -1,0 +1,112 @@
+"""`hyper run` and `hyper info`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+from hyper.cli.context import CliContext
+from hyper.errors import InvalidArgument
+from hyper.runtime import spec as specs
+from hyper.runtime.run import ContainerExit, run_foreground
+from hyper.runtime.settings import Settings
+from hyper.runtime.stdio import Attachment
+from hyper.vm.accel import choose_accel, probe_host
+from hyper.vm.kernel import kernel_from_file
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = subparsers.add_parser("run", help="run a command in a new container, in its own VM")
+    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    run.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    run.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("-w", "--workdir", metavar="DIR")
+    run.add_argument("-u", "--user", metavar="USER[:GROUP]")
+    run.add_argument("--entrypoint", metavar="CMD")
+    run.add_argument("-m", "--memory", default=f"{specs.DEFAULT_MEMORY_MIB}m", metavar="SIZE")
+    run.add_argument("--cpus", default="1", metavar="N")
+    run.add_argument("--hostname", metavar="NAME")
+    run.add_argument("--kernel", type=Path, metavar="PATH", help="guest kernel (vmlinux or bzImage)")
+    run.add_argument("image", metavar="IMAGE")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+    run.set_defaults(func=run_command)
+
+    info = subparsers.add_parser("info", help="show the hypervisor, accelerator, kernel and directories")
+    info.set_defaults(func=info_command)
+
+
+def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
+    settings = Settings.from_env()
+    if args.kernel is not None:
+        settings = Settings(**{**settings.__dict__, "kernel": args.kernel})
+    attachment = Attachment()
+    if args.tty and args.interactive and not attachment.stdin_is_tty():
+        raise InvalidArgument("the input device is not a TTY", hint="drop -t, or run from a terminal")
+    options = specs.RunOptions(
+        image=args.image,
+        command=tuple(args.command),
+        entrypoint=args.entrypoint,
+        env=tuple(args.env),
+        workdir=args.workdir,
+        user=args.user,
+        tty=args.tty,
+        interactive=args.interactive,
+        remove=args.rm,
+        memory_mib=specs.parse_memory(args.memory),
+        cpus=specs.parse_cpus(args.cpus, os.cpu_count() or 1),
+        hostname=args.hostname,
+    )
+    try:
+        return asyncio.run(run_foreground(options, ctx.paths, settings, attachment))
+    except ContainerExit as exc:
+        print(f"hyper: {exc.message}", file=ctx.stderr)
+        return exc.status
+    except asyncio.CancelledError:
+        print("hyper: interrupted; the VM and its files were removed", file=ctx.stderr)
+        return 130
+
+
+def info_command(args: argparse.Namespace, ctx: CliContext) -> int:
+    settings = Settings.from_env()
+    out = ctx.stdout
+    try:
+        qemu = subprocess.run([settings.qemu_binary, "--version"], capture_output=True, text=True, check=False)
+        qemu_version = qemu.stdout.splitlines()[0] if qemu.stdout else qemu.stderr.strip()
+    except FileNotFoundError:
+        qemu_version = f"{settings.qemu_binary} not found (install qemu-system-x86)"
+    kernel_line, kernel_is_pvm = _kernel_summary(settings, ctx)
+    choice = choose_accel(settings.accel, probe_host(), kernel_is_pvm)
+    print(f"QEMU:         {qemu_version}", file=out)
+    print(f"Accelerator:  {choice.accel.value} ({choice.reason})", file=out)
+    print(f"Kernel:       {kernel_line}", file=out)
+    print(f"Appliance:    {_appliance_summary(ctx)}", file=out)
+    print(f"State dir:    {ctx.paths.state}", file=out)
+    print(f"Cache dir:    {ctx.paths.cache}", file=out)
+    print(f"Runtime dir:  {ctx.paths.runtime}", file=out)
+    return 0
+
+
+def _kernel_summary(settings: Settings, ctx: CliContext) -> tuple[str, bool]:
+    if settings.kernel is not None:
+        kernel = kernel_from_file(settings.kernel, ctx.paths.kernels)
+    else:
+        current = ctx.paths.kernels / "debian-current"
+        if not current.exists():
+            return "Debian's linux-image-amd64, not fetched yet (the first run fetches it)", settings.kernel_is_pvm
+        from hyper.vm.kernel import debian_kernel
+
+        kernel = debian_kernel(ctx.paths.kernels)
+    pvm = settings.kernel_is_pvm or kernel.config_value("CONFIG_PVM_GUEST") == "y"
+    return f"{kernel.release} from {kernel.origin} ({kernel.image})", pvm
+
+
+def _appliance_summary(ctx: CliContext) -> str:
+    built = sorted(ctx.paths.appliances.glob("appliance-*.cpio"), key=lambda p: p.stat().st_mtime)
+    if not built:
+        return "not built yet (the first run builds it)"
+    newest = built[-1]
+    return f"{newest} ({newest.stat().st_size / 1e6:.1f} MB)"

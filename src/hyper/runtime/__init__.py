@@ -1,0 +1,1 @@
+"""The runtime: pods, containers and their processes, built on image, vm and agent."""

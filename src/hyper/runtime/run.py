@@ -1,0 +1,343 @@
+"""`hyper run` in the foreground: one container in a pod of one VM.
+
+The steps: resolve the image and its layer disks, make the container's
+writable disk, boot the VM, mount the container root, start the process,
+stream stdio and signals until it exits, then power the VM off. Every
+resource made on the way (QEMU process, sockets, disks, directories) is
+released on every path, including errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyper.agent.host import AgentClient, AgentRequestError, ProcessChannel
+from hyper.errors import DeadlineExceeded, FailedPrecondition, HyperError, InvalidArgument
+from hyper.image import Image, ImageStore, LayerDisk
+from hyper.paths import HyperPaths
+from hyper.runtime import spec as specs
+from hyper.runtime.settings import Settings
+from hyper.runtime.stdio import Attachment, pump_output, raw_terminal, start_stdin_reader
+from hyper.vm.accel import AccelChoice, choose_accel, probe_host
+from hyper.vm.appliance import Appliance, ensure_appliance
+from hyper.vm.driver import DiskSpec, VmSpec
+from hyper.vm.kernel import Kernel, resolve_kernel
+from hyper.vm.qemu import QemuDriver, VmStartError
+
+WRITABLE_DISK_BYTES = 10 << 30  # sparse; Docker's classic base size
+SHUTDOWN_TIMEOUT = 10.0
+MAX_SOCKET_PATH = 107
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+MAIN_PROCESS = 1
+
+
+class ContainerExit(HyperError):
+    """The container's process could not be started; `status` is Docker's 126 or 127."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class VmInputs:
+    kernel: Kernel
+    appliance: Appliance
+    accel: AccelChoice
+
+
+def new_container_id() -> str:
+    return secrets.token_hex(32)
+
+
+async def prepare_vm_inputs(paths: HyperPaths, settings: Settings, kernel_path: Path | None) -> VmInputs:
+    kernel = await asyncio.to_thread(resolve_kernel, kernel_path or settings.kernel, paths.kernels)
+    appliance = await asyncio.to_thread(ensure_appliance, paths.appliances, kernel)
+    kernel_is_pvm = settings.kernel_is_pvm or kernel.config_value("CONFIG_PVM_GUEST") == "y"
+    accel = choose_accel(settings.accel, probe_host(), kernel_is_pvm)
+    return VmInputs(kernel, appliance, accel)
+
+
+def make_writable_disk(path: Path, size: int = WRITABLE_DISK_BYTES) -> None:
+    """A sparse ext4 image: the container's writable layer."""
+    with path.open("wb") as f:
+        f.truncate(size)
+    try:
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except FileNotFoundError as exc:
+        raise FailedPrecondition("mkfs.ext4 is missing", hint="install Debian's e2fsprogs") from exc
+    except subprocess.CalledProcessError as exc:
+        raise FailedPrecondition(f"mkfs.ext4 failed for {path}: {exc.stderr.strip()}") from exc
+
+
+def _explain_boot_failure(vm: QemuDriver, what: str) -> VmStartError:
+    from hyper.vm.qemu import console_tail
+
+    tail = console_tail(vm.spec.console_log)
+    panic = next((line for line in tail.splitlines() if "Kernel panic" in line), None)
+    if panic:
+        return vm.start_error(
+            f"{what}: the guest kernel panicked: {panic.split('] ', 1)[-1].strip()}",
+            hint="check the kernel (--kernel, HYPER_KERNEL) and HYPER_KERNEL_PARAMS",
+        )
+    last = [line for line in tail.splitlines() if line.strip()][-1:]
+    detail = f" (last console line: {last[0].strip()[:200]})" if last else ""
+    return vm.start_error(f"{what}{detail}", hint="set HYPER_CONSOLE_LOG_DIR=DIR to keep the console log")
+
+
+async def boot_agent(vm: QemuDriver, timeout: float) -> AgentClient:
+    """Connect to the agent and wait for its hello, failing fast if QEMU exits first."""
+    agent = await AgentClient.connect(vm.spec.agent_socket, 10)
+    hello = asyncio.create_task(agent.hello(timeout))
+    exited = asyncio.create_task(vm.wait())
+    try:
+        await asyncio.wait({hello, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if hello.done() and hello.exception() is None:
+            return agent
+        if not hello.done():
+            hello.cancel()
+            raise _explain_boot_failure(vm, "the VM stopped before its agent answered")
+        error = hello.exception()
+        if isinstance(error, DeadlineExceeded):
+            raise _explain_boot_failure(vm, f"the guest did not answer within {timeout:.0f}s") from error
+        raise _explain_boot_failure(vm, f"the guest agent failed: {error}") from error
+    except BaseException:
+        await agent.close()
+        raise
+    finally:
+        exited.cancel()
+
+
+class ContainerRun:
+    """One foreground run; owns the container's directories, disk and VM."""
+
+    def __init__(self, options: specs.RunOptions, paths: HyperPaths, settings: Settings) -> None:
+        self.options = options
+        self.paths = paths
+        self.settings = settings
+        self.id = new_container_id()
+        self.dir = paths.containers / self.id
+        self.run_dir = paths.runtime / self.id[:12]
+        self.record: dict[str, object] = {}
+
+    def _save_record(self, **changes: object) -> None:
+        self.record.update(changes)
+        tmp = self.dir / "config.json.tmp"
+        tmp.write_text(json.dumps(self.record, indent=2))
+        tmp.rename(self.dir / "config.json")
+
+    @contextlib.asynccontextmanager
+    async def _container_files(self, image: Image, process: specs.ProcessSpec) -> AsyncIterator[Path]:
+        socket_path = self.run_dir / "agent.sock"
+        if len(str(socket_path)) > MAX_SOCKET_PATH:
+            raise InvalidArgument(
+                f"the runtime directory {self.paths.runtime} is too deep for unix sockets",
+                hint="set HYPER_RUNTIME_DIR to a shorter path",
+            )
+        self.dir.mkdir(parents=True)
+        try:
+            self.run_dir.mkdir(parents=True)
+            self._save_record(
+                id=self.id,
+                image=self.options.image,
+                image_id=image.id,
+                args=list(process.args),
+                created=time.time(),
+                state=specs.ContainerState.CREATED.value,
+            )
+            writable = self.dir / "writable.ext4"
+            await asyncio.to_thread(make_writable_disk, writable)
+            yield writable
+        finally:
+            self._keep_console_log()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self.options.remove:
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _keep_console_log(self) -> None:
+        target_dir = self.settings.console_log_dir
+        log = self.run_dir / "console.log"
+        if target_dir is not None and log.exists():
+            target_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, target_dir / f"{self.id[:12]}-console.log")
+
+    async def execute(self, attachment: Attachment) -> int:
+        store = ImageStore(self.paths.images)
+        image = await asyncio.to_thread(store.get, self.options.image)
+        process = specs.process_spec(image.config, self.options, dict(os.environ))
+        inputs = await prepare_vm_inputs(self.paths, self.settings, None)
+        layers = await asyncio.to_thread(store.layer_disks, image)
+        async with self._container_files(image, process) as writable:
+            disks = [DiskSpec(layer.path, f"hl{i}", True) for i, layer in enumerate(layers)]
+            disks.append(DiskSpec(writable, "hw0", False))
+            with open("/proc/cpuinfo") as f:
+                tsc = specs.host_tsc_khz(f.read())
+            vm_spec = VmSpec(
+                name=self.id[:12],
+                kernel=inputs.kernel.image,
+                initrd=inputs.appliance.initrd,
+                cmdline=specs.kernel_cmdline(inputs.appliance, inputs.accel.accel, tsc, self.settings.kernel_params),
+                accel=inputs.accel.accel,
+                memory_mib=self.options.memory_mib,
+                cpus=self.options.cpus,
+                run_dir=self.run_dir,
+                disks=tuple(disks),
+            )
+            vm = QemuDriver(vm_spec, self.settings.qemu_binary)
+            try:
+                await vm.start()
+                agent = await boot_agent(vm, self.settings.boot_timeout)
+                try:
+                    status = await self._run_in_vm(agent, image, layers, process, attachment)
+                    with contextlib.suppress(HyperError):
+                        await agent.request("shutdown", timeout=SHUTDOWN_TIMEOUT)
+                    await vm.stop(SHUTDOWN_TIMEOUT)
+                    return status
+                finally:
+                    await agent.close()
+            finally:
+                await vm.close()
+
+    async def _run_in_vm(
+        self,
+        agent: AgentClient,
+        image: Image,
+        layers: list[LayerDisk],
+        process: specs.ProcessSpec,
+        attachment: Attachment,
+    ) -> int:
+        hostname = self.options.hostname or self.id[:12]
+        try:
+            resolv = Path("/etc/resolv.conf").read_text()
+        except OSError:
+            resolv = ""
+        await agent.request("setup", hostname=hostname, etc_files=specs.etc_files(hostname, resolv))
+        await agent.request(
+            "mount_container",
+            timeout=60,
+            container=self.id[:12],
+            layers=[
+                {"serial": f"hl{i}", "fstype": layer.fs_type}
+                for i, layer in enumerate(layers)
+            ],
+            writable={"serial": "hw0", "fstype": "ext4", "options": "noinit_itable"},
+        )
+        channel = agent.open_process(MAIN_PROCESS)
+        rows, cols = attachment.terminal_size()
+        try:
+            await agent.request(
+                "start",
+                container=self.id[:12],
+                process=MAIN_PROCESS,
+                args=list(process.args),
+                env=list(process.env),
+                cwd=process.cwd,
+                user=process.user,
+                tty=process.tty,
+                stdin=process.stdin,
+                rows=rows,
+                cols=cols,
+            )
+        except AgentRequestError as exc:
+            if exc.stage in ("exec", "user", "cwd"):
+                raise ContainerExit(exc.message, specs.start_failure_status(exc.stage, exc.errno)) from exc
+            raise
+        self._save_record(state=specs.ContainerState.RUNNING.value, started=time.time())
+        status = await self._attach(agent, channel, process, attachment)
+        self._save_record(state=specs.ContainerState.EXITED.value, exit_code=status, finished=time.time())
+        return status
+
+    async def _attach(
+        self,
+        agent: AgentClient,
+        channel: ProcessChannel,
+        process: specs.ProcessSpec,
+        attachment: Attachment,
+    ) -> int:
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def request(kind: str, **fields: int) -> None:
+            with contextlib.suppress(HyperError):
+                await agent.request(kind, process=MAIN_PROCESS, **fields)
+
+        def spawn(coro: Coroutine[None, None, None]) -> None:
+            task = asyncio.create_task(coro)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        def forward(signum: int) -> None:
+            spawn(request("signal", signal=signum))
+
+        def resize() -> None:
+            rows, cols = attachment.terminal_size()
+            spawn(request("resize", rows=rows, cols=cols))
+
+        output = asyncio.create_task(pump_output(channel, attachment))
+        stdin_task = asyncio.create_task(self._forward_stdin(agent, attachment)) if process.stdin else None
+        installed = []
+        for signum in FORWARDED_SIGNALS:
+            if not (process.tty and signum == signal.SIGINT and attachment.stdin_is_tty()):
+                loop.add_signal_handler(signum, forward, signum)
+                installed.append(signum)
+        if process.tty:
+            loop.add_signal_handler(signal.SIGWINCH, resize)
+            installed.append(signal.SIGWINCH)
+        try:
+            with raw_terminal(attachment.stdin_fd, process.tty and process.stdin):
+                status = await channel.exit_status
+                await asyncio.wait_for(output, 30)
+            return status
+        finally:
+            current = asyncio.current_task()
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+                if signum in (signal.SIGINT, signal.SIGTERM) and current is not None:
+                    loop.add_signal_handler(signum, current.cancel)  # back to "cancel the run"
+            for task in (output, stdin_task, *tasks):
+                if task is not None:
+                    task.cancel()
+
+    async def _forward_stdin(self, agent: AgentClient, attachment: Attachment) -> None:
+        queue: asyncio.Queue[bytes] = asyncio.Queue(16)
+        start_stdin_reader(attachment.stdin_fd, queue)
+        while data := await queue.get():
+            await agent.write_stdin(MAIN_PROCESS, data)
+        await agent.close_stdin(MAIN_PROCESS)
+
+
+async def run_foreground(
+    options: specs.RunOptions, paths: HyperPaths, settings: Settings, attachment: Attachment
+) -> int:
+    """Run one container to completion; a Ctrl-C before it starts cancels cleanly.
+
+    Raises ContainerExit when the command cannot be started (Docker's 126/127).
+    """
+    run = ContainerRun(options, paths, settings)
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    assert task is not None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        return await run.execute(attachment)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(signum)

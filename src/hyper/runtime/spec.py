@@ -1,0 +1,174 @@
+"""Pure functions that decide what runs: the process, the kernel command line, /etc files.
+
+No file, process or socket is touched here, so all of it is unit-tested.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hyper.errors import FailedPrecondition, InvalidArgument
+from hyper.image import ImageConfig
+from hyper.vm.accel import Accel
+from hyper.vm.appliance import Appliance
+
+DEFAULT_MEMORY_MIB = 512
+MIN_MEMORY_MIB = 128
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([bkmgt]?)b?$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class ContainerState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    REMOVED = "removed"
+
+
+CONTAINER_TRANSITIONS: dict[ContainerState, frozenset[ContainerState]] = {
+    ContainerState.CREATED: frozenset({ContainerState.RUNNING, ContainerState.EXITED, ContainerState.REMOVED}),
+    ContainerState.RUNNING: frozenset({ContainerState.EXITED}),
+    ContainerState.EXITED: frozenset({ContainerState.REMOVED}),
+    ContainerState.REMOVED: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `hyper run` was asked for."""
+
+    image: str
+    command: tuple[str, ...] = ()
+    entrypoint: str | None = None
+    env: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    tty: bool = False
+    interactive: bool = False
+    remove: bool = False
+    memory_mib: int = DEFAULT_MEMORY_MIB
+    cpus: int = 1
+    hostname: str | None = None
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    args: tuple[str, ...]
+    env: tuple[str, ...]
+    cwd: str
+    user: str
+    tty: bool
+    stdin: bool
+
+
+def parse_memory(text: str) -> int:
+    """Docker's --memory forms (`512m`, `1g`, `1073741824`) in MiB."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise InvalidArgument(f"invalid memory size {text!r}", hint="use a number with b, k, m or g, e.g. 512m")
+    mib = int(float(match.group(1)) * _UNITS[match.group(2).lower()]) // (1 << 20)
+    if mib < MIN_MEMORY_MIB:
+        raise InvalidArgument(f"memory {text!r} is below the minimum of {MIN_MEMORY_MIB}m for a VM")
+    return mib
+
+
+def parse_cpus(text: str, host_cpus: int) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidArgument(f"invalid --cpus {text!r}", hint="give a number such as 1 or 2") from None
+    if value <= 0:
+        raise InvalidArgument("--cpus must be positive")
+    if value > host_cpus:
+        raise InvalidArgument(f"--cpus {text} is more than the {host_cpus} CPUs of this host")
+    # A VM has whole vCPUs; a fraction rounds up, as Kata does.
+    return max(1, int(-(-value // 1)))
+
+
+def merge_env(image_env: tuple[str, ...], user_env: tuple[str, ...], host_env: Mapping[str, str]) -> tuple[str, ...]:
+    """Image env, overridden by `-e`; `-e NAME` alone takes NAME from the host, as Docker does."""
+    merged: dict[str, str] = {}
+    for item in image_env:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    for item in user_env:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise InvalidArgument(f"invalid environment variable {item!r}", hint="use -e NAME=VALUE")
+        if sep:
+            merged[key] = value
+        elif key in host_env:
+            merged[key] = host_env[key]
+        else:
+            merged.pop(key, None)
+    return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def process_spec(config: ImageConfig, options: RunOptions, host_env: Mapping[str, str]) -> ProcessSpec:
+    if options.entrypoint is not None:
+        # Docker: --entrypoint replaces the image's entrypoint and drops its CMD.
+        entrypoint: tuple[str, ...] = (options.entrypoint,) if options.entrypoint else ()
+        cmd = options.command
+    else:
+        entrypoint = config.entrypoint or ()
+        cmd = options.command or config.cmd or ()
+    args = entrypoint + cmd
+    if not args:
+        raise FailedPrecondition(
+            f"no command specified for {options.image}", hint="give a command after the image name"
+        )
+    cwd = options.workdir or config.working_dir or "/"
+    if not cwd.startswith("/"):
+        raise InvalidArgument(f"the working directory {cwd!r} is not an absolute path")
+    return ProcessSpec(
+        args=args,
+        env=merge_env(config.env, options.env, host_env),
+        cwd=cwd,
+        user=options.user or config.user or "0",
+        tty=options.tty,
+        stdin=options.interactive,
+    )
+
+
+def kernel_cmdline(appliance: Appliance, accel: Accel, tsc_khz: int | None, extra: str = "") -> str:
+    words = ["console=ttyS0", "quiet", "panic=-1", "reboot=t"]
+    if tsc_khz and accel is Accel.TCG:
+        # Under TCG the guest sometimes fails to calibrate its TSC against the
+        # PIT and never reaches init; telling it the frequency avoids that.
+        words.append(f"tsc_early_khz={tsc_khz}")
+    words += extra.split()
+    init, *init_args = appliance.init_command()
+    words += [f"rdinit={init}", "--", *init_args]
+    return " ".join(words)
+
+
+def host_tsc_khz(cpuinfo: str) -> int | None:
+    match = re.search(r"^cpu MHz\s*:\s*([\d.]+)", cpuinfo, re.MULTILINE)
+    return int(float(match.group(1)) * 1000) if match else None
+
+
+def etc_files(hostname: str, host_resolv_conf: str) -> dict[str, str]:
+    nameservers = [
+        line
+        for line in host_resolv_conf.splitlines()
+        if line.split()[:1] != ["nameserver"] or not line.split()[1:2] or not line.split()[1].startswith("127.")
+    ]
+    return {
+        "hostname": f"{hostname}\n",
+        "hosts": (
+            f"127.0.0.1\tlocalhost {hostname}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n"
+            "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+        ),
+        "resolv.conf": "\n".join(nameservers) + ("\n" if nameservers else ""),
+    }
+
+
+def start_failure_status(stage: str | None, errno: int | None) -> int:
+    """Docker's statuses: 127 when the command is not found, 126 when it cannot be invoked."""
+    if stage == "exec" and errno == 2:
+        return 127
+    return 126
