@@ -1,0 +1,1 @@
+"""The `hyper` command line: argument parsing and output, nothing else."""

@@ -1,0 +1,61 @@
+"""Entry point of the `hyper` command: builds the parser, runs one command,
+and turns errors into Docker's exit statuses (125 when Hyper itself fails)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from hyper import __version__
+from hyper.cli.context import CliContext
+from hyper.errors import HyperError
+from hyper.paths import default_paths
+
+# Docker's convention: 125 is "the runtime failed", 126 "cannot invoke",
+# 127 "not found"; anything else is the container's own status.
+EXIT_HYPER_FAILED = 125
+
+CommandFunc = Callable[[argparse.Namespace, CliContext], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hyper.cli import image_commands, run_commands
+
+    parser = argparse.ArgumentParser(
+        prog="hyper",
+        description="Run OCI/Docker images inside their own lightweight virtual machines.",
+    )
+    parser.add_argument("--version", action="version", version=f"hyper {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run_commands.register(subparsers)
+    image_commands.register(subparsers)
+    return parser
+
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits 2 on a bad flag; Docker says 125 for that.
+        code = exc.code if isinstance(exc.code, int) else 1
+        return 0 if code == 0 else EXIT_HYPER_FAILED
+    func: CommandFunc | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    ctx = CliContext(paths=default_paths())
+    try:
+        return func(args, ctx)
+    except HyperError as exc:
+        print(f"hyper: {exc}", file=sys.stderr)
+        return EXIT_HYPER_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
