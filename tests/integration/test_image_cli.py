@@ -19,9 +19,7 @@ import pytest
 from tests.support.images import busybox_rootfs_tar, image_config, oci_layout_archive
 
 
-def hyper(
-    tmp_path: Path, *args: str, stdin: bytes | None = None
-) -> subprocess.CompletedProcess[str]:
+def hyper(tmp_path: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.update(
         HYPER_STATE_DIR=str(tmp_path / "state"),

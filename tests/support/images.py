@@ -134,16 +134,12 @@ def docker_archive_multi(dest: Path, images: Sequence[ArchiveImage]) -> Path:
                     _add_bytes(archive, name, data)
                     written.add(name)
                 layer_names.append(name)
-            manifest.append(
-                {"Config": config_name, "RepoTags": list(image.repo_tags), "Layers": layer_names}
-            )
+            manifest.append({"Config": config_name, "RepoTags": list(image.repo_tags), "Layers": layer_names})
         _add_bytes(archive, "manifest.json", json.dumps(manifest).encode())
     return dest
 
 
-def docker_archive(
-    dest: Path, layers: Sequence[LayerSource], config: dict[str, Any], repo_tag: str
-) -> Path:
+def docker_archive(dest: Path, layers: Sequence[LayerSource], config: dict[str, Any], repo_tag: str) -> Path:
     return docker_archive_multi(dest, [ArchiveImage(layers, config, [repo_tag])])
 
 

@@ -28,9 +28,7 @@ def _image(tags: tuple[str, ...]) -> Image:
     )
 
 
-@pytest.mark.parametrize(
-    ("size", "text"), [(0, "0B"), (999, "999B"), (1200, "1.2kB"), (4_261_000, "4.26MB")]
-)
+@pytest.mark.parametrize(("size", "text"), [(0, "0B"), (999, "999B"), (1200, "1.2kB"), (4_261_000, "4.26MB")])
 def test_human_size(size: int, text: str) -> None:
     assert human_size(size) == text
 
@@ -42,9 +40,7 @@ def test_human_since() -> None:
 
 
 def test_table_rows_per_tag_and_none() -> None:
-    rows = image_rows(
-        [_image(("docker.io/library/busybox:latest", "localhost/bb:v1")), _image(())], NOW
-    )
+    rows = image_rows([_image(("docker.io/library/busybox:latest", "localhost/bb:v1")), _image(())], NOW)
     lines = format_table(rows)
     assert lines[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
     assert lines[1].split() == ["busybox", "latest", "ab" * 6, "3", "days", "ago", "4.26MB"]

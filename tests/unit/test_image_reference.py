@@ -65,9 +65,7 @@ DIGEST = "sha256:" + "ab" * 32
         ),
     ],
 )
-def test_parse_reference_normalizes(
-    text: str, normalized: str, domain: str, path: str, tag: str
-) -> None:
+def test_parse_reference_normalizes(text: str, normalized: str, domain: str, path: str, tag: str) -> None:
     reference = parse_reference(text)
     assert str(reference) == normalized
     assert (reference.domain, reference.path, reference.tag) == (domain, path, tag)
@@ -125,6 +123,4 @@ def test_short_names_also_look_in_localhost() -> None:
         "localhost/busybox:1",
     ]
     assert [str(r) for r in lookup_candidates("localhost/busybox")] == ["localhost/busybox:latest"]
-    assert [str(r) for r in lookup_candidates("docker.io/busybox")] == [
-        "docker.io/library/busybox:latest"
-    ]
+    assert [str(r) for r in lookup_candidates("docker.io/busybox")] == ["docker.io/library/busybox:latest"]

@@ -165,9 +165,7 @@ def _archive_variants(tmp_path: Path) -> dict[str, Path]:
         path.write_bytes(content)
         paths[name] = path
 
-    def rewrite(
-        name: str, drop: str | None = None, replace: tuple[str, bytes] | None = None
-    ) -> None:
+    def rewrite(name: str, drop: str | None = None, replace: tuple[str, bytes] | None = None) -> None:
         out = tmp_path / (name.replace(" ", "_") + ".tar")
         with tarfile.open(good) as source, tarfile.open(out, "w") as target:
             for member in source.getmembers():

@@ -217,9 +217,7 @@ def test_ownership_devices_and_setuid_as_root(tmp_path: Path) -> None:
     info = (root / "home/app/f").stat()
     assert (info.st_uid, info.st_gid) == (1000, 1000)
     null = (root / "dev/null").lstat()
-    assert (
-        stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1 and os.minor(null.st_rdev) == 3
-    )
+    assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1 and os.minor(null.st_rdev) == 3
     loop = (root / "dev/loop0").lstat()
     assert stat.S_ISBLK(loop.st_mode) and loop.st_gid == 6
 

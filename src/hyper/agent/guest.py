@@ -142,7 +142,7 @@ class Agent:
     def _flush(self) -> None:
         while self.outbound and self.connected:
             try:
-                written = os.write(self.channel_fd, self.outbound[:MAX_DATA_CHUNK * 4])
+                written = os.write(self.channel_fd, self.outbound[: MAX_DATA_CHUNK * 4])
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -206,7 +206,14 @@ class Agent:
         request_id = message.get("id")
         handler = getattr(self, f"_do_{kind}", None)
         if handler is None:
-            self.send({"type": "response", "id": request_id, "ok": False, "error": f"unknown request {kind!r}"})
+            self.send(
+                {
+                    "type": "response",
+                    "id": request_id,
+                    "ok": False,
+                    "error": f"unknown request {kind!r}",
+                }
+            )
             return
         try:
             reply = handler(message) or {}
@@ -265,7 +272,13 @@ class Agent:
         target = f"{containers.RUN_ROOT}/writable/{container_id}"
         os.makedirs(target, exist_ok=True)
         options = str(writable.get("options", ""))
-        sys_.mount(self._wait_for_disk(str(writable["serial"])), target, str(writable["fstype"]), 0, options)
+        sys_.mount(
+            self._wait_for_disk(str(writable["serial"])),
+            target,
+            str(writable["fstype"]),
+            0,
+            options,
+        )
         self.other_mounts.append(target)
         self.containers[container_id] = containers.assemble_rootfs(
             container_id, layer_dirs, target, self.etc_files
@@ -278,27 +291,27 @@ class Agent:
         args = [str(a) for a in require(message, "args", list)]
         if not args or stream in self.processes:
             raise ValueError("start needs args and a new process id")
-        process = self._spawn(
-            stream,
-            container.rootfs,
-            args,
-            [str(e) for e in require(message, "env", list)],
-            str(message.get("cwd") or "/"),
-            str(message.get("user") or "0"),
-            bool(message.get("tty")),
-            bool(message.get("stdin")),
-            (int(message.get("rows") or 24), int(message.get("cols") or 80)),
+        request = containers.ProcessRequest(
+            rootfs=container.rootfs,
+            args=args,
+            env=[str(e) for e in require(message, "env", list)],
+            cwd=str(message.get("cwd") or "/"),
+            user=str(message.get("user") or "0"),
+            hostname=self.hostname,
+            tty=bool(message.get("tty")),
+            stdin=bool(message.get("stdin")),
+            rows=int(message.get("rows") or 24),
+            cols=int(message.get("cols") or 80),
         )
+        process = self._spawn(stream, request)
         return {"pid": process.init_pid}
 
     def _do_signal(self, message: dict[str, Any]) -> dict[str, Any]:
         process = self.processes.get(require(message, "process", int))
         signum = require(message, "signal", int)
         if process is not None and process.status is None and 0 < signum < signal.NSIG:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(process.init_pid, signum)
-            except ProcessLookupError:
-                pass
         return {}
 
     def _do_resize(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -311,10 +324,8 @@ class Agent:
     def _do_shutdown(self, message: dict[str, Any]) -> dict[str, Any]:
         for process in self.processes.values():
             if process.status is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(process.init_pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + 5
         while any(p.status is None for p in self.processes.values()) and time.monotonic() < deadline:
             self._reap()
@@ -331,30 +342,19 @@ class Agent:
         return {}
 
     # -- processes ------------------------------------------------------------
-    def _spawn(
-        self,
-        stream: int,
-        rootfs: str,
-        args: list[str],
-        env: list[str],
-        cwd: str,
-        user: str,
-        tty: bool,
-        want_stdin: bool,
-        size: tuple[int, int],
-    ) -> Process:
+    def _spawn(self, stream: int, request: containers.ProcessRequest) -> Process:
         parent_fds: list[int] = []
         child_fds: list[int] = []
         tty_path = None
-        if tty:
+        if request.tty:
             master, slave = os.openpty()
-            set_window_size(master, *size)
+            set_window_size(master, request.rows, request.cols)
             tty_path = os.ttyname(slave)
             parent_fds.append(master)
             child_fds.append(slave)
             stdio = None
         else:
-            if want_stdin:
+            if request.stdin:
                 stdin_r, stdin_w = os.pipe()
                 parent_fds.append(stdin_w)
             else:
@@ -368,7 +368,9 @@ class Agent:
         pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
         shim = os.fork()
         if shim == 0:
-            self._run_shim(rootfs, args, env, cwd, user, tty_path, stdio, [*child_fds, report_w, pid_w], report_w, pid_w)
+            self._run_shim(
+                request, tty_path, stdio, keep=[*child_fds, report_w, pid_w], report_w=report_w, pid_w=pid_w
+            )
         for fd in (*child_fds, report_w, pid_w):
             os.close(fd)
         init_text = _read_all(pid_r)
@@ -381,11 +383,11 @@ class Agent:
                 raise containers.parse_start_error(failure)
             raise containers.StartError("setup", 0, "the process could not be started")
         process = Process(stream, shim, int(init_text), None, None)
-        if tty:
+        if request.tty:
             process.tty_master = parent_fds[0]
             process.outputs[parent_fds[0]] = FrameKind.STDOUT
         else:
-            process.stdin_fd = stdin_w if want_stdin else None
+            process.stdin_fd = stdin_w if request.stdin else None
             process.outputs[parent_fds[-2]] = FrameKind.STDOUT
             process.outputs[parent_fds[-1]] = FrameKind.STDERR
         for fd in parent_fds:
@@ -399,13 +401,10 @@ class Agent:
 
     def _run_shim(
         self,
-        rootfs: str,
-        args: list[str],
-        env: list[str],
-        cwd: str,
-        user: str,
+        request: containers.ProcessRequest,
         tty_path: str | None,
         stdio: tuple[int, int, int] | None,
+        *,
         keep: list[int],
         report_w: int,
         pid_w: int,
@@ -425,7 +424,7 @@ class Agent:
                     for target, fd in enumerate(stdio):
                         os.dup2(fd, target)
                 os.close(pid_w)
-                containers.exec_in_container(rootfs, args, env, cwd, user, self.hostname, tty_path, report_w)
+                containers.exec_in_container(request, tty_path, report_w)
             os.write(pid_w, str(init).encode())
             for fd in keep:
                 os.close(fd)
@@ -435,7 +434,10 @@ class Agent:
             os._exit(code if code >= 0 else 128 - code)
         except BaseException as exc:
             with contextlib.suppress(OSError):
-                os.write(report_w, f"setup\0{getattr(exc, 'errno', 0) or 0}\0{type(exc).__name__}: {exc}".encode())
+                os.write(
+                    report_w,
+                    f"setup\0{getattr(exc, 'errno', 0) or 0}\0{type(exc).__name__}: {exc}".encode(),
+                )
             os._exit(125)
 
     def _reap(self) -> None:
@@ -465,10 +467,8 @@ class Agent:
     def _close_fd(self, fd: int) -> None:
         self._watch(fd, 0)
         self.by_fd.pop(fd, None)
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
     def _on_output(self, fd: int) -> None:
         process = self.by_fd[fd]

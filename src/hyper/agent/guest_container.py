@@ -11,6 +11,7 @@ and runs as the requested user.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -54,6 +55,22 @@ class Container:
     id: str
     rootfs: str
     mounts: list[str] = field(default_factory=list)  # mounted paths, in mount order
+
+
+@dataclass(frozen=True)
+class ProcessRequest:
+    """A process the host asked for, as the agent passes it to the child."""
+
+    rootfs: str
+    args: list[str]
+    env: list[str]
+    cwd: str
+    user: str
+    hostname: str
+    tty: bool
+    stdin: bool
+    rows: int = 24
+    cols: int = 80
 
 
 @dataclass(frozen=True)
@@ -222,29 +239,19 @@ def env_dict(env: list[str]) -> dict[str, str]:
     return result
 
 
-def exec_in_container(
-    rootfs: str,
-    args: list[str],
-    env: list[str],
-    cwd: str,
-    user: str,
-    hostname: str,
-    tty_path: str | None,
-    error_fd: int,
-) -> None:
+def exec_in_container(request: ProcessRequest, tty_path: str | None, error_fd: int) -> None:
     """Runs in the forked child that is PID 1 of the new namespaces; never returns.
 
     Any failure is written to `error_fd` as `stage\\0errno\\0message` before exiting,
     so that the agent can answer with Docker's 126 or 127.
     """
+    rootfs, args, cwd = request.rootfs, request.args, request.cwd
     stage = "setup"
     try:
         for signum in range(1, signal.NSIG):
             if signum not in (signal.SIGKILL, signal.SIGSTOP):
-                try:
+                with contextlib.suppress(OSError, ValueError):
                     signal.signal(signum, signal.SIG_DFL)
-                except (OSError, ValueError):
-                    pass
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.setsid()
         if tty_path is not None:
@@ -264,8 +271,8 @@ def exec_in_container(
         sys_.mount(rootfs, "/", None, sys_.MS_MOVE)
         os.chroot(".")
         stage = "user"
-        identity = resolve_identity(user, "/etc/passwd", "/etc/group")
-        full_env = complete_env(env, identity, hostname, tty_path is not None)
+        identity = resolve_identity(request.user, "/etc/passwd", "/etc/group")
+        full_env = complete_env(request.env, identity, request.hostname, tty_path is not None)
         stage = "cwd"
         if cwd:
             os.makedirs(cwd, exist_ok=True)
@@ -298,10 +305,8 @@ def _describe(stage: str, args: list[str], exc: OSError) -> str:
 
 
 def _report(fd: int, stage: str, code: int, message: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.write(fd, f"{stage}\0{code}\0{message}".encode()[:4000])
-    except OSError:
-        pass
 
 
 def parse_start_error(data: bytes) -> StartError:

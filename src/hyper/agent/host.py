@@ -74,7 +74,7 @@ class AgentClient:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(str(socket_path), limit=4 * MAX_DATA_CHUNK), timeout
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise AgentConnectionLost(f"cannot connect to the agent socket {socket_path}: {exc}") from exc
         return cls(reader, writer)
 
@@ -149,7 +149,7 @@ class AgentClient:
             try:
                 self._writer.write(data)
                 await asyncio.wait_for(self._writer.drain(), 30)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 error = AgentConnectionLost(f"cannot write to the agent: {exc}")
                 self._fail(error)
                 raise error from exc
@@ -162,7 +162,7 @@ class AgentClient:
         try:
             await self._send(encode_message({"type": kind, "id": request_id, **fields}))
             reply = await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeadlineExceeded(f"the guest agent did not answer {kind!r} within {timeout:.0f}s") from None
         finally:
             self._pending.pop(request_id, None)

@@ -55,9 +55,10 @@ class Frame:
         return f"Frame({self.kind.name}, stream={self.stream}, {len(self.payload)} bytes)"
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Frame)
-            and (self.kind, self.stream, self.payload) == (other.kind, other.stream, other.payload)
+        return isinstance(other, Frame) and (self.kind, self.stream, self.payload) == (
+            other.kind,
+            other.stream,
+            other.payload,
         )
 
     def __hash__(self) -> int:

@@ -34,9 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     imp = subparsers.add_parser("import", help="create an image from a root filesystem tar")
     imp.add_argument("file", type=Path, metavar="FILE")
     imp.add_argument("reference", metavar="NAME[:TAG]")
-    imp.add_argument(
-        "-c", "--change", action="append", default=[], help="apply a Dockerfile instruction"
-    )
+    imp.add_argument("-c", "--change", action="append", default=[], help="apply a Dockerfile instruction")
     imp.set_defaults(func=cmd_import)
 
     images = subparsers.add_parser("images", help="list images")
@@ -234,9 +232,7 @@ def _command_argument(argument: str, change: str) -> tuple[str, ...]:
         try:
             value = json.loads(argument)
         except json.JSONDecodeError as exc:
-            raise InvalidArgument(
-                f"--change {change!r}: bad JSON: {exc}", hint=_CHANGE_HINT
-            ) from exc
+            raise InvalidArgument(f"--change {change!r}: bad JSON: {exc}", hint=_CHANGE_HINT) from exc
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InvalidArgument(f"--change {change!r}: want a list of strings", hint=_CHANGE_HINT)
         return tuple(value)

@@ -74,7 +74,9 @@ def info_command(args: argparse.Namespace, ctx: CliContext) -> int:
     settings = Settings.from_env()
     out = ctx.stdout
     try:
-        qemu = subprocess.run([settings.qemu_binary, "--version"], capture_output=True, text=True, check=False)
+        qemu = subprocess.run(
+            [settings.qemu_binary, "--version"], capture_output=True, text=True, check=False
+        )
         qemu_version = qemu.stdout.splitlines()[0] if qemu.stdout else qemu.stderr.strip()
     except FileNotFoundError:
         qemu_version = f"{settings.qemu_binary} not found (install qemu-system-x86)"
@@ -96,7 +98,10 @@ def _kernel_summary(settings: Settings, ctx: CliContext) -> tuple[str, bool]:
     else:
         current = ctx.paths.kernels / "debian-current"
         if not current.exists():
-            return "Debian's linux-image-amd64, not fetched yet (the first run fetches it)", settings.kernel_is_pvm
+            return (
+                "Debian's linux-image-amd64, not fetched yet (the first run fetches it)",
+                settings.kernel_is_pvm,
+            )
         from hyper.vm.kernel import debian_kernel
 
         kernel = debian_kernel(ctx.paths.kernels)

@@ -136,8 +136,7 @@ def read_archive(path: Path, blobs: BlobStore) -> list[StagedImage]:
                     images = _read_oci_layout(reader)
                 else:
                     raise DataLoss(
-                        f"{path} has neither manifest.json (docker-archive) "
-                        "nor index.json (OCI layout)",
+                        f"{path} has neither manifest.json (docker-archive) nor index.json (OCI layout)",
                         hint="give a file written by `docker save`, `podman save` or `skopeo copy`",
                     )
             except BaseException:
@@ -166,9 +165,7 @@ def _read_docker_archive(reader: _Reader) -> list[StagedImage]:
             raise DataLoss(f"manifest.json in {reader.source} is malformed", hint=_REEXPORT)
         config_name, layer_names = entry.get("Config"), entry.get("Layers")
         if not isinstance(config_name, str) or not isinstance(layer_names, list):
-            raise DataLoss(
-                f"manifest.json in {reader.source} lacks Config or Layers", hint=_REEXPORT
-            )
+            raise DataLoss(f"manifest.json in {reader.source} lacks Config or Layers", hint=_REEXPORT)
         config = reader.stage(_normalize(config_name), digest=_digest_from_name(config_name))
         parsed = parse_config(config.path.read_bytes(), f"{config_name} in {reader.source}")
         layers: list[tuple[StagedBlob, LayerInfo]] = []
@@ -247,9 +244,7 @@ def _read_oci_image(reader: _Reader, descriptor: Descriptor, tags: tuple[str, ..
 
 
 def _pick_platform(reader: _Reader, descriptor: Descriptor) -> Descriptor:
-    staged = reader.stage(
-        _blob_member(descriptor.digest), digest=descriptor.digest, size=descriptor.size
-    )
+    staged = reader.stage(_blob_member(descriptor.digest), digest=descriptor.digest, size=descriptor.size)
     index = decode_json_object(staged.path.read_bytes(), f"index {descriptor.digest}")
     arch = host_architecture()
     for value in index.get("manifests") or []:
@@ -268,8 +263,7 @@ def _pick_platform(reader: _Reader, descriptor: Descriptor) -> Descriptor:
 def _check_diff_ids(parsed: ParsedConfig, infos: list[LayerInfo], source: Path) -> None:
     if len(parsed.diff_ids) != len(infos):
         raise DataLoss(
-            f"image config in {source} lists {len(parsed.diff_ids)} layers "
-            f"but the manifest has {len(infos)}",
+            f"image config in {source} lists {len(parsed.diff_ids)} layers but the manifest has {len(infos)}",
             hint=_REEXPORT,
         )
     for position, (expected, info) in enumerate(zip(parsed.diff_ids, infos, strict=True)):

@@ -59,9 +59,7 @@ def write_busybox_rootfs_tar(dest: Path, busybox: Path = DEFAULT_BUSYBOX) -> Pat
     """Write a root filesystem tar with busybox at /bin/busybox to `dest`."""
     applets = busybox_applets(busybox)
     if "sh" not in applets:
-        raise FailedPrecondition(
-            f"{busybox} has no `sh` applet", hint="install Debian's busybox-static"
-        )
+        raise FailedPrecondition(f"{busybox} has no `sh` applet", hint="install Debian's busybox-static")
     with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as archive:
         for path, mode, uid, gid in _DIRECTORIES:
             archive.addfile(_info(path, tarfile.DIRTYPE, mode, uid, gid))

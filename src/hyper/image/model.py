@@ -89,9 +89,7 @@ class ParsedConfig:
 def host_architecture() -> str:
     """The host's architecture in OCI (Go) spelling."""
     machine = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
-        machine, machine
-    )
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
 
 
 def decode_json_object(data: bytes, source: str) -> dict[str, Any]:
@@ -168,9 +166,7 @@ def config_to_json(config: ImageConfig) -> dict[str, Any]:
     return result
 
 
-def build_config_blob(
-    config: ImageConfig, diff_ids: Sequence[str], created: str, comment: str
-) -> bytes:
+def build_config_blob(config: ImageConfig, diff_ids: Sequence[str], created: str, comment: str) -> bytes:
     """A new image config for a single-tree image (`hyper import`)."""
     document = {
         "architecture": host_architecture(),

@@ -114,14 +114,10 @@ def _parse(text: str) -> tuple[Reference, bool]:
         )
     domain, path, explicit_domain = _split_domain(name)
     if not _DOMAIN.fullmatch(domain):
-        raise InvalidArgument(
-            f"invalid registry {domain!r} in image reference {text!r}", hint=_HINT
-        )
+        raise InvalidArgument(f"invalid registry {domain!r} in image reference {text!r}", hint=_HINT)
     for component in path.split("/"):
         if not _PATH_COMPONENT.fullmatch(component):
-            lowercase_hint = (
-                " (repository names must be lowercase)" if component.lower() != component else ""
-            )
+            lowercase_hint = " (repository names must be lowercase)" if component.lower() != component else ""
             raise InvalidArgument(
                 f"invalid repository name {path!r} in image reference {text!r}{lowercase_hint}",
                 hint=_HINT,
@@ -133,9 +129,7 @@ def _parse(text: str) -> tuple[Reference, bool]:
 
 def _split_domain(name: str) -> tuple[str, str, bool]:
     first, sep, rest = name.partition("/")
-    is_domain = sep and (
-        "." in first or ":" in first or first == LOCAL_DOMAIN or first.lower() != first
-    )
+    is_domain = sep and ("." in first or ":" in first or first == LOCAL_DOMAIN or first.lower() != first)
     if not is_domain:
         domain, path = DEFAULT_DOMAIN, name
     else:

@@ -257,8 +257,7 @@ class ImageStore:
         """The image's layers as read-only disks, bottom → top, built once and shared."""
         if len(image.layers) != len(image.diff_ids):
             raise DataLoss(
-                f"image {image.id} has {len(image.layers)} layers "
-                f"but {len(image.diff_ids)} diff IDs",
+                f"image {image.id} has {len(image.layers)} layers but {len(image.diff_ids)} diff IDs",
                 hint="remove the image and load it again",
             )
         return [
@@ -283,9 +282,7 @@ class ImageStore:
                     f"layer blob {layer_digest} is missing from the image store",
                     hint="remove the image with `hyper rmi` and load it again",
                 )
-            build_dir = Path(
-                tempfile.mkdtemp(prefix=f".build-{final.name[:12]}-", dir=final.parent)
-            )
+            build_dir = Path(tempfile.mkdtemp(prefix=f".build-{final.name[:12]}-", dir=final.parent))
             try:
                 rootfs = build_dir / "rootfs"
                 rootfs.mkdir()

@@ -79,8 +79,7 @@ def clean_path(name: str, limits: UnpackLimits = UnpackLimits()) -> tuple[str, .
             continue
         if len(part.encode("utf-8", "surrogateescape")) > limits.max_name_bytes:
             raise InvalidArgument(
-                f"layer entry {name[:80]!r} has a component longer than "
-                f"{limits.max_name_bytes} bytes",
+                f"layer entry {name[:80]!r} has a component longer than {limits.max_name_bytes} bytes",
                 hint=_BAD_LAYER_HINT,
             )
         parts.append(part)
@@ -185,9 +184,7 @@ class _Extractor:
             return  # aufs metadata such as .wh..wh.plnk: meaningless to overlayfs
         name = base[len(WHITEOUT_PREFIX) :]
         if name in ("", ".", ".."):
-            raise InvalidArgument(
-                f"layer has an invalid whiteout {'/'.join(parts)!r}", hint=_BAD_LAYER_HINT
-            )
+            raise InvalidArgument(f"layer has an invalid whiteout {'/'.join(parts)!r}", hint=_BAD_LAYER_HINT)
         target = os.path.join(parent, name)
         existing = _lstat(target)
         if existing is not None:
@@ -274,9 +271,7 @@ class _Extractor:
     def _hardlink_source(self, member: tarfile.TarInfo) -> str:
         parts = clean_path(member.linkname, self.limits)
         if not parts:
-            raise InvalidArgument(
-                f"hard link {member.name!r} points at the layer root", hint=_BAD_LAYER_HINT
-            )
+            raise InvalidArgument(f"hard link {member.name!r} points at the layer root", hint=_BAD_LAYER_HINT)
         source = os.path.join(self._resolve_dir(parts[:-1], create=False), parts[-1])
         existing = _lstat(source)
         if existing is None or stat.S_ISDIR(existing.st_mode) or source in self.whiteouts:
@@ -290,8 +285,7 @@ class _Extractor:
     def _check_link_length(self, member: tarfile.TarInfo) -> None:
         if len(member.linkname.encode("utf-8", "surrogateescape")) > self.limits.max_path_bytes:
             raise InvalidArgument(
-                f"symlink {member.name!r} has a target longer than "
-                f"{self.limits.max_path_bytes} bytes",
+                f"symlink {member.name!r} has a target longer than {self.limits.max_path_bytes} bytes",
                 hint=_BAD_LAYER_HINT,
             )
 
@@ -348,9 +342,7 @@ class _Extractor:
         # read-only directory could not receive them.
         for path, member in sorted(self.deferred_dirs.items(), key=lambda kv: -len(kv[0])):
             self._apply_metadata(path, member)
-        return UnpackStats(
-            self.entries, len(self.whiteouts), len(self.opaque), self.skipped_devices
-        )
+        return UnpackStats(self.entries, len(self.whiteouts), len(self.opaque), self.skipped_devices)
 
 
 def _lstat(path: str) -> os.stat_result | None:

@@ -38,7 +38,14 @@ from hyper.vm.qemu import QemuDriver, VmStartError
 WRITABLE_DISK_BYTES = 10 << 30  # sparse; Docker's classic base size
 SHUTDOWN_TIMEOUT = 10.0
 MAX_SOCKET_PATH = 107
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 MAIN_PROCESS = 1
 
 
@@ -75,7 +82,16 @@ def make_writable_disk(path: Path, size: int = WRITABLE_DISK_BYTES) -> None:
         f.truncate(size)
     try:
         subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(path)],
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+                str(path),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -192,7 +208,9 @@ class ContainerRun:
                 name=self.id[:12],
                 kernel=inputs.kernel.image,
                 initrd=inputs.appliance.initrd,
-                cmdline=specs.kernel_cmdline(inputs.appliance, inputs.accel.accel, tsc, self.settings.kernel_params),
+                cmdline=specs.kernel_cmdline(
+                    inputs.appliance, inputs.accel.accel, tsc, self.settings.kernel_params
+                ),
                 accel=inputs.accel.accel,
                 memory_mib=self.options.memory_mib,
                 cpus=self.options.cpus,
@@ -232,10 +250,7 @@ class ContainerRun:
             "mount_container",
             timeout=60,
             container=self.id[:12],
-            layers=[
-                {"serial": f"hl{i}", "fstype": layer.fs_type}
-                for i, layer in enumerate(layers)
-            ],
+            layers=[{"serial": f"hl{i}", "fstype": layer.fs_type} for i, layer in enumerate(layers)],
             writable={"serial": "hw0", "fstype": "ext4", "options": "noinit_itable"},
         )
         channel = agent.open_process(MAIN_PROCESS)

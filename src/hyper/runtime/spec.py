@@ -29,7 +29,9 @@ class ContainerState(enum.Enum):
 
 
 CONTAINER_TRANSITIONS: dict[ContainerState, frozenset[ContainerState]] = {
-    ContainerState.CREATED: frozenset({ContainerState.RUNNING, ContainerState.EXITED, ContainerState.REMOVED}),
+    ContainerState.CREATED: frozenset(
+        {ContainerState.RUNNING, ContainerState.EXITED, ContainerState.REMOVED}
+    ),
     ContainerState.RUNNING: frozenset({ContainerState.EXITED}),
     ContainerState.EXITED: frozenset({ContainerState.REMOVED}),
     ContainerState.REMOVED: frozenset(),
@@ -68,7 +70,9 @@ def parse_memory(text: str) -> int:
     """Docker's --memory forms (`512m`, `1g`, `1073741824`) in MiB."""
     match = _SIZE.match(text.strip())
     if not match:
-        raise InvalidArgument(f"invalid memory size {text!r}", hint="use a number with b, k, m or g, e.g. 512m")
+        raise InvalidArgument(
+            f"invalid memory size {text!r}", hint="use a number with b, k, m or g, e.g. 512m"
+        )
     mib = int(float(match.group(1)) * _UNITS[match.group(2).lower()]) // (1 << 20)
     if mib < MIN_MEMORY_MIB:
         raise InvalidArgument(f"memory {text!r} is below the minimum of {MIN_MEMORY_MIB}m for a VM")
@@ -88,7 +92,9 @@ def parse_cpus(text: str, host_cpus: int) -> int:
     return max(1, int(-(-value // 1)))
 
 
-def merge_env(image_env: tuple[str, ...], user_env: tuple[str, ...], host_env: Mapping[str, str]) -> tuple[str, ...]:
+def merge_env(
+    image_env: tuple[str, ...], user_env: tuple[str, ...], host_env: Mapping[str, str]
+) -> tuple[str, ...]:
     """Image env, overridden by `-e`; `-e NAME` alone takes NAME from the host, as Docker does."""
     merged: dict[str, str] = {}
     for item in image_env:
@@ -154,7 +160,9 @@ def etc_files(hostname: str, host_resolv_conf: str) -> dict[str, str]:
     nameservers = [
         line
         for line in host_resolv_conf.splitlines()
-        if line.split()[:1] != ["nameserver"] or not line.split()[1:2] or not line.split()[1].startswith("127.")
+        if line.split()[:1] != ["nameserver"]
+        or not line.split()[1:2]
+        or not line.split()[1].startswith("127.")
     ]
     return {
         "hostname": f"{hostname}\n",

@@ -66,7 +66,7 @@ def choose_accel(setting: str, facts: HostFacts, kernel_is_pvm: bool) -> AccelCh
         if kvm_problem:
             raise FailedPrecondition(
                 f"HYPER_ACCEL=kvm but {kvm_problem}",
-                hint="load kvm_intel or kvm_amd and give this user access to /dev/kvm, or use HYPER_ACCEL=tcg",
+                hint="load kvm_intel or kvm_amd and allow access to /dev/kvm, or use HYPER_ACCEL=tcg",
             )
         return AccelChoice(Accel.KVM, "HYPER_ACCEL=kvm")
     if kvm_problem:

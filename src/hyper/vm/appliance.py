@@ -164,8 +164,7 @@ def _build_entries(python: Path, kernel: Kernel, work: Path) -> tuple[list[cpio.
     executable = Path(found["executable"])
     agent_root = str(_agent_root())
     entries = [
-        cpio.directory(d)
-        for d in ("/dev", "/proc", "/sys", "/run", "/tmp", "/mnt", "/etc", AGENT_DIR)
+        cpio.directory(d) for d in ("/dev", "/proc", "/sys", "/run", "/tmp", "/mnt", "/etc", AGENT_DIR)
     ]
     entries.append(cpio.char_device("/dev/console", 5, 1))
     # Until the agent mounts devtmpfs, the interpreter itself needs these:
@@ -177,10 +176,7 @@ def _build_entries(python: Path, kernel: Kernel, work: Path) -> tuple[list[cpio.
     inputs = [executable]
     binaries = [executable]
     for _name, origin, compiled in found["modules"]:
-        if origin.startswith(agent_root + "/"):
-            destination = AGENT_DIR + origin[len(agent_root) :]
-        else:
-            destination = origin
+        destination = AGENT_DIR + origin[len(agent_root) :] if origin.startswith(agent_root + "/") else origin
         inputs.append(Path(origin))
         if compiled is not None:
             entries.append(cpio.regular(destination[: -len(".py")] + ".pyc", source=Path(compiled)))

@@ -117,7 +117,10 @@ def kernel_from_file(path: Path, cache: Path) -> Kernel:
     config = None
     if release:
         # Beside a kernel in /boot, its modules are where Debian puts them.
-        for candidate in (path.parent.parent / "lib/modules" / release, Path("/lib/modules") / release):
+        for candidate in (
+            path.parent.parent / "lib/modules" / release,
+            Path("/lib/modules") / release,
+        ):
             if candidate.is_dir():
                 modules = candidate
                 break

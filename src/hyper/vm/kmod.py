@@ -101,7 +101,8 @@ class ModuleTree:
         providers = sorted(self._alias_index().get(wanted, []))
         # A generic implementation loads on any CPU, including TCG's.
         generic = [p for p in providers if p.endswith("_generic")]
-        return (generic or providers or [None])[0]
+        chosen = generic or providers
+        return chosen[0] if chosen else None
 
     def resolve(self, wanted: Iterable[str]) -> list[ModuleToLoad]:
         """Load order for `wanted` and everything they need; built-in ones are skipped."""

@@ -146,7 +146,9 @@ class QemuDriver:
 
     def _move(self, new: VmState) -> None:
         if new not in VM_TRANSITIONS[self._state]:
-            raise FailedPrecondition(f"VM {self._spec.name} cannot go from {self._state.value} to {new.value}")
+            raise FailedPrecondition(
+                f"VM {self._spec.name} cannot go from {self._state.value} to {new.value}"
+            )
         self._state = new
 
     def start_error(self, message: str, hint: str | None = None) -> VmStartError:
@@ -208,17 +210,15 @@ class QemuDriver:
                 try:
                     await asyncio.wait_for(client.connect(str(self._spec.qmp_socket)), 5)
                     return client
-                except (OSError, asyncio.TimeoutError, HyperError, Exception) as exc:
+                except (TimeoutError, OSError, HyperError, Exception) as exc:
                     with contextlib.suppress(Exception):
                         await client.disconnect()
                     if loop.time() > deadline:
                         raise self.start_error(f"QMP did not answer: {exc}") from exc
             if loop.time() > deadline:
                 raise self.start_error(f"QEMU did not open its QMP socket in {QMP_CONNECT_TIMEOUT:.0f}s")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._process.wait(), 0.02)
-            except asyncio.TimeoutError:
-                pass
 
     async def query_status(self) -> str:
         if self._qmp is None:
@@ -232,7 +232,7 @@ class QemuDriver:
             return None
         try:
             return await asyncio.wait_for(self._process.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     async def stop(self, timeout: float) -> None:
