@@ -145,9 +145,12 @@ def kernel_cmdline(appliance: Appliance, accel: Accel, tsc_khz: int | None, extr
         # Under TCG the guest sometimes fails to calibrate its TSC against the
         # PIT and never reaches init; telling it the frequency avoids that.
         words.append(f"tsc_early_khz={tsc_khz}")
-    words += extra.split()
     init, *init_args = appliance.init_command()
-    words += [f"rdinit={init}", "--", *init_args]
+    words.append(f"rdinit={init}")
+    # The user's words come last so that they can override ours (the kernel
+    # takes the last value of a parameter given twice).
+    words += extra.split()
+    words += ["--", *init_args]
     return " ".join(words)
 
 

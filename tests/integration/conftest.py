@@ -1,0 +1,118 @@
+"""Fixtures for tests that boot real QEMU VMs through the real `hyper` CLI.
+
+Each test gets its own state and runtime directories; the kernel and
+appliance cache is shared (HYPER_CACHE_DIR, else Hyper's default) so the
+kernel is fetched once. Every VM's console log is copied next to the test's
+result under test-results/; it is deleted when the test passes and kept when
+it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hyper.image import ImageConfig, ImageStore
+from hyper.paths import default_paths
+from tests.support.images import make_busybox_image
+
+RESULTS = Path(__file__).resolve().parents[2] / "test-results"
+BUSYBOX = "localhost/busybox:latest"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@dataclass(frozen=True)
+class HyperEnv:
+    state: Path
+    runtime: Path
+    cache: Path
+    console_logs: Path
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            HYPER_STATE_DIR=str(self.state),
+            HYPER_RUNTIME_DIR=str(self.runtime),
+            HYPER_CACHE_DIR=str(self.cache),
+            HYPER_CONSOLE_LOG_DIR=str(self.console_logs),
+        )
+        env.update(extra)
+        return env
+
+    def run(
+        self, *args: str, input: bytes | None = None, timeout: float = 240, **env: str
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "hyper.cli.main", *args],
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            env=self.environ(**env),
+            check=False,
+        )
+
+    def qemu_processes(self) -> list[str]:
+        """QEMU processes whose command line names this test's runtime directory."""
+        found = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True, check=False)
+        return [line for line in found.stdout.splitlines() if str(self.runtime) in line]
+
+
+@pytest.fixture(scope="session")
+def shared_cache() -> Path:
+    cache = Path(os.environ.get("HYPER_CACHE_DIR") or default_paths().cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def image_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store with the busybox image, built once and copied into each test's state."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed (make test installs it)")
+    state = tmp_path_factory.mktemp("image-state")
+    store = ImageStore(state / "images")
+    make_busybox_image(store, BUSYBOX, ImageConfig(cmd=("sh",)))
+    store.layer_disks(store.get(BUSYBOX))
+    return state
+
+
+@pytest.fixture
+def hyper_env(request: pytest.FixtureRequest, image_state: Path, shared_cache: Path) -> Iterator[HyperEnv]:
+    # Unix socket paths are short (108 bytes), so the runtime dir lives directly under /tmp.
+    runtime = Path(tempfile.mkdtemp(prefix="hy-", dir="/tmp"))
+    state = Path(tempfile.mkdtemp(prefix="hyper-state-"))
+    shutil.copytree(image_state, state, dirs_exist_ok=True, symlinks=True)
+    name = re.sub(r"[^\w.-]+", "_", request.node.nodeid)
+    logs = RESULTS / name
+    shutil.rmtree(logs, ignore_errors=True)
+    env = HyperEnv(state=state, runtime=runtime, cache=shared_cache, console_logs=logs)
+    try:
+        yield env
+    finally:
+        leftovers = env.qemu_processes()
+        for line in leftovers:
+            subprocess.run(["kill", "-9", line.split()[0]], check=False)
+        shutil.rmtree(runtime, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+        if not request.node.stash.get(_FAILED, True):
+            shutil.rmtree(logs, ignore_errors=True)
+        assert not leftovers, f"QEMU processes left behind: {leftovers}"

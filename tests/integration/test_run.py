@@ -1,0 +1,307 @@
+"""`hyper run` end to end: real QEMU VMs (TCG is fine), the real CLI, a local image.
+
+No test asserts a wall-clock time; timeouts only stop a test that hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.integration.conftest import BUSYBOX, HyperEnv
+from tests.support import images
+
+pytestmark = pytest.mark.vm
+
+
+def test_output_streams_and_exit_status(hyper_env: HyperEnv) -> None:
+    result = hyper_env.run("run", "--rm", BUSYBOX, "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == b"out\n"
+    assert result.stderr == b"err\n"
+
+
+def test_stdin_is_forwarded_with_i(hyper_env: HyperEnv) -> None:
+    payload = os.urandom(300_000)
+    result = hyper_env.run("run", "--rm", "-i", BUSYBOX, "sh", "-c", "wc -c; echo done", input=payload)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [b"300000", b"done"]
+
+
+def test_stdin_is_empty_without_i(hyper_env: HyperEnv) -> None:
+    result = hyper_env.run("run", "--rm", BUSYBOX, "sh", "-c", "cat; echo end", input=b"ignored\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"end\n"
+
+
+def test_env_workdir_user_and_hostname(hyper_env: HyperEnv) -> None:
+    result = hyper_env.run(
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hello world",
+        "-w",
+        "/home/app/work",
+        "-u",
+        "app",
+        "--hostname",
+        "vmbox",
+        BUSYBOX,
+        "sh",
+        "-c",
+        'echo "$GREETING"; pwd; id -u; id -g; echo "$HOME"; hostname; grep -c vmbox /etc/hosts; echo $$',
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        "hello world",
+        "/home/app/work",
+        "1000",
+        "1000",
+        "/home/app",
+        "vmbox",
+        "1",
+        "1",  # the command is PID 1 of its container, as in Docker
+    ]
+
+
+def test_numeric_user_and_group(hyper_env: HyperEnv) -> None:
+    result = hyper_env.run("run", "--rm", "-u", "4242:4343", BUSYBOX, "sh", "-c", "id -u; id -g")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [b"4242", b"4343"]
+
+
+def test_entrypoint_replaces_image_command(hyper_env: HyperEnv) -> None:
+    result = hyper_env.run("run", "--rm", "--entrypoint", "echo", BUSYBOX, "from", "entrypoint")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"from entrypoint\n"
+
+
+def test_docker_exit_statuses_for_start_failures(hyper_env: HyperEnv) -> None:
+    missing = hyper_env.run("run", "--rm", BUSYBOX, "no-such-command")
+    assert missing.returncode == 127
+    assert b"executable file not found" in missing.stderr
+    not_executable = hyper_env.run("run", "--rm", BUSYBOX, "/etc/passwd")
+    assert not_executable.returncode == 126
+    unknown_user = hyper_env.run("run", "--rm", "-u", "nobody-here", BUSYBOX, "true")
+    assert unknown_user.returncode == 126
+    assert b"unable to find user" in unknown_user.stderr
+    assert list((hyper_env.state / "containers").iterdir()) == []
+
+
+def test_hyper_failures_exit_125(hyper_env: HyperEnv) -> None:
+    unknown_image = hyper_env.run("run", "--rm", "no/such-image", "true")
+    assert unknown_image.returncode == 125
+    assert b"no such image" in unknown_image.stderr
+    bad_flag = hyper_env.run("run", "--no-such-flag", BUSYBOX)
+    assert bad_flag.returncode == 125
+    bad_memory = hyper_env.run("run", "--rm", "--memory", "lots", BUSYBOX, "true")
+    assert bad_memory.returncode == 125
+    assert b"invalid memory size" in bad_memory.stderr
+    no_qemu = hyper_env.run("run", "--rm", BUSYBOX, "true", HYPER_QEMU="/nonexistent/qemu")
+    assert no_qemu.returncode == 125
+    assert b"not installed" in no_qemu.stderr
+    assert list((hyper_env.state / "containers").iterdir()) == []
+
+
+def test_rm_leaves_nothing_behind(hyper_env: HyperEnv) -> None:
+    result = hyper_env.run("run", "--rm", BUSYBOX, "sh", "-c", "echo data > /root/file")
+    assert result.returncode == 0, result.stderr
+    assert list((hyper_env.state / "containers").iterdir()) == []
+    assert list(hyper_env.runtime.iterdir()) == []
+    assert hyper_env.qemu_processes() == []
+
+
+def test_without_rm_the_container_is_kept_as_exited(hyper_env: HyperEnv) -> None:
+    result = hyper_env.run("run", BUSYBOX, "sh", "-c", "exit 5")
+    assert result.returncode == 5
+    (container,) = list((hyper_env.state / "containers").iterdir())
+    record = (container / "config.json").read_text()
+    assert '"state": "exited"' in record and '"exit_code": 5' in record
+    assert (container / "writable.ext4").exists()
+    assert list(hyper_env.runtime.iterdir()) == []
+
+
+def test_writable_layer_is_per_container(hyper_env: HyperEnv) -> None:
+    first = hyper_env.run(
+        "run", "--rm", BUSYBOX, "sh", "-c", "echo changed > /etc/motd; rm /bin/ls; cat /etc/motd"
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == b"changed\n"
+    second = hyper_env.run("run", "--rm", BUSYBOX, "sh", "-c", "test ! -e /etc/motd && test -e /bin/ls")
+    assert second.returncode == 0, second.stderr
+
+
+def test_container_sees_proc_dev_and_tmp(hyper_env: HyperEnv) -> None:
+    script = (
+        "test -c /dev/null && test -c /dev/urandom && test -d /dev/pts && test -d /proc/1 "
+        "&& head -c 4 /dev/zero | wc -c && touch /tmp/x && cat /etc/hostname"
+    )
+    result = hyper_env.run("run", "--rm", "--hostname", "box1", BUSYBOX, "sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [b"4", b"box1"]
+
+
+def test_sigterm_reaches_the_container(hyper_env: HyperEnv) -> None:
+    script = 'trap "echo got TERM; exit 42" TERM; echo ready; while true; do sleep 0.1; done'
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hyper.cli.main", "run", "--rm", BUSYBOX, "sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=hyper_env.environ(),
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"ready\n"
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 42, err
+    assert out == b"got TERM\n"
+
+
+def test_ctrl_c_while_booting_cleans_up(hyper_env: HyperEnv) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hyper.cli.main", "run", "--rm", BUSYBOX, "sleep", "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=hyper_env.environ(),
+    )
+    deadline = time.monotonic() + 60
+    while not hyper_env.qemu_processes() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert hyper_env.qemu_processes() == []
+    assert list((hyper_env.state / "containers").iterdir()) == []
+    assert list(hyper_env.runtime.iterdir()) == []
+
+
+def test_tty_session(hyper_env: HyperEnv) -> None:
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "hyper.cli.main", "run", "--rm", "-it", BUSYBOX, "sh"],
+        env=hyper_env.environ(),
+        dimensions=(30, 100),
+        timeout=120,
+    )
+    try:
+        child.expect(r"[#$] ")
+        child.sendline("stty size; tty")
+        child.expect(r"30 100")
+        child.expect(r"/dev/pts/\d+")
+        child.setwinsize(40, 120)
+        time.sleep(0.5)  # the window change travels as a signal, then a message
+        child.sendline("stty size")
+        child.expect(r"40 120")
+        child.sendline("sleep 60")
+        time.sleep(1)
+        child.sendintr()  # Ctrl-C goes through the raw terminal to the container's TTY
+        child.expect(r"[#$] ")
+        child.sendline("exit 7")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 7
+
+
+def test_two_vms_at_once(hyper_env: HyperEnv) -> None:
+    runs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hyper.cli.main",
+                "run",
+                "--rm",
+                "--hostname",
+                f"vm{i}",
+                BUSYBOX,
+                "hostname",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=hyper_env.environ(),
+        )
+        for i in range(2)
+    ]
+    outputs = [run.communicate(timeout=240) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in outputs]
+    assert sorted(out for out, _ in outputs) == [b"vm0\n", b"vm1\n"]
+
+
+def test_layers_and_whiteouts_in_the_guest(hyper_env: HyperEnv, tmp_path: Path) -> None:
+    rootfs = images.busybox_rootfs_tar(tmp_path / "busybox.tar").read_bytes()
+    lower = images.layer_tar(
+        [
+            images.directory("data"),
+            images.file("data/keep", b"keep\n"),
+            images.file("data/gone", b"gone\n"),
+            images.directory("opaque"),
+            images.file("opaque/old", b"old\n"),
+        ]
+    )
+    upper = images.layer_tar(
+        [
+            images.file("data/.wh.gone"),
+            images.directory("opaque"),
+            images.file("opaque/.wh..wh..opq"),
+            images.file("opaque/new", b"new\n"),
+        ]
+    )
+    layers: list[images.LayerSource] = [rootfs, lower, upper]
+    archive = images.docker_archive(
+        tmp_path / "layered.tar",
+        layers,
+        images.image_config(layers, {"Cmd": ["sh"]}),
+        "localhost/layered:1",
+    )
+    loaded = hyper_env.run("load", "-i", str(archive))
+    assert loaded.returncode == 0, loaded.stderr
+    result = hyper_env.run("run", "--rm", "localhost/layered:1", "sh", "-c", "ls /data; ls /opaque")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [b"keep", b"new"]
+
+
+def test_kernel_panic_is_reported(hyper_env: HyperEnv) -> None:
+    # A missing init makes the kernel panic; panic=-1 reboots, and QEMU exits.
+    result = hyper_env.run("run", "--rm", BUSYBOX, "true", HYPER_KERNEL_PARAMS="rdinit=/nonexistent")
+    assert result.returncode == 125
+    assert b"panicked" in result.stderr
+    assert hyper_env.qemu_processes() == []
+    assert list((hyper_env.state / "containers").iterdir()) == []
+
+
+def test_guest_that_never_answers_times_out(hyper_env: HyperEnv) -> None:
+    # panic=0 makes the panicked guest hang instead of rebooting.
+    result = hyper_env.run(
+        "run",
+        "--rm",
+        BUSYBOX,
+        "true",
+        HYPER_KERNEL_PARAMS="rdinit=/nonexistent panic=0",
+        HYPER_BOOT_TIMEOUT="20",
+    )
+    assert result.returncode == 125
+    assert b"did not answer within 20s" in result.stderr
+    assert hyper_env.qemu_processes() == []
+    assert list(hyper_env.runtime.iterdir()) == []
+
+
+def test_info_names_accelerator_and_reason(hyper_env: HyperEnv) -> None:
+    result = hyper_env.run("info")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert "QEMU emulator version" in text
+    accel_line = next(line for line in text.splitlines() if line.startswith("Accelerator:"))
+    assert ("tcg" in accel_line or "kvm" in accel_line) and "(" in accel_line
+    forced = hyper_env.run("info", HYPER_ACCEL="tcg")
+    assert b"tcg (HYPER_ACCEL=tcg)" in forced.stdout

@@ -1,0 +1,318 @@
+"""The host's agent client against a fake guest on the other end of a socketpair."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from hyper.agent.host import AgentClient, AgentConnectionLost, AgentRequestError, ProcessChannel
+from hyper.agent.protocol import (
+    HEADER,
+    MAX_DATA_CHUNK,
+    MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    FrameKind,
+    decode_message,
+    encode_frame,
+    encode_message,
+)
+from hyper.errors import Category, DeadlineExceeded
+
+TEST_TIMEOUT = 10.0
+
+
+class FakeGuest:
+    """The guest's end of the channel, driven step by step by a test."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+        self.frames: list[Frame] = []
+
+    async def read_frame(self) -> Frame:
+        while not self.frames:
+            data = await self.reader.read(1 << 16)
+            if not data:
+                raise EOFError("the host closed the channel")
+            self.frames += self.decoder.feed(data)
+        return self.frames.pop(0)
+
+    async def read_message(self) -> dict[str, Any]:
+        frame = await self.read_frame()
+        assert frame.kind is FrameKind.CONTROL
+        return decode_message(frame.payload)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def reply(self, request: dict[str, Any], **fields: Any) -> None:
+        await self.send(encode_message({"type": "response", "id": request["id"], **fields}))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def connect() -> tuple[AgentClient, FakeGuest]:
+    host_sock, guest_sock = socket.socketpair()
+    host_reader, host_writer = await asyncio.open_unix_connection(sock=host_sock)
+    guest_reader, guest_writer = await asyncio.open_unix_connection(sock=guest_sock)
+    return AgentClient(host_reader, host_writer), FakeGuest(guest_reader, guest_writer)
+
+
+def run(scenario: Callable[[AgentClient, FakeGuest], Awaitable[None]]) -> None:
+    async def main() -> None:
+        client, guest = await connect()
+        try:
+            await asyncio.wait_for(scenario(client, guest), TEST_TIMEOUT)
+        finally:
+            await client.close()
+            guest.close()
+
+    asyncio.run(main())
+
+
+def test_hello_sends_the_version_and_returns_the_reply() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        hello = asyncio.create_task(client.hello(5))
+        request = await guest.read_message()
+        assert request["type"] == "hello"
+        assert request["version"] == PROTOCOL_VERSION
+        assert isinstance(request["id"], int)
+        await guest.reply(request, ok=True, version=PROTOCOL_VERSION, kernel="6.1.0-test", log=[])
+        reply = await hello
+        assert reply["kernel"] == "6.1.0-test"
+        assert client.failure is None
+
+    run(scenario)
+
+
+def test_requests_get_distinct_ids_and_answers_out_of_order_reach_their_callers() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        first = asyncio.create_task(client.request("one", 5))
+        second = asyncio.create_task(client.request("two", 5))
+        request_one = await guest.read_message()
+        request_two = await guest.read_message()
+        assert request_one["id"] != request_two["id"]
+        await guest.reply(request_two, ok=True, answer=2)
+        await guest.reply(request_one, ok=True, answer=1)
+        assert (await first)["answer"] == 1
+        assert (await second)["answer"] == 2
+
+    run(scenario)
+
+
+def test_hello_with_another_version_is_refused() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        hello = asyncio.create_task(client.hello(5))
+        request = await guest.read_message()
+        await guest.reply(request, ok=True, version=PROTOCOL_VERSION + 1, kernel="x")
+        with pytest.raises(AgentConnectionLost) as caught:
+            await hello
+        assert caught.value.category is Category.UNAVAILABLE
+        assert caught.value.hint is not None
+        assert str(PROTOCOL_VERSION + 1) in caught.value.message
+
+    run(scenario)
+
+
+def test_refused_request_raises_with_stage_and_errno() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        start = asyncio.create_task(client.request("start", 5, process=1))
+        request = await guest.read_message()
+        assert request["process"] == 1
+        await guest.reply(request, ok=False, error="exec: not found", stage="exec", errno=2)
+        with pytest.raises(AgentRequestError) as caught:
+            await start
+        assert (caught.value.stage, caught.value.errno) == ("exec", 2)
+        assert caught.value.message == "exec: not found"
+        assert caught.value.category is Category.FAILED_PRECONDITION
+        assert client.failure is None  # a refusal is not a broken channel
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"error": "x", "stage": 5, "errno": "2"},
+        {"ok": "yes"},
+        {"ok": 1},
+    ],
+)
+def test_a_reply_without_ok_true_is_a_refusal_with_only_well_typed_details(fields: dict[str, Any]) -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        pending = asyncio.create_task(client.request("mount", 5))
+        await guest.reply(await guest.read_message(), **fields)
+        with pytest.raises(AgentRequestError) as caught:
+            await pending
+        assert caught.value.stage is None
+        assert caught.value.errno is None
+
+    run(scenario)
+
+
+def test_no_answer_is_deadline_exceeded() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        pending = asyncio.create_task(client.request("slow", 0.05))
+        assert (await guest.read_message())["type"] == "slow"
+        with pytest.raises(DeadlineExceeded):
+            await pending
+
+    run(scenario)
+
+
+HOSTILE = {
+    "garbage": b"\x09garbage bytes that are no frame",
+    "oversize": HEADER.pack(int(FrameKind.STDOUT), 5, MAX_PAYLOAD + 1),
+    "unknown_response": encode_message({"type": "response", "id": 12345, "ok": True}),
+    "exit_status_300": encode_message({"type": "exited", "process": 5, "status": 300}),
+    "exit_status_negative": encode_message({"type": "exited", "process": 5, "status": -1}),
+    "exit_status_bool": encode_message({"type": "exited", "process": 5, "status": True}),
+    "stdin_from_guest": encode_frame(FrameKind.STDIN, 5, b"x"),
+    "not_json": encode_frame(FrameKind.CONTROL, 0, b"{nope"),
+    "no_type": encode_frame(FrameKind.CONTROL, 0, b'{"id": 1, "ok": true}'),
+    "unexpected_type": encode_message({"type": "surprise"}),
+    "response_id_string": encode_message({"type": "response", "id": "1", "ok": True}),
+}
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE.values()), ids=list(HOSTILE))
+def test_hostile_frame_fails_pending_requests_and_processes(hostile: bytes) -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        channel = client.open_process(5)
+        pending = asyncio.create_task(client.request("start", 5, process=5))
+        await guest.read_message()
+        await guest.send(hostile)
+        with pytest.raises(AgentConnectionLost):
+            await pending
+        with pytest.raises(AgentConnectionLost):
+            await channel.exit_status
+        assert await channel.output.get() is None
+        assert isinstance(client.failure, AgentConnectionLost)
+        with pytest.raises(AgentConnectionLost):
+            await client.request("hello", 5)
+        with pytest.raises(EOFError):  # the host closed its end
+            await guest.read_frame()
+
+    run(scenario)
+
+
+@pytest.mark.xfail(
+    reason="BUG: deeply nested JSON from the guest kills the reader with RecursionError "
+    "(protocol.py:83, host.py:88); the request then waits for its timeout",
+    strict=True,
+)
+def test_deeply_nested_json_from_the_guest_is_a_protocol_error() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        pending = asyncio.create_task(client.request("start", 1.0))
+        await guest.read_message()
+        await guest.send(encode_frame(FrameKind.CONTROL, 0, b"[" * 100_000))
+        with pytest.raises(AgentConnectionLost):
+            await pending
+
+    run(scenario)
+
+
+def test_guest_closing_the_channel_fails_pending_requests_and_processes() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        channel = client.open_process(2)
+        pending = asyncio.create_task(client.request("start", 5))
+        await guest.read_message()
+        guest.close()
+        with pytest.raises(AgentConnectionLost, match="closed"):
+            await pending
+        with pytest.raises(AgentConnectionLost):
+            await channel.exit_status
+        assert await channel.output.get() is None
+
+    run(scenario)
+
+
+async def collect(channel: ProcessChannel) -> list[tuple[FrameKind, bytes]]:
+    items = []
+    while (item := await channel.output.get()) is not None:
+        items.append(item)
+    return items
+
+
+def test_output_arrives_in_order_then_none_after_exited() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        channel = client.open_process(3)
+        other = client.open_process(4)
+        frames = [
+            encode_frame(FrameKind.STDOUT, 3, b"one"),
+            encode_frame(FrameKind.STDERR, 3, b"two"),
+            encode_frame(FrameKind.STDOUT, 4, b"other"),
+            encode_frame(FrameKind.STDOUT, 99, b"nobody's"),
+            encode_frame(FrameKind.STDOUT, 3, b"three"),
+            encode_frame(FrameKind.STDOUT, 3, b""),
+            encode_message({"type": "exited", "process": 3, "status": 7}),
+        ]
+        await guest.send(b"".join(frames))
+        assert await collect(channel) == [
+            (FrameKind.STDOUT, b"one"),
+            (FrameKind.STDERR, b"two"),
+            (FrameKind.STDOUT, b"three"),
+        ]
+        assert await channel.exit_status == 7
+        assert await other.output.get() == (FrameKind.STDOUT, b"other")
+        assert not other.exit_status.done()
+        assert client.failure is None
+
+    run(scenario)
+
+
+def test_exited_for_an_unknown_process_is_ignored() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        await guest.send(encode_message({"type": "exited", "process": 42, "status": 0}))
+        pending = asyncio.create_task(client.request("ping", 5))
+        await guest.reply(await guest.read_message(), ok=True)
+        assert (await pending)["ok"] is True
+        assert client.failure is None
+
+    run(scenario)
+
+
+def test_write_stdin_is_cut_into_bounded_frames_in_order() -> None:
+    data = os.urandom(200 * 1024)
+
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        async def receive() -> list[Frame]:
+            frames: list[Frame] = []
+            while sum(len(f.payload) for f in frames) < len(data) or frames[-1].payload:
+                frames.append(await guest.read_frame())
+            return frames
+
+        async def send() -> None:
+            await client.write_stdin(6, data)
+            await client.close_stdin(6)
+
+        frames, _ = await asyncio.gather(receive(), send())
+        assert all(f.kind is FrameKind.STDIN and f.stream == 6 for f in frames)
+        assert all(len(f.payload) <= MAX_DATA_CHUNK for f in frames)
+        assert len(frames) == 5  # 64 + 64 + 64 + 8 KiB, then end-of-file
+        assert frames[-1].payload == b""
+        assert b"".join(f.payload for f in frames) == data
+
+    run(scenario)
+
+
+def test_writing_after_the_channel_failed_raises_the_failure() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        guest.close()
+        while client.failure is None:
+            await asyncio.sleep(0.01)
+        with pytest.raises(AgentConnectionLost) as caught:
+            await client.write_stdin(1, b"late")
+        assert caught.value is client.failure
+
+    run(scenario)
