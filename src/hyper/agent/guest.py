@@ -24,9 +24,7 @@ import struct
 import sys
 import termios
 import time
-import traceback
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hyper.agent import guest_container as containers
 from hyper.agent import guest_sys as sys_
@@ -43,22 +41,40 @@ from hyper.agent.protocol import (
     require,
 )
 
+if TYPE_CHECKING:
+    from typing import Any
+
 OUTPUT_BUFFER_LIMIT = 8 << 20
 RECONNECT_POLL_SECONDS = 0.05
 APPLIANCE_DIR = "/opt/hyper-agent"
+MODULES_LIST = f"{APPLIANCE_DIR}/modules.list"
 
 
-@dataclass
 class Process:
-    stream: int
-    shim_pid: int
-    init_pid: int
-    stdin_fd: int | None
-    tty_master: int | None
-    outputs: dict[int, FrameKind] = field(default_factory=dict)
-    stdin_buffer: bytearray = field(default_factory=bytearray)
-    stdin_eof: bool = False
-    status: int | None = None
+    """One process the host started; plain class to keep dataclasses out of the guest."""
+
+    __slots__ = (
+        "init_pid",
+        "outputs",
+        "shim_pid",
+        "status",
+        "stdin_buffer",
+        "stdin_eof",
+        "stdin_fd",
+        "stream",
+        "tty_master",
+    )
+
+    def __init__(self, stream: int, shim_pid: int, init_pid: int, status: int | None = None) -> None:
+        self.stream = stream
+        self.shim_pid = shim_pid
+        self.init_pid = init_pid
+        self.stdin_fd: int | None = None
+        self.tty_master: int | None = None
+        self.outputs: dict[int, FrameKind] = {}
+        self.stdin_buffer = bytearray()
+        self.stdin_eof = False
+        self.status = status
 
 
 class Agent:
@@ -82,6 +98,7 @@ class Agent:
         self.hostname = socket.gethostname()
         self.etc_files: dict[str, str] = {}
         self.output_paused = False
+        self.loaded_groups = {"boot"}
         self._watched: dict[int, int] = {}
         os.set_blocking(channel_fd, False)
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -248,6 +265,21 @@ class Agent:
         self.etc_files = {str(k): str(v) for k, v in etc.items() if k in ("hosts", "hostname", "resolv.conf")}
         return {}
 
+    def _do_load_modules(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Load a module group ("9p", "net") the first time a pod needs it."""
+        group = require(message, "group", str)
+        if group in self.loaded_groups:
+            return {"loaded": 0}
+        with open("/proc/cmdline") as f:
+            cmdline = f.read()
+        try:
+            with open(MODULES_LIST) as f:
+                count = sys_.load_modules(f.read(), cmdline, group, self.boot_log)
+        except FileNotFoundError:
+            count = 0
+        self.loaded_groups.add(group)
+        return {"loaded": count}
+
     def _wait_for_disk(self, serial: str) -> str:
         deadline = time.monotonic() + 10
         while (device := sys_.find_disk(serial)) is None:
@@ -378,11 +410,11 @@ class Agent:
         if failure or not init_text.isdigit():
             for fd in parent_fds:
                 os.close(fd)
-            self.by_shim[shim] = Process(stream, shim, 0, None, None, status=-1)
+            self.by_shim[shim] = Process(stream, shim, 0, status=-1)
             if failure:
                 raise containers.parse_start_error(failure)
             raise containers.StartError("setup", 0, "the process could not be started")
-        process = Process(stream, shim, int(init_text), None, None)
+        process = Process(stream, shim, int(init_text))
         if request.tty:
             process.tty_master = parent_fds[0]
             process.outputs[parent_fds[0]] = FrameKind.STDOUT
@@ -591,15 +623,16 @@ def _open_fds() -> list[int]:
 
 def boot() -> tuple[int, list[str]]:
     """Everything PID 1 does before it can serve: mounts, modules, the channel."""
-    log: list[str] = []
+    log: list[str] = [f"{time.monotonic():.3f} agent started"]
     sys_.mount_basics()
     with open("/proc/cmdline") as f:
         cmdline = f.read()
     try:
-        with open(f"{APPLIANCE_DIR}/modules.list") as f:
-            sys_.load_modules(f.read(), cmdline, log)
+        with open(MODULES_LIST) as f:
+            sys_.load_modules(f.read(), cmdline, "boot", log)
     except FileNotFoundError:
         log.append("no modules.list: using the kernel's built-in drivers")
+    log.append(f"{time.monotonic():.3f} modules loaded")
     try:
         sys_.bring_up_loopback()
     except OSError as exc:
@@ -609,6 +642,7 @@ def boot() -> tuple[int, list[str]]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"virtio-serial port {PORT_NAME} did not appear")
         time.sleep(0.005)
+    log.append(f"{time.monotonic():.3f} channel open")
     return os.open(port, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC), log
 
 
@@ -618,6 +652,8 @@ def main() -> None:
         channel, log = boot()
         Agent(channel, log).run()
     except BaseException:
+        import traceback
+
         traceback.print_exc()
         print("hyper-agent: fatal error, powering off", file=sys.stderr)
     finally:

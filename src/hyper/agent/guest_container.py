@@ -15,7 +15,6 @@ import contextlib
 import os
 import signal
 import stat
-from dataclasses import dataclass, field
 
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_sys import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
@@ -50,35 +49,59 @@ class StartError(Exception):
         self.message = message
 
 
-@dataclass
+# Plain classes rather than dataclasses: importing dataclasses pulls in
+# inspect, ast and tokenize, a quarter of a second of the guest's boot under TCG.
 class Container:
-    id: str
-    rootfs: str
-    mounts: list[str] = field(default_factory=list)  # mounted paths, in mount order
+    __slots__ = ("id", "mounts", "rootfs")
+
+    def __init__(self, container_id: str, rootfs: str) -> None:
+        self.id = container_id
+        self.rootfs = rootfs
+        self.mounts: list[str] = []  # mounted paths, in mount order
 
 
-@dataclass(frozen=True)
 class ProcessRequest:
     """A process the host asked for, as the agent passes it to the child."""
 
-    rootfs: str
-    args: list[str]
-    env: list[str]
-    cwd: str
-    user: str
-    hostname: str
-    tty: bool
-    stdin: bool
-    rows: int = 24
-    cols: int = 80
+    __slots__ = ("args", "cols", "cwd", "env", "hostname", "rootfs", "rows", "stdin", "tty", "user")
+
+    def __init__(
+        self,
+        *,
+        rootfs: str,
+        args: list[str],
+        env: list[str],
+        cwd: str,
+        user: str,
+        hostname: str,
+        tty: bool,
+        stdin: bool,
+        rows: int = 24,
+        cols: int = 80,
+    ) -> None:
+        self.rootfs, self.args, self.env, self.cwd, self.user = rootfs, args, env, cwd, user
+        self.hostname, self.tty, self.stdin, self.rows, self.cols = hostname, tty, stdin, rows, cols
 
 
-@dataclass(frozen=True)
 class Identity:
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
+    __slots__ = ("gid", "groups", "home", "uid")
+
+    def __init__(self, uid: int, gid: int, groups: tuple[int, ...], home: str) -> None:
+        self.uid, self.gid, self.groups, self.home = uid, gid, groups, home
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Identity) and (self.uid, self.gid, self.groups, self.home) == (
+            other.uid,
+            other.gid,
+            other.groups,
+            other.home,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.uid, self.gid, self.groups, self.home))
+
+    def __repr__(self) -> str:
+        return f"Identity(uid={self.uid}, gid={self.gid}, groups={self.groups}, home={self.home!r})"
 
 
 def _no_symlinks_under(root: str, relative: str) -> str:

@@ -97,15 +97,19 @@ def module_params(cmdline: str, module: str) -> str:
     return " ".join(params)
 
 
-def load_modules(listing: str, cmdline: str, log: list[str]) -> None:
-    """Load the modules listed one per line as `PATH REQUIRED(0|1)`, in order.
+def load_modules(listing: str, cmdline: str, group: str, log: list[str]) -> int:
+    """Load the modules of `group`, listed one per line as `PATH REQUIRED(0|1) GROUP`.
 
     Optional ones (soft dependencies such as a CPU-specific crc32c) may fail.
+    Returns how many lines the group had.
     """
+    count = 0
     for line in listing.splitlines():
-        if not line.strip():
+        words = line.split()
+        if len(words) != 3 or words[2] != group:
             continue
-        path, _, required = line.rpartition(" ")
+        path, required = words[0], words[1]
+        count += 1
         name = os.path.basename(path).split(".ko")[0]
         try:
             finit_module(path, module_params(cmdline, name))
@@ -113,6 +117,7 @@ def load_modules(listing: str, cmdline: str, log: list[str]) -> None:
             if required == "1":
                 raise
             log.append(f"optional module {name} not loaded: {exc.strerror}")
+    return count
 
 
 def mount_basics() -> None:

@@ -21,7 +21,10 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 PORT_NAME = "org.hyper.agent.0"

@@ -26,7 +26,7 @@ import hyper
 from hyper.errors import FailedPrecondition
 from hyper.vm import cpio
 from hyper.vm.kernel import Kernel
-from hyper.vm.kmod import GUEST_MODULES, ModuleTree
+from hyper.vm.kmod import GUEST_MODULES, MODULE_GROUPS, ModuleTree
 
 BUILDER_VERSION = "1"
 AGENT_DIR = "/opt/hyper-agent"
@@ -191,11 +191,14 @@ def _build_entries(python: Path, kernel: Kernel, work: Path) -> tuple[list[cpio.
     listing = []
     if kernel.modules is not None:
         tree = ModuleTree(kernel.modules)
-        for module in tree.resolve(GUEST_MODULES):
-            guest_path = f"/lib/modules/{kernel.release}/{module.path.relative_to(kernel.modules)}"
-            entries.append(cpio.regular(guest_path, source=module.path))
-            listing.append(f"{guest_path} {1 if module.required else 0}")
-            inputs.append(module.path)
+        loaded: set[str] = set()
+        for group, names in MODULE_GROUPS.items():
+            for module in tree.resolve(names, loaded):
+                loaded.add(module.name)
+                guest_path = f"/lib/modules/{kernel.release}/{module.path.relative_to(kernel.modules)}"
+                entries.append(cpio.regular(guest_path, source=module.path))
+                listing.append(f"{guest_path} {1 if module.required else 0} {group}")
+                inputs.append(module.path)
     entries.append(cpio.regular(f"{AGENT_DIR}/modules.list", ("\n".join(listing) + "\n").encode()))
     return entries, inputs
 

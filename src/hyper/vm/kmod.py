@@ -15,19 +15,17 @@ from pathlib import Path
 
 from hyper.errors import FailedPrecondition, InvalidArgument
 
-# What the guest needs: the virtio transports and devices, the filesystems of
-# layer disks (erofs, or ext4) and the writable layer (ext4), overlayfs, 9p.
-GUEST_MODULES = (
-    "virtio_mmio",
-    "virtio_blk",
-    "virtio_console",
-    "virtio_net",
-    "overlay",
-    "erofs",
-    "ext4",
-    "9p",
-    "9pnet_virtio",
-)
+# What the guest needs, by group. "boot" is loaded before the agent serves:
+# the virtio transport and disks, its own channel, and the filesystems of
+# layer disks (erofs, or ext4), the writable layer (ext4) and overlayfs.
+# The others are loaded when a pod first needs them (each module costs a
+# signature check and relocation, slow under TCG).
+MODULE_GROUPS: dict[str, tuple[str, ...]] = {
+    "boot": ("virtio_mmio", "virtio_blk", "virtio_console", "overlay", "erofs", "ext4"),
+    "9p": ("9p", "9pnet_virtio"),
+    "net": ("virtio_net",),
+}
+GUEST_MODULES = tuple(name for group in MODULE_GROUPS.values() for name in group)
 
 
 @dataclass(frozen=True)
@@ -104,10 +102,13 @@ class ModuleTree:
         chosen = generic or providers
         return chosen[0] if chosen else None
 
-    def resolve(self, wanted: Iterable[str]) -> list[ModuleToLoad]:
-        """Load order for `wanted` and everything they need; built-in ones are skipped."""
+    def resolve(self, wanted: Iterable[str], loaded: Iterable[str] = ()) -> list[ModuleToLoad]:
+        """Load order for `wanted` and everything they need.
+
+        Built-in modules, and those in `loaded` (an earlier group's), are skipped.
+        """
         order: list[ModuleToLoad] = []
-        seen: set[str] = set()
+        seen: set[str] = set(loaded)
 
         def visit(name: str, required: bool, trail: tuple[str, ...]) -> None:
             name = normalize(name)

@@ -96,6 +96,11 @@ def build_command(spec: VmSpec, binary: str = QEMU_BINARY) -> list[str]:
     ]
     if spec.accel is Accel.KVM:
         command += ["-cpu", "host"]
+    else:
+        # RDRAND lets the guest seed its CRNG at once; without it the first
+        # read of /dev/urandom (Python does one at start-up) runs the kernel's
+        # jitter-entropy loop, which takes over a second under TCG.
+        command += ["-cpu", "qemu64,+rdrand"]
     for index, disk in enumerate(spec.disks):
         drive = [
             f"id=disk{index}",
