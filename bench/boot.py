@@ -1,0 +1,210 @@
+"""Boot benchmark: the floor, the appliance, and `hyper run` end to end, side by side.
+
+In one run, alternating, N times each (default 5):
+  (a) floor: QEMU boots the same kernel, same machine and flags, with a trivial
+      busybox init that powers off at once;
+  (b) appliance: QEMU boots Hyper's appliance until the agent answers hello;
+  (c) `hyper run --rm localhost/busybox true`, the whole CLI, end to end.
+Prints medians, the ratios b/a and c/a, the accelerator, and the host memory
+(RSS and PSS of QEMU) of one idle VM while a container sleeps.
+
+Usage: python bench/boot.py [-n N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hyper.agent.host import AgentClient
+from hyper.image import ImageConfig, ImageStore
+from hyper.image.busybox import write_busybox_rootfs_tar
+from hyper.paths import default_paths
+from hyper.runtime.run import VmInputs, prepare_vm_inputs
+from hyper.runtime.settings import Settings
+from hyper.runtime.spec import host_tsc_khz, kernel_cmdline
+from hyper.vm import cpio
+from hyper.vm.driver import VmSpec
+from hyper.vm.qemu import QemuDriver, build_command
+
+IMAGE = "localhost/busybox:latest"
+FLOOR_INIT = b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n"
+
+
+def floor_initrd(path: Path) -> Path:
+    buffer = io.BytesIO()
+    cpio.write_archive(
+        buffer,
+        [
+            cpio.regular("/bin/busybox", perms=0o755, source=Path("/bin/busybox")),
+            cpio.regular("/init", FLOOR_INIT, perms=0o755),
+            cpio.char_device("/dev/console", 5, 1),
+        ],
+    )
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def spec_for(name: str, run_dir: Path, initrd: Path, cmdline: str, inputs: VmInputs) -> VmSpec:
+    return VmSpec(
+        name=name,
+        kernel=inputs.kernel.image,
+        initrd=initrd,
+        cmdline=cmdline,
+        accel=inputs.accel.accel,
+        memory_mib=512,
+        cpus=1,
+        run_dir=run_dir,
+    )
+
+
+async def time_floor(spec: VmSpec) -> float:
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        *build_command(spec), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    await asyncio.wait_for(process.wait(), 120)
+    elapsed = time.perf_counter() - start
+    if b"Power down" not in spec.console_log.read_bytes():
+        raise RuntimeError(f"the floor VM did not power off cleanly; see {spec.console_log}")
+    return elapsed
+
+
+async def time_appliance(spec: VmSpec) -> float:
+    driver = QemuDriver(spec)
+    start = time.perf_counter()
+    try:
+        await driver.start()
+        agent = await AgentClient.connect(spec.agent_socket, 10)
+        try:
+            await agent.hello(120)
+            elapsed = time.perf_counter() - start
+            await agent.request("shutdown")
+        finally:
+            await agent.close()
+        await driver.stop(10)
+    finally:
+        await driver.close()
+    return elapsed
+
+
+def time_hyper_run(env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "hyper.cli.main", "run", "--rm", IMAGE, "true"],
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    return time.perf_counter() - start
+
+
+def idle_vm_memory(env: dict[str, str], runtime: Path) -> tuple[int, int]:
+    """RSS and PSS (KiB) of the QEMU process while its container sleeps."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hyper.cli.main",
+            "run",
+            "--rm",
+            "-i",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo ready; read line",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        if process.stdout.readline() != b"ready\n":
+            raise RuntimeError("the idle container did not start")
+        time.sleep(2)
+        found = subprocess.run(
+            ["pgrep", "-f", f"qemu-system.*{runtime}"], capture_output=True, text=True, check=False
+        )
+        pid = int(found.stdout.split()[0])
+        fields = {}
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, value = line.split(":", 1)
+            fields[key] = int(value.split()[0])
+        process.stdin.write(b"done\n")
+        process.stdin.close()
+        process.wait(timeout=120)
+        return fields["Rss"], fields["Pss"]
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-n", type=int, default=5, help="runs of each kind (default 5)")
+    args = parser.parse_args()
+
+    paths = default_paths()
+    state = Path(tempfile.mkdtemp(prefix="hyper-bench-state-"))
+    runtime = Path(tempfile.mkdtemp(prefix="hb-", dir="/tmp"))
+    scratch = Path(tempfile.mkdtemp(prefix="hyper-bench-"))
+    env = dict(os.environ, HYPER_STATE_DIR=str(state), HYPER_RUNTIME_DIR=str(runtime))
+    try:
+        store = ImageStore(state / "images")
+        store.import_rootfs(
+            write_busybox_rootfs_tar(scratch / "busybox.tar"), IMAGE, ImageConfig(cmd=("sh",))
+        )
+        store.layer_disks(store.get(IMAGE))
+        settings = Settings.from_env()
+        inputs = await prepare_vm_inputs(paths, settings, None)
+        tsc = host_tsc_khz(Path("/proc/cpuinfo").read_text())
+        appliance_cmdline = kernel_cmdline(inputs.appliance, inputs.accel.accel, tsc, settings.kernel_params)
+        floor_cmdline = appliance_cmdline.split(" rdinit=")[0]
+        floor = floor_initrd(scratch / "floor.cpio")
+        time_hyper_run(env)  # warm the page cache and any lazily built layer disk
+
+        results: dict[str, list[float]] = {"floor": [], "appliance": [], "hyper run": []}
+        for i in range(args.n):
+            floor_spec = spec_for("floor", scratch / f"floor{i}", floor, floor_cmdline, inputs)
+            results["floor"].append(await time_floor(floor_spec))
+            appliance_spec = spec_for(
+                "appl", runtime / f"a{i}", inputs.appliance.initrd, appliance_cmdline, inputs
+            )
+            results["appliance"].append(await time_appliance(appliance_spec))
+            results["hyper run"].append(time_hyper_run(env))
+            print(
+                f"run {i + 1}/{args.n}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in results.items()),
+                flush=True,
+            )
+        rss, pss = idle_vm_memory(env, runtime)
+        medians = {k: statistics.median(v) for k, v in results.items()}
+        print()
+        print(f"accelerator: {inputs.accel.accel.value} ({inputs.accel.reason})")
+        print(f"kernel: {inputs.kernel.release}; cpus: {os.cpu_count()}; runs of each: {args.n}")
+        print(f"(a) floor, kernel to trivial init and power-off: median {medians['floor']:.2f}s")
+        print(f"(b) appliance, boot to agent ready:               median {medians['appliance']:.2f}s")
+        print(f"(c) hyper run --rm {IMAGE} true:       median {medians['hyper run']:.2f}s")
+        print(f"b/a = {medians['appliance'] / medians['floor']:.2f}")
+        print(f"c/a = {medians['hyper run'] / medians['floor']:.2f}")
+        print(f"idle VM (512 MiB guest) QEMU memory: RSS {rss / 1024:.0f} MiB, PSS {pss / 1024:.0f} MiB")
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
