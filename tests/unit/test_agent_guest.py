@@ -214,6 +214,18 @@ def test_setup_keeps_only_the_etc_files_a_container_gets(harness: AgentHarness) 
     assert session.agent.etc_files == {"hosts": etc["hosts"], "resolv.conf": etc["resolv.conf"]}
 
 
+def test_load_modules_needs_a_group_and_boot_is_already_loaded(harness: AgentHarness) -> None:
+    session = harness.run(
+        ask(
+            {"type": "load_modules", "id": 1},
+            {"type": "load_modules", "id": 2, "group": "boot"},
+        )
+    )
+    refused, boot = session.replies
+    assert (refused["id"], refused["ok"]) == (1, False)
+    assert (boot["id"], boot["ok"], boot["loaded"]) == (2, True, 0)
+
+
 @pytest.mark.parametrize(
     "malformed",
     [
@@ -240,11 +252,6 @@ def test_a_malformed_frame_drops_the_connection(harness: AgentHarness, malformed
         session.host.recv(1 << 16)
 
 
-@pytest.mark.xfail(
-    reason="BUG: with reconnect=False, a peer that hung up before run() started is polled "
-    "forever (guest.py:164, _probe_connection ignores EOF)",
-    strict=True,
-)
 def test_run_returns_when_the_host_hung_up_before_it_started(harness: AgentHarness) -> None:
     def hang_up(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)

@@ -206,11 +206,6 @@ def test_hostile_frame_fails_pending_requests_and_processes(hostile: bytes) -> N
     run(scenario)
 
 
-@pytest.mark.xfail(
-    reason="BUG: deeply nested JSON from the guest kills the reader with RecursionError "
-    "(protocol.py:83, host.py:88); the request then waits for its timeout",
-    strict=True,
-)
 def test_deeply_nested_json_from_the_guest_is_a_protocol_error() -> None:
     async def scenario(client: AgentClient, guest: FakeGuest) -> None:
         pending = asyncio.create_task(client.request("start", 1.0))

@@ -33,15 +33,29 @@ def test_module_params_ignores_everything_after_double_dash() -> None:
 
 def test_load_modules_raises_for_a_missing_required_module(tmp_path: Path) -> None:
     log: list[str] = []
-    listing = f"{tmp_path}/absent.ko 1\n"
+    listing = f"{tmp_path}/absent.ko 1 boot\n"
     with pytest.raises(FileNotFoundError):
-        load_modules(listing, "", log)
+        load_modules(listing, "", "boot", log)
 
 
 def test_load_modules_logs_a_missing_optional_module_and_goes_on(tmp_path: Path) -> None:
     log: list[str] = []
-    listing = f"\n{tmp_path}/crc32c-intel.ko 0\n  \n{tmp_path}/other.ko.xz 0\n"
-    load_modules(listing, "", log)
+    listing = f"\n{tmp_path}/crc32c-intel.ko 0 boot\n  \n{tmp_path}/other.ko.xz 0 boot\n"
+    assert load_modules(listing, "", "boot", log) == 2
     assert len(log) == 2
     assert "crc32c-intel" in log[0]
     assert "other " in log[1]
+
+
+def test_load_modules_touches_only_its_group(tmp_path: Path) -> None:
+    log: list[str] = []
+    listing = (
+        f"{tmp_path}/virtio_net.ko 1 net\n"  # would raise if it were loaded
+        f"{tmp_path}/9p.ko 0 9p\n"
+        f"{tmp_path}/malformed.ko 1\n"
+        f"{tmp_path}/too many.ko 1 9p\n"
+    )
+    assert load_modules(listing, "", "9p", log) == 1
+    assert len(log) == 1
+    assert "9p" in log[0]
+    assert load_modules(listing, "", "boot", log) == 0

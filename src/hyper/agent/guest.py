@@ -189,6 +189,8 @@ class Agent:
             self.connected = True
             self._update_channel_watch()
             self._receive(data)
+        elif not self.reconnect:
+            self.running = False
 
     def _on_channel_readable(self) -> None:
         try:

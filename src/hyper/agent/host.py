@@ -94,6 +94,10 @@ class AgentClient:
             self._fail(exc)
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._fail(AgentConnectionLost(f"the agent channel failed: {exc}"))
+        except Exception as exc:
+            # Anything else the guest provoked must still fail the waiters at once.
+            self._fail(AgentConnectionLost(f"the agent channel failed: {type(exc).__name__}: {exc}"))
+            raise
         finally:
             self._writer.close()
 

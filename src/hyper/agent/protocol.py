@@ -84,8 +84,8 @@ def encode_message(message: dict[str, Any], stream: int = 0) -> bytes:
 def decode_message(payload: bytes) -> dict[str, Any]:
     try:
         message = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"control frame is not valid JSON: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"control frame is not valid JSON: {type(exc).__name__}") from exc
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("control frame is not an object with a string 'type'")
     return message

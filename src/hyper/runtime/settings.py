@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,8 +41,8 @@ class Settings:
             raise InvalidArgument(
                 f"HYPER_BOOT_TIMEOUT={env['HYPER_BOOT_TIMEOUT']!r} is not a number of seconds"
             ) from None
-        if boot_timeout <= 0:
-            raise InvalidArgument("HYPER_BOOT_TIMEOUT must be positive")
+        if not math.isfinite(boot_timeout) or boot_timeout <= 0:
+            raise InvalidArgument("HYPER_BOOT_TIMEOUT must be a positive number of seconds")
         kernel = env.get("HYPER_KERNEL")
         log_dir = env.get("HYPER_CONSOLE_LOG_DIR")
         return cls(

@@ -6,6 +6,8 @@ No file, process or socket is touched here, so all of it is unit-tested.
 from __future__ import annotations
 
 import enum
+import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -84,8 +86,8 @@ def parse_cpus(text: str, host_cpus: int) -> int:
         value = float(text)
     except ValueError:
         raise InvalidArgument(f"invalid --cpus {text!r}", hint="give a number such as 1 or 2") from None
-    if value <= 0:
-        raise InvalidArgument("--cpus must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidArgument(f"--cpus {text} is not a positive number")
     if value > host_cpus:
         raise InvalidArgument(f"--cpus {text} is more than the {host_cpus} CPUs of this host")
     # A VM has whole vCPUs; a fraction rounds up, as Kata does.
@@ -160,13 +162,7 @@ def host_tsc_khz(cpuinfo: str) -> int | None:
 
 
 def etc_files(hostname: str, host_resolv_conf: str) -> dict[str, str]:
-    nameservers = [
-        line
-        for line in host_resolv_conf.splitlines()
-        if line.split()[:1] != ["nameserver"]
-        or not line.split()[1:2]
-        or not line.split()[1].startswith("127.")
-    ]
+    nameservers = [line for line in host_resolv_conf.splitlines() if not _loopback_nameserver(line)]
     return {
         "hostname": f"{hostname}\n",
         "hosts": (
@@ -176,6 +172,17 @@ def etc_files(hostname: str, host_resolv_conf: str) -> dict[str, str]:
         ),
         "resolv.conf": "\n".join(nameservers) + ("\n" if nameservers else ""),
     }
+
+
+def _loopback_nameserver(line: str) -> bool:
+    """A host's loopback resolver (systemd-resolved's 127.0.0.53, ::1) is unreachable from a guest."""
+    words = line.split()
+    if words[:1] != ["nameserver"] or len(words) < 2:
+        return False
+    try:
+        return ipaddress.ip_address(words[1].split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def start_failure_status(stage: str | None, errno: int | None) -> int:

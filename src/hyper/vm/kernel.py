@@ -64,15 +64,20 @@ def vmlinux_release(data: bytes) -> str | None:
 
 def extract_vmlinux(bzimage: bytes) -> bytes | None:
     """Decompress the kernel inside a bzImage (xz or gzip payloads); None if not possible."""
-    if bzimage[0x202:0x206] != b"HdrS":
+    if len(bzimage) < 0x250 or bzimage[0x202:0x206] != b"HdrS":
         return None
     setup_sects = bzimage[0x1F1] or 4
     payload_offset, payload_length = struct.unpack_from("<II", bzimage, 0x248)
     start = (setup_sects + 1) * 512 + payload_offset
     payload = bzimage[start : start + payload_length]
+    if len(payload) != payload_length:
+        return None  # truncated file
     try:
         if payload.startswith(_XZ_MAGIC):
-            out = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
+            decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+            out = decompressor.decompress(payload)
+            if not decompressor.eof:
+                return None  # a partial kernel must never be booted
         elif payload.startswith(_GZIP_MAGIC):
             out = gzip.decompress(payload)
         else:

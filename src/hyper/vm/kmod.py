@@ -86,7 +86,8 @@ class ModuleTree:
         if self._aliases is None:
             index: dict[str, list[str]] = {}
             for name, path in self.files.items():
-                if "crypto" not in path.parts and "lib" not in path.parts:
+                parts = path.relative_to(self.root).parts
+                if "crypto" not in parts and "lib" not in parts:
                     continue  # soft dependencies name crypto algorithms and libraries
                 for alias in read_modinfo(path).get("alias", []):
                     index.setdefault(normalize(alias), []).append(name)
@@ -107,12 +108,21 @@ class ModuleTree:
 
         Built-in modules, and those in `loaded` (an earlier group's), are skipped.
         """
-        order: list[ModuleToLoad] = []
-        seen: set[str] = set(loaded)
+        order: dict[str, ModuleToLoad] = {}
+        skipped = {normalize(name) for name in loaded}
+        visiting: set[str] = set()
 
         def visit(name: str, required: bool, trail: tuple[str, ...]) -> None:
             name = normalize(name)
-            if name in seen or name in self.builtin:
+            if name in skipped or name in self.builtin:
+                return
+            known = order.get(name)
+            if known is not None:
+                if required and not known.required:
+                    # First reached as an optional soft dependency, now needed for real.
+                    order[name] = ModuleToLoad(name, known.path, True)
+                    for dep in self._hard_dependencies(name):
+                        visit(dep, True, (*trail, name))
                 return
             if name not in self.files:
                 if required:
@@ -122,20 +132,36 @@ class ModuleTree:
                         hint="use a kernel with virtio, overlayfs and erofs or ext4 support",
                     )
                 return
-            seen.add(name)
+            if name in visiting:
+                return  # module dependencies are acyclic; a broken table must not recurse forever
+            visiting.add(name)
             info = read_modinfo(self.files[name])
-            for softdep in info.get("softdep", []):
-                words = softdep.split()
-                if words[:1] == ["pre:"]:
-                    for alias in words[1:]:
-                        provider = self._provider(normalize(alias))
-                        if provider is not None:
-                            visit(provider, False, (*trail, name))
-            for dep in ",".join(info.get("depends", [])).split(","):
-                if dep:
-                    visit(dep, required, (*trail, name))
-            order.append(ModuleToLoad(name, self.files[name], required))
+            for alias in _pre_softdeps(info.get("softdep", [])):
+                provider = self._provider(normalize(alias))
+                if provider is not None:
+                    visit(provider, False, (*trail, name))
+            for dep in self._hard_dependencies(name):
+                visit(dep, required, (*trail, name))
+            if name not in order:
+                order[name] = ModuleToLoad(name, self.files[name], required)
 
         for name in wanted:
             visit(name, True, ())
-        return order
+        return list(order.values())
+
+    def _hard_dependencies(self, name: str) -> list[str]:
+        depends = read_modinfo(self.files[name]).get("depends", [])
+        return [dep for dep in ",".join(depends).split(",") if dep]
+
+
+def _pre_softdeps(softdeps: list[str]) -> list[str]:
+    """The names after `pre:` (and before any `post:`) of modinfo softdep lines."""
+    names: list[str] = []
+    for line in softdeps:
+        collecting = False
+        for word in line.split():
+            if word.endswith(":"):
+                collecting = word == "pre:"
+            elif collecting:
+                names.append(word)
+    return names

@@ -1,0 +1,132 @@
+"""The QEMU command line for a VM spec, and the console tail read after a failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hyper.agent.protocol import PORT_NAME
+from hyper.vm.accel import Accel
+from hyper.vm.driver import DiskSpec, VmSpec
+from hyper.vm.qemu import build_command, console_tail
+
+
+def make_spec(accel: Accel = Accel.TCG, **overrides: object) -> VmSpec:
+    fields: dict[str, object] = {
+        "name": "abc123",
+        "kernel": Path("/cache/vmlinux"),
+        "initrd": Path("/cache/appliance.cpio"),
+        "cmdline": "console=ttyS0 rdinit=/usr/bin/python3 -- -I init.pyc",
+        "accel": accel,
+        "memory_mib": 768,
+        "cpus": 3,
+        "run_dir": Path("/run/hyper/vms/abc123"),
+        "disks": (
+            DiskSpec(Path("/var/lib/hyper/layers/l0.erofs"), "hl0", True),
+            DiskSpec(Path("/var/lib/hyper/c/w.ext4"), "hw0", False),
+        ),
+    }
+    fields.update(overrides)
+    return VmSpec(**fields)  # type: ignore[arg-type]
+
+
+def option_values(command: list[str], option: str) -> list[str]:
+    return [command[i + 1] for i, word in enumerate(command) if word == option]
+
+
+def option_value(command: list[str], option: str) -> str:
+    [value] = option_values(command, option)
+    return value
+
+
+def test_machine_memory_cpus_and_boot() -> None:
+    command = build_command(make_spec(), binary="/opt/qemu")
+    assert command[0] == "/opt/qemu"
+    assert option_value(command, "-M") == "microvm"
+    assert option_value(command, "-accel") == "tcg"
+    assert option_value(command, "-m") == "768M"
+    assert option_value(command, "-smp") == "3"
+    assert "-no-reboot" in command
+    assert "-nodefaults" in command
+    assert option_value(command, "-kernel") == "/cache/vmlinux"
+    assert option_value(command, "-initrd") == "/cache/appliance.cpio"
+    assert option_value(command, "-append") == "console=ttyS0 rdinit=/usr/bin/python3 -- -I init.pyc"
+    assert option_value(command, "-pidfile") == "/run/hyper/vms/abc123/qemu.pid"
+    assert option_value(command, "-name") == "hyper-abc123"
+
+
+def test_cpu_host_only_with_kvm() -> None:
+    [tcg_cpu] = option_values(build_command(make_spec(Accel.TCG)), "-cpu")
+    assert tcg_cpu != "host"
+    assert "+rdrand" in tcg_cpu.split(",")  # seeds the guest's CRNG at once under TCG
+    kvm = build_command(make_spec(Accel.KVM))
+    assert option_value(kvm, "-accel") == "kvm"
+    assert option_value(kvm, "-cpu") == "host"
+
+
+def test_console_qmp_and_agent_chardevs() -> None:
+    command = build_command(make_spec())
+    chardevs = {value.split(",")[1]: value for value in option_values(command, "-chardev")}
+    assert chardevs["id=console"] == "file,id=console,path=/run/hyper/vms/abc123/console.log"
+    assert option_value(command, "-serial") == "chardev:console"
+    for name, path in (("qmp", "qmp.sock"), ("agent", "agent.sock")):
+        parts = chardevs[f"id={name}"].split(",")
+        assert parts[0] == "socket"
+        assert f"path=/run/hyper/vms/abc123/{path}" in parts
+        assert "server=on" in parts
+        assert "wait=off" in parts
+    assert option_value(command, "-mon") == "chardev=qmp,mode=control"
+    devices = option_values(command, "-device")
+    assert f"virtserialport,chardev=agent,name={PORT_NAME}" in devices
+    assert any(d.startswith("virtio-serial-device") for d in devices)
+
+
+def test_one_drive_and_device_per_disk() -> None:
+    command = build_command(make_spec())
+    drives = [dict(p.split("=", 1) for p in d.split(",")) for d in option_values(command, "-drive")]
+    assert [(d["id"], d["file"], d["readonly"], d["format"], d["if"]) for d in drives] == [
+        ("disk0", "/var/lib/hyper/layers/l0.erofs", "on", "raw", "none"),
+        ("disk1", "/var/lib/hyper/c/w.ext4", "off", "raw", "none"),
+    ]
+    blk = [d for d in option_values(command, "-device") if d.startswith("virtio-blk-device")]
+    assert blk == ["virtio-blk-device,drive=disk0,serial=hl0", "virtio-blk-device,drive=disk1,serial=hw0"]
+
+
+def test_no_disks_no_drives() -> None:
+    command = build_command(make_spec(disks=()))
+    assert "-drive" not in command
+    assert not [d for d in option_values(command, "-device") if d.startswith("virtio-blk")]
+
+
+def test_commas_in_paths_are_doubled() -> None:
+    spec = make_spec(
+        run_dir=Path("/tmp/a,b"),
+        disks=(DiskSpec(Path("/tmp/x,format=qcow2"), "s,1", True),),
+    )
+    command = build_command(spec)
+    chardevs = option_values(command, "-chardev")
+    assert "file,id=console,path=/tmp/a,,b/console.log" in chardevs
+    assert "socket,id=agent,path=/tmp/a,,b/agent.sock,server=on,wait=off" in chardevs
+    [drive] = option_values(command, "-drive")
+    assert "file=/tmp/x,,format=qcow2," in drive
+    assert ",format=raw," in drive
+    assert "virtio-blk-device,drive=disk0,serial=s,,1" in option_values(command, "-device")
+    # Paths given as whole arguments are not QEMU option strings: no escaping.
+    assert option_value(command, "-pidfile") == "/tmp/a,b/qemu.pid"
+
+
+def test_console_tail_reads_only_the_end(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_bytes(b"A" * 10_000 + b"B" * 2_999 + b"\n")
+    tail = console_tail(log)
+    assert tail == "B" * 2_999 + "\n"
+    assert console_tail(log, 5) == "BBBB\n"
+
+
+def test_console_tail_of_a_short_file_is_all_of_it(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_bytes(b"boot\n\xffpanic\n")
+    assert console_tail(log) == "boot\n\ufffdpanic\n"
+
+
+def test_console_tail_of_a_missing_file_is_empty(tmp_path: Path) -> None:
+    assert console_tail(tmp_path / "nope.log") == ""
