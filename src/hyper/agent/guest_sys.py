@@ -149,34 +149,27 @@ def bring_up_loopback() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
 
 
-def find_port(name: str) -> str | None:
-    """The /dev path of the virtio-serial port called `name`, if it exists yet."""
-    base = "/sys/class/virtio-ports"
+def _find_device(sys_dir: str, attribute: str, value: str) -> str | None:
+    """The /dev node of the entry of `sys_dir` whose `attribute` file reads `value`."""
     try:
-        entries = os.listdir(base)
+        entries = os.listdir(sys_dir)
     except FileNotFoundError:
         return None
     for entry in entries:
         try:
-            with open(f"{base}/{entry}/name") as f:
-                if f.read().strip() == name:
+            with open(f"{sys_dir}/{entry}/{attribute}") as f:
+                if f.read().strip() == value:
                     return f"/dev/{entry}"
         except OSError:
             continue
     return None
+
+
+def find_port(name: str) -> str | None:
+    """The /dev path of the virtio-serial port called `name`, if it exists yet."""
+    return _find_device("/sys/class/virtio-ports", "name", name)
 
 
 def find_disk(serial: str) -> str | None:
     """The /dev path of the virtio-blk disk whose serial is `serial`."""
-    try:
-        entries = os.listdir("/sys/block")
-    except FileNotFoundError:
-        return None
-    for entry in entries:
-        try:
-            with open(f"/sys/block/{entry}/serial") as f:
-                if f.read().strip() == serial:
-                    return f"/dev/{entry}"
-        except OSError:
-            continue
-    return None
+    return _find_device("/sys/block", "serial", serial)
