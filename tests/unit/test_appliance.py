@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hyper.agent.guest import LAZY_IMPORTS
 from hyper.vm.appliance import (
     AGENT_DIR,
     AGENT_INIT,
@@ -127,6 +128,15 @@ def test_appliance_holds_the_compiled_agent(built: tuple[Appliance, Archive, Pat
         assert members[path].data.startswith(importlib.util.MAGIC_NUMBER), path
     assert not [p for p in members if p.startswith(AGENT_DIR) and p.endswith(".py")]
     assert any(p.endswith("/os.pyc") for p in members)
+
+
+def test_appliance_holds_what_the_agent_imports_lazily(built: tuple[Appliance, Archive, Path]) -> None:
+    # os.execvpe imports warnings inside the call; when nothing imported it
+    # beforehand, every exec in the guest failed with ModuleNotFoundError.
+    _, archive, _ = built
+    stdlib = os.path.dirname(os.__file__)
+    for name in (*LAZY_IMPORTS, "warnings"):
+        assert f"{stdlib}/{name}.pyc" in archive.by_path(), name
 
 
 def test_appliance_holds_device_nodes_and_libraries(built: tuple[Appliance, Archive, Path]) -> None:

@@ -16,6 +16,10 @@ import os
 import signal
 import stat
 
+# os.execvpe imports warnings on first use, which in the child is after the
+# chroot, where the agent's standard library is out of reach: import it now.
+import warnings  # noqa: F401
+
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_sys import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
 

@@ -223,9 +223,12 @@ class ContainerRun:
                 agent = await boot_agent(vm, self.settings.boot_timeout)
                 try:
                     status = await self._run_in_vm(agent, image, layers, process, attachment)
-                    with contextlib.suppress(HyperError):
-                        await agent.request("shutdown", timeout=SHUTDOWN_TIMEOUT)
-                    await vm.stop(SHUTDOWN_TIMEOUT)
+                    if not self.options.remove:
+                        # The writable disk is kept: unmount it cleanly before power-off.
+                        with contextlib.suppress(HyperError):
+                            await agent.request("shutdown", timeout=SHUTDOWN_TIMEOUT)
+                        await vm.stop(SHUTDOWN_TIMEOUT)
+                    # With --rm every disk the VM wrote is about to be deleted; close() kills it.
                     return status
                 finally:
                     await agent.close()

@@ -48,6 +48,8 @@ import importlib.util, json, os, py_compile, sys
 agent_root, out_dir, init_source = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, agent_root)
 import hyper.agent.guest
+for lazy in hyper.agent.guest.LAZY_IMPORTS:
+    __import__(lazy)
 modules = []
 for index, (name, module) in enumerate(sorted(sys.modules.items())):
     spec = getattr(module, "__spec__", None)
