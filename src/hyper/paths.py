@@ -34,6 +34,10 @@ class HyperPaths:
     def appliances(self) -> Path:
         return self.cache / "appliances"
 
+    @property
+    def templates(self) -> Path:
+        return self.cache / "templates"
+
 
 def default_paths(environ: dict[str, str] | None = None, uid: int | None = None) -> HyperPaths:
     env = os.environ if environ is None else environ

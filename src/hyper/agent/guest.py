@@ -268,6 +268,10 @@ class Agent:
         self.hostname = require(message, "hostname", str)
         if os.getpid() == 1:
             socket.sethostname(self.hostname)
+        if "time_ns" in message:
+            sys_.set_clock(require(message, "time_ns", int))
+        if "entropy" in message:
+            sys_.add_entropy(bytes.fromhex(require(message, "entropy", str))[:512])
         etc = require(message, "etc_files", dict)
         self.etc_files = {str(k): str(v) for k, v in etc.items() if k in ("hosts", "hostname", "resolv.conf")}
         return {}
@@ -293,6 +297,7 @@ class Agent:
             if time.monotonic() > deadline:
                 raise containers.StartError("mount", errno.ENODEV, f"no disk with serial {serial}")
             time.sleep(0.01)
+        sys_.flush_block_device(device)
         return device
 
     def _do_mount_container(self, message: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,10 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 SYS_FINIT_MODULE = 313
 LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
+RNDADDENTROPY = 0x40085203
+RNDRESEEDCRNG = 0x5207
+BLKFLSBUF = 0x1261
+CLOCK_REALTIME = 0
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -41,6 +45,10 @@ _libc.mount.argtypes = [
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.reboot.argtypes = [ctypes.c_int]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
 
 
 def _check(result: int, what: str) -> None:
@@ -74,6 +82,43 @@ def finit_module(path: str, params: str) -> None:
             code = ctypes.get_errno()
             if code != errno.EEXIST:  # built in or already loaded
                 raise OSError(code, f"loading {path}: {os.strerror(code)}")
+    finally:
+        os.close(fd)
+
+
+def set_clock(unix_ns: int) -> None:
+    """Set the wall clock: a VM resumed from a template wakes with the template's time."""
+    spec = _Timespec(unix_ns // 1_000_000_000, unix_ns % 1_000_000_000)
+    _check(_libc.clock_settime(CLOCK_REALTIME, ctypes.byref(spec)), "clock_settime")
+
+
+def add_entropy(seed: bytes) -> None:
+    """Mix host randomness into the CRNG, credited, and reseed it at once.
+
+    Every VM resumed from one template starts with the same CRNG state; this
+    makes their random streams diverge before any container runs.
+    """
+    import fcntl
+
+    fd = os.open("/dev/urandom", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, RNDADDENTROPY, struct.pack("ii", len(seed) * 8, len(seed)) + seed)
+        fcntl.ioctl(fd, RNDRESEEDCRNG, 0)
+    finally:
+        os.close(fd)
+
+
+def flush_block_device(device: str) -> None:
+    """Drop the guest's cached blocks of `device`.
+
+    A template's guest scanned its placeholder disks at boot; a VM resumed from
+    it has other files behind the same devices and must not read stale blocks.
+    """
+    import fcntl
+
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, BLKFLSBUF, 0)
     finally:
         os.close(fd)
 

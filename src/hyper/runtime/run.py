@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
 from hyper.agent.host import AgentClient, AgentRequestError, ProcessChannel
-from hyper.errors import DeadlineExceeded, FailedPrecondition, HyperError, InvalidArgument
+from hyper.errors import FailedPrecondition, HyperError, InvalidArgument
 from hyper.image import Image, ImageStore, LayerDisk
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
+from hyper.runtime import templates
+from hyper.runtime.boot import boot_agent
 from hyper.runtime.settings import Settings
 from hyper.runtime.stdio import Attachment, pump_output, raw_terminal, start_stdin_reader
 from hyper.vm.accel import AccelChoice, choose_accel, probe_host
@@ -35,7 +39,7 @@ from hyper.vm.driver import DiskSpec, VmSpec
 from hyper.vm.kernel import Kernel, resolve_kernel
 from hyper.vm.qemu import QemuDriver, VmStartError
 
-WRITABLE_DISK_BYTES = 10 << 30  # sparse; Docker's classic base size
+WRITABLE_DISK_BYTES = templates.SLOT_BYTES  # sparse; Docker's classic base size, 10 GiB
 SHUTDOWN_TIMEOUT = 10.0
 MAX_SOCKET_PATH = 107
 FORWARDED_SIGNALS = (
@@ -102,44 +106,6 @@ def make_writable_disk(path: Path, size: int = WRITABLE_DISK_BYTES) -> None:
         raise FailedPrecondition(f"mkfs.ext4 failed for {path}: {exc.stderr.strip()}") from exc
 
 
-def _explain_boot_failure(vm: QemuDriver, what: str) -> VmStartError:
-    from hyper.vm.qemu import console_tail
-
-    tail = console_tail(vm.spec.console_log)
-    panic = next((line for line in tail.splitlines() if "Kernel panic" in line), None)
-    if panic:
-        return vm.start_error(
-            f"{what}: the guest kernel panicked: {panic.split('] ', 1)[-1].strip()}",
-            hint="check the kernel (--kernel, HYPER_KERNEL) and HYPER_KERNEL_PARAMS",
-        )
-    last = [line for line in tail.splitlines() if line.strip()][-1:]
-    detail = f" (last console line: {last[0].strip()[:200]})" if last else ""
-    return vm.start_error(f"{what}{detail}", hint="set HYPER_CONSOLE_LOG_DIR=DIR to keep the console log")
-
-
-async def boot_agent(vm: QemuDriver, timeout: float) -> AgentClient:
-    """Connect to the agent and wait for its hello, failing fast if QEMU exits first."""
-    agent = await AgentClient.connect(vm.spec.agent_socket, 10)
-    hello = asyncio.create_task(agent.hello(timeout))
-    exited = asyncio.create_task(vm.wait())
-    try:
-        await asyncio.wait({hello, exited}, return_when=asyncio.FIRST_COMPLETED)
-        if hello.done() and hello.exception() is None:
-            return agent
-        if not hello.done():
-            hello.cancel()
-            raise _explain_boot_failure(vm, "the VM stopped before its agent answered")
-        error = hello.exception()
-        if isinstance(error, DeadlineExceeded):
-            raise _explain_boot_failure(vm, f"the guest did not answer within {timeout:.0f}s") from error
-        raise _explain_boot_failure(vm, f"the guest agent failed: {error}") from error
-    except BaseException:
-        await agent.close()
-        raise
-    finally:
-        exited.cancel()
-
-
 class ContainerRun:
     """One foreground run; owns the container's directories, disk and VM."""
 
@@ -200,29 +166,25 @@ class ContainerRun:
         inputs = await prepare_vm_inputs(self.paths, self.settings, None)
         layers = await asyncio.to_thread(store.layer_disks, image)
         async with self._container_files(image, process) as writable:
-            disks = [DiskSpec(layer.path, f"hl{i}", True) for i, layer in enumerate(layers)]
-            disks.append(DiskSpec(writable, "hw0", False))
             with open("/proc/cpuinfo") as f:
                 tsc = specs.host_tsc_khz(f.read())
-            vm_spec = VmSpec(
+            cmdline = specs.kernel_cmdline(
+                inputs.appliance, inputs.accel.accel, tsc, self.settings.kernel_params
+            )
+            base = VmSpec(
                 name=self.id[:12],
                 kernel=inputs.kernel.image,
                 initrd=inputs.appliance.initrd,
-                cmdline=specs.kernel_cmdline(
-                    inputs.appliance, inputs.accel.accel, tsc, self.settings.kernel_params
-                ),
+                cmdline=cmdline,
                 accel=inputs.accel.accel,
                 memory_mib=self.options.memory_mib,
                 cpus=self.options.cpus,
                 run_dir=self.run_dir,
-                disks=tuple(disks),
             )
-            vm = QemuDriver(vm_spec, self.settings.qemu_binary)
+            vm, agent = await self._start_vm(base, layers, writable)
             try:
-                await vm.start()
-                agent = await boot_agent(vm, self.settings.boot_timeout)
                 try:
-                    status = await self._run_in_vm(agent, image, layers, process, attachment)
+                    status = await self._run_in_vm(agent, layers, process, attachment)
                     if not self.options.remove:
                         # The writable disk is kept: unmount it cleanly before power-off.
                         with contextlib.suppress(HyperError):
@@ -235,10 +197,85 @@ class ContainerRun:
             finally:
                 await vm.close()
 
+    async def _start_vm(
+        self, base: VmSpec, layers: list[LayerDisk], writable: Path
+    ) -> tuple[QemuDriver, AgentClient]:
+        """Start from a template when the disks fit one; boot when not, or when it fails."""
+        layer_paths = [layer.path for layer in layers]
+        if shutil.which(self.settings.qemu_binary) is None:
+            raise VmStartError(
+                f"{self.settings.qemu_binary} is not installed",
+                command=[self.settings.qemu_binary],
+                exit_status=None,
+                console_tail="",
+                hint="install Debian's qemu-system-x86 (make demo does it), or set HYPER_QEMU",
+            )
+        if self.settings.templates and len(layers) <= templates.LAYER_SLOTS:
+            fits = await asyncio.to_thread(lambda: all(templates.fits_slot(p) for p in layer_paths))
+            if fits:
+                cache = templates.TemplateCache(self.paths.templates, self.settings.console_log_dir)
+                # A template that cannot be made means a guest that cannot boot:
+                # that error is the user's answer, so it is not caught here.
+                template = await cache.ensure(self._template_config(base), self.settings.boot_timeout)
+                try:
+                    return await self._resume_template(base, layer_paths, writable, cache, template)
+                except VmStartError as exc:
+                    print(
+                        f"hyper: starting from the VM template failed, booting instead: {exc.message}",
+                        file=sys.stderr,
+                    )
+                    cache.discard(template)
+                    self._reset_run_dir()
+        exact = tuple(DiskSpec(path, templates.layer_serial(i), True) for i, path in enumerate(layer_paths))
+        spec = dataclasses.replace(base, disks=(*exact, DiskSpec(writable, templates.WRITABLE_SERIAL, False)))
+        return await self._boot(spec)
+
+    def _template_config(self, base: VmSpec) -> templates.TemplateConfig:
+        return templates.TemplateConfig(
+            kernel=base.kernel,
+            initrd=base.initrd,
+            cmdline=base.cmdline,
+            accel=base.accel,
+            memory_mib=base.memory_mib,
+            cpus=base.cpus,
+            qemu_binary=self.settings.qemu_binary,
+        )
+
+    async def _resume_template(
+        self,
+        base: VmSpec,
+        layer_paths: list[Path],
+        writable: Path,
+        cache: templates.TemplateCache,
+        template: templates.Template,
+    ) -> tuple[QemuDriver, AgentClient]:
+        for path in layer_paths:
+            await asyncio.to_thread(templates.pad_to_slot, path)
+        spec = dataclasses.replace(
+            base,
+            disks=templates.slot_disks(layer_paths, writable, cache.placeholder()),
+            memory_file=template.memory,
+            incoming_state=template.state,
+        )
+        return await self._boot(spec)
+
+    async def _boot(self, spec: VmSpec) -> tuple[QemuDriver, AgentClient]:
+        vm = QemuDriver(spec, self.settings.qemu_binary)
+        try:
+            await vm.start()
+            return vm, await boot_agent(vm, self.settings.boot_timeout)
+        except BaseException:
+            await vm.close()
+            raise
+
+    def _reset_run_dir(self) -> None:
+        self._keep_console_log()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.run_dir.mkdir(parents=True)
+
     async def _run_in_vm(
         self,
         agent: AgentClient,
-        image: Image,
         layers: list[LayerDisk],
         process: specs.ProcessSpec,
         attachment: Attachment,
@@ -248,13 +285,23 @@ class ContainerRun:
             resolv = Path("/etc/resolv.conf").read_text()
         except OSError:
             resolv = ""
-        await agent.request("setup", hostname=hostname, etc_files=specs.etc_files(hostname, resolv))
+        await agent.request(
+            "setup",
+            hostname=hostname,
+            etc_files=specs.etc_files(hostname, resolv),
+            # A VM resumed from a template has the template's clock and CRNG state.
+            time_ns=time.time_ns(),
+            entropy=secrets.token_hex(64),
+        )
         await agent.request(
             "mount_container",
             timeout=60,
             container=self.id[:12],
-            layers=[{"serial": f"hl{i}", "fstype": layer.fs_type} for i, layer in enumerate(layers)],
-            writable={"serial": "hw0", "fstype": "ext4", "options": "noinit_itable"},
+            layers=[
+                {"serial": templates.layer_serial(i), "fstype": layer.fs_type}
+                for i, layer in enumerate(layers)
+            ],
+            writable={"serial": templates.WRITABLE_SERIAL, "fstype": "ext4", "options": "noinit_itable"},
         )
         channel = agent.open_process(MAIN_PROCESS)
         rows, cols = attachment.terminal_size()

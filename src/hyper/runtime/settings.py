@@ -9,6 +9,7 @@
 | HYPER_BOOT_TIMEOUT | seconds for a VM to boot to its agent | 120 |
 | HYPER_QEMU | the QEMU binary | qemu-system-x86_64 |
 | HYPER_CONSOLE_LOG_DIR | copy each VM's console log here when it stops | unset |
+| HYPER_TEMPLATES | 0 to boot every VM instead of starting it from a template | 1 |
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Settings:
     boot_timeout: float = 120.0
     qemu_binary: str = "qemu-system-x86_64"
     console_log_dir: Path | None = None
+    templates: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -53,4 +55,5 @@ class Settings:
             boot_timeout=boot_timeout,
             qemu_binary=env.get("HYPER_QEMU", "qemu-system-x86_64"),
             console_log_dir=Path(log_dir) if log_dir else None,
+            templates=env.get("HYPER_TEMPLATES", "1") not in ("0", "false", "no"),
         )

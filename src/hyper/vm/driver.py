@@ -33,6 +33,12 @@ class VmSpec:
     cpus: int
     run_dir: Path  # sockets, console log and pid file of this VM
     disks: tuple[DiskSpec, ...] = ()
+    # Guest RAM backed by this file: shared (written through) when making a
+    # template, private copy-on-write when starting from one.
+    memory_file: Path | None = None
+    memory_shared: bool = False
+    # Device state of a paused template VM to resume instead of booting.
+    incoming_state: Path | None = None
 
     @property
     def console_log(self) -> Path:

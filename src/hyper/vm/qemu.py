@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from hyper.vm.driver import VM_TRANSITIONS, VmSpec, VmState
 QEMU_BINARY = "qemu-system-x86_64"
 CONSOLE_TAIL_BYTES = 3000
 QMP_CONNECT_TIMEOUT = 30.0
+QMP_COMMAND_TIMEOUT = 30.0
 # qemu.qmp logs every failed connection attempt at ERROR; we retry on purpose.
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
@@ -94,6 +96,16 @@ def build_command(spec: VmSpec, binary: str = QEMU_BINARY) -> list[str]:
         "-pidfile",
         str(spec.pid_file),
     ]
+    if spec.memory_file is not None:
+        machine = command.index("microvm")
+        command[machine] = "microvm,memory-backend=ram"
+        share = "on" if spec.memory_shared else "off"
+        command += [
+            "-object",
+            f"memory-backend-file,id=ram,size={spec.memory_mib}M,mem-path={_escape(spec.memory_file)},share={share}",
+        ]
+    if spec.incoming_state is not None:
+        command += ["-incoming", "defer"]
     if spec.accel is Accel.KVM:
         command += ["-cpu", "host"]
     else:
@@ -198,10 +210,61 @@ class QemuDriver:
             log.close()
         try:
             self._qmp = await self._connect_qmp()
+            if self._spec.incoming_state is not None:
+                await self._resume_from(self._spec.incoming_state)
         except BaseException:
             await self.close()
             raise
         self._move(VmState.RUNNING)
+
+    async def _execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
+        if self._qmp is None:
+            raise FailedPrecondition(f"VM {self._spec.name} has no QMP connection")
+        try:
+            return await asyncio.wait_for(self._qmp.execute(command, arguments), QMP_COMMAND_TIMEOUT)
+        except TimeoutError as exc:
+            raise self.start_error(f"QMP {command} did not answer in {QMP_COMMAND_TIMEOUT:.0f}s") from exc
+        except Exception as exc:
+            raise self.start_error(f"QMP {command} failed: {exc}") from exc
+
+    async def _resume_from(self, state: Path) -> None:
+        """Load a template's device state (its RAM is the mapped memory file) and run it."""
+        await self._execute(
+            "migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
+        )
+        await self._execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + QMP_COMMAND_TIMEOUT
+        while True:
+            status = await self._execute("query-status")
+            if isinstance(status, dict) and status.get("status") != "inmigrate":
+                break
+            if loop.time() > deadline:
+                raise self.start_error("the VM template did not load in time")
+            await asyncio.sleep(0.005)
+        if status.get("status") != "paused":
+            raise self.start_error(f"the VM template loaded into state {status.get('status')!r}")
+        await self._execute("cont")
+
+    async def save_state(self, state: Path) -> None:
+        """Pause the VM and write its device state (not its RAM, which is in the
+        shared memory file) to `state`, for VMs to be started from later."""
+        await self._execute("stop")
+        await self._execute(
+            "migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
+        )
+        await self._execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + QMP_COMMAND_TIMEOUT
+        while True:
+            reply = await self._execute("query-migrate")
+            status = reply.get("status") if isinstance(reply, dict) else None
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled") or loop.time() > deadline:
+                detail = reply.get("error-desc") if isinstance(reply, dict) else None
+                raise self.start_error(f"saving the VM state failed: {detail or status}")
+            await asyncio.sleep(0.01)
 
     async def _connect_qmp(self) -> QMPClient:
         assert self._process is not None

@@ -1,0 +1,49 @@
+"""Waiting for a VM's agent, and explaining why a VM did not come up.
+
+Shared by `hyper run` and the template builder: a panic, a hang or an early
+QEMU exit becomes one error that names the cause and the console's last word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from hyper.agent.host import AgentClient
+from hyper.errors import DeadlineExceeded
+from hyper.vm.qemu import QemuDriver, VmStartError, console_tail
+
+
+def _explain_boot_failure(vm: QemuDriver, what: str) -> VmStartError:
+    tail = console_tail(vm.spec.console_log)
+    panic = next((line for line in tail.splitlines() if "Kernel panic" in line), None)
+    if panic:
+        return vm.start_error(
+            f"{what}: the guest kernel panicked: {panic.split('] ', 1)[-1].strip()}",
+            hint="check the kernel (--kernel, HYPER_KERNEL) and HYPER_KERNEL_PARAMS",
+        )
+    last = [line for line in tail.splitlines() if line.strip()][-1:]
+    detail = f" (last console line: {last[0].strip()[:200]})" if last else ""
+    return vm.start_error(f"{what}{detail}", hint="set HYPER_CONSOLE_LOG_DIR=DIR to keep the console log")
+
+
+async def boot_agent(vm: QemuDriver, timeout: float) -> AgentClient:
+    """Connect to the agent and wait for its hello, failing fast if QEMU exits first."""
+    agent = await AgentClient.connect(vm.spec.agent_socket, 10)
+    hello = asyncio.create_task(agent.hello(timeout))
+    exited = asyncio.create_task(vm.wait())
+    try:
+        await asyncio.wait({hello, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if hello.done() and hello.exception() is None:
+            return agent
+        if not hello.done():
+            hello.cancel()
+            raise _explain_boot_failure(vm, "the VM stopped before its agent answered")
+        error = hello.exception()
+        if isinstance(error, DeadlineExceeded):
+            raise _explain_boot_failure(vm, f"the guest did not answer within {timeout:.0f}s") from error
+        raise _explain_boot_failure(vm, f"the guest agent failed: {error}") from error
+    except BaseException:
+        await agent.close()
+        raise
+    finally:
+        exited.cancel()

@@ -1,0 +1,189 @@
+"""VM templates: boot the appliance once, then start VMs from its saved state.
+
+A template is a VM booted to a waiting agent, paused, and saved: its RAM in
+a memory file (written through a shared mapping) and its device state in a
+small state file. A new VM maps the memory file privately, copy-on-write,
+loads the device state and continues; it skips the kernel boot, the agent's
+start and its module loading, and shares the template's pages with every
+other VM started from it. This is the approach of Kata Containers' VM
+templating, with QEMU's `x-ignore-shared` migration capability.
+
+Because a microvm cannot hot-plug disks, a template has a fixed set of disk
+slots: LAYER_SLOTS read-only ones and one writable one, each exactly
+SLOT_BYTES long as the guest sees it (the guest read every size at template
+time and keeps it). Unused slots point at a sparse placeholder. What differs
+per VM, wall clock and randomness, the host hands to the agent after the
+resume (see the agent's `setup`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyper.runtime.boot import boot_agent
+from hyper.vm.accel import Accel
+from hyper.vm.driver import DiskSpec, VmSpec
+from hyper.vm.qemu import QemuDriver
+
+TEMPLATE_VERSION = "1"
+LAYER_SLOTS = 12
+SLOT_BYTES = 10 << 30
+WRITABLE_SERIAL = "hw0"
+
+
+def layer_serial(slot: int) -> str:
+    return f"hl{slot}"
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """Everything that must be equal for a VM to start from a template."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    accel: Accel
+    memory_mib: int
+    cpus: int
+    qemu_binary: str
+
+    def key(self) -> str:
+        digest = hashlib.sha256(f"template {TEMPLATE_VERSION} {LAYER_SLOTS} {SLOT_BYTES}\n".encode())
+        for path in (self.kernel, self.initrd, Path(shutil.which(self.qemu_binary) or self.qemu_binary)):
+            st = path.stat()
+            digest.update(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        digest.update(f"{self.cmdline}\n{self.accel.value} {self.memory_mib} {self.cpus}\n".encode())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Template:
+    directory: Path
+
+    @property
+    def memory(self) -> Path:
+        return self.directory / "memory"
+
+    @property
+    def state(self) -> Path:
+        return self.directory / "state"
+
+
+def slot_disks(layers: list[Path], writable: Path, placeholder: Path) -> tuple[DiskSpec, ...]:
+    """The fixed disk layout of a template VM: layer slots, then the writable slot."""
+    if len(layers) > LAYER_SLOTS:
+        raise ValueError(f"{len(layers)} layers do not fit {LAYER_SLOTS} slots")
+    disks = [
+        DiskSpec(layers[slot] if slot < len(layers) else placeholder, layer_serial(slot), True)
+        for slot in range(LAYER_SLOTS)
+    ]
+    disks.append(DiskSpec(writable, WRITABLE_SERIAL, False))
+    return tuple(disks)
+
+
+def fits_slot(path: Path) -> bool:
+    return path.stat().st_size <= SLOT_BYTES
+
+
+def pad_to_slot(path: Path) -> None:
+    """Grow a disk image, sparsely, to the slot size the template's guest expects.
+
+    Filesystems ignore the zeros past their end; the data is not touched, so a
+    layer disk shared by many VMs stays valid while this runs.
+    """
+    if path.stat().st_size < SLOT_BYTES:
+        os.truncate(path, SLOT_BYTES)
+
+
+class TemplateCache:
+    """Templates under `root`, one directory per TemplateConfig key."""
+
+    def __init__(self, root: Path, console_log_dir: Path | None = None) -> None:
+        self.root = root
+        self.console_log_dir = console_log_dir
+
+    def placeholder(self) -> Path:
+        path = self.root / "empty-slot.img"
+        if not path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, delete=False) as f:
+                f.truncate(SLOT_BYTES)
+            os.replace(f.name, path)
+        return path
+
+    def discard(self, template: Template) -> None:
+        """Remove a template that failed to start a VM; the next run makes a new one."""
+        shutil.rmtree(template.directory, ignore_errors=True)
+
+    def find(self, config: TemplateConfig) -> Template | None:
+        template = Template(self.root / config.key())
+        return template if template.state.exists() else None
+
+    async def ensure(self, config: TemplateConfig, boot_timeout: float) -> Template:
+        """The template for `config`, booting and saving it first if there is none."""
+        found = self.find(config)
+        if found is not None:
+            return found
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = (self.root / ".lock").open("a")
+        try:
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+            found = self.find(config)
+            if found is not None:
+                return found  # another process made it while we waited
+            return await self._build(config, boot_timeout)
+        finally:
+            lock.close()
+
+    async def _build(self, config: TemplateConfig, boot_timeout: float) -> Template:
+        final = Template(self.root / config.key())
+        work = Path(tempfile.mkdtemp(dir=self.root, prefix=".build-"))
+        # Sockets need a short path: the VM's run directory lives under /tmp.
+        run_dir = Path(tempfile.mkdtemp(prefix="hyper-tpl-"))
+        try:
+            scratch = work / "writable-slot.img"
+            with scratch.open("wb") as f:
+                f.truncate(SLOT_BYTES)
+            spec = VmSpec(
+                name=f"template-{config.key()[:8]}",
+                kernel=config.kernel,
+                initrd=config.initrd,
+                cmdline=config.cmdline,
+                accel=config.accel,
+                memory_mib=config.memory_mib,
+                cpus=config.cpus,
+                run_dir=run_dir,
+                disks=slot_disks([], scratch, self.placeholder()),
+                memory_file=work / "memory",
+                memory_shared=True,
+            )
+            driver = QemuDriver(spec, config.qemu_binary)
+            try:
+                await driver.start()
+                agent = await boot_agent(driver, boot_timeout)
+                await agent.close()
+                # The agent now waits for the next host to connect: the state every
+                # VM started from this template resumes in.
+                await asyncio.sleep(0.1)
+                await driver.save_state(work / "state")
+            finally:
+                await driver.close()
+            scratch.unlink()
+            work.rename(final.directory)
+            return final
+        finally:
+            log = run_dir / "console.log"
+            if self.console_log_dir is not None and log.exists():
+                self.console_log_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, self.console_log_dir / f"template-{config.key()[:12]}-console.log")
+            shutil.rmtree(run_dir, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(work)

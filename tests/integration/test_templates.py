@@ -1,0 +1,62 @@
+"""VMs started from a template: what must differ between clones, and the fallbacks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import BUSYBOX, HyperEnv
+from tests.support import images
+
+pytestmark = pytest.mark.vm
+
+
+def _templates(env: HyperEnv) -> list[Path]:
+    root = env.cache / "templates"
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.exists() else []
+
+
+def test_clones_get_their_own_clock_and_randomness(hyper_env: HyperEnv) -> None:
+    script = "date +%s; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo"
+    first = hyper_env.run("run", "--rm", BUSYBOX, "sh", "-c", script)
+    second = hyper_env.run("run", "--rm", BUSYBOX, "sh", "-c", script)
+    assert first.returncode == 0 and second.returncode == 0, (first.stderr, second.stderr)
+    assert _templates(hyper_env), "the runs should have made a template"
+    (clock1, random1), (clock2, random2) = (r.stdout.decode().split() for r in (first, second))
+    assert random1 != random2
+    for clock in (clock1, clock2):
+        assert abs(int(clock) - time.time()) < 120  # the template's own time would be stale
+
+
+def test_cold_boot_when_templates_are_off(hyper_env: HyperEnv) -> None:
+    result = hyper_env.run("run", "--rm", BUSYBOX, "sh", "-c", "echo cold", HYPER_TEMPLATES="0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"cold\n"
+
+
+def test_a_broken_template_falls_back_to_booting(hyper_env: HyperEnv) -> None:
+    warm = hyper_env.run("run", "--rm", BUSYBOX, "true")
+    assert warm.returncode == 0, warm.stderr
+    (template,) = _templates(hyper_env)
+    (template / "state").write_bytes(b"not a migration stream")
+    result = hyper_env.run("run", "--rm", BUSYBOX, "echo", "still works")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"still works\n"
+    assert b"booting instead" in result.stderr
+    assert not (template / "state").exists() or (template / "state").read_bytes() != b"not a migration stream"
+    assert hyper_env.qemu_processes() == []
+
+
+def test_more_layers_than_template_slots_boots(hyper_env: HyperEnv, tmp_path: Path) -> None:
+    rootfs = images.busybox_rootfs_tar(tmp_path / "busybox.tar").read_bytes()
+    layers: list[images.LayerSource] = [rootfs]
+    layers += [images.layer_tar([images.file(f"layer{i}", f"{i}\n".encode())]) for i in range(14)]
+    archive = images.docker_archive(
+        tmp_path / "many.tar", layers, images.image_config(layers, {"Cmd": ["sh"]}), "localhost/many:1"
+    )
+    assert hyper_env.run("load", "-i", str(archive)).returncode == 0
+    result = hyper_env.run("run", "--rm", "localhost/many:1", "sh", "-c", "cat /layer0 /layer13")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"0\n13\n"
