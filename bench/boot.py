@@ -4,9 +4,11 @@ In one run, alternating, N times each (default 5):
   (a) floor: QEMU boots the same kernel, same machine and flags, with a trivial
       busybox init that powers off at once;
   (b) appliance: QEMU boots Hyper's appliance until the agent answers hello;
-  (c) `hyper run --rm localhost/busybox true`, the whole CLI, end to end.
-Prints medians, the ratios b/a and c/a, the accelerator, and the host memory
-(RSS and PSS of QEMU) of one idle VM while a container sleeps.
+  (c) `hyper run --rm localhost/busybox true`, the whole CLI, end to end, as
+      users get it: each VM resumed from a VM template;
+  (d) the same with HYPER_TEMPLATES=0: each VM booted.
+Prints medians, the ratios b/a, c/a and d/a, the accelerator, and the host
+memory (RSS and PSS of QEMU) of two idle VMs while their containers wait.
 
 Usage: python bench/boot.py [-n N]
 """
@@ -109,45 +111,52 @@ def time_hyper_run(env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def idle_vm_memory(env: dict[str, str], runtime: Path) -> tuple[int, int]:
-    """RSS and PSS (KiB) of the QEMU process while its container sleeps."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hyper.cli.main",
-            "run",
-            "--rm",
-            "-i",
-            IMAGE,
-            "sh",
-            "-c",
-            "echo ready; read line",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-    )
+def _memory_kib(pid: int) -> tuple[int, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0])
+    return fields["Rss"], fields["Pss"]
+
+
+def idle_vm_memory(env: dict[str, str], runtime: Path, count: int = 2) -> list[tuple[int, int]]:
+    """RSS and PSS (KiB) of each QEMU while `count` containers wait at once."""
+    command = [
+        sys.executable,
+        "-m",
+        "hyper.cli.main",
+        "run",
+        "--rm",
+        "-i",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo ready; read x",
+    ]
+    processes = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        for _ in range(count)
+    ]
     try:
-        assert process.stdout is not None and process.stdin is not None
-        if process.stdout.readline() != b"ready\n":
-            raise RuntimeError("the idle container did not start")
+        for process in processes:
+            assert process.stdout is not None
+            if process.stdout.readline() != b"ready\n":
+                raise RuntimeError("an idle container did not start")
         time.sleep(2)
         found = subprocess.run(
             ["pgrep", "-f", f"qemu-system.*{runtime}"], capture_output=True, text=True, check=False
         )
-        pid = int(found.stdout.split()[0])
-        fields = {}
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-            key, value = line.split(":", 1)
-            fields[key] = int(value.split()[0])
-        process.stdin.write(b"done\n")
-        process.stdin.close()
-        process.wait(timeout=120)
-        return fields["Rss"], fields["Pss"]
+        figures = [_memory_kib(int(pid)) for pid in found.stdout.split()]
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write(b"done\n")
+            process.stdin.close()
+            process.wait(timeout=120)
+        return figures
     finally:
-        if process.poll() is None:
-            process.kill()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
 
 
 async def main() -> None:
@@ -174,9 +183,10 @@ async def main() -> None:
         appliance_cmdline = kernel_cmdline(inputs.appliance, inputs.accel.accel, tsc, settings.kernel_params)
         floor_cmdline = appliance_cmdline.split(" rdinit=")[0]
         floor = floor_initrd(scratch / "floor.cpio")
-        time_hyper_run(env)  # warm the page cache and any lazily built layer disk
+        time_hyper_run(env)  # warm the page cache; build the layer disk and the VM template
 
-        results: dict[str, list[float]] = {"floor": [], "appliance": [], "hyper run": []}
+        cold_env = dict(env, HYPER_TEMPLATES="0")
+        results: dict[str, list[float]] = {"floor": [], "appliance": [], "hyper run": [], "cold run": []}
         for i in range(args.n):
             floor_spec = spec_for("floor", scratch / f"floor{i}", floor, floor_cmdline, inputs)
             results["floor"].append(await time_floor(floor_spec))
@@ -185,21 +195,27 @@ async def main() -> None:
             )
             results["appliance"].append(await time_appliance(appliance_spec))
             results["hyper run"].append(time_hyper_run(env))
+            results["cold run"].append(time_hyper_run(cold_env))
             print(
                 f"run {i + 1}/{args.n}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in results.items()),
                 flush=True,
             )
-        rss, pss = idle_vm_memory(env, runtime)
+        memory = idle_vm_memory(env, runtime)
+        cold_memory = idle_vm_memory(cold_env, runtime)
         medians = {k: statistics.median(v) for k, v in results.items()}
         print()
         print(f"accelerator: {inputs.accel.accel.value} ({inputs.accel.reason})")
         print(f"kernel: {inputs.kernel.release}; cpus: {os.cpu_count()}; runs of each: {args.n}")
         print(f"(a) floor, kernel to trivial init and power-off: median {medians['floor']:.2f}s")
         print(f"(b) appliance, boot to agent ready:               median {medians['appliance']:.2f}s")
-        print(f"(c) hyper run --rm {IMAGE} true:       median {medians['hyper run']:.2f}s")
+        print(f"(c) hyper run --rm {IMAGE} true, template: median {medians['hyper run']:.2f}s")
+        print(f"(d) the same with HYPER_TEMPLATES=0, booted: median {medians['cold run']:.2f}s")
         print(f"b/a = {medians['appliance'] / medians['floor']:.2f}")
         print(f"c/a = {medians['hyper run'] / medians['floor']:.2f}")
-        print(f"idle VM (512 MiB guest) QEMU memory: RSS {rss / 1024:.0f} MiB, PSS {pss / 1024:.0f} MiB")
+        print(f"d/a = {medians['cold run'] / medians['floor']:.2f}")
+        for label, figures in (("template", memory), ("booted", cold_memory)):
+            text = "; ".join(f"RSS {rss / 1024:.0f} MiB, PSS {pss / 1024:.0f} MiB" for rss, pss in figures)
+            print(f"two idle VMs at once ({label}, 512 MiB guests), each QEMU: {text}")
     finally:
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(runtime, ignore_errors=True)
