@@ -15,6 +15,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from hyper.vm.kernel import debian_kernel
 from tests.integration.conftest import BUSYBOX, HyperEnv
 from tests.support import images
 
@@ -305,3 +306,15 @@ def test_info_names_accelerator_and_reason(hyper_env: HyperEnv) -> None:
     assert ("tcg" in accel_line or "kvm" in accel_line) and "(" in accel_line
     forced = hyper_env.run("info", HYPER_ACCEL="tcg")
     assert b"tcg (HYPER_ACCEL=tcg)" in forced.stdout
+
+
+def test_bring_your_own_kernel(hyper_env: HyperEnv) -> None:
+    # Debian's own bzImage, given explicitly: unpacked into the cache, with its
+    # modules found beside its /boot as on an installed system.
+    debian_kernel(hyper_env.cache / "kernels")  # fetched once into the shared cache
+    bzimages = sorted((hyper_env.cache / "kernels").glob("*/boot/vmlinuz-*"))
+    result = hyper_env.run("run", "--rm", "--kernel", str(bzimages[-1]), BUSYBOX, "uname", "-r")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == bzimages[-1].name.removeprefix("vmlinuz-")
+    info = hyper_env.run("info", HYPER_KERNEL=str(bzimages[-1]))
+    assert f"file {bzimages[-1]}".encode() in info.stdout
