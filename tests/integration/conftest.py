@@ -84,14 +84,38 @@ def shared_cache() -> Path:
 
 
 @pytest.fixture(scope="session")
-def image_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One store with the busybox image, built once and copied into each test's state."""
+def image_state(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Path:
+    """One store with the busybox image, built once and copied into each test's state.
+
+    One run here warms the shared cache (kernel, appliance, VM template), so no
+    test's output holds the one-time "fetching"/"building" notes.
+    """
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed (make test installs it)")
     state = tmp_path_factory.mktemp("image-state")
     store = ImageStore(state / "images")
     make_busybox_image(store, BUSYBOX, ImageConfig(cmd=("sh",)))
     store.layer_disks(store.get(BUSYBOX))
+    warm_state = tmp_path_factory.mktemp("warm-state")
+    shutil.copytree(state, warm_state, dirs_exist_ok=True)
+    runtime = Path(tempfile.mkdtemp(prefix="hy-", dir="/tmp"))
+    try:
+        env = dict(
+            os.environ,
+            HYPER_STATE_DIR=str(warm_state),
+            HYPER_RUNTIME_DIR=str(runtime),
+            HYPER_CACHE_DIR=str(shared_cache),
+        )
+        warm = subprocess.run(
+            [sys.executable, "-m", "hyper.cli.main", "run", "--rm", BUSYBOX, "true"],
+            capture_output=True,
+            env=env,
+            timeout=600,
+            check=False,
+        )
+        assert warm.returncode == 0, warm.stderr.decode(errors="replace")
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
     return state
 
 

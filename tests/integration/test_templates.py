@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -36,12 +38,23 @@ def test_cold_boot_when_templates_are_off(hyper_env: HyperEnv) -> None:
     assert result.stdout == b"cold\n"
 
 
-def test_a_broken_template_falls_back_to_booting(hyper_env: HyperEnv) -> None:
-    warm = hyper_env.run("run", "--rm", BUSYBOX, "true")
+def _private_cache(env: HyperEnv, tmp_path: Path) -> Path:
+    """A cache of this test's own, sharing the kernel and appliances by hard links."""
+    cache = tmp_path / "cache"
+    for part in ("kernels", "appliances"):
+        shutil.copytree(
+            env.cache / part, cache / part, copy_function=os.link, ignore=shutil.ignore_patterns(".*")
+        )
+    return cache
+
+
+def test_a_broken_template_falls_back_to_booting(hyper_env: HyperEnv, tmp_path: Path) -> None:
+    cache = _private_cache(hyper_env, tmp_path)
+    warm = hyper_env.run("run", "--rm", BUSYBOX, "true", HYPER_CACHE_DIR=str(cache))
     assert warm.returncode == 0, warm.stderr
-    (template,) = _templates(hyper_env)
+    (template,) = [p for p in (cache / "templates").iterdir() if p.is_dir() and not p.name.startswith(".")]
     (template / "state").write_bytes(b"not a migration stream")
-    result = hyper_env.run("run", "--rm", BUSYBOX, "echo", "still works")
+    result = hyper_env.run("run", "--rm", BUSYBOX, "echo", "still works", HYPER_CACHE_DIR=str(cache))
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"still works\n"
     assert b"booting instead" in result.stderr
@@ -60,3 +73,15 @@ def test_more_layers_than_template_slots_boots(hyper_env: HyperEnv, tmp_path: Pa
     result = hyper_env.run("run", "--rm", "localhost/many:1", "sh", "-c", "cat /layer0 /layer13")
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"0\n13\n"
+
+
+def test_first_run_says_what_it_prepares(hyper_env: HyperEnv, tmp_path: Path) -> None:
+    # A cache of its own: kernel fetch, appliance and template all happen here.
+    cache = tmp_path / "cache"
+    result = hyper_env.run("run", "--rm", BUSYBOX, "echo", "ready", HYPER_CACHE_DIR=str(cache))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"ready\n"
+    for step in (b"fetching the guest kernel", b"building the guest appliance", b"booting a VM template"):
+        assert step in result.stderr
+    again = hyper_env.run("run", "--rm", BUSYBOX, "echo", "ready", HYPER_CACHE_DIR=str(cache))
+    assert again.returncode == 0 and again.stderr == b""

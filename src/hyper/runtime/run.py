@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +72,20 @@ def new_container_id() -> str:
     return secrets.token_hex(32)
 
 
-async def prepare_vm_inputs(paths: HyperPaths, settings: Settings, kernel_path: Path | None) -> VmInputs:
-    kernel = await asyncio.to_thread(resolve_kernel, kernel_path or settings.kernel, paths.kernels)
-    appliance = await asyncio.to_thread(ensure_appliance, paths.appliances, kernel)
+def notify_stderr(message: str) -> None:
+    """One line on stderr for the slow first-time steps, so a long first run explains itself."""
+    print(f"hyper: {message}", file=sys.stderr, flush=True)
+
+
+async def prepare_vm_inputs(
+    paths: HyperPaths,
+    settings: Settings,
+    kernel_path: Path | None,
+    notify: Callable[[str], None] | None = None,
+) -> VmInputs:
+    say = notify or (lambda message: None)
+    kernel = await asyncio.to_thread(resolve_kernel, kernel_path or settings.kernel, paths.kernels, say)
+    appliance = await asyncio.to_thread(ensure_appliance, paths.appliances, kernel, None, notify)
     kernel_is_pvm = settings.kernel_is_pvm or kernel.config_value("CONFIG_PVM_GUEST") == "y"
     accel = choose_accel(settings.accel, probe_host(), kernel_is_pvm)
     return VmInputs(kernel, appliance, accel)
@@ -163,7 +174,7 @@ class ContainerRun:
         store = ImageStore(self.paths.images)
         image = await asyncio.to_thread(store.get, self.options.image)
         process = specs.process_spec(image.config, self.options, dict(os.environ))
-        inputs = await prepare_vm_inputs(self.paths, self.settings, None)
+        inputs = await prepare_vm_inputs(self.paths, self.settings, None, notify_stderr)
         layers = await asyncio.to_thread(store.layer_disks, image)
         async with self._container_files(image, process) as writable:
             with open("/proc/cpuinfo") as f:
@@ -216,7 +227,9 @@ class ContainerRun:
                 cache = templates.TemplateCache(self.paths.templates, self.settings.console_log_dir)
                 # A template that cannot be made means a guest that cannot boot:
                 # that error is the user's answer, so it is not caught here.
-                template = await cache.ensure(self._template_config(base), self.settings.boot_timeout)
+                template = await cache.ensure(
+                    self._template_config(base), self.settings.boot_timeout, notify_stderr
+                )
                 try:
                     return await self._resume_template(base, layer_paths, writable, cache, template)
                 except VmStartError as exc:

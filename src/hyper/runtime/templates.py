@@ -25,6 +25,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +128,9 @@ class TemplateCache:
         template = Template(self.root / config.key())
         return template if template.state.exists() else None
 
-    async def ensure(self, config: TemplateConfig, boot_timeout: float) -> Template:
+    async def ensure(
+        self, config: TemplateConfig, boot_timeout: float, notify: Callable[[str], None] | None = None
+    ) -> Template:
         """The template for `config`, booting and saving it first if there is none."""
         found = self.find(config)
         if found is not None:
@@ -139,6 +142,8 @@ class TemplateCache:
             found = self.find(config)
             if found is not None:
                 return found  # another process made it while we waited
+            if notify is not None:
+                notify("booting a VM template (once per kernel, appliance, memory and CPUs)")
             return await self._build(config, boot_timeout)
         finally:
             lock.close()

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,7 +206,9 @@ def _build_entries(python: Path, kernel: Kernel, work: Path) -> tuple[list[cpio.
     return entries, inputs
 
 
-def ensure_appliance(cache: Path, kernel: Kernel, python: Path | None = None) -> Appliance:
+def ensure_appliance(
+    cache: Path, kernel: Kernel, python: Path | None = None, notify: Callable[[str], None] | None = None
+) -> Appliance:
     python = python or guest_python()
     key = appliance_key(python, kernel)
     cache.mkdir(parents=True, exist_ok=True)
@@ -218,6 +221,8 @@ def ensure_appliance(cache: Path, kernel: Kernel, python: Path | None = None) ->
         fcntl.flock(lock, fcntl.LOCK_EX)
         if initrd.exists() and _manifest_ok(manifest):
             return appliance  # another process built it while we waited
+        if notify is not None:
+            notify("building the guest appliance (once per kernel, Python and agent)")
         with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as work_name:
             work = Path(work_name)
             entries, inputs = _build_entries(python, kernel, work)

@@ -18,7 +18,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +165,14 @@ def _kernel_in(root: Path, origin: str) -> Kernel:
     )
 
 
-def debian_kernel(cache: Path) -> Kernel:
+Notify = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def debian_kernel(cache: Path, notify: Notify = _quiet) -> Kernel:
     """Debian's generic kernel, fetched and unpacked once into `cache`."""
     current = cache / "debian-current"
     with _locked(cache / ".lock"):
@@ -177,6 +184,7 @@ def debian_kernel(cache: Path) -> Kernel:
         name = f"{package}_{version}"
         target = cache / name
         if not (target / "vmlinux").exists():
+            notify(f"fetching the guest kernel {package} {version} (once)")
             _fetch_debian_kernel(package, target)
         tmp = current.with_suffix(".tmp")
         tmp.write_text(name + "\n")
@@ -219,7 +227,7 @@ def _fetch_debian_kernel(package: str, target: Path) -> None:
         unpacked.rename(target)
 
 
-def resolve_kernel(explicit: Path | None, cache: Path) -> Kernel:
+def resolve_kernel(explicit: Path | None, cache: Path, notify: Notify = _quiet) -> Kernel:
     if explicit is not None:
         return kernel_from_file(explicit, cache)
-    return debian_kernel(cache)
+    return debian_kernel(cache, notify)
