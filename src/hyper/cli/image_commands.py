@@ -1,5 +1,8 @@
 """`hyper load`, `import`, `images` and `rmi`: the image store from the command line.
 
+The registry and archive commands (`pull`, `push`, `save`, `tag`, `image …`) are in
+`registry_commands`, registered from here.
+
 Output follows Docker's (`Loaded image: …`, the `images` table, `Untagged:`/
 `Deleted:` lines) so scripts written for `docker` keep working. Formatting is done
 by pure functions over `Image` values; the command functions only call the store.
@@ -18,9 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hyper.cli import registry_commands
 from hyper.cli.context import CliContext
 from hyper.errors import HyperError, InvalidArgument
 from hyper.image import Image, ImageConfig, ImageStore, parse_reference
+from hyper.image.usage import images_in_use
 
 _CHANGE_HINT = "use e.g. --change 'CMD [\"sh\"]', ENTRYPOINT, ENV K=V, WORKDIR, USER, LABEL"
 
@@ -40,13 +45,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     images = subparsers.add_parser("images", help="list images")
     images.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
     images.add_argument("--no-trunc", action="store_true", help="show full image IDs")
+    images.add_argument("--digests", action="store_true", help="show manifest digests")
     images.add_argument("--format", choices=["table", "json"], default="table")
     images.set_defaults(func=cmd_images)
 
     rmi = subparsers.add_parser("rmi", help="remove images")
     rmi.add_argument("images", nargs="+", metavar="IMAGE")
-    rmi.add_argument("-f", "--force", action="store_true", help="remove an image with many tags")
+    rmi.add_argument("-f", "--force", action="store_true", help="remove an image with many tags or in use")
     rmi.set_defaults(func=cmd_rmi)
+
+    registry_commands.register(subparsers)
 
 
 # -- commands ------------------------------------------------------------------
@@ -90,7 +98,7 @@ def cmd_images(args: argparse.Namespace, ctx: CliContext) -> int:
     elif args.format == "json":
         lines = [json.dumps(row) for row in image_rows(images, now, no_trunc=args.no_trunc)]
     else:
-        lines = format_table(image_rows(images, now, no_trunc=args.no_trunc))
+        lines = format_table(image_rows(images, now, no_trunc=args.no_trunc), digests=args.digests)
     for line in lines:
         print(line, file=ctx.stdout)
     return 0
@@ -98,10 +106,11 @@ def cmd_images(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def cmd_rmi(args: argparse.Namespace, ctx: CliContext) -> int:
     store = ImageStore(ctx.paths.images)
+    in_use = images_in_use(ctx.paths.containers)
     failures: list[HyperError] = []
     for name in args.images:
         try:
-            lines = store.remove(name, force=args.force)
+            lines = store.remove(name, force=args.force, in_use=in_use)
         except HyperError as exc:
             failures.append(exc)
             continue
@@ -149,9 +158,12 @@ def image_rows(
     return rows
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    header = ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")
-    keys = ("Repository", "Tag", "ID", "CreatedSince", "Size")
+def format_table(rows: Sequence[dict[str, Any]], *, digests: bool = False) -> list[str]:
+    header: tuple[str, ...] = ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")
+    keys: tuple[str, ...] = ("Repository", "Tag", "ID", "CreatedSince", "Size")
+    if digests:
+        header = (*header[:2], "DIGEST", *header[2:])
+        keys = (*keys[:2], "Digest", *keys[2:])
     table = [header, *[tuple(str(row[key]) for key in keys) for row in rows]]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     return [

@@ -9,6 +9,7 @@ once everything has been verified, so a bad archive commits nothing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import tempfile
@@ -20,6 +21,7 @@ from typing import BinaryIO
 from hyper.errors import DataLoss, InvalidArgument
 
 CHUNK_SIZE = 1 << 20
+_link_counter = itertools.count()
 _SHA256_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 
 
@@ -118,6 +120,20 @@ class BlobStore:
             path.unlink(missing_ok=True)
             raise
         return StagedBlob(digest, size, path)
+
+    def stage_existing(self, digest: str) -> StagedBlob | None:
+        """Pin a committed blob for a new image by hard-linking it into the ingest area.
+
+        Garbage collection may delete the blob before the new image is indexed;
+        the link keeps the content, and committing it puts the blob back.
+        """
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        path = self.ingest_dir / f"link-{digest_hex(digest)[:16]}-{os.getpid()}-{next(_link_counter)}"
+        try:
+            os.link(self.path(digest), path)
+        except FileNotFoundError:
+            return None
+        return StagedBlob(digest, path.stat().st_size, path)
 
     def stage_bytes(self, data: bytes, *, what: str = "blob") -> StagedBlob:
         import io

@@ -20,8 +20,11 @@ import fcntl
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hyper.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from hyper.image.archive import StagedImage, read_archive
@@ -44,6 +47,7 @@ from hyper.image.model import (
     LayerDisk,
     Manifest,
     build_config_blob,
+    decode_json_object,
     manifest_blob,
     parse_config,
     parse_manifest,
@@ -51,8 +55,16 @@ from hyper.image.model import (
 from hyper.image.reference import lookup_candidates, parse_reference
 from hyper.image.unpack import unpack_layer
 
+STALE_INGEST_SECONDS = 3600
 NOT_FOUND_HINT = "load it with `hyper load -i FILE` or import it with `hyper import`"
 _SHORT_ID = re.compile(r"(?:sha256:)?([a-f0-9]{12,64})")
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    deleted: tuple[str, ...]
+    untagged: tuple[str, ...]
+    reclaimed_bytes: int
 
 
 def familiar_name(tag: str) -> str:
@@ -131,6 +143,21 @@ class ImageStore:
                 self._blobs.discard(blob)
         return self._image(index, config_blob.digest)
 
+    @property
+    def blobs(self) -> BlobStore:
+        """The blob store, for writers (pull) that stage content themselves."""
+        return self._blobs
+
+    def add_staged(self, staged: list[StagedImage]) -> list[Image]:
+        """Commit images whose blobs are staged and verified; the staged files are used up."""
+        try:
+            index = self._commit(staged)
+        finally:
+            for image in staged:
+                for blob in image.blobs:
+                    self._blobs.discard(blob)
+        return [self._image(index, image.config.digest) for image in staged]
+
     def _commit(self, staged: list[StagedImage]) -> StoreIndex:
         with self._index.locked():
             for image in staged:
@@ -207,11 +234,26 @@ class ImageStore:
 
     # -- removing --------------------------------------------------------------------
 
-    def remove(self, reference_or_id: str, *, force: bool = False) -> list[str]:
-        """Untag, and delete the image when no tag is left (`hyper rmi`)."""
+    def remove(
+        self, reference_or_id: str, *, force: bool = False, in_use: Mapping[str, Sequence[str]] | None = None
+    ) -> list[str]:
+        """Untag, and delete the image when no tag is left (`hyper rmi`).
+
+        `in_use` maps image IDs to the containers using them: such an image is
+        not deleted; without `force` removing its last tag is refused, with it
+        the image is left untagged (Docker's behaviour).
+        """
+        users = in_use or {}
         with self._index.locked():
             index = self._index.read()
             image_id, tag = self._resolve(index, reference_or_id)
+            containers = users.get(image_id, ())
+            last_name = tag is None or index.tags_of(image_id) == (tag,)
+            if containers and last_name and not force:
+                raise FailedPrecondition(
+                    f"image {reference_or_id} is in use by container {', '.join(c[:12] for c in containers)}",
+                    hint="remove the container first, or untag the image anyway with `hyper rmi -f`",
+                )
             lines: list[str] = []
             untag: tuple[str, ...]
             if tag is not None:
@@ -227,12 +269,78 @@ class ImageStore:
             for name in untag:
                 index = index.without_tag(name)
                 lines.append(f"Untagged: {familiar_name(name)}")
-            if not index.tags_of(image_id):
+            if not index.tags_of(image_id) and not containers:
                 index = index.without_image(image_id)
                 lines.append(f"Deleted: {image_id}")
             self._index.write(index)
             self._collect_garbage(index)
         return lines
+
+    def tag(self, source: str, target: str) -> str:
+        """Give the image `source` names another name (`hyper tag`); returns the normalized name."""
+        reference = parse_reference(target)
+        if reference.digest is not None:
+            raise InvalidArgument(
+                f"cannot tag as {target!r}: a digest cannot be a tag", hint="give NAME[:TAG]"
+            )
+        with self._index.locked():
+            index = self._index.read()
+            image_id, _ = self._resolve(index, source)
+            record = index.images[image_id]
+            self._index.write(index.with_image(record, (str(reference),)))
+        return str(reference)
+
+    def prune(
+        self, *, all_unused: bool = False, in_use: Mapping[str, Sequence[str]] | None = None
+    ) -> PruneReport:
+        """Delete untagged images (every unused one with `all_unused`), then unreferenced data."""
+        users = in_use or {}
+        deleted: list[str] = []
+        untagged: list[str] = []
+        with self._index.locked():
+            index = self._index.read()
+            before = self._disk_usage()
+            for image_id in list(index.images):
+                if users.get(image_id) or (index.tags_of(image_id) and not all_unused):
+                    continue
+                untagged.extend(familiar_name(tag) for tag in index.tags_of(image_id))
+                index = index.without_image(image_id)
+                deleted.append(image_id)
+            self._index.write(index)
+            self._collect_garbage(index)
+            self._clean_ingest()
+            reclaimed = max(0, before - self._disk_usage())
+        return PruneReport(tuple(deleted), tuple(untagged), reclaimed)
+
+    def collect_garbage(self) -> None:
+        """Delete blobs and layer disks that no image references."""
+        with self._index.locked():
+            self._collect_garbage(self._index.read())
+
+    def config_document(self, image: Image) -> dict[str, Any]:
+        """The image's config blob as JSON (for `image inspect` and `history`)."""
+        return decode_json_object(self._blobs.read_bytes(image.id), f"config {image.id}")
+
+    def layer_sizes(self, image: Image) -> list[int]:
+        """The stored (compressed) size of each layer blob, bottom → top."""
+        return [self._blobs.path(digest).stat().st_size for digest in image.layers]
+
+    def _disk_usage(self) -> int:
+        total = 0
+        for directory in (self._blobs.blob_dir, self._layers_dir):
+            if directory.is_dir():
+                total += sum(p.lstat().st_size for p in directory.rglob("*") if p.is_file())
+        return total
+
+    def _clean_ingest(self) -> None:
+        """Remove ingest files a crashed writer left behind (old ones only: a pull may be running)."""
+        if not self._blobs.ingest_dir.is_dir():
+            return
+        cutoff = time.time() - STALE_INGEST_SECONDS
+        for entry in self._blobs.ingest_dir.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if entry.lstat().st_mtime < cutoff:
+                    entry.unlink()
 
     def _collect_garbage(self, index: StoreIndex) -> None:
         """Delete blobs and layer disks no image references; hold the store lock."""
