@@ -18,6 +18,7 @@ import pytest
 from hyper.vm.kernel import debian_kernel
 from tests.integration.conftest import BUSYBOX, HyperEnv
 from tests.support import images
+from tests.support.registry import RegistryServer, registry_available
 
 pytestmark = pytest.mark.vm
 
@@ -97,9 +98,13 @@ def test_docker_exit_statuses_for_start_failures(hyper_env: HyperEnv) -> None:
 
 
 def test_hyper_failures_exit_125(hyper_env: HyperEnv) -> None:
-    unknown_image = hyper_env.run("run", "--rm", "no/such-image", "true")
+    unknown_image = hyper_env.run("run", "--rm", "--pull", "never", "no/such-image", "true")
     assert unknown_image.returncode == 125
     assert b"no such image" in unknown_image.stderr
+    unreachable = hyper_env.run("run", "--rm", "no/such-image", "true")  # no Docker Hub from here
+    assert unreachable.returncode == 125
+    assert b"Unable to find image 'no/such-image' locally" in unreachable.stderr
+    assert b"cannot reach registry" in unreachable.stderr
     bad_flag = hyper_env.run("run", "--no-such-flag", BUSYBOX)
     assert bad_flag.returncode == 125
     bad_memory = hyper_env.run("run", "--rm", "--memory", "lots", BUSYBOX, "true")
@@ -318,3 +323,19 @@ def test_bring_your_own_kernel(hyper_env: HyperEnv) -> None:
     assert result.stdout.decode().strip() == bzimages[-1].name.removeprefix("vmlinuz-")
     info = hyper_env.run("info", HYPER_KERNEL=str(bzimages[-1]))
     assert f"file {bzimages[-1]}".encode() in info.stdout
+
+
+def test_run_pulls_a_missing_image_from_a_registry(hyper_env: HyperEnv, tmp_path: Path) -> None:
+    if not registry_available():
+        pytest.skip("Debian's docker-registry is not installed (make test installs it)")
+    with RegistryServer(tmp_path / "registry") as registry:
+        remote = f"{registry.url.removeprefix('http://')}/team/busybox:v1"
+        assert hyper_env.run("tag", BUSYBOX, remote).returncode == 0
+        pushed = hyper_env.run("push", remote)
+        assert pushed.returncode == 0, pushed.stderr
+        assert hyper_env.run("rmi", remote).returncode == 0
+        result = hyper_env.run("run", "--rm", remote, "echo", "pulled and ran")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"pulled and ran\n"
+    assert f"Unable to find image '{remote}' locally".encode() in result.stderr
+    assert b"Digest: sha256:" in result.stderr

@@ -12,7 +12,7 @@ import getpass
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from hyper.cli.context import CliContext
 from hyper.cli.progress import progress_display
@@ -20,6 +20,7 @@ from hyper.errors import InvalidArgument, NotFound
 from hyper.image import Image, ImageStore, parse_reference
 from hyper.image.registry import Credentials, parse_platform, pull_image, push_image
 from hyper.image.registry.login import login, logout
+from hyper.image.registry.platform import Platform
 from hyper.image.save import FORMAT_DOCKER, FORMATS, save_images
 from hyper.image.store import familiar_name
 from hyper.image.usage import images_in_use
@@ -79,24 +80,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_pull(args: argparse.Namespace, ctx: CliContext) -> int:
-    reference = parse_reference(args.image)
     platform = parse_platform(args.platform) if args.platform else None
     store = ImageStore(ctx.paths.images)
-    before = _current_id(store, str(reference))
-    name = familiar_name(str(reference)) if reference.digest is None else args.image
-    with progress_display(ctx.stdout, quiet=args.quiet) as progress:
-        if not args.quiet:
-            if "@" not in args.image and ":" not in args.image.rsplit("/", 1)[-1]:
-                print("Using default tag: latest", file=ctx.stdout)
-            target = reference.tag or reference.digest
-            print(f"{target}: Pulling from {reference.familiar_repository}", file=ctx.stdout, flush=True)
-        image = pull_image(store, args.image, platform=platform, progress=progress)
-    if not args.quiet:
-        print(f"Digest: {image.manifest_digest}", file=ctx.stdout)
-        state = "Image is up to date" if before == image.id else "Downloaded newer image"
-        print(f"Status: {state} for {name}", file=ctx.stdout)
-    print(str(reference), file=ctx.stdout)
+    pull_with_display(store, args.image, ctx.stdout, quiet=args.quiet, platform=platform)
+    print(str(parse_reference(args.image)), file=ctx.stdout)
     return 0
+
+
+def pull_with_display(
+    store: ImageStore, text: str, stream: TextIO, *, quiet: bool = False, platform: Platform | None = None
+) -> Image:
+    """Pull `text` showing Docker's lines and per-layer progress on `stream`; `hyper run` uses it too."""
+    reference = parse_reference(text)
+    before = _current_id(store, str(reference))
+    name = familiar_name(str(reference)) if reference.digest is None else text
+    with progress_display(stream, quiet=quiet) as progress:
+        if not quiet:
+            if "@" not in text and ":" not in text.rsplit("/", 1)[-1]:
+                print("Using default tag: latest", file=stream)
+            target = reference.tag or reference.digest
+            print(f"{target}: Pulling from {reference.familiar_repository}", file=stream, flush=True)
+        image = pull_image(store, text, platform=platform, progress=progress)
+    if not quiet:
+        print(f"Digest: {image.manifest_digest}", file=stream)
+        state = "Image is up to date" if before == image.id else "Downloaded newer image"
+        print(f"Status: {state} for {name}", file=stream, flush=True)
+    return image
 
 
 def cmd_push(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -9,7 +9,9 @@ import subprocess
 from pathlib import Path
 
 from hyper.cli.context import CliContext
-from hyper.errors import InvalidArgument
+from hyper.cli.registry_commands import pull_with_display
+from hyper.errors import InvalidArgument, NotFound
+from hyper.image import ImageStore
 from hyper.runtime import spec as specs
 from hyper.runtime.run import ContainerExit, run_foreground
 from hyper.runtime.settings import Settings
@@ -31,6 +33,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--cpus", default="1", metavar="N")
     run.add_argument("--hostname", metavar="NAME")
     run.add_argument("--kernel", type=Path, metavar="PATH", help="guest kernel (vmlinux or bzImage)")
+    run.add_argument(
+        "--pull",
+        choices=("missing", "always", "never"),
+        default="missing",
+        help="pull the image before running (default: when it is missing)",
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="no pull output")
     run.add_argument("image", metavar="IMAGE")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
     run.set_defaults(func=run_command)
@@ -60,6 +69,7 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
         cpus=specs.parse_cpus(args.cpus, os.cpu_count() or 1),
         hostname=args.hostname,
     )
+    ensure_image(args.image, args.pull, ctx, quiet=args.quiet)
     try:
         return asyncio.run(run_foreground(options, ctx.paths, settings, attachment))
     except ContainerExit as exc:
@@ -68,6 +78,21 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
     except asyncio.CancelledError:
         print("hyper: interrupted; the VM and its files were removed", file=ctx.stderr)
         return 130
+
+
+def ensure_image(text: str, policy: str, ctx: CliContext, *, quiet: bool) -> None:
+    """Docker's `--pull`: fetch the image when missing (the default), always, or never."""
+    store = ImageStore(ctx.paths.images)
+    if policy != "always":
+        try:
+            store.get(text)
+            return
+        except NotFound:
+            if policy == "never":
+                raise
+        if not quiet:
+            print(f"Unable to find image '{text}' locally", file=ctx.stderr, flush=True)
+    pull_with_display(store, text, ctx.stderr, quiet=quiet)
 
 
 def info_command(args: argparse.Namespace, ctx: CliContext) -> int:
