@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
+from hyper.image.registry.progress import ProgressCallback, ProgressEvent
 
-from hyper.image.registry import ProgressCallback, ProgressEvent
+# rich is imported only when bars are drawn: a pull into a pipe or a log
+# starts faster without it.
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 _TRANSFER_STATUSES = frozenset({"Downloading", "Pushing"})
 
@@ -80,6 +82,9 @@ def progress_display(stream: TextIO, *, quiet: bool = False) -> Iterator[Progres
     if not stream.isatty():
         yield PlainProgress(stream)
         return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
     console = Console(file=stream)
     columns = (TextColumn("{task.description:<32}"), BarColumn(), DownloadColumn())
     with Progress(*columns, console=console, transient=False) as bars:

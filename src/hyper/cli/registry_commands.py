@@ -12,18 +12,19 @@ import getpass
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from hyper.cli.context import CliContext
-from hyper.cli.progress import progress_display
 from hyper.errors import InvalidArgument, NotFound
 from hyper.image import Image, ImageStore, parse_reference
-from hyper.image.registry import Credentials, parse_platform, pull_image, push_image
-from hyper.image.registry.login import login, logout
-from hyper.image.registry.platform import Platform
-from hyper.image.save import FORMAT_DOCKER, FORMATS, save_images
+from hyper.image.save import FORMAT_DOCKER, FORMATS
 from hyper.image.store import familiar_name
 from hyper.image.usage import images_in_use
+
+# The registry client (httpx) and the progress display (rich) are imported by
+# the commands that use them: every other `hyper` command starts faster.
+if TYPE_CHECKING:
+    from hyper.image.registry.platform import Platform
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -80,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_pull(args: argparse.Namespace, ctx: CliContext) -> int:
+    from hyper.image.registry import parse_platform
+
     platform = parse_platform(args.platform) if args.platform else None
     store = ImageStore(ctx.paths.images)
     pull_with_display(store, args.image, ctx.stdout, quiet=args.quiet, platform=platform)
@@ -91,6 +94,9 @@ def pull_with_display(
     store: ImageStore, text: str, stream: TextIO, *, quiet: bool = False, platform: Platform | None = None
 ) -> Image:
     """Pull `text` showing Docker's lines and per-layer progress on `stream`; `hyper run` uses it too."""
+    from hyper.cli.progress import progress_display
+    from hyper.image.registry import pull_image
+
     reference = parse_reference(text)
     before = _current_id(store, str(reference))
     name = familiar_name(str(reference)) if reference.digest is None else text
@@ -109,6 +115,9 @@ def pull_with_display(
 
 
 def cmd_push(args: argparse.Namespace, ctx: CliContext) -> int:
+    from hyper.cli.progress import progress_display
+    from hyper.image.registry import push_image
+
     store = ImageStore(ctx.paths.images)
     with progress_display(ctx.stdout, quiet=args.quiet) as progress:
         result = push_image(store, args.image, progress=progress)
@@ -121,6 +130,8 @@ def cmd_push(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_login(args: argparse.Namespace, ctx: CliContext) -> int:
+    from hyper.image.registry import Credentials, login
+
     username = args.username
     if args.password_stdin:
         if args.password:
@@ -142,6 +153,8 @@ def cmd_login(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_logout(args: argparse.Namespace, ctx: CliContext) -> int:
+    from hyper.image.registry import logout
+
     host, removed = logout(args.server)
     if removed:
         print(f"Removing login credentials for {host}", file=ctx.stdout)
@@ -156,6 +169,8 @@ def cmd_tag(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_save(args: argparse.Namespace, ctx: CliContext) -> int:
+    from hyper.image.save import save_images
+
     store = ImageStore(ctx.paths.images)
     if args.output is not None:
         save_images(store, args.images, args.output, fmt=args.format)

@@ -55,7 +55,9 @@ class RegistryClient:
         self.attempts = attempts
         self.backoff = backoff
         self._sleep = sleep
-        verify: Any = True if endpoint.plain_http else settings.ssl_context(endpoint)
+        # The system's CAs (and certs.d) even for a plain-HTTP endpoint, which may
+        # redirect to HTTPS; httpx's own default would also load certifi's bundle.
+        verify: Any = settings.ssl_context(endpoint)
         self._http = httpx.Client(
             verify=verify,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
