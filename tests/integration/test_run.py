@@ -6,9 +6,11 @@ No test asserts a wall-clock time; timeouts only stop a test that hangs.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -339,3 +341,52 @@ def test_run_pulls_a_missing_image_from_a_registry(hyper_env: HyperEnv, tmp_path
     assert result.stdout == b"pulled and ran\n"
     assert f"Unable to find image '{remote}' locally".encode() in result.stderr
     assert b"Digest: sha256:" in result.stderr
+
+
+def test_unprivileged_user(hyper_env: HyperEnv, tmp_path: Path) -> None:
+    # Root ignores file modes, so only a real unprivileged run shows what a user
+    # without root meets (this found read-only layer disks that could not be sized).
+    if os.getuid() != 0:
+        pytest.skip("switching to the user nobody needs root")
+    home = Path(tempfile.mkdtemp(prefix="hyper-nobody-", dir="/tmp"))
+    os.chmod(home, 0o777)
+    try:
+        probe = _as_nobody(home, f"{sys.executable} -c 'import hyper'")
+        if probe.returncode != 0:
+            pytest.skip(f"the user nobody cannot use this checkout: {probe.stderr.strip()[:200]}")
+        # The kernel is shared by hard links; appliance and template are nobody's own.
+        kernels = home / "cache" / "kernels"
+        shutil.copytree(
+            hyper_env.cache / "kernels", kernels, copy_function=os.link, ignore=shutil.ignore_patterns(".*")
+        )
+        # Only the directories change hands: the linked files are the shared cache's own inodes.
+        for directory in (home / "cache", kernels):
+            os.chown(directory, 65534, 65534)
+        make_image = (
+            "from pathlib import Path; from hyper.image import ImageStore; "
+            "from tests.support.images import make_busybox_image; "
+            f"make_busybox_image(ImageStore(Path('{home}/state/images')))"
+        )
+        built = _as_nobody(home, f'{sys.executable} -c "{make_image}"')
+        assert built.returncode == 0, built.stderr
+        script = "id -u; stat -c %u /bin/busybox; touch /new && echo ok"
+        result = _as_nobody(home, f"{sys.executable} -m hyper.cli.main run --rm {BUSYBOX} sh -c '{script}'")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["0", "0", "ok"]  # root inside the VM, whoever runs Hyper
+    finally:
+        subprocess.run(["pkill", "-9", "-f", f"qemu-system.*{home}"], check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _as_nobody(home: Path, command: str) -> subprocess.CompletedProcess[str]:
+    env = (
+        f"HOME={home} HYPER_STATE_DIR={home}/state HYPER_CACHE_DIR={home}/cache HYPER_RUNTIME_DIR={home}/run "
+        f"PYTHONPATH={Path(__file__).resolve().parents[2]}"
+    )
+    return subprocess.run(
+        ["su", "nobody", "-s", "/bin/sh", "-c", f"cd {home} && env {env} {command}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )

@@ -4,6 +4,7 @@ and turns errors into Docker's exit statuses (125 when Hyper itself fails)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -53,6 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_HYPER_FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A bug or an unforeseen system error: one line, Docker's 125, and the
+        # traceback for whoever debugs it.
+        if os.environ.get("HYPER_DEBUG"):
+            raise
+        detail = f"{type(exc).__name__}: {exc}"
+        print(f"hyper: unexpected error: {detail} (set HYPER_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_HYPER_FAILED
 
 
 if __name__ == "__main__":

@@ -263,7 +263,15 @@ class ContainerRun:
         template: templates.Template,
     ) -> tuple[QemuDriver, AgentClient]:
         for path in layer_paths:
-            await asyncio.to_thread(templates.pad_to_slot, path)
+            try:
+                await asyncio.to_thread(templates.pad_to_slot, path)
+            except OSError as exc:
+                raise VmStartError(
+                    f"cannot size the layer disk {path} for the template: {exc.strerror}",
+                    command=[],
+                    exit_status=None,
+                    console_tail="",
+                ) from exc
         spec = dataclasses.replace(
             base,
             disks=templates.slot_disks(layer_paths, writable, cache.placeholder()),

@@ -100,8 +100,21 @@ def pad_to_slot(path: Path) -> None:
     Filesystems ignore the zeros past their end; the data is not touched, so a
     layer disk shared by many VMs stays valid while this runs.
     """
-    if path.stat().st_size < SLOT_BYTES:
+    st = path.stat()
+    if st.st_size >= SLOT_BYTES:
+        return
+    try:
         os.truncate(path, SLOT_BYTES)
+    except PermissionError:
+        if st.st_uid != os.getuid():
+            raise
+        # The store keeps layer disks read-only; their owner may lift that
+        # for a moment, since growing a sparse tail changes no data.
+        os.chmod(path, st.st_mode | 0o200)
+        try:
+            os.truncate(path, SLOT_BYTES)
+        finally:
+            os.chmod(path, st.st_mode & 0o7777)
 
 
 class TemplateCache:
