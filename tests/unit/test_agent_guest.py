@@ -22,6 +22,7 @@ from hyper.agent.guest import Agent
 from hyper.agent.protocol import (
     HEADER,
     PROTOCOL_VERSION,
+    Frame,
     FrameDecoder,
     FrameKind,
     decode_message,
@@ -32,7 +33,15 @@ from hyper.agent.protocol import (
 WATCHDOG_SECONDS = 5.0
 
 
-def read_messages(sock: socket.socket, count: int) -> list[dict[str, Any]]:
+NONCE = bytes(range(16))
+
+
+def hello(request_id: int, **fields: Any) -> dict[str, Any]:
+    return {"type": "hello", "id": request_id, "version": PROTOCOL_VERSION, "nonce": NONCE.hex(), **fields}
+
+
+def read_messages(sock: socket.socket, count: int, syncs: list[bytes] | None = None) -> list[dict[str, Any]]:
+    """`count` control messages; SYNC frames go to `syncs` (their payloads)."""
     decoder = FrameDecoder()
     messages: list[dict[str, Any]] = []
     while len(messages) < count:
@@ -40,6 +49,10 @@ def read_messages(sock: socket.socket, count: int) -> list[dict[str, Any]]:
         if not data:
             break
         for frame in decoder.feed(data):
+            if frame.kind is FrameKind.SYNC:
+                if syncs is not None:
+                    syncs.append(frame.payload)
+                continue
             assert frame.kind is FrameKind.CONTROL
             messages.append(decode_message(frame.payload))
     return messages
@@ -141,9 +154,19 @@ def ask(*requests: dict[str, Any]) -> Callable[[socket.socket], list[dict[str, A
 
 
 def test_hello_is_answered_with_version_kernel_and_boot_log(harness: AgentHarness) -> None:
-    session = harness.run(ask({"type": "hello", "id": 1, "version": PROTOCOL_VERSION}))
+    syncs: list[bytes] = []
+
+    def host(sock: socket.socket) -> list[dict[str, Any]]:
+        sock.sendall(encode_message(hello(1)))
+        replies = read_messages(sock, 1, syncs)
+        sock.shutdown(socket.SHUT_WR)
+        return replies
+
+    session = harness.run(host)
     assert not session.watchdog_fired
+    assert syncs == [NONCE]  # the SYNC frame, carrying the hello's nonce, came first
     [reply] = session.replies
+    assert reply["resume_from"] == 0
     assert reply["type"] == "response"
     assert reply["id"] == 1
     assert reply["ok"] is True
@@ -154,7 +177,7 @@ def test_hello_is_answered_with_version_kernel_and_boot_log(harness: AgentHarnes
 
 def test_hello_sent_before_the_agent_runs_is_answered(harness: AgentHarness) -> None:
     def early(sock: socket.socket) -> None:
-        sock.sendall(encode_message({"type": "hello", "id": 4, "version": PROTOCOL_VERSION}))
+        sock.sendall(encode_message(hello(4)))
 
     def host(sock: socket.socket) -> list[dict[str, Any]]:
         replies = read_messages(sock, 1)
@@ -166,7 +189,7 @@ def test_hello_sent_before_the_agent_runs_is_answered(harness: AgentHarness) -> 
 
 
 def test_hello_with_another_version_is_refused(harness: AgentHarness) -> None:
-    session = harness.run(ask({"type": "hello", "id": 2, "version": PROTOCOL_VERSION + 1}))
+    session = harness.run(ask(hello(2, version=PROTOCOL_VERSION + 1)))
     [reply] = session.replies
     assert reply["id"] == 2
     assert reply["ok"] is False
@@ -177,14 +200,14 @@ def test_unknown_request_is_refused_and_the_connection_stays_up(harness: AgentHa
     session = harness.run(
         ask(
             {"type": "format_disk", "id": 7},
-            {"type": "hello", "id": 8, "version": PROTOCOL_VERSION},
+            hello(8),
         )
     )
     assert not session.watchdog_fired
-    refused, hello = session.replies
+    refused, greeted = session.replies
     assert (refused["id"], refused["ok"]) == (7, False)
     assert "format_disk" in refused["error"]
-    assert (hello["id"], hello["ok"]) == (8, True)
+    assert (greeted["id"], greeted["ok"]) == (8, True)
 
 
 def test_badly_typed_or_unknown_targets_are_refused_not_fatal(harness: AgentHarness) -> None:
@@ -241,7 +264,7 @@ def test_a_malformed_frame_drops_the_connection(harness: AgentHarness, malformed
     def host(sock: socket.socket) -> list[dict[str, Any]]:
         # The hello after the bad frame must never be answered; the host
         # does not hang up, so only the agent can end the run.
-        sock.sendall(malformed + encode_message({"type": "hello", "id": 1, "version": PROTOCOL_VERSION}))
+        sock.sendall(malformed + encode_message(hello(1)))
         return []
 
     session = harness.run(host)
@@ -258,3 +281,92 @@ def test_run_returns_when_the_host_hung_up_before_it_started(harness: AgentHarne
 
     session = harness.run(lambda sock: [], before_run=hang_up, watchdog=1.0)
     assert not session.watchdog_fired
+
+
+@pytest.fixture
+def manual_agent(harness: AgentHarness) -> Iterator[tuple[Agent, socket.socket]]:
+    """An agent driven step by step in this thread: no run loop, no timing."""
+    host_sock, agent_sock = socket.socketpair()
+    host_sock.settimeout(WATCHDOG_SECONDS)
+    agent = Agent(agent_sock.fileno(), [], reconnect=True)
+    harness._agents.append(agent)
+    harness._sockets += [host_sock, agent_sock]
+    agent.connected = True
+    yield agent, host_sock
+
+
+def _frames(sock: socket.socket, until_control: int) -> list[Frame]:
+    decoder = FrameDecoder()
+    frames: list[Frame] = []
+    while sum(f.kind is FrameKind.CONTROL for f in frames) < until_control:
+        frames += decoder.feed(sock.recv(1 << 16))
+    return frames
+
+
+def test_resume_replays_what_the_host_did_not_get(manual_agent: tuple[Agent, socket.socket]) -> None:
+    agent, host = manual_agent
+    agent._receive(encode_message(hello(1)))
+    [sync, answer] = _frames(host, 1)
+    assert (sync.kind, sync.payload) == (FrameKind.SYNC, NONCE)
+    start = decode_message(answer.payload)["resume_from"]
+    after_answer = start + len(HEADER.pack(0, 0, 0)) + len(answer.payload)
+    agent.send_data(FrameKind.STDOUT, 7, b"one")
+    agent.send_data(FrameKind.STDOUT, 7, b"two")
+    read = _read_available(host)
+    assert b"one" in read and b"two" in read
+    # The host goes away having kept only "one"; a new one resumes after it.
+    agent._disconnected()
+    agent.connected = True
+    resume = after_answer + len(encode_frame(FrameKind.STDOUT, 7, b"one"))
+    agent._receive(encode_message(hello(2, resume=resume)))
+    frames = _frames(host, 1)
+    assert [f.kind for f in frames] == [FrameKind.SYNC, FrameKind.STDOUT, FrameKind.CONTROL]
+    assert frames[1].payload == b"two"  # replayed once, "one" not again
+    assert decode_message(frames[2].payload)["resume_from"] == resume
+
+
+def test_acknowledged_output_is_forgotten_and_cannot_be_resumed(
+    manual_agent: tuple[Agent, socket.socket],
+) -> None:
+    agent, host = manual_agent
+    agent._receive(encode_message(hello(1)))
+    _frames(host, 1)
+    agent.send_data(FrameKind.STDOUT, 1, b"x" * 1000)
+    _read_available(host)
+    end = agent.stream_end
+    agent._receive(encode_message({"type": "ack", "offset": end}))
+    assert agent.retained == bytearray() and agent.retained_base == end
+    agent._disconnected()
+    agent.connected = True
+    agent._receive(encode_message(hello(2, resume=0)))  # asks for bytes already forgotten
+    frames = _frames(host, 1)
+    assert frames[0].kind is FrameKind.SYNC  # the answer is still found after the sync
+    reply = decode_message(frames[-1].payload)
+    assert reply["ok"] is False and "cannot resume" in reply["error"]
+
+
+def test_a_fresh_host_skips_the_past(manual_agent: tuple[Agent, socket.socket]) -> None:
+    agent, host = manual_agent
+    agent._receive(encode_message(hello(1)))
+    _frames(host, 1)
+    agent.send_data(FrameKind.STDOUT, 1, b"old output")
+    _read_available(host)
+    agent._disconnected()
+    agent.connected = True
+    agent._receive(encode_message(hello(2)))  # no resume: a host with no past
+    frames = _frames(host, 1)
+    assert [f.kind for f in frames] == [FrameKind.SYNC, FrameKind.CONTROL]
+    assert agent.retained_base == decode_message(frames[1].payload)["resume_from"]
+
+
+def _read_available(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    chunks = []
+    try:
+        while True:
+            chunks.append(sock.recv(1 << 16))
+    except BlockingIOError:
+        pass
+    finally:
+        sock.settimeout(WATCHDOG_SECONDS)
+    return b"".join(chunks)

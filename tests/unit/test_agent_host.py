@@ -22,6 +22,7 @@ from hyper.agent.protocol import (
     decode_message,
     encode_frame,
     encode_message,
+    sync_frame,
 )
 from hyper.errors import Category, DeadlineExceeded
 
@@ -57,6 +58,12 @@ class FakeGuest:
     async def reply(self, request: dict[str, Any], **fields: Any) -> None:
         await self.send(encode_message({"type": "response", "id": request["id"], **fields}))
 
+    async def answer_hello(self, request: dict[str, Any], *, before: bytes = b"", **fields: Any) -> None:
+        """What the agent does: the SYNC frame with the hello's nonce, then the answer."""
+        answer = {"ok": True, "version": PROTOCOL_VERSION, "kernel": "6.1.0-test", "resume_from": 0, **fields}
+        await self.send(before + sync_frame(bytes.fromhex(request["nonce"])))
+        await self.reply(request, **answer)
+
     def close(self) -> None:
         self.writer.close()
 
@@ -68,9 +75,20 @@ async def connect() -> tuple[AgentClient, FakeGuest]:
     return AgentClient(host_reader, host_writer), FakeGuest(guest_reader, guest_writer)
 
 
-def run(scenario: Callable[[AgentClient, FakeGuest], Awaitable[None]]) -> None:
+async def handshake(client: AgentClient, guest: FakeGuest) -> None:
+    greeting = asyncio.create_task(client.hello(5))
+    await guest.answer_hello(await guest.read_message())
+    await greeting
+    assert (await guest.read_message())["type"] == "ack"  # the answer itself is acknowledged
+
+
+def run(scenario: Callable[[AgentClient, FakeGuest], Awaitable[None]], *, greet: bool = True) -> None:
+    """Run `scenario` against a fake guest, after a hello unless `greet` is false."""
+
     async def main() -> None:
         client, guest = await connect()
+        if greet:
+            await asyncio.wait_for(handshake(client, guest), TEST_TIMEOUT)
         try:
             await asyncio.wait_for(scenario(client, guest), TEST_TIMEOUT)
         finally:
@@ -87,12 +105,14 @@ def test_hello_sends_the_version_and_returns_the_reply() -> None:
         assert request["type"] == "hello"
         assert request["version"] == PROTOCOL_VERSION
         assert isinstance(request["id"], int)
-        await guest.reply(request, ok=True, version=PROTOCOL_VERSION, kernel="6.1.0-test", log=[])
+        assert len(bytes.fromhex(request["nonce"])) == 16 and request["resume"] is None
+        await guest.answer_hello(request, log=[])
         reply = await hello
         assert reply["kernel"] == "6.1.0-test"
         assert client.failure is None
+        assert client.received_offset == len(encode_message({**reply}))
 
-    run(scenario)
+    run(scenario, greet=False)
 
 
 def test_requests_get_distinct_ids_and_answers_out_of_order_reach_their_callers() -> None:
@@ -114,14 +134,14 @@ def test_hello_with_another_version_is_refused() -> None:
     async def scenario(client: AgentClient, guest: FakeGuest) -> None:
         hello = asyncio.create_task(client.hello(5))
         request = await guest.read_message()
-        await guest.reply(request, ok=True, version=PROTOCOL_VERSION + 1, kernel="x")
+        await guest.answer_hello(request, version=PROTOCOL_VERSION + 1)
         with pytest.raises(AgentConnectionLost) as caught:
             await hello
         assert caught.value.category is Category.UNAVAILABLE
         assert caught.value.hint is not None
         assert str(PROTOCOL_VERSION + 1) in caught.value.message
 
-    run(scenario)
+    run(scenario, greet=False)
 
 
 def test_refused_request_raises_with_stage_and_errno() -> None:
@@ -311,3 +331,53 @@ def test_writing_after_the_channel_failed_raises_the_failure() -> None:
         assert caught.value is client.failure
 
     run(scenario)
+
+
+def test_bytes_before_the_sync_frame_are_skipped() -> None:
+    # What an earlier connection left in QEMU's buffers: half a frame, garbage.
+    stale = encode_frame(FrameKind.STDOUT, 1, b"old output")[:7] + b"\xff" * 50
+
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        greeting = asyncio.create_task(client.hello(5))
+        await guest.answer_hello(await guest.read_message(), before=stale)
+        assert (await greeting)["ok"] is True
+        assert client.failure is None
+
+    run(scenario, greet=False)
+
+
+def test_resume_is_sent_and_offsets_continue_from_it() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        greeting = asyncio.create_task(client.hello(5, resume=4242))
+        request = await guest.read_message()
+        assert request["resume"] == 4242
+        await guest.answer_hello(request, resume_from=4242)
+        reply = await greeting
+        assert client.received_offset == 4242 + len(encode_message(reply))
+
+    run(scenario, greet=False)
+
+
+def test_output_is_acknowledged_as_it_is_consumed() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        channel = client.open_process(3)
+        chunk = b"z" * 60_000
+        for _ in range(6):  # 360 KB: more than one acknowledgement interval
+            await guest.send(encode_frame(FrameKind.STDOUT, 3, chunk))
+        for _ in range(6):
+            assert (await channel.output.get()) == (FrameKind.STDOUT, chunk)
+        ack = await guest.read_message()
+        assert ack["type"] == "ack" and ack["offset"] <= (client.received_offset or 0)
+        assert ack["offset"] >= 256 * 1024
+
+    run(scenario)
+
+
+def test_a_guest_without_a_valid_resume_from_is_refused() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        greeting = asyncio.create_task(client.hello(5))
+        await guest.answer_hello(await guest.read_message(), resume_from=-1)
+        with pytest.raises(AgentConnectionLost):
+            await greeting
+
+    run(scenario, greet=False)

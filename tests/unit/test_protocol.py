@@ -18,6 +18,7 @@ from hyper.agent.protocol import (
     encode_frame,
     encode_message,
     require,
+    sync_frame,
 )
 
 
@@ -94,7 +95,7 @@ def test_custom_bound_is_honoured() -> None:
         decoder.feed(HEADER.pack(int(FrameKind.STDOUT), 1, 5))
 
 
-@pytest.mark.parametrize("kind", [0, 5, 255])
+@pytest.mark.parametrize("kind", [0, 6, 255])
 def test_unknown_kind_is_refused_before_its_payload_arrives(kind: int) -> None:
     with pytest.raises(ProtocolError, match="unknown frame kind"):
         FrameDecoder().feed(HEADER.pack(kind, 0, 10))
@@ -175,3 +176,9 @@ def test_require_refuses_a_missing_field() -> None:
 
 def test_bool_is_accepted_where_bool_is_asked() -> None:
     assert require({"type": "t", "tty": True}, "tty", bool) is True
+
+
+def test_sync_frame_carries_its_nonce() -> None:
+    nonce = bytes(range(16))
+    [frame] = FrameDecoder().feed(sync_frame(nonce))
+    assert (frame.kind, frame.stream, frame.payload) == (FrameKind.SYNC, 0, nonce)

@@ -36,6 +36,7 @@ from hyper.agent.protocol import (
     encode_frame,
     encode_message,
     require,
+    sync_frame,
 )
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs the guest
@@ -62,7 +63,12 @@ class Agent:
         self.reconnect = reconnect
         self.selector = selectors.DefaultSelector()
         self.decoder = FrameDecoder()
-        self.outbound = bytearray()
+        # Everything sent and not yet acknowledged: `retained` holds the stream
+        # from absolute offset `retained_base`; `write_pos` is the next byte to write.
+        self.retained = bytearray()
+        self.retained_base = 0
+        self.write_pos = 0
+        self.sync_prefix = b""  # written before the stream on a new connection
         self.connected = False
         self.running = True
         self.processes: dict[int, Process] = {}
@@ -102,12 +108,12 @@ class Agent:
             self._watch(self.channel_fd, 0)
             return
         events = selectors.EVENT_READ
-        if self.outbound:
+        if self._unwritten():
             events |= selectors.EVENT_WRITE
         self._watch(self.channel_fd, events)
 
     def _update_output_watches(self) -> None:
-        paused = len(self.outbound) > OUTPUT_BUFFER_LIMIT
+        paused = len(self.retained) > OUTPUT_BUFFER_LIMIT
         if paused == self.output_paused:
             return
         self.output_paused = paused
@@ -119,12 +125,19 @@ class Agent:
                 self._watch(fd, want | extra)
 
     # -- sending --------------------------------------------------------------
+    @property
+    def stream_end(self) -> int:
+        return self.retained_base + len(self.retained)
+
+    def _unwritten(self) -> bool:
+        return bool(self.sync_prefix) or self.write_pos < self.stream_end
+
     def send(self, message: dict[str, Any]) -> None:
-        self.outbound += encode_message(message)
+        self.retained += encode_message(message)
         self._after_queue()
 
     def send_data(self, kind: FrameKind, stream: int, data: bytes) -> None:
-        self.outbound += encode_frame(kind, stream, data)
+        self.retained += encode_frame(kind, stream, data)
         self._after_queue()
 
     def _after_queue(self) -> None:
@@ -133,9 +146,14 @@ class Agent:
         self._update_output_watches()
 
     def _flush(self) -> None:
-        while self.outbound and self.connected:
+        while self.connected and self._unwritten():
+            if self.sync_prefix:
+                chunk: bytes | bytearray = self.sync_prefix
+            else:
+                start = self.write_pos - self.retained_base
+                chunk = self.retained[start : start + MAX_DATA_CHUNK * 4]
             try:
-                written = os.write(self.channel_fd, self.outbound[: MAX_DATA_CHUNK * 4])
+                written = os.write(self.channel_fd, chunk)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -143,11 +161,24 @@ class Agent:
                     self._disconnected()
                     return
                 raise
-            del self.outbound[:written]
+            if self.sync_prefix:
+                self.sync_prefix = self.sync_prefix[written:]
+            else:
+                self.write_pos += written
+
+    def _acknowledge(self, offset: int) -> None:
+        """The host has the stream up to `offset`: forget it."""
+        drop = min(offset, self.write_pos) - self.retained_base
+        if drop > 0:
+            del self.retained[:drop]
+            self.retained_base += drop
+            self._update_output_watches()
 
     # -- connection -----------------------------------------------------------
     def _disconnected(self) -> None:
+        # What was sent stays retained: the next host resumes from its last offset.
         self.connected = False
+        self.sync_prefix = b""
         self.decoder = FrameDecoder()
         self._update_channel_watch()
         if not self.reconnect:
@@ -192,12 +223,14 @@ class Agent:
                     raise ProtocolError(f"host sent a {frame.kind.name} frame")
         except ProtocolError as exc:
             print(f"hyper-agent: dropping host connection: {exc}", file=sys.stderr)
-            self.outbound.clear()
             self._disconnected()
 
     # -- requests -------------------------------------------------------------
     def _handle_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
+        if kind == "ack":  # the only message without a response
+            self._acknowledge(require(message, "offset", int))
+            return
         request_id = message.get("id")
         handler = getattr(self, f"_do_{kind}", None)
         if handler is None:
@@ -230,10 +263,34 @@ class Agent:
         self.send({"type": "response", "id": request_id, "ok": True, **reply})
 
     def _do_hello(self, message: dict[str, Any]) -> dict[str, Any]:
+        nonce = bytes.fromhex(require(message, "nonce", str))
+        if not 8 <= len(nonce) <= 64:
+            raise ProtocolError("hello needs a nonce of 8 to 64 bytes")
+        # The sync goes first even when this hello fails, so that the host finds
+        # the answer; until a valid resume, the new stream starts at its end.
+        self.sync_prefix = sync_frame(nonce)
+        self.write_pos = self.stream_end
         version = require(message, "version", int)
         if version != PROTOCOL_VERSION:
             raise ProtocolError(f"host speaks protocol {version}, agent speaks {PROTOCOL_VERSION}")
-        return {"version": PROTOCOL_VERSION, "kernel": os.uname().release, "log": self.boot_log}
+        resume = message.get("resume")
+        if resume is None:
+            # A host with no past: start after everything sent so far.
+            self.retained_base = self.stream_end
+            self.retained.clear()
+        elif not isinstance(resume, int) or not self.retained_base <= resume <= self.stream_end:
+            raise ProtocolError(
+                f"cannot resume from {resume}: the agent holds {self.retained_base} to {self.stream_end}"
+            )
+        else:
+            self._acknowledge(resume)
+        self.write_pos = self.retained_base if resume is None else resume
+        return {
+            "version": PROTOCOL_VERSION,
+            "kernel": os.uname().release,
+            "log": self.boot_log,
+            "resume_from": self.write_pos,
+        }
 
     def _do_setup(self, message: dict[str, Any]) -> dict[str, Any]:
         self.hostname = require(message, "hostname", str)
@@ -484,9 +541,9 @@ class Agent:
 
     def _flush_before_exit(self) -> None:
         deadline = time.monotonic() + 2
-        while self.outbound and self.connected and time.monotonic() < deadline:
+        while self._unwritten() and self.connected and time.monotonic() < deadline:
             self._flush()
-            if self.outbound:
+            if self._unwritten():
                 time.sleep(0.005)
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hyper.agent.protocol import (
+    HEADER,
     MAX_DATA_CHUNK,
     PROTOCOL_VERSION,
     FrameDecoder,
@@ -25,10 +27,16 @@ from hyper.agent.protocol import (
     encode_frame,
     encode_message,
     require,
+    sync_frame,
 )
 from hyper.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 
 OUTPUT_QUEUE_FRAMES = 256
+# The agent keeps what it sent until acknowledged; ack often enough that its
+# buffer (8 MiB) never fills while the host keeps up.
+ACK_EVERY = 256 * 1024
+# Bytes of an old connection that may precede this one's SYNC frame.
+MAX_BYTES_BEFORE_SYNC = 16 << 20
 
 
 class AgentConnectionLost(Unavailable):
@@ -65,6 +73,11 @@ class AgentClient:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._processes: dict[int, ProcessChannel] = {}
         self._failure: AgentConnectionLost | None = None
+        self._sync: bytes | None = None  # the SYNC frame answering our hello
+        self._consumed = 0  # bytes of whole frames received after the SYNC frame
+        self._base: int | None = None  # the guest's stream offset of the first of them
+        self._acked = 0
+        self._background: set[asyncio.Task[None]] = set()
         self._read_task = asyncio.create_task(self._read_loop(), name="agent-reader")
         self._write_lock = asyncio.Lock()
 
@@ -81,13 +94,27 @@ class AgentClient:
     # -- receiving ------------------------------------------------------------
     async def _read_loop(self) -> None:
         decoder = FrameDecoder()
+        before_sync: bytearray | None = bytearray()
         try:
             while True:
                 data = await self._reader.read(4 * MAX_DATA_CHUNK)
                 if not data:
                     raise AgentConnectionLost("the guest closed the agent channel")
+                if before_sync is not None:
+                    # Skip what an earlier connection left in QEMU's buffers.
+                    before_sync += data
+                    found = before_sync.find(self._sync) if self._sync else -1
+                    if found < 0:
+                        if len(before_sync) > MAX_BYTES_BEFORE_SYNC:
+                            raise ProtocolError("the guest never answered the hello with its sync frame")
+                        continue
+                    data = bytes(before_sync[found + len(self._sync or b"") :])
+                    before_sync = None
                 for frame in decoder.feed(data):
                     await self._dispatch(frame.kind, frame.stream, frame.payload)
+                    # Counted once delivered: a frame cut off by close() is resent on resume.
+                    self._consumed += HEADER.size + len(frame.payload)
+                    self._maybe_acknowledge()
         except ProtocolError as exc:
             self._fail(AgentConnectionLost(f"the guest agent broke the protocol: {exc}"))
         except AgentConnectionLost as exc:
@@ -123,12 +150,33 @@ class AgentClient:
             if not 0 <= status <= 255:
                 raise ProtocolError(f"exit status {status} out of range")
             exited = self._processes.pop(stream, None)
+            self._maybe_acknowledge(force=True)
             if exited is not None:
                 await exited.output.put(None)
                 if not exited.exit_status.done():
                     exited.exit_status.set_result(status)
         else:
             raise ProtocolError(f"unexpected message {message['type']!r}")
+
+    @property
+    def received_offset(self) -> int | None:
+        """How far into the guest's stream this host has read whole frames; a
+        later connection resumes from here. None until the hello is answered."""
+        return None if self._base is None else self._base + self._consumed
+
+    def _maybe_acknowledge(self, *, force: bool = False) -> None:
+        offset = self.received_offset
+        if offset is None or self._failure is not None:
+            return
+        if offset - self._acked >= ACK_EVERY or (force and offset > self._acked):
+            self._acked = offset
+            task = asyncio.create_task(self._send_quietly(encode_message({"type": "ack", "offset": offset})))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _send_quietly(self, data: bytes) -> None:
+        with contextlib.suppress(AgentConnectionLost):
+            await self._send(data)
 
     def _fail(self, error: AgentConnectionLost) -> None:
         if self._failure is None:
@@ -179,13 +227,32 @@ class AgentClient:
             )
         return reply
 
-    async def hello(self, timeout: float) -> dict[str, Any]:
-        reply = await self.request("hello", timeout, version=PROTOCOL_VERSION)
+    async def hello(self, timeout: float, resume: int | None = None) -> dict[str, Any]:
+        """The first exchange of a connection.
+
+        `resume` is the `received_offset` of an earlier connection to continue
+        from; without it the stream starts after whatever the guest sent before.
+        The replay arrives before the answer: open the processes' channels and
+        start reading them before awaiting this, or their bounded queues fill.
+        """
+        nonce = os.urandom(16)
+        self._sync = sync_frame(nonce)
+        reply = await self.request(
+            "hello", timeout, version=PROTOCOL_VERSION, nonce=nonce.hex(), resume=resume
+        )
         if reply.get("version") != PROTOCOL_VERSION:
             raise AgentConnectionLost(
                 f"the guest agent speaks protocol {reply.get('version')!r}, the host {PROTOCOL_VERSION}",
                 hint="the appliance is stale; remove Hyper's cache directory to rebuild it",
             )
+        start = reply.get("resume_from")
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            error = AgentConnectionLost("the guest agent's hello has no valid resume_from")
+            self._fail(error)
+            raise error
+        self._base = start
+        self._acked = start
+        self._maybe_acknowledge(force=True)
         return reply
 
     def open_process(self, stream: int) -> ProcessChannel:
@@ -206,6 +273,8 @@ class AgentClient:
         return self._failure
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         self._read_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._read_task

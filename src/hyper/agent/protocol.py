@@ -14,6 +14,15 @@ and closes the channel on the first bad frame.
 
 The first exchange is a hello in each direction carrying PROTOCOL_VERSION;
 a mismatch ends the connection.
+
+Nothing the guest sends is lost when the host goes away (hyperd restarting,
+say): the agent keeps every byte it sent until the host acknowledges it
+(`ack` with an absolute offset into the guest's stream), and a host that
+connects again says in its hello where to resume. Bytes of the old
+connection may still sit in QEMU's buffers when a new one opens, so the
+agent first answers a hello with a SYNC frame carrying the hello's random
+nonce; the host discards everything before that frame. The guest's stream
+then continues from the offset the hello asked for.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 PORT_NAME = "org.hyper.agent.0"
 HEADER = struct.Struct(">BII")
 MAX_PAYLOAD = 1 << 20
@@ -43,6 +52,7 @@ class FrameKind(enum.IntEnum):
     STDIN = 2
     STDOUT = 3
     STDERR = 4
+    SYNC = 5  # payload: the nonce of the hello it answers; marks where a connection's stream begins
 
 
 class ProtocolError(Exception):
@@ -82,6 +92,10 @@ def encode_frame(kind: FrameKind, stream: int, payload: bytes) -> bytes:
 def encode_message(message: dict[str, Any], stream: int = 0) -> bytes:
     payload = json.dumps(message, separators=(",", ":")).encode()
     return encode_frame(FrameKind.CONTROL, stream, payload)
+
+
+def sync_frame(nonce: bytes) -> bytes:
+    return encode_frame(FrameKind.SYNC, 0, nonce)
 
 
 def decode_message(payload: bytes) -> dict[str, Any]:
