@@ -1,7 +1,8 @@
 """A real registry for tests: Debian's `docker-registry` (distribution 2.8) on 127.0.0.1.
 
 `RegistryServer` writes a config (filesystem storage in a temporary directory,
-optionally htpasswd auth and TLS from a test CA made with the `openssl` CLI),
+optionally htpasswd auth, token auth trusting a `tests.support.token_server`,
+and TLS from a test CA made with the `openssl` CLI),
 starts `docker-registry serve`, waits until `/v2/` answers and stops the
 process on close (terminate, wait, kill). `skopeo()` runs the independent
 client the tests cross-check against.
@@ -21,6 +22,8 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.token_server import TokenAuthConfig
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 
@@ -74,7 +77,10 @@ class RegistryServer:
         *,
         tls: CertificateAuthority | None = None,
         users: Sequence[tuple[str, str]] = (),
+        token: TokenAuthConfig | None = None,
     ) -> None:
+        if users and token is not None:
+            raise ValueError("a registry authenticates with htpasswd users or with tokens, not both")
         self.directory = directory
         self.tls = tls
         self.port = free_port()
@@ -98,7 +104,8 @@ class RegistryServer:
             htpasswd = directory / "htpasswd"
             htpasswd.write_text("".join(htpasswd_line(u, p) + "\n" for u, p in users))
             config["auth"] = {"htpasswd": {"realm": "hyper-test", "path": str(htpasswd)}}
-        directory.mkdir(parents=True, exist_ok=True)
+        if token is not None:
+            config["auth"] = {"token": token.registry_config()}
         self.config_path = directory / "config.yml"
         self.config_path.write_text(json.dumps(config))  # YAML is a superset of JSON
 

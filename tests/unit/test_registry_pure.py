@@ -176,6 +176,37 @@ def test_bearer_token_flow_over_mock_transport() -> None:
             client.request("GET", "/v2/a/b/tags/list", scopes=["repository:a/b:pull"], what="list")
 
 
+@pytest.mark.parametrize(
+    ("credentials", "message"),
+    [
+        (None, "requires authentication"),
+        (Credentials("reader", "p"), r"denied access \(the account lacks repository:a/b:pull,push\)"),
+    ],
+)
+def test_a_token_without_the_scope_is_not_called_rejected_credentials(
+    credentials: Credentials | None, message: str
+) -> None:
+    """The token service answers anonymous or under-privileged requests; the registry then says 401."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return httpx.Response(200, json={"token": "T"})  # a token with fewer rights than asked for
+        challenge = 'Bearer realm="https://reg.example/token",service="reg"'
+        if request.headers.get("authorization") == "Bearer T":
+            challenge += ',scope="repository:a/b:pull,push",error="insufficient_scope"'
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    endpoint = Endpoint("https://reg.example", "reg.example")
+    transport = httpx.MockTransport(handler)
+    with RegistryClient(endpoint, RegistrySettings(), credentials, transport=transport) as client:
+        client.ping()
+        with pytest.raises(PermissionDenied, match=message) as caught:
+            client.request(
+                "POST", "/v2/a/b/blobs/uploads/", scopes=["repository:a/b:pull,push"], what="upload"
+            )
+    assert "rejected the credentials" not in str(caught.value)
+
+
 def test_plain_progress_prints_status_changes_only() -> None:
     out = io.StringIO()
     show = PlainProgress(out)

@@ -172,10 +172,33 @@ class RegistryClient:
         try:
             if response.status_code not in ok:
                 response.read()
-                raise status_error(response, what, self.name)
+                raise self._status_error(response, what)
             yield response
         finally:
             response.close()
+
+    def _status_error(self, response: httpx.Response, what: str) -> HyperError:
+        """`status_error`, except that a 401 after authenticating says why it came.
+
+        A token service hands out tokens without credentials (anonymous) or
+        with fewer actions than asked for; the registry then answers 401 with
+        `error="insufficient_scope"`. Neither means the credentials were wrong.
+        """
+        if response.status_code == 401 and self._challenge is not None:
+            if self.credentials is None:
+                return PermissionDenied(
+                    f"{what}: registry {self.name} requires authentication",
+                    hint=f"log in with `hyper login {self.name}`",
+                )
+            challenge = _pick_challenge(response)
+            if challenge is not None and challenge.params.get("error") == "insufficient_scope":
+                needed = challenge.params.get("scope")
+                return PermissionDenied(
+                    f"{what}: registry {self.name} denied access"
+                    + (f" (the account lacks {needed})" if needed else ""),
+                    hint="check that your account may access this repository with these rights",
+                )
+        return status_error(response, what, self.name)
 
     def _send(
         self,
