@@ -62,6 +62,21 @@ class ContainerExit(HyperError):
 
 
 @dataclass(frozen=True)
+class Prepared:
+    image: Image
+    process: specs.ProcessSpec
+    inputs: VmInputs
+    layers: list[LayerDisk]
+
+
+@dataclass(frozen=True)
+class Launched:
+    vm: QemuDriver
+    agent: AgentClient
+    channel: ProcessChannel
+
+
+@dataclass(frozen=True)
 class VmInputs:
     kernel: Kernel
     appliance: Appliance
@@ -120,23 +135,32 @@ def make_writable_disk(path: Path, size: int = WRITABLE_DISK_BYTES) -> None:
 class ContainerRun:
     """One foreground run; owns the container's directories, disk and VM."""
 
-    def __init__(self, options: specs.RunOptions, paths: HyperPaths, settings: Settings) -> None:
+    def __init__(
+        self,
+        options: specs.RunOptions,
+        paths: HyperPaths,
+        settings: Settings,
+        *,
+        detached: bool = False,
+        container_id: str | None = None,
+    ) -> None:
         self.options = options
+        self.detached = detached  # hyperd's VMs outlive hyperd
         self.paths = paths
         self.settings = settings
-        self.id = new_container_id()
+        self.id = container_id or new_container_id()
         self.dir = paths.containers / self.id
         self.run_dir = paths.runtime / self.id[:12]
         self.record: dict[str, object] = {}
 
-    def _save_record(self, **changes: object) -> None:
+    def save_record(self, **changes: object) -> None:
         self.record.update(changes)
         tmp = self.dir / "config.json.tmp"
         tmp.write_text(json.dumps(self.record, indent=2))
         tmp.rename(self.dir / "config.json")
 
-    @contextlib.asynccontextmanager
-    async def _container_files(self, image: Image, process: specs.ProcessSpec) -> AsyncIterator[Path]:
+    async def _make_files(self, image: Image, process: specs.ProcessSpec) -> Path:
+        """The container's directory, record and writable disk, and the VM's run directory."""
         socket_path = self.run_dir / "agent.sock"
         if len(str(socket_path)) > MAX_SOCKET_PATH:
             raise InvalidArgument(
@@ -146,8 +170,9 @@ class ContainerRun:
         self.dir.mkdir(parents=True)
         try:
             self.run_dir.mkdir(parents=True)
-            self._save_record(
+            self.save_record(
                 id=self.id,
+                name=self.options.name or "",
                 image=self.options.image,
                 image_id=image.id,
                 args=list(process.args),
@@ -156,12 +181,25 @@ class ContainerRun:
             )
             writable = self.dir / "writable.ext4"
             await asyncio.to_thread(make_writable_disk, writable)
+            return writable
+        except BaseException:
+            self.release_files(remove=True)
+            raise
+
+    def release_files(self, *, remove: bool) -> None:
+        """Drop the VM's run directory, and with `remove` the container's own."""
+        self._keep_console_log()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    @contextlib.asynccontextmanager
+    async def _container_files(self, image: Image, process: specs.ProcessSpec) -> AsyncIterator[Path]:
+        writable = await self._make_files(image, process)
+        try:
             yield writable
         finally:
-            self._keep_console_log()
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            if self.options.remove:
-                shutil.rmtree(self.dir, ignore_errors=True)
+            self.release_files(remove=self.options.remove)
 
     def _keep_console_log(self) -> None:
         target_dir = self.settings.console_log_dir
@@ -170,32 +208,61 @@ class ContainerRun:
             target_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log, target_dir / f"{self.id[:12]}-console.log")
 
-    async def execute(self, attachment: Attachment) -> int:
+    async def prepare(self) -> Prepared:
+        """Resolve the image and what runs, and make sure kernel, appliance and disks exist."""
         store = ImageStore(self.paths.images)
         image = await asyncio.to_thread(store.get, self.options.image)
         process = specs.process_spec(image.config, self.options, dict(os.environ))
         inputs = await prepare_vm_inputs(self.paths, self.settings, None, notify_stderr)
         layers = await asyncio.to_thread(store.layer_disks, image)
-        async with self._container_files(image, process) as writable:
-            with open("/proc/cpuinfo") as f:
-                tsc = specs.host_tsc_khz(f.read())
-            cmdline = specs.kernel_cmdline(
-                inputs.appliance, inputs.accel.accel, tsc, self.settings.kernel_params
-            )
-            base = VmSpec(
-                name=self.id[:12],
-                kernel=inputs.kernel.image,
-                initrd=inputs.appliance.initrd,
-                cmdline=cmdline,
-                accel=inputs.accel.accel,
-                memory_mib=self.options.memory_mib,
-                cpus=self.options.cpus,
-                run_dir=self.run_dir,
-            )
-            vm, agent = await self._start_vm(base, layers, writable)
+        return Prepared(image, process, inputs, layers)
+
+    def _base_spec(self, inputs: VmInputs) -> VmSpec:
+        with open("/proc/cpuinfo") as f:
+            tsc = specs.host_tsc_khz(f.read())
+        cmdline = specs.kernel_cmdline(inputs.appliance, inputs.accel.accel, tsc, self.settings.kernel_params)
+        return VmSpec(
+            name=self.id[:12],
+            kernel=inputs.kernel.image,
+            initrd=inputs.appliance.initrd,
+            cmdline=cmdline,
+            accel=inputs.accel.accel,
+            memory_mib=self.options.memory_mib,
+            cpus=self.options.cpus,
+            run_dir=self.run_dir,
+        )
+
+    async def launch(self, prepared: Prepared) -> Launched:
+        """Make the container's files and VM and start its process, for an owner
+        that keeps them beyond one call (hyperd). On failure nothing is left."""
+        writable = await self._make_files(prepared.image, prepared.process)
+        try:
+            vm, agent = await self._start_vm(self._base_spec(prepared.inputs), prepared.layers, writable)
+            try:
+                channel = await self._start_process(agent, prepared.layers, prepared.process, (24, 80))
+            except BaseException:
+                await agent.close()
+                await vm.close()
+                raise
+        except BaseException:
+            self.release_files(remove=True)
+            raise
+        return Launched(vm, agent, channel)
+
+    async def execute(self, attachment: Attachment) -> int:
+        prepared = await self.prepare()
+        async with self._container_files(prepared.image, prepared.process) as writable:
+            base = self._base_spec(prepared.inputs)
+            vm, agent = await self._start_vm(base, prepared.layers, writable)
             try:
                 try:
-                    status = await self._run_in_vm(agent, layers, process, attachment)
+                    channel = await self._start_process(
+                        agent, prepared.layers, prepared.process, attachment.terminal_size()
+                    )
+                    status = await self._attach(agent, channel, prepared.process, attachment)
+                    self.save_record(
+                        state=specs.ContainerState.EXITED.value, exit_code=status, finished=time.time()
+                    )
                     if not self.options.remove:
                         # The writable disk is kept: unmount it cleanly before power-off.
                         with contextlib.suppress(HyperError):
@@ -281,7 +348,7 @@ class ContainerRun:
         return await self._boot(spec)
 
     async def _boot(self, spec: VmSpec) -> tuple[QemuDriver, AgentClient]:
-        vm = QemuDriver(spec, self.settings.qemu_binary)
+        vm = QemuDriver(spec, self.settings.qemu_binary, detached=self.detached)
         try:
             await vm.start()
             return vm, await boot_agent(vm, self.settings.boot_timeout)
@@ -294,13 +361,14 @@ class ContainerRun:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.run_dir.mkdir(parents=True)
 
-    async def _run_in_vm(
+    async def _start_process(
         self,
         agent: AgentClient,
         layers: list[LayerDisk],
         process: specs.ProcessSpec,
-        attachment: Attachment,
-    ) -> int:
+        size: tuple[int, int],
+    ) -> ProcessChannel:
+        """Set the VM up as this container's pod and start its main process."""
         hostname = self.options.hostname or self.id[:12]
         try:
             resolv = Path("/etc/resolv.conf").read_text()
@@ -325,7 +393,7 @@ class ContainerRun:
             writable={"serial": templates.WRITABLE_SERIAL, "fstype": "ext4", "options": "noinit_itable"},
         )
         channel = agent.open_process(MAIN_PROCESS)
-        rows, cols = attachment.terminal_size()
+        rows, cols = size
         try:
             await agent.request(
                 "start",
@@ -344,10 +412,8 @@ class ContainerRun:
             if exc.stage in ("exec", "user", "cwd"):
                 raise ContainerExit(exc.message, specs.start_failure_status(exc.stage, exc.errno)) from exc
             raise
-        self._save_record(state=specs.ContainerState.RUNNING.value, started=time.time())
-        status = await self._attach(agent, channel, process, attachment)
-        self._save_record(state=specs.ContainerState.EXITED.value, exit_code=status, finished=time.time())
-        return status
+        self.save_record(state=specs.ContainerState.RUNNING.value, started=time.time())
+        return channel
 
     async def _attach(
         self,

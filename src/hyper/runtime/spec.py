@@ -56,6 +56,7 @@ class RunOptions:
     memory_mib: int = DEFAULT_MEMORY_MIB
     cpus: int = 1
     hostname: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)

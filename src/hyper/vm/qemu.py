@@ -139,15 +139,66 @@ def console_tail(path: Path, limit: int = CONSOLE_TAIL_BYTES) -> str:
 
 class QemuDriver:
     """Runs one VM as a QEMU process in its own session (so a Ctrl-C meant for
-    the container does not kill the VM), with QMP for control."""
+    the container does not kill the VM), with QMP for control.
 
-    def __init__(self, spec: VmSpec, binary: str = QEMU_BINARY) -> None:
+    `detached` VMs (hyperd's) are started with `-daemonize`: QEMU is not our
+    child, so it outlives this process, and asyncio cannot kill it when its
+    loop closes. Their exit is watched through a pidfd; `adopt` takes over a
+    detached VM that an earlier process started.
+    """
+
+    def __init__(self, spec: VmSpec, binary: str = QEMU_BINARY, *, detached: bool = False) -> None:
         self._spec = spec
         self._binary = binary
         self._state = VmState.CREATED
         self._process: asyncio.subprocess.Process | None = None
         self._qmp: QMPClient | None = None
-        self.command = build_command(spec, binary)
+        self._detached = detached
+        self._pid: int | None = None
+        self._pidfd: int | None = None
+        self._exited: asyncio.Future[int] | None = None
+        self.command = build_command(spec, binary) + (["-daemonize"] if detached else [])
+
+    @classmethod
+    async def adopt(cls, spec: VmSpec, pid: int, binary: str = QEMU_BINARY) -> QemuDriver:
+        """Take over the running detached VM `spec` whose QEMU is `pid`."""
+        driver = cls(spec, binary, detached=True)
+        driver._state = VmState.STARTING
+        try:
+            driver._watch(pid)
+            driver._qmp = await driver._connect_qmp()
+        except BaseException:
+            driver.release()
+            raise
+        driver._state = VmState.RUNNING
+        return driver
+
+    def _watch(self, pid: int) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError as exc:
+            raise self.start_error(f"QEMU process {pid} is gone") from exc
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[int] = loop.create_future()
+
+        def on_exit() -> None:
+            loop.remove_reader(pidfd)
+            if not exited.done():
+                exited.set_result(-1)  # not our child: its status is not ours to read
+
+        loop.add_reader(pidfd, on_exit)
+        self._pid, self._pidfd, self._exited = pid, pidfd, exited
+
+    def release(self) -> None:
+        """Let go of a detached VM without stopping it (hyperd shutting down)."""
+        if self._pidfd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._qmp is not None:
+            qmp, self._qmp = self._qmp, None
+            asyncio.get_running_loop().create_task(_disconnect_quietly(qmp))
 
     @property
     def spec(self) -> VmSpec:
@@ -159,6 +210,8 @@ class QemuDriver:
 
     @property
     def pid(self) -> int | None:
+        if self._detached:
+            return self._pid
         return self._process.pid if self._process else None
 
     def _move(self, new: VmState) -> None:
@@ -209,6 +262,8 @@ class QemuDriver:
         finally:
             log.close()
         try:
+            if self._detached:
+                await self._daemonized()
             self._qmp = await self._connect_qmp()
             if self._spec.incoming_state is not None:
                 await self._resume_from(self._spec.incoming_state)
@@ -266,12 +321,31 @@ class QemuDriver:
                 raise self.start_error(f"saving the VM state failed: {detail or status}")
             await asyncio.sleep(0.01)
 
-    async def _connect_qmp(self) -> QMPClient:
+    async def _daemonized(self) -> None:
+        """The `-daemonize` parent exits once QEMU is set up; then QEMU's pid is in the pid file."""
         assert self._process is not None
+        try:
+            status = await asyncio.wait_for(self._process.wait(), QMP_CONNECT_TIMEOUT)
+        except TimeoutError:
+            raise self.start_error(f"QEMU did not finish starting in {QMP_CONNECT_TIMEOUT:.0f}s") from None
+        if status != 0:
+            raise self.start_error("QEMU exited while starting")
+        try:
+            pid = int(self._spec.pid_file.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise self.start_error(f"QEMU wrote no usable pid file: {exc}") from exc
+        self._watch(pid)
+
+    def _has_exited(self) -> bool:
+        if self._detached:
+            return self._exited is not None and self._exited.done()
+        return self._process is not None and self._process.returncode is not None
+
+    async def _connect_qmp(self) -> QMPClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + QMP_CONNECT_TIMEOUT
         while True:
-            if self._process.returncode is not None:
+            if self._has_exited():
                 raise self.start_error("QEMU exited while starting")
             if self._spec.qmp_socket.exists():
                 client = QMPClient(f"hyper-{self._spec.name}")
@@ -285,8 +359,11 @@ class QemuDriver:
                         raise self.start_error(f"QMP did not answer: {exc}") from exc
             if loop.time() > deadline:
                 raise self.start_error(f"QEMU did not open its QMP socket in {QMP_CONNECT_TIMEOUT:.0f}s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._process.wait(), 0.02)
+            if self._detached or self._process is None:
+                await asyncio.sleep(0.02)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._process.wait(), 0.02)
 
     async def query_status(self) -> str:
         if self._qmp is None:
@@ -296,6 +373,13 @@ class QemuDriver:
         return str(reply.get("status"))
 
     async def wait(self, timeout: float | None = None) -> int | None:
+        if self._detached:
+            if self._exited is None:
+                return None
+            try:
+                return await asyncio.wait_for(asyncio.shield(self._exited), timeout)
+            except TimeoutError:
+                return None
         if self._process is None:
             return None
         try:
@@ -316,6 +400,14 @@ class QemuDriver:
         await self.kill()
 
     async def kill(self) -> None:
+        if self._detached:
+            if self._pid is not None and self._exited is not None and not self._exited.done():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._pid, signal.SIGKILL)
+                await self.wait(10)
+            if self._state is not VmState.CREATED:
+                self._state = VmState.STOPPED
+            return
         process = self._process
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -331,6 +423,12 @@ class QemuDriver:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._qmp.disconnect(), 2)
             self._qmp = None
+        self.release()
         for path in (self._spec.qmp_socket, self._spec.agent_socket, self._spec.pid_file):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+async def _disconnect_quietly(qmp: QMPClient) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(qmp.disconnect(), 2)
