@@ -30,7 +30,7 @@ LINES = 6000
 
 
 async def _collect(
-    channel_output: asyncio.Queue[tuple[FrameKind, bytes] | None], out: bytearray, stop_at: int
+    channel_output: asyncio.Queue[tuple[FrameKind, bytes, int | None] | None], out: bytearray, stop_at: int
 ) -> None:
     while out.count(b"\n") < stop_at:
         item = await asyncio.wait_for(channel_output.get(), 120)

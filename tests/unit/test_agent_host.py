@@ -255,7 +255,7 @@ def test_guest_closing_the_channel_fails_pending_requests_and_processes() -> Non
 async def collect(channel: ProcessChannel) -> list[tuple[FrameKind, bytes]]:
     items = []
     while (item := await channel.output.get()) is not None:
-        items.append(item)
+        items.append(item[:2])
     return items
 
 
@@ -279,7 +279,8 @@ def test_output_arrives_in_order_then_none_after_exited() -> None:
             (FrameKind.STDOUT, b"three"),
         ]
         assert await channel.exit_status == 7
-        assert await other.output.get() == (FrameKind.STDOUT, b"other")
+        item = await other.output.get()
+        assert item is not None and item[:2] == (FrameKind.STDOUT, b"other")
         assert not other.exit_status.done()
         assert client.failure is None
 
@@ -364,8 +365,15 @@ def test_output_is_acknowledged_as_it_is_consumed() -> None:
         chunk = b"z" * 60_000
         for _ in range(6):  # 360 KB: more than one acknowledgement interval
             await guest.send(encode_frame(FrameKind.STDOUT, 3, chunk))
+        offsets = []
         for _ in range(6):
-            assert (await channel.output.get()) == (FrameKind.STDOUT, chunk)
+            item = await channel.output.get()
+            assert item is not None and item[:2] == (FrameKind.STDOUT, chunk)
+            offsets.append(item[2])
+        # Each item says where the guest's stream stands after it.
+        first = offsets[0]
+        assert first is not None
+        assert offsets == [first + i * (HEADER.size + len(chunk)) for i in range(6)]
         ack = await guest.read_message()
         assert ack["type"] == "ack" and ack["offset"] <= (client.received_offset or 0)
         assert ack["offset"] >= 256 * 1024
@@ -379,5 +387,44 @@ def test_a_guest_without_a_valid_resume_from_is_refused() -> None:
         await guest.answer_hello(await guest.read_message(), resume_from=-1)
         with pytest.raises(AgentConnectionLost):
             await greeting
+
+    run(scenario, greet=False)
+
+
+def test_without_auto_ack_only_the_owner_acknowledges() -> None:
+    async def main() -> None:
+        host_sock, guest_sock = socket.socketpair()
+        host_reader, host_writer = await asyncio.open_unix_connection(sock=host_sock)
+        guest_reader, guest_writer = await asyncio.open_unix_connection(sock=guest_sock)
+        client = AgentClient(host_reader, host_writer, auto_ack=False)
+        guest = FakeGuest(guest_reader, guest_writer)
+        try:
+            greeting = asyncio.create_task(client.hello(5))
+            await guest.answer_hello(await guest.read_message())
+            await greeting
+            channel = client.open_process(1)
+            await guest.send(encode_frame(FrameKind.STDOUT, 1, b"x" * 300_000))
+            item = await channel.output.get()
+            assert item is not None and item[2] is not None and item[2] == client.received_offset
+            with pytest.raises(TimeoutError):  # nothing acknowledged on its own
+                await asyncio.wait_for(guest.read_message(), 0.3)
+            client.acknowledge(item[2])
+            assert await guest.read_message() == {"type": "ack", "offset": item[2]}
+        finally:
+            await client.close()
+            guest.close()
+
+    asyncio.run(main())
+
+
+def test_replayed_answers_to_an_earlier_connection_are_ignored() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        greeting = asyncio.create_task(client.hello(5, resume=100))
+        request = await guest.read_message()
+        stale = encode_message({"type": "response", "id": 999, "ok": True})
+        await guest.send(sync_frame(bytes.fromhex(request["nonce"])) + stale)
+        await guest.reply(request, ok=True, version=PROTOCOL_VERSION, kernel="k", resume_from=100)
+        await greeting
+        assert client.failure is None
 
     run(scenario, greet=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,9 @@ class ProcessChannel:
     """Output and exit status of one process in the guest."""
 
     stream: int
-    output: asyncio.Queue[tuple[FrameKind, bytes] | None] = field(
+    # (kind, data, offset): `offset` is where the guest's stream stands after
+    # this frame (None before the hello is answered), for hosts that record it.
+    output: asyncio.Queue[tuple[FrameKind, bytes, int | None] | None] = field(
         default_factory=lambda: asyncio.Queue(OUTPUT_QUEUE_FRAMES)
     )
     exit_status: asyncio.Future[int] = field(
@@ -66,10 +67,14 @@ class ProcessChannel:
 
 
 class AgentClient:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, auto_ack: bool = True
+    ) -> None:
+        """With `auto_ack` off the owner calls `acknowledge` once it has kept what it read."""
+        self._auto_ack = auto_ack
         self._reader = reader
         self._writer = writer
-        self._ids = itertools.count(1)
+        self._next_id = 1
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._processes: dict[int, ProcessChannel] = {}
         self._failure: AgentConnectionLost | None = None
@@ -78,18 +83,19 @@ class AgentClient:
         self._base: int | None = None  # the guest's stream offset of the first of them
         self._acked = 0
         self._background: set[asyncio.Task[None]] = set()
+        self._hello_id: int | None = None
         self._read_task = asyncio.create_task(self._read_loop(), name="agent-reader")
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, socket_path: Path, timeout: float) -> AgentClient:
+    async def connect(cls, socket_path: Path, timeout: float, *, auto_ack: bool = True) -> AgentClient:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(str(socket_path), limit=4 * MAX_DATA_CHUNK), timeout
             )
         except (TimeoutError, OSError) as exc:
             raise AgentConnectionLost(f"cannot connect to the agent socket {socket_path}: {exc}") from exc
-        return cls(reader, writer)
+        return cls(reader, writer, auto_ack=auto_ack)
 
     # -- receiving ------------------------------------------------------------
     async def _read_loop(self) -> None:
@@ -111,10 +117,13 @@ class AgentClient:
                     data = bytes(before_sync[found + len(self._sync or b"") :])
                     before_sync = None
                 for frame in decoder.feed(data):
-                    await self._dispatch(frame.kind, frame.stream, frame.payload)
+                    size = HEADER.size + len(frame.payload)
+                    after = None if self._base is None else self._base + self._consumed + size
+                    await self._dispatch(frame.kind, frame.stream, frame.payload, after)
                     # Counted once delivered: a frame cut off by close() is resent on resume.
-                    self._consumed += HEADER.size + len(frame.payload)
-                    self._maybe_acknowledge()
+                    self._consumed += size
+                    if self._auto_ack:
+                        self._maybe_acknowledge()
         except ProtocolError as exc:
             self._fail(AgentConnectionLost(f"the guest agent broke the protocol: {exc}"))
         except AgentConnectionLost as exc:
@@ -128,11 +137,11 @@ class AgentClient:
         finally:
             self._writer.close()
 
-    async def _dispatch(self, kind: FrameKind, stream: int, payload: bytes) -> None:
+    async def _dispatch(self, kind: FrameKind, stream: int, payload: bytes, after: int | None) -> None:
         if kind in (FrameKind.STDOUT, FrameKind.STDERR):
             process = self._processes.get(stream)
             if process is not None and payload:
-                await process.output.put((kind, payload))
+                await process.output.put((kind, payload, after))
             return
         if kind is not FrameKind.CONTROL:
             raise ProtocolError(f"the guest sent a {kind.name} frame")
@@ -141,6 +150,8 @@ class AgentClient:
             request_id = require(message, "id", int)
             future = self._pending.pop(request_id, None)
             if future is None:
+                if self._base is None and request_id != self._hello_id:
+                    return  # replayed from an earlier connection: its asker is gone
                 raise ProtocolError(f"response to unknown request {request_id}")
             if not future.done():
                 future.set_result(message)
@@ -150,7 +161,8 @@ class AgentClient:
             if not 0 <= status <= 255:
                 raise ProtocolError(f"exit status {status} out of range")
             exited = self._processes.pop(stream, None)
-            self._maybe_acknowledge(force=True)
+            if self._auto_ack:
+                self._maybe_acknowledge(force=True)
             if exited is not None:
                 await exited.output.put(None)
                 if not exited.exit_status.done():
@@ -163,6 +175,14 @@ class AgentClient:
         """How far into the guest's stream this host has read whole frames; a
         later connection resumes from here. None until the hello is answered."""
         return None if self._base is None else self._base + self._consumed
+
+    def acknowledge(self, offset: int) -> None:
+        """Let the guest forget its stream up to `offset` (for owners without auto_ack)."""
+        if offset > self._acked and self._failure is None:
+            self._acked = offset
+            task = asyncio.create_task(self._send_quietly(encode_message({"type": "ack", "offset": offset})))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _maybe_acknowledge(self, *, force: bool = False) -> None:
         offset = self.received_offset
@@ -208,7 +228,8 @@ class AgentClient:
 
     async def request(self, kind: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
         """Send a request and wait for its response; raise AgentRequestError on refusal."""
-        request_id = next(self._ids)
+        request_id = self._next_id
+        self._next_id += 1
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
@@ -237,6 +258,7 @@ class AgentClient:
         """
         nonce = os.urandom(16)
         self._sync = sync_frame(nonce)
+        self._hello_id = self._next_id
         reply = await self.request(
             "hello", timeout, version=PROTOCOL_VERSION, nonce=nonce.hex(), resume=resume
         )
@@ -252,7 +274,8 @@ class AgentClient:
             raise error
         self._base = start
         self._acked = start
-        self._maybe_acknowledge(force=True)
+        if self._auto_ack:
+            self._maybe_acknowledge(force=True)
         return reply
 
     def open_process(self, stream: int) -> ProcessChannel:

@@ -63,7 +63,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 async def pump_output(channel: ProcessChannel, attachment: Attachment) -> None:
     while (item := await channel.output.get()) is not None:
-        kind, data = item
+        kind, data, _ = item
         fd = attachment.stdout_fd if kind == FrameKind.STDOUT else attachment.stderr_fd
         await asyncio.to_thread(_write_all, fd, data)
 
