@@ -21,7 +21,7 @@ CommandFunc = Callable[[argparse.Namespace, CliContext], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hyper.cli import image_commands, run_commands
+    from hyper.cli import container_commands, image_commands, run_commands
 
     parser = argparse.ArgumentParser(
         prog="hyper",
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     run_commands.register(subparsers)
     image_commands.register(subparsers)
+    container_commands.register(subparsers)
     return parser
 
 

@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="pull the image before running (default: when it is missing)",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no pull output")
+    run.add_argument(
+        "-d", "--detach", action="store_true", help="run in the background (through hyperd); print its ID"
+    )
+    run.add_argument("--name", metavar="NAME", help="name the container (with -d)")
+    run.add_argument(
+        "-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="set a label (with -d)"
+    )
     run.add_argument("image", metavar="IMAGE")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
     run.set_defaults(func=run_command)
@@ -49,13 +56,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
+    if args.detach:
+        return run_detached(args, ctx)
+    if args.name is not None or args.label:
+        raise InvalidArgument("--name and --label need -d for now", hint="add -d to run it through hyperd")
     settings = Settings.from_env()
     if args.kernel is not None:
         settings = Settings(**{**settings.__dict__, "kernel": args.kernel})
     attachment = Attachment()
     if args.tty and args.interactive and not attachment.stdin_is_tty():
         raise InvalidArgument("the input device is not a TTY", hint="drop -t, or run from a terminal")
-    options = specs.RunOptions(
+    options = _run_options(args)
+    ensure_image(args.image, args.pull, ctx, quiet=args.quiet)
+    try:
+        return asyncio.run(run_foreground(options, ctx.paths, settings, attachment))
+    except ContainerExit as exc:
+        print(f"hyper: {exc.message}", file=ctx.stderr)
+        return exc.status
+    except asyncio.CancelledError:
+        print("hyper: interrupted; the VM and its files were removed", file=ctx.stderr)
+        return 130
+
+
+def _run_options(args: argparse.Namespace) -> specs.RunOptions:
+    return specs.RunOptions(
         image=args.image,
         command=tuple(args.command),
         entrypoint=args.entrypoint,
@@ -69,15 +93,27 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
         cpus=specs.parse_cpus(args.cpus, os.cpu_count() or 1),
         hostname=args.hostname,
     )
+
+
+def run_detached(args: argparse.Namespace, ctx: CliContext) -> int:
+    """`run -d`: hyperd creates and starts the container; print its full ID."""
+    from hyper.cli.client import ContainerCreate, connect_or_start
+    from hyper.cli.container_commands import parse_labels
+
+    if args.interactive or args.tty:
+        raise InvalidArgument("-d cannot be combined with -i or -t yet", hint="there is no attach yet")
+    if args.rm:
+        raise InvalidArgument("-d cannot be combined with --rm yet", hint="remove it later with `hyper rm`")
+    if args.kernel is not None:
+        raise InvalidArgument("--kernel cannot be combined with -d", hint="set HYPER_KERNEL for hyperd")
+    request = ContainerCreate.from_run_options(
+        _run_options(args), name=args.name, labels=parse_labels(args.label)
+    )
     ensure_image(args.image, args.pull, ctx, quiet=args.quiet)
-    try:
-        return asyncio.run(run_foreground(options, ctx.paths, settings, attachment))
-    except ContainerExit as exc:
-        print(f"hyper: {exc.message}", file=ctx.stderr)
-        return exc.status
-    except asyncio.CancelledError:
-        print("hyper: interrupted; the VM and its files were removed", file=ctx.stderr)
-        return 130
+    with connect_or_start(ctx.paths, stderr=ctx.stderr) as client:
+        container_id = client.create_container(request)
+    print(container_id, file=ctx.stdout)
+    return 0
 
 
 def ensure_image(text: str, policy: str, ctx: CliContext, *, quiet: bool) -> None:

@@ -26,9 +26,9 @@ def _explain_boot_failure(vm: QemuDriver, what: str) -> VmStartError:
     return vm.start_error(f"{what}{detail}", hint="set HYPER_CONSOLE_LOG_DIR=DIR to keep the console log")
 
 
-async def boot_agent(vm: QemuDriver, timeout: float) -> AgentClient:
+async def boot_agent(vm: QemuDriver, timeout: float, *, auto_ack: bool = True) -> AgentClient:
     """Connect to the agent and wait for its hello, failing fast if QEMU exits first."""
-    agent = await AgentClient.connect(vm.spec.agent_socket, 10)
+    agent = await AgentClient.connect(vm.spec.agent_socket, 10, auto_ack=auto_ack)
     hello = asyncio.create_task(agent.hello(timeout))
     exited = asyncio.create_task(vm.wait())
     try:

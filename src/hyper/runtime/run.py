@@ -351,7 +351,8 @@ class ContainerRun:
         vm = QemuDriver(spec, self.settings.qemu_binary, detached=self.detached)
         try:
             await vm.start()
-            return vm, await boot_agent(vm, self.settings.boot_timeout)
+            # hyperd acknowledges output itself, once it is on disk.
+            return vm, await boot_agent(vm, self.settings.boot_timeout, auto_ack=not self.detached)
         except BaseException:
             await vm.close()
             raise

@@ -1,0 +1,24 @@
+"""Hyper's error categories as HTTP: the one table every HTTP front end uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hyper.errors import Category, HyperError
+
+HTTP_STATUS: dict[Category, int] = {
+    Category.INVALID_ARGUMENT: 400,
+    Category.NOT_FOUND: 404,
+    Category.ALREADY_EXISTS: 409,
+    Category.FAILED_PRECONDITION: 409,
+    Category.PERMISSION_DENIED: 403,
+    Category.RESOURCE_EXHAUSTED: 429,
+    Category.DEADLINE_EXCEEDED: 504,
+    Category.UNAVAILABLE: 503,
+    Category.DATA_LOSS: 500,
+    Category.INTERNAL: 500,
+}
+
+
+def error_body(error: HyperError) -> dict[str, Any]:
+    return {"message": error.message, "hint": error.hint, "category": error.category.value}

@@ -1,0 +1,98 @@
+"""hyperd's record of its containers, in SQLite under the state directory.
+
+Each write is one small statement in WAL mode (no fsync per commit), fast
+enough to run on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hyper.errors import AlreadyExists, InvalidArgument, NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS containers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    doc TEXT NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    id: str
+    name: str
+    image: str
+    image_id: str
+    command: list[str]
+    created: float
+    state: str  # created | running | exited
+    options: dict[str, Any]  # the RunOptions it was made with
+    labels: dict[str, str] = field(default_factory=dict)
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    qemu_pid: int | None = None
+    vm: dict[str, Any] | None = None  # the VmSpec, to adopt the VM after a restart
+
+    def public(self) -> dict[str, Any]:
+        """The API's view (docs/hyperd-api.md)."""
+        return {key: value for key, value in asdict(self).items() if key not in ("options", "qemu_pid", "vm")}
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def insert(self, record: ContainerRecord) -> None:
+        try:
+            self._db.execute(
+                "INSERT INTO containers (id, name, doc) VALUES (?, ?, ?)",
+                (record.id, record.name, json.dumps(asdict(record))),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(
+                f"the container name {record.name!r} is already in use",
+                hint="remove that container or choose another --name",
+            ) from None
+
+    def update(self, record: ContainerRecord, **changes: Any) -> ContainerRecord:
+        new = replace(record, **changes)
+        self._db.execute("UPDATE containers SET doc = ? WHERE id = ?", (json.dumps(asdict(new)), new.id))
+        return new
+
+    def delete(self, container_id: str) -> None:
+        self._db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+
+    def all(self) -> list[ContainerRecord]:
+        rows = self._db.execute("SELECT doc FROM containers").fetchall()
+        records = [ContainerRecord(**json.loads(doc)) for (doc,) in rows]
+        return sorted(records, key=lambda r: r.created, reverse=True)
+
+    def resolve(self, ref: str) -> ContainerRecord:
+        """A container by full ID, name, or unambiguous ID prefix."""
+        if not ref:
+            raise InvalidArgument("an empty container reference")
+        records = self.all()
+        for record in records:
+            if ref in (record.id, record.name):
+                return record
+        matches = [r for r in records if r.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise InvalidArgument(f"{ref!r} matches {len(matches)} containers", hint="give more of the ID")
+        raise NotFound(f"no such container: {ref}", hint="`hyper ps -a` lists them")

@@ -1,0 +1,211 @@
+"""hyperd with real VMs: detached pods, their lifecycle, and surviving hyperd's own death.
+
+Each test starts a hyperd of its own on temporary directories and talks to
+its API socket with httpx, as the CLI does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import BUSYBOX
+
+pytestmark = pytest.mark.vm
+
+
+@dataclass
+class Hyperd:
+    state: Path
+    runtime: Path
+    cache: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.runtime / "hyperd.sock"
+
+    def start(self) -> None:
+        log = (self.state / "hyperd.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hyper.daemon",
+                "--state-dir",
+                str(self.state),
+                "--cache-dir",
+                str(self.cache),
+                "--runtime-dir",
+                str(self.runtime),
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.client().get("/v1/ping").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError(f"hyperd did not answer: {(self.state / 'hyperd.log').read_text()[-2000:]}")
+
+    def client(self, timeout: float = 240) -> httpx.Client:
+        transport = httpx.HTTPTransport(uds=str(self.socket))
+        return httpx.Client(transport=transport, base_url="http://hyperd", timeout=timeout)
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+    def run(self, command: list[str], **fields: Any) -> str:
+        with self.client() as client:
+            answer = client.post("/v1/containers", json={"image": BUSYBOX, "command": command, **fields})
+        assert answer.status_code == 201, answer.text
+        container_id: str = answer.json()["id"]
+        return container_id
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with self.client() as client:
+            return client.request(method, path, **kwargs)
+
+    def output(self, ref: str) -> bytes:
+        answer = self.request("GET", f"/v1/containers/{ref}/logs")
+        assert answer.status_code == 200, answer.text
+        return b"".join(base64.b64decode(json.loads(line)["data"]) for line in answer.text.splitlines())
+
+    def qemu_processes(self) -> list[int]:
+        found = subprocess.run(
+            ["pgrep", "-f", f"qemu-system.*{self.runtime}"], capture_output=True, text=True, check=False
+        )
+        return [int(pid) for pid in found.stdout.split()]
+
+
+@pytest.fixture
+def hyperd(image_state: Path, shared_cache: Path) -> Iterator[Hyperd]:
+    state = Path(tempfile.mkdtemp(prefix="hyperd-state-"))
+    shutil.copytree(image_state, state, dirs_exist_ok=True)
+    runtime = Path(tempfile.mkdtemp(prefix="hd-", dir="/tmp"))
+    daemon = Hyperd(state, runtime, shared_cache)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        leftovers = daemon.qemu_processes()
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(runtime, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _lines(count: int, exit_code: int = 0, pause: str = "0.05") -> list[str]:
+    script = (
+        f"i=0; while [ $i -lt {count} ]; do echo line$i; i=$((i+1)); sleep {pause}; done; exit {exit_code}"
+    )
+    return ["sh", "-c", script]
+
+
+def test_detached_run_logs_wait_list_and_remove(hyperd: Hyperd) -> None:
+    container = hyperd.run(["sh", "-c", "echo out; echo err >&2; exit 3"], name="first", labels={"team": "a"})
+    assert hyperd.request("POST", "/v1/containers/first/wait").json() == {"exit_code": 3}
+    assert hyperd.output("first") == b"out\nerr\n"
+    lines = hyperd.request("GET", "/v1/containers/first/logs").text.splitlines()
+    streams = [json.loads(line)["stream"] for line in lines]
+    assert sorted(streams) == ["stderr", "stdout"]
+    listed = hyperd.request("GET", "/v1/containers", params={"all": "1"}).json()
+    assert [(c["id"], c["name"], c["state"], c["exit_code"], c["labels"]) for c in listed] == [
+        (container, "first", "exited", 3, {"team": "a"})
+    ]
+    assert hyperd.request("GET", "/v1/containers").json() == []  # running ones only
+    assert hyperd.qemu_processes() == []  # the VM powered off when its container exited
+    assert hyperd.request("DELETE", f"/v1/containers/{container[:12]}").status_code == 204
+    assert hyperd.request("GET", "/v1/containers/first").status_code == 404
+    assert not (hyperd.state / "containers" / container).exists()
+
+
+def test_follow_streams_until_exit(hyperd: Hyperd) -> None:
+    hyperd.run(_lines(30), name="follow")
+    answer = hyperd.request("GET", "/v1/containers/follow/logs", params={"follow": "1"})
+    data = b"".join(base64.b64decode(json.loads(line)["data"]) for line in answer.text.splitlines())
+    assert data.decode().split() == [f"line{i}" for i in range(30)]
+
+
+def test_stop_sends_sigterm_then_sigkill(hyperd: Hyperd) -> None:
+    polite = hyperd.run(["sh", "-c", 'trap "echo bye; exit 42" TERM; while true; do sleep 0.1; done'])
+    stubborn = hyperd.run(["sleep", "1000"])  # PID 1 without a handler ignores SIGTERM, as in Docker
+    time.sleep(1)
+    assert hyperd.request("POST", f"/v1/containers/{polite}/stop", params={"t": "30"}).status_code == 204
+    assert hyperd.request("GET", f"/v1/containers/{polite}").json()["exit_code"] == 42
+    assert hyperd.output(polite) == b"bye\n"
+    assert hyperd.request("POST", f"/v1/containers/{stubborn}/stop", params={"t": "1"}).status_code == 204
+    assert hyperd.request("GET", f"/v1/containers/{stubborn}").json()["exit_code"] == 137
+    assert hyperd.qemu_processes() == []
+
+
+def test_remove_needs_force_while_running(hyperd: Hyperd) -> None:
+    container = hyperd.run(["sleep", "1000"])
+    refused = hyperd.request("DELETE", f"/v1/containers/{container}")
+    assert refused.status_code == 409 and "is running" in refused.json()["message"]
+    assert hyperd.request("DELETE", f"/v1/containers/{container}", params={"force": "1"}).status_code == 204
+    assert hyperd.qemu_processes() == []
+    assert hyperd.request("GET", "/v1/containers", params={"all": "1"}).json() == []
+
+
+def test_a_killed_vm_is_reported_with_a_reason(hyperd: Hyperd) -> None:
+    container = hyperd.run(["sleep", "1000"])
+    (pid,) = hyperd.qemu_processes()
+    os.kill(pid, signal.SIGKILL)
+    assert hyperd.request("POST", f"/v1/containers/{container}/wait").json() == {"exit_code": 137}
+    reason = hyperd.request("GET", f"/v1/containers/{container}").json()["reason"]
+    assert "exited unexpectedly" in reason
+
+
+def test_pods_outlive_a_killed_hyperd_and_lose_no_output(hyperd: Hyperd) -> None:
+    counters = [hyperd.run(_lines(60, exit_code=i, pause="0.05"), name=f"counter{i}") for i in range(3)]
+    time.sleep(1)
+    hyperd.kill9()  # the pods keep counting while no hyperd listens
+    assert len(hyperd.qemu_processes()) == 3
+    time.sleep(2)
+    hyperd.start()  # adopts them, and their output since
+    for i, container in enumerate(counters):
+        waited = hyperd.request("POST", f"/v1/containers/{container}/wait").json()
+        assert waited == {"exit_code": i}, hyperd.request("GET", f"/v1/containers/{container}").json()
+        assert hyperd.output(container).decode().split() == [f"line{n}" for n in range(60)]
+    assert hyperd.qemu_processes() == []
+
+
+def test_bad_requests_get_clear_errors(hyperd: Hyperd) -> None:
+    unknown = hyperd.request(
+        "POST", "/v1/containers", json={"image": "localhost/nothing-here", "command": ["true"]}
+    )
+    assert unknown.status_code == 404 and "no such image" in unknown.json()["message"]
+    assert hyperd.request("POST", "/v1/containers", content=b"{not json").status_code == 400
+    bad = hyperd.request("POST", "/v1/containers", json={"image": BUSYBOX, "memory_mib": "lots"})
+    assert bad.status_code == 400 and "memory_mib" in bad.json()["message"]
+    missing = hyperd.request("GET", "/v1/containers/nope")
+    assert missing.status_code == 404 and missing.json()["category"] == "not found"
+    assert hyperd.request("POST", "/v1/containers/nope/kill", params={"signal": "SIGNOPE"}).status_code == 404
+    assert hyperd.qemu_processes() == []
