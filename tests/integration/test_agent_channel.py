@@ -19,7 +19,7 @@ from hyper.image import ImageStore
 from hyper.paths import HyperPaths
 from hyper.runtime.run import make_writable_disk, prepare_vm_inputs
 from hyper.runtime.settings import Settings
-from hyper.runtime.spec import kernel_cmdline
+from hyper.runtime.spec import host_tsc_khz, kernel_cmdline
 from hyper.vm.driver import DiskSpec, VmSpec
 from hyper.vm.qemu import QemuDriver
 from tests.integration.conftest import BUSYBOX
@@ -51,7 +51,11 @@ async def _reconnect_mid_stream(state: Path, cache: Path, run_dir: Path) -> byte
         name="reconnect",
         kernel=inputs.kernel.image,
         initrd=inputs.appliance.initrd,
-        cmdline=kernel_cmdline(inputs.appliance, inputs.accel.accel, None),
+        # The host's TSC frequency, as hyper passes it: without it about one TCG
+        # boot in three hangs calibrating the TSC (this test once did).
+        cmdline=kernel_cmdline(
+            inputs.appliance, inputs.accel.accel, host_tsc_khz(Path("/proc/cpuinfo").read_text())
+        ),
         accel=inputs.accel.accel,
         memory_mib=256,
         cpus=1,
