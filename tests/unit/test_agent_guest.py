@@ -370,3 +370,17 @@ def _read_available(sock: socket.socket) -> bytes:
     finally:
         sock.settimeout(WATCHDOG_SECONDS)
     return b"".join(chunks)
+
+
+def test_a_request_that_breaks_a_handler_is_refused_not_fatal(harness: AgentHarness) -> None:
+    # layers=[1] makes the handler index an int (TypeError): once that killed PID 1,
+    # and with it the VM.
+    session = harness.run(
+        ask(
+            {"type": "mount_container", "id": 1, "container": "c1", "layers": [1], "writable": {}},
+            hello(2),
+        )
+    )
+    broken, greeted = session.replies
+    assert (broken["id"], broken["ok"]) == (1, False)
+    assert (greeted["id"], greeted["ok"]) == (2, True)

@@ -157,10 +157,11 @@ class Agent:
             except BlockingIOError:
                 return
             except OSError as exc:
-                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENODEV):
-                    self._disconnected()
-                    return
-                raise
+                # Whatever the port says when its host vanishes mid-write, it
+                # means "host gone", never "power off": PID 1 must not die of it.
+                print(f"hyper-agent: channel write failed: {exc.strerror}", file=sys.stderr)
+                self._disconnected()
+                return
             if self.sync_prefix:
                 self.sync_prefix = self.sync_prefix[written:]
             else:
@@ -192,6 +193,8 @@ class Agent:
             self.connected = True
             self._update_channel_watch()
             return
+        except OSError:
+            return  # still no host; try again at the next poll
         if data:
             self.connected = True
             self._update_channel_watch()
@@ -257,7 +260,8 @@ class Agent:
                 }
             )
             return
-        except (OSError, ValueError, KeyError, ProtocolError) as exc:
+        except Exception as exc:
+            # A request the agent cannot carry out is refused; it never takes PID 1 down.
             self.send({"type": "response", "id": request_id, "ok": False, "error": f"{kind}: {exc}"})
             return
         self.send({"type": "response", "id": request_id, "ok": True, **reply})
@@ -462,8 +466,10 @@ class Agent:
         except BlockingIOError:
             return
         except OSError as exc:
-            if exc.errno != errno.EIO:  # EIO: the last holder of a pty's other end closed it
-                raise
+            # EIO: the last holder of a pty's other end closed it. Anything else
+            # also ends this stream rather than the agent.
+            if exc.errno != errno.EIO:
+                print(f"hyper-agent: reading process output failed: {exc.strerror}", file=sys.stderr)
             data = b""
         kind = process.outputs[fd]
         if data:
