@@ -66,11 +66,19 @@ class LogFile:
         await self.notify()
 
     def records(self) -> list[LogRecord]:
+        return self._records_from(0)[0]
+
+    def _records_from(self, position: int) -> tuple[list[LogRecord], int]:
+        """Whole lines from byte `position` on, and where the next read starts."""
         try:
-            lines = self.path.read_text().splitlines()
+            with self.path.open("rb") as f:
+                f.seek(position)
+                data = f.read()
         except FileNotFoundError:
-            return []
-        return [record for line in lines if (record := _parse(line)) is not None]
+            return [], position
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
+        lines = data[:end].decode(errors="replace").splitlines()
+        return [record for line in lines if (record := _parse(line)) is not None], position + end
 
     def last_offset(self) -> int | None:
         offsets = [r.offset for r in self.records() if r.offset is not None]
@@ -78,8 +86,7 @@ class LogFile:
 
     async def read(self, *, tail: int | None, follow: bool) -> AsyncIterator[LogRecord]:
         seen = self._generation
-        records = self.records()
-        sent = len(records)
+        records, position = self._records_from(0)
         shown = records if tail is None else records[len(records) - max(tail, 0) :]
         for record in shown:
             yield record
@@ -90,7 +97,7 @@ class LogFile:
                 while self._generation == seen:
                     await self._changed.wait()
                 seen = self._generation
-            records = self.records()
-            for record in records[sent:]:
+            # Only what was added since: following a chatty container stays linear.
+            records, position = self._records_from(position)
+            for record in records:
                 yield record
-            sent = len(records)
