@@ -20,7 +20,6 @@ import base64
 import binascii
 import contextlib
 import enum
-import fcntl
 import json
 import os
 import socket
@@ -35,6 +34,7 @@ from urllib.parse import quote
 
 from hyper import errors
 from hyper.errors import Category, HyperError, InternalError, PermissionDenied, Unavailable
+from hyper.locks import exclusive_lock
 from hyper.paths import HyperPaths
 from hyper.runtime.spec import DEFAULT_MEMORY_MIB, RunOptions
 
@@ -381,7 +381,7 @@ def connect_or_start(
     if _answers(client):
         return client
     try:
-        with _start_lock(paths.runtime / START_LOCK_NAME):
+        with exclusive_lock(paths.runtime / START_LOCK_NAME):
             if _answers(client):
                 return client
             command = default_daemon_command(paths) if daemon_command is None else list(daemon_command)
@@ -407,16 +407,6 @@ def _answers(client: DaemonClient, *, timeout: float = _PING_TIMEOUT) -> bool:
     except Unavailable:
         return False
     return True
-
-
-@contextlib.contextmanager
-def _start_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _start_daemon(

@@ -9,7 +9,6 @@ a half-written file. Everything else about an image is read from its blobs.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from hyper.errors import DataLoss
+from hyper.locks import exclusive_lock
 
 SCHEMA_VERSION = 1
 
@@ -98,13 +98,8 @@ class IndexFile:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the store's write lock (also taken by garbage collection)."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.lock_path.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(self.lock_path):
+            yield
 
     def write(self, index: StoreIndex) -> None:
         """Replace the index atomically; call with the lock held."""

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from hyper.image.model import (
 )
 from hyper.image.reference import lookup_candidates, parse_reference
 from hyper.image.unpack import unpack_layer
+from hyper.locks import exclusive_lock
 
 STALE_INGEST_SECONDS = 3600
 NOT_FOUND_HINT = "load it with `hyper load -i FILE` or import it with `hyper import`"
@@ -379,7 +379,7 @@ class ImageStore:
         if existing is not None:
             return existing
         self._layers_dir.mkdir(parents=True, exist_ok=True)
-        with _flocked(self._layers_dir / f".{final.name}.lock"):
+        with exclusive_lock(self._layers_dir / f".{final.name}.lock"):
             existing = _existing_disk(diff_id, final)
             if existing is not None:
                 return existing
@@ -421,13 +421,3 @@ def _existing_disk(diff_id: str, directory: Path) -> LayerDisk | None:
         if (directory / name).is_file():
             return LayerDisk(diff_id, directory / name, fs_type)
     return None
-
-
-@contextlib.contextmanager
-def _flocked(path: Path) -> Iterator[None]:
-    with path.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -10,7 +10,6 @@ corrupt it.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import hyper
 from hyper.errors import FailedPrecondition
+from hyper.locks import exclusive_lock
 from hyper.vm import cpio
 from hyper.vm.kernel import Kernel
 from hyper.vm.kmod import GUEST_MODULES, MODULE_GROUPS, ModuleTree
@@ -217,8 +217,7 @@ def ensure_appliance(
     appliance = Appliance(initrd, str(python), key)
     if initrd.exists() and _manifest_ok(manifest):
         return appliance
-    with (cache / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(cache / ".lock"):
         if initrd.exists() and _manifest_ok(manifest):
             return appliance  # another process built it while we waited
         if notify is not None:

@@ -10,7 +10,6 @@ the appliance builder, which carries only the few the guest needs.
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import lzma
 import re
@@ -18,12 +17,12 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hyper.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from hyper.locks import exclusive_lock
 
 DEBIAN_META_PACKAGE = "linux-image-amd64"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -85,14 +84,6 @@ def extract_vmlinux(bzimage: bytes) -> bytes | None:
     except (lzma.LZMAError, OSError, EOFError):
         return None
     return out if out.startswith(b"\x7fELF") else None
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def kernel_from_file(path: Path, cache: Path) -> Kernel:
@@ -175,7 +166,7 @@ def _quiet(message: str) -> None:
 def debian_kernel(cache: Path, notify: Notify = _quiet) -> Kernel:
     """Debian's generic kernel, fetched and unpacked once into `cache`."""
     current = cache / "debian-current"
-    with _locked(cache / ".lock"):
+    with exclusive_lock(cache / ".lock"):
         if current.exists():
             name = current.read_text().strip()
             if (cache / name / "vmlinux").exists():
