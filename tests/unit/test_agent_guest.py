@@ -8,17 +8,21 @@ a background one. A watchdog ends a run that would otherwise hang.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hyper.agent.guest import Agent
+from hyper.agent.guest_container import Container
 from hyper.agent.protocol import (
     HEADER,
     PROTOCOL_VERSION,
@@ -384,3 +388,80 @@ def test_a_request_that_breaks_a_handler_is_refused_not_fatal(harness: AgentHarn
     broken, greeted = session.replies
     assert (broken["id"], broken["ok"]) == (1, False)
     assert (greeted["id"], greeted["ok"]) == (2, True)
+
+
+def _ask(agent: Agent, host: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
+    agent._receive(encode_message(request))
+    return decode_message(_frames(host, 1)[-1].payload)
+
+
+def test_container_requests_refuse_with_a_stage_and_errno(
+    manual_agent: tuple[Agent, socket.socket], tmp_path: Path
+) -> None:
+    agent, host = manual_agent
+    agent.containers["c1"] = Container("c1", str(tmp_path))  # mounted, never started
+    exec_fields = {"process": 9, "args": ["true"], "env": []}
+    unknown = _ask(agent, host, {"type": "exec", "id": 1, "container": "c9", **exec_fields})
+    idle = _ask(agent, host, {"type": "exec", "id": 2, "container": "c1", **exec_fields})
+    top = _ask(agent, host, {"type": "top", "id": 3, "container": "c1"})
+    missing = _ask(
+        agent, host, {"type": "archive_get", "id": 4, "container": "c1", "process": 9, "path": "/x"}
+    )
+    (tmp_path / "f").write_text("")
+    not_dir = _ask(
+        agent, host, {"type": "archive_put", "id": 5, "container": "c1", "process": 9, "path": "/f"}
+    )
+    assert (unknown["ok"], unknown["stage"], unknown["errno"]) == (False, "container", errno.ENOENT)
+    assert (idle["ok"], idle["stage"], idle["errno"]) == (False, "container", errno.ESRCH)
+    assert idle["error"] == "container c1 is not running"
+    assert (top["ok"], top["stage"], top["errno"]) == (False, "container", errno.ESRCH)
+    assert (missing["ok"], missing["stage"], missing["errno"]) == (False, "archive", errno.ENOENT)
+    assert (not_dir["ok"], not_dir["stage"], not_dir["errno"]) == (False, "archive", errno.ENOTDIR)
+    assert agent.processes == {}
+    assert agent.containers["c1"].main is None
+
+
+def test_archive_put_runs_a_child_on_its_stream(
+    manual_agent: tuple[Agent, socket.socket], tmp_path: Path
+) -> None:
+    agent, host = manual_agent
+    agent.containers["c1"] = Container("c1", str(tmp_path))
+    reply = _ask(agent, host, {"type": "archive_put", "id": 1, "container": "c1", "process": 9, "path": "/"})
+    assert reply["ok"] is True
+    process = agent.processes[9]
+    assert process.stdin_fd is not None and process.init_pid == process.shim_pid
+    agent._handle_stdin(9, b"")  # EOF at once: not a tar (or, without root, no chroot)
+    _, status = os.waitpid(process.shim_pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1
+    for fd in list(process.outputs):
+        agent._close_fd(fd)
+
+
+def test_archive_stat_of_a_container_that_never_started_reads_its_rootfs(
+    manual_agent: tuple[Agent, socket.socket], tmp_path: Path
+) -> None:
+    agent, host = manual_agent
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/hostname").write_text("box\n")
+    (tmp_path / "hn").symlink_to("/etc/hostname")
+    agent.containers["c1"] = Container("c1", str(tmp_path))
+    reply = _ask(agent, host, {"type": "archive_stat", "id": 1, "container": "c1", "path": "/hn"})
+    assert reply["ok"] is True
+    assert (reply["name"], reply["size"], reply["link_target"]) == (
+        "hn",
+        len("/etc/hostname"),
+        "/etc/hostname",
+    )
+    assert stat.S_ISLNK(reply["mode"])
+    missing = _ask(agent, host, {"type": "archive_stat", "id": 2, "container": "c1", "path": "/hn/x"})
+    assert (missing["ok"], missing["stage"], missing["errno"]) == (False, "archive", errno.ENOTDIR)
+
+
+def test_stats_are_answered_from_proc(manual_agent: tuple[Agent, socket.socket]) -> None:
+    agent, host = manual_agent
+    reply = _ask(agent, host, {"type": "stats", "id": 1})
+    assert reply["ok"] is True
+    assert set(reply) >= {"cpu", "memory", "disks", "networks", "pids"}
+    assert reply["cpu"]["online_cpus"] >= 1
+    assert reply["memory"]["total"] > 0
+    assert "lo" not in reply["networks"]

@@ -2,9 +2,11 @@
 
 Standard library only. At boot it loads the kernel modules the appliance
 lists, mounts the basics, and opens its virtio-serial port. Then it serves
-the host: mounts container roots, starts processes in them, streams their
-stdio as frames, forwards signals and window sizes, reaps every child (it is
-PID 1), reports exit statuses, and powers the VM off when told to.
+the host: mounts container roots, starts processes in them (a container's
+main process, then execs that join it), streams their stdio as frames,
+forwards signals and window sizes, reaps every child (it is PID 1), reports
+exit statuses, lists a container's processes and the VM's resource figures,
+copies files into and out of containers, and powers the VM off when told to.
 
 Output produced while the host is not connected is kept, up to
 OUTPUT_BUFFER_LIMIT bytes; past that the agent stops reading the processes'
@@ -24,7 +26,8 @@ import time
 
 from hyper.agent import guest_container as containers
 from hyper.agent import guest_sys as sys_
-from hyper.agent.guest_process import Process, set_window_size, spawn
+from hyper.agent.guest_process import Process, set_window_size
+from hyper.agent.guest_requests import ContainerRequests
 from hyper.agent.protocol import (
     MAX_DATA_CHUNK,
     PORT_NAME,
@@ -46,15 +49,16 @@ if TYPE_CHECKING:
     from typing import Any
 
 # Modules the agent imports inside functions, which the appliance builder
-# cannot see by importing it (traceback: only on a fatal error).
-LAZY_IMPORTS = ("traceback",)
+# cannot see by importing it (traceback: only on a fatal error; tarfile: on
+# the first copy into or out of a container, to spare the boot its import).
+LAZY_IMPORTS = ("traceback", "tarfile")
 OUTPUT_BUFFER_LIMIT = 8 << 20
 RECONNECT_POLL_SECONDS = 0.05
 APPLIANCE_DIR = "/opt/hyper-agent"
 MODULES_LIST = f"{APPLIANCE_DIR}/modules.list"
 
 
-class Agent:
+class Agent(ContainerRequests):
     """Serves one host connection at a time over `channel_fd` until shutdown."""
 
     def __init__(self, channel_fd: int, boot_log: list[str], *, reconnect: bool = True) -> None:
@@ -323,65 +327,6 @@ class Agent:
         self.loaded_groups.add(group)
         return {"loaded": count}
 
-    def _wait_for_disk(self, serial: str) -> str:
-        deadline = time.monotonic() + 10
-        while (device := sys_.find_disk(serial)) is None:
-            if time.monotonic() > deadline:
-                raise containers.StartError("mount", errno.ENODEV, f"no disk with serial {serial}")
-            time.sleep(0.01)
-        sys_.flush_block_device(device)
-        return device
-
-    def _do_mount_container(self, message: dict[str, Any]) -> dict[str, Any]:
-        container_id = require(message, "container", str)
-        if not container_id.isalnum() or container_id in self.containers:
-            raise ValueError(f"bad or duplicate container id {container_id!r}")
-        layer_dirs = []
-        for layer in require(message, "layers", list):
-            serial, fstype = str(layer["serial"]), str(layer["fstype"])
-            if serial not in self.layer_mounts:
-                target = f"{containers.RUN_ROOT}/layers/{serial}"
-                containers.mount_layer(self._wait_for_disk(serial), fstype, target)
-                self.layer_mounts[serial] = target
-            layer_dirs.append(self.layer_mounts[serial])
-        writable = require(message, "writable", dict)
-        target = f"{containers.RUN_ROOT}/writable/{container_id}"
-        os.makedirs(target, exist_ok=True)
-        options = str(writable.get("options", ""))
-        sys_.mount(
-            self._wait_for_disk(str(writable["serial"])),
-            target,
-            str(writable["fstype"]),
-            0,
-            options,
-        )
-        self.other_mounts.append(target)
-        self.containers[container_id] = containers.assemble_rootfs(
-            container_id, layer_dirs, target, self.etc_files
-        )
-        return {}
-
-    def _do_start(self, message: dict[str, Any]) -> dict[str, Any]:
-        stream = require(message, "process", int)
-        container = self.containers[require(message, "container", str)]
-        args = [str(a) for a in require(message, "args", list)]
-        if not args or stream in self.processes:
-            raise ValueError("start needs args and a new process id")
-        request = containers.ProcessRequest(
-            rootfs=container.rootfs,
-            args=args,
-            env=[str(e) for e in require(message, "env", list)],
-            cwd=str(message.get("cwd") or "/"),
-            user=str(message.get("user") or "0"),
-            hostname=self.hostname,
-            tty=bool(message.get("tty")),
-            stdin=bool(message.get("stdin")),
-            rows=int(message.get("rows") or 24),
-            cols=int(message.get("cols") or 80),
-        )
-        process = self._spawn(stream, request)
-        return {"pid": process.init_pid}
-
     def _do_signal(self, message: dict[str, Any]) -> dict[str, Any]:
         process = self.processes.get(require(message, "process", int))
         signum = require(message, "signal", int)
@@ -418,8 +363,8 @@ class Agent:
         return {}
 
     # -- processes ------------------------------------------------------------
-    def _spawn(self, stream: int, request: containers.ProcessRequest) -> Process:
-        process = spawn(stream, request)
+    def _register(self, process: Process) -> Process:
+        stream = process.stream
         for fd in (*process.outputs, process.stdin_fd):
             if fd is not None:
                 self.by_fd[fd] = process

@@ -6,12 +6,15 @@ disks under a writable upper directory on its own disk, with /proc, /sys,
 and PID namespace (the first process is PID 1 of its container, as in
 Docker), is chrooted into the container's root the way runc does without
 pivot_root (the guest's own root is an initramfs, which cannot be pivoted),
-and runs as the requested user.
+and runs as the requested user. A process exec'ed into a running container
+joins its main process's namespaces and root instead (guest_process does
+that before it forks), and skips the mounting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import stat
@@ -22,6 +25,12 @@ import warnings  # noqa: F401
 
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_sys import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
+
+# Not `from typing import TYPE_CHECKING`: importing typing costs the guest
+# a tenth of a second under TCG. Type checkers treat this name as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hyper.agent.guest_process import Process
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RUN_ROOT = "/run/hyper"
@@ -44,7 +53,12 @@ DEV_SYMLINKS = (
 
 
 class StartError(Exception):
-    """A process could not be started; `stage` says where, `errno` why."""
+    """A process could not be started; `stage` says where, `errno` why.
+
+    Also the agent's structured refusal of other requests about a container:
+    stage "container" (ENOENT: no such container, ESRCH: it is not running)
+    and stage "archive" (the path's errno).
+    """
 
     def __init__(self, stage: str, code: int, message: str) -> None:
         super().__init__(message)
@@ -53,21 +67,47 @@ class StartError(Exception):
         self.message = message
 
 
+def not_running(container_id: str) -> StartError:
+    return StartError("container", errno.ESRCH, f"container {container_id} is not running")
+
+
 # Plain classes rather than dataclasses: importing dataclasses pulls in
 # inspect, ast and tokenize, a quarter of a second of the guest's boot under TCG.
 class Container:
-    __slots__ = ("id", "mounts", "rootfs")
+    __slots__ = ("id", "main", "mounts", "pid_ns", "rootfs")
 
     def __init__(self, container_id: str, rootfs: str) -> None:
         self.id = container_id
         self.rootfs = rootfs
         self.mounts: list[str] = []  # mounted paths, in mount order
+        # The process `start` made PID 1 of the container; exec joins its
+        # namespaces. `pid_ns` is the inode of that PID namespace, which tells
+        # its processes apart and guards against a recycled PID.
+        self.main: Process | None = None
+        self.pid_ns = 0
+
+    def running_main(self) -> Process | None:
+        """The main process while it runs; None before start and after it exited."""
+        main = self.main
+        return main if main is not None and main.status is None else None
 
 
 class ProcessRequest:
     """A process the host asked for, as the agent passes it to the child."""
 
-    __slots__ = ("args", "cols", "cwd", "env", "hostname", "rootfs", "rows", "stdin", "tty", "user")
+    __slots__ = (
+        "args",
+        "cols",
+        "cwd",
+        "env",
+        "hostname",
+        "make_cwd",
+        "rootfs",
+        "rows",
+        "stdin",
+        "tty",
+        "user",
+    )
 
     def __init__(
         self,
@@ -82,9 +122,13 @@ class ProcessRequest:
         stdin: bool,
         rows: int = 24,
         cols: int = 80,
+        make_cwd: bool = True,
     ) -> None:
         self.rootfs, self.args, self.env, self.cwd, self.user = rootfs, args, env, cwd, user
         self.hostname, self.tty, self.stdin, self.rows, self.cols = hostname, tty, stdin, rows, cols
+        # Docker creates a missing working directory for a container's main
+        # process, but an exec's must exist.
+        self.make_cwd = make_cwd
 
 
 class Identity:
@@ -266,11 +310,16 @@ def env_dict(env: list[str]) -> dict[str, str]:
     return result
 
 
-def exec_in_container(request: ProcessRequest, tty_path: str | None, error_fd: int) -> None:
+def exec_in_container(
+    request: ProcessRequest, tty_fd: int | None, error_fd: int, *, in_root: bool = False
+) -> None:
     """Runs in the forked child that is PID 1 of the new namespaces; never returns.
 
-    Any failure is written to `error_fd` as `stage\\0errno\\0message` before exiting,
-    so that the agent can answer with Docker's 126 or 127.
+    With `in_root` the child was forked inside a running container's
+    namespaces and root (an exec): nothing is mounted. `tty_fd` is the
+    terminal's slave side, which becomes the controlling terminal and stdio.
+    Any failure is written to `error_fd` as `stage\\0errno\\0message` before
+    exiting, so that the agent can answer with Docker's 126 or 127.
     """
     rootfs, args, cwd = request.rootfs, request.args, request.cwd
     stage = "setup"
@@ -281,27 +330,29 @@ def exec_in_container(request: ProcessRequest, tty_path: str | None, error_fd: i
                     signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.setsid()
-        if tty_path is not None:
+        if tty_fd is not None:
+            # Both imported by guest_process already: after an exec's chroot
+            # the agent's standard library is out of reach.
             import fcntl
             import termios
 
-            fd = os.open(tty_path, os.O_RDWR)
-            fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+            fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
             for target in (0, 1, 2):
-                os.dup2(fd, target)
-            if fd > 2:
-                os.close(fd)
-        stage = "mount"
-        sys_.mount(None, "/", None, sys_.MS_REC | sys_.MS_PRIVATE)
-        sys_.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        os.chdir(rootfs)
-        sys_.mount(rootfs, "/", None, sys_.MS_MOVE)
-        os.chroot(".")
+                os.dup2(tty_fd, target)
+            if tty_fd > 2:
+                os.close(tty_fd)
+        if not in_root:
+            stage = "mount"
+            sys_.mount(None, "/", None, sys_.MS_REC | sys_.MS_PRIVATE)
+            sys_.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            os.chdir(rootfs)
+            sys_.mount(rootfs, "/", None, sys_.MS_MOVE)
+            os.chroot(".")
         stage = "user"
         identity = resolve_identity(request.user, "/etc/passwd", "/etc/group")
-        full_env = complete_env(request.env, identity, request.hostname, tty_path is not None)
+        full_env = complete_env(request.env, identity, request.hostname, tty_fd is not None)
         stage = "cwd"
-        if cwd:
+        if cwd and request.make_cwd:
             os.makedirs(cwd, exist_ok=True)
         os.chdir(cwd or "/")
         stage = "user"
@@ -323,8 +374,6 @@ def exec_in_container(request: ProcessRequest, tty_path: str | None, error_fd: i
 
 def _describe(stage: str, args: list[str], exc: OSError) -> str:
     if stage == "exec":
-        import errno
-
         if exc.errno == errno.ENOENT and "/" not in args[0]:
             return f'exec: "{args[0]}": executable file not found in $PATH'
         return f'exec: "{args[0]}": {exc.strerror}'

@@ -1,7 +1,7 @@
 """Linux system calls the guest agent needs that Python 3.11 does not wrap.
 
-Standard library only (ctypes): mount, umount, unshare, finit_module and
-reboot, plus the boot steps that use them (kernel modules, /proc, /dev).
+Standard library only (ctypes): mount, umount, unshare, setns, finit_module
+and reboot, plus the boot steps that use them (kernel modules, /proc, /dev).
 Runs inside the VM as part of PID 1.
 """
 
@@ -44,6 +44,7 @@ _libc.mount.argtypes = [
 ]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.reboot.argtypes = [ctypes.c_int]
 
 
@@ -72,6 +73,11 @@ def umount(target: str, flags: int = 0) -> None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """Join the namespace `fd` refers to (an open /proc/PID/ns/* file)."""
+    _check(_libc.setns(fd, nstype), "setns")
 
 
 def finit_module(path: str, params: str) -> None:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from hyper import __version__
 from hyper.api.errors import HTTP_STATUS, error_body
-from hyper.daemon.daemon import Daemon
+from hyper.daemon.daemon import Daemon, create_request
 from hyper.daemon.pods import parse_signal
 from hyper.errors import HyperError, InvalidArgument
 
@@ -51,7 +51,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("the request body is not JSON") from None
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
-    pod = await request.app[DAEMON].create(body)
+    pod = await request.app[DAEMON].run(create_request(body))
     return web.json_response({"id": pod.id}, status=201)
 
 
@@ -95,7 +95,35 @@ async def kill(request: web.Request) -> web.StreamResponse:
 
 async def wait(request: web.Request) -> web.StreamResponse:
     pod = request.app[DAEMON].find(request.match_info["ref"])
-    return web.json_response({"exit_code": await pod.wait()})
+    condition = request.query.get("condition", "not-running")
+    return web.json_response({"exit_code": await pod.wait(condition)})
+
+
+async def start(request: web.Request) -> web.StreamResponse:
+    pod = request.app[DAEMON].find(request.match_info["ref"])
+    started = await pod.start()
+    return web.Response(status=204 if started else 304)
+
+
+async def restart(request: web.Request) -> web.StreamResponse:
+    pod = request.app[DAEMON].find(request.match_info["ref"])
+    await pod.restart(_number(request, "t", 10.0) or 0.0)
+    return web.Response(status=204)
+
+
+async def pause(request: web.Request) -> web.StreamResponse:
+    await request.app[DAEMON].find(request.match_info["ref"]).pause()
+    return web.Response(status=204)
+
+
+async def unpause(request: web.Request) -> web.StreamResponse:
+    await request.app[DAEMON].find(request.match_info["ref"]).unpause()
+    return web.Response(status=204)
+
+
+async def rename(request: web.Request) -> web.StreamResponse:
+    request.app[DAEMON].find(request.match_info["ref"]).rename(request.query.get("name", ""))
+    return web.Response(status=204)
 
 
 async def remove(request: web.Request) -> web.StreamResponse:
@@ -116,6 +144,11 @@ def make_app(daemon: Daemon) -> web.Application:
             web.post("/v1/containers/{ref}/stop", stop),
             web.post("/v1/containers/{ref}/kill", kill),
             web.post("/v1/containers/{ref}/wait", wait),
+            web.post("/v1/containers/{ref}/start", start),
+            web.post("/v1/containers/{ref}/restart", restart),
+            web.post("/v1/containers/{ref}/pause", pause),
+            web.post("/v1/containers/{ref}/unpause", unpause),
+            web.post("/v1/containers/{ref}/rename", rename),
             web.delete("/v1/containers/{ref}", remove),
         ]
     )

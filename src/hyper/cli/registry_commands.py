@@ -18,7 +18,7 @@ from hyper.cli.context import CliContext
 from hyper.errors import InvalidArgument, NotFound
 from hyper.image import Image, ImageStore, parse_reference
 from hyper.image.save import FORMAT_DOCKER, FORMATS
-from hyper.image.store import familiar_name
+from hyper.image.store import familiar_name, repo_digests
 from hyper.image.usage import images_in_use
 
 # The registry client (httpx) and the progress display (rich) are imported by
@@ -255,13 +255,6 @@ def _current_id(store: ImageStore, reference: str) -> str | None:
         return store.get(reference).id
     except NotFound:
         return None
-
-
-def repo_digests(image: Image) -> list[str]:
-    if image.manifest_digest is None:
-        return []
-    repositories = dict.fromkeys(parse_reference(tag).familiar_repository for tag in image.repo_tags)
-    return [f"{repository}@{image.manifest_digest}" for repository in repositories]
 
 
 def inspect_document(image: Image, config: dict[str, Any]) -> dict[str, Any]:

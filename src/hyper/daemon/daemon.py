@@ -1,4 +1,4 @@
-"""The daemon's state in memory: its pods, found again from SQLite at start-up."""
+"""The daemon's state in memory: its pods and execs, found again from SQLite at start-up."""
 
 from __future__ import annotations
 
@@ -6,12 +6,17 @@ import asyncio
 import contextlib
 from typing import Any
 
-from hyper.daemon.pods import Pod
+from hyper.daemon.events import EventBus
+from hyper.daemon.execs import ExecSession
+from hyper.daemon.pods import CreateRequest, Pod
+from hyper.daemon.policy import RestartPolicy
 from hyper.daemon.state import StateStore
-from hyper.errors import InvalidArgument, NotFound
+from hyper.errors import HyperError, InvalidArgument, NotFound
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
 from hyper.runtime.settings import Settings
+
+ADOPTED_STATES = (specs.ContainerState.RUNNING.value, specs.ContainerState.PAUSED.value)
 
 
 class Daemon:
@@ -19,29 +24,77 @@ class Daemon:
         self.paths = paths
         self.settings = settings
         self.state = StateStore(paths.state / "hyperd.db")
+        self.events = EventBus()
         self.pods: dict[str, Pod] = {}
+        self.execs: dict[str, ExecSession] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _pod(self, record: Any) -> Pod:
+        pod = Pod(self.paths, self.settings, self.state, record, self.events)
+        pod.on_auto_remove = self._auto_remove
+        self.pods[record.id] = pod
+        return pod
 
     async def adopt_all(self) -> None:
-        """Every container of the state: running ones are adopted, the others listed."""
-        adoptions = []
+        """Every container of the state: running ones are adopted, the others listed,
+        and those whose restart policy says so started again."""
+        adoptions, starts = [], []
         for record in self.state.all():
-            pod = Pod(self.paths, self.settings, self.state, record)
-            self.pods[record.id] = pod
-            if record.state == specs.ContainerState.RUNNING.value:
+            pod = self._pod(record)
+            if record.state in ADOPTED_STATES:
                 adoptions.append(pod.adopt())
             else:
-                pod.exited.set()
                 if pod.log is not None:
                     pod.log.closed = True
+                if record.state == specs.ContainerState.RESTARTING.value:
+                    pod.record = self.state.update(record, state=specs.ContainerState.EXITED.value)
+                policy = RestartPolicy.from_document(record.restart_policy)
+                if record.state != "created" and policy.start_with_daemon(
+                    manually_stopped=record.manually_stopped
+                ):
+                    starts.append(pod)
         await asyncio.gather(*adoptions)
+        for pod in starts:
+            self._in_background(self._start_quietly(pod))
 
-    async def create(self, body: dict[str, Any]) -> Pod:
-        options = run_options(body)
-        labels = body.get("labels") or {}
-        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-            raise InvalidArgument("labels must map names to strings")
-        pod = await Pod.create(self.paths, self.settings, self.state, options, labels)
+    def _in_background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _start_quietly(self, pod: Pod) -> None:
+        with contextlib.suppress(HyperError):
+            await pod.start()
+
+    async def _auto_remove(self, pod: Pod) -> None:
+        with contextlib.suppress(HyperError):
+            await self.remove(pod.id, force=True)
+
+    async def create(self, request: CreateRequest) -> Pod:
+        name = request.options.name
+        if name is not None and (
+            not name or not name[0].isalnum() or not all(c.isalnum() or c in "_.-" for c in name)
+        ):
+            raise InvalidArgument(
+                f"invalid container name {name!r}",
+                hint="use letters, digits and _ . - (the first a letter or digit)",
+            )
+        if request.auto_remove and request.restart.name.value != "no":
+            raise InvalidArgument("conflicting options: a restart policy and automatic removal (--rm)")
+        pod = await Pod.create(self.paths, self.settings, self.state, self.events, request)
+        pod.on_auto_remove = self._auto_remove
         self.pods[pod.id] = pod
+        return pod
+
+    async def run(self, request: CreateRequest) -> Pod:
+        """Create and start; a container that cannot start is not kept."""
+        pod = await self.create(request)
+        try:
+            await pod.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.remove(pod.id, force=True)
+            raise
         return pod
 
     def find(self, ref: str) -> Pod:
@@ -51,17 +104,52 @@ class Daemon:
             raise NotFound(f"no such container: {ref}")
         return pod
 
+    def exec_create(self, pod: Pod, process: specs.ProcessSpec) -> ExecSession:
+        pod.running_agent()
+        session = ExecSession(pod, process)
+        self.execs[session.id] = session
+        return session
+
+    def find_exec(self, exec_id: str) -> ExecSession:
+        session = self.execs.get(exec_id)
+        if session is None:
+            matches = [s for key, s in self.execs.items() if key.startswith(exec_id)] if exec_id else []
+            if len(matches) != 1:
+                raise NotFound(f"no such exec instance: {exec_id}")
+            session = matches[0]
+        return session
+
     async def remove(self, ref: str, *, force: bool) -> None:
         pod = self.find(ref)
         await pod.remove(force=force)
         self.pods.pop(pod.id, None)
+        for key in [key for key, session in self.execs.items() if session.pod is pod]:
+            del self.execs[key]
 
     async def shutdown(self) -> None:
         """Let go of every pod; their VMs run on until the next hyperd adopts them."""
+        for task in list(self._background):
+            task.cancel()
         for pod in self.pods.values():
             with contextlib.suppress(Exception):
                 await pod.release()
         self.state.close()
+
+
+def create_request(body: dict[str, Any]) -> CreateRequest:
+    """The POST /v1/containers body, type-checked field by field."""
+    labels = body.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidArgument("labels must map names to strings")
+    restart = body.get("restart") or "no"
+    if not isinstance(restart, str):
+        raise InvalidArgument("'restart' must be a string such as on-failure:3")
+    return CreateRequest(
+        options=run_options(body),
+        labels=labels,
+        restart=RestartPolicy.parse(restart),
+        auto_remove=bool(body.get("remove")),
+    )
 
 
 def run_options(body: dict[str, Any]) -> specs.RunOptions:
@@ -101,4 +189,6 @@ def run_options(body: dict[str, Any]) -> specs.RunOptions:
         cpus=number("cpus", 1),
         hostname=text("hostname"),
         name=text("name"),
+        tty=bool(body.get("tty")),
+        interactive=bool(body.get("interactive")),
     )

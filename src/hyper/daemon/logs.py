@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import time
@@ -68,6 +69,17 @@ class LogFile:
     def records(self) -> list[LogRecord]:
         return self._records_from(0)[0]
 
+    def read_from(self, position: int) -> tuple[list[LogRecord], int]:
+        """Whole records from byte `position` on, and where the next read starts."""
+        return self._records_from(position)
+
+    async def wait_for_more(self, timeout: float) -> None:
+        """Until something is appended (or the container finishes), at most `timeout` seconds."""
+        async with self._changed:
+            seen = self._generation
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(lambda: self._generation != seen), timeout)
+
     def _records_from(self, position: int) -> tuple[list[LogRecord], int]:
         """Whole lines from byte `position` on, and where the next read starts."""
         try:
@@ -80,9 +92,21 @@ class LogFile:
         lines = data[:end].decode(errors="replace").splitlines()
         return [record for line in lines if (record := _parse(line)) is not None], position + end
 
-    def last_offset(self) -> int | None:
-        offsets = [r.offset for r in self.records() if r.offset is not None]
+    def last_offset(self, since: int = 0) -> int | None:
+        """The guest stream offset of the last record written from byte `since` on
+        (where the current run of the container began)."""
+        offsets = [r.offset for r in self._records_from(since)[0] if r.offset is not None]
         return offsets[-1] if offsets else None
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def reopen(self) -> None:
+        """The container starts again: more output will come."""
+        self.closed = False
 
     async def read(self, *, tail: int | None, follow: bool) -> AsyncIterator[LogRecord]:
         seen = self._generation

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from hyper.api.docker.server import make_docker_app
 from hyper.api.server import make_app
 from hyper.daemon.daemon import Daemon
 from hyper.errors import HyperError
@@ -26,21 +27,36 @@ def socket_path(paths: HyperPaths) -> Path:
     return paths.runtime / "hyperd.sock"
 
 
-async def serve(paths: HyperPaths, socket: Path) -> None:
-    for directory in (paths.state, paths.runtime, socket.parent):
-        directory.mkdir(parents=True, exist_ok=True)
+async def _claim(socket: Path) -> None:
+    socket.parent.mkdir(parents=True, exist_ok=True)
     if socket.exists():
         if await _answers(socket):
             raise SystemExit(f"hyperd: another hyperd already serves {socket}")
         socket.unlink()  # left by a hyperd that was killed
-    daemon = Daemon(paths, Settings.from_env())
-    await daemon.adopt_all()
-    runner = web.AppRunner(make_app(daemon), handle_signals=False)
+
+
+async def _serve_app(app: web.Application, socket: Path) -> web.AppRunner:
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.UnixSite(runner, str(socket))
     await site.start()
     os.chmod(socket, 0o600)  # the API runs VMs: only this user may use it
-    print(f"hyperd: serving {socket} (pid {os.getpid()}, state {paths.state})", file=sys.stderr, flush=True)
+    return runner
+
+
+async def serve(paths: HyperPaths, socket: Path, docker_socket: Path | None = None) -> None:
+    for directory in (paths.state, paths.runtime):
+        directory.mkdir(parents=True, exist_ok=True)
+    sockets = [socket] if docker_socket is None else [socket, docker_socket]
+    for path in sockets:
+        await _claim(path)
+    daemon = Daemon(paths, Settings.from_env())
+    await daemon.adopt_all()
+    runners = [await _serve_app(make_app(daemon), socket)]
+    if docker_socket is not None:
+        runners.append(await _serve_app(make_docker_app(daemon), docker_socket))
+    served = " and the Docker Engine API on ".join(str(path) for path in sockets)
+    print(f"hyperd: serving {served} (pid {os.getpid()}, state {paths.state})", file=sys.stderr, flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -48,10 +64,12 @@ async def serve(paths: HyperPaths, socket: Path) -> None:
     try:
         await stopping.wait()
     finally:
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
         await daemon.shutdown()
-        with contextlib.suppress(FileNotFoundError):
-            socket.unlink()
+        for path in sockets:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 async def _answers(socket: Path) -> bool:
@@ -69,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--runtime-dir", type=Path)
     parser.add_argument("--socket", type=Path, help="the API socket (default: RUNTIME_DIR/hyperd.sock)")
+    parser.add_argument(
+        "--docker-socket",
+        type=Path,
+        help="also serve the Docker Engine API on this socket (e.g. DOCKER_HOST=unix:///run/hyper/docker.sock)",
+    )
     args = parser.parse_args(argv)
     defaults = default_paths()
     paths = HyperPaths(
@@ -77,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime=args.runtime_dir or defaults.runtime,
     )
     try:
-        asyncio.run(serve(paths, args.socket or socket_path(paths)))
+        asyncio.run(serve(paths, args.socket or socket_path(paths), args.docker_socket))
     except HyperError as exc:
         print(f"hyperd: {exc}", file=sys.stderr)
         return 1

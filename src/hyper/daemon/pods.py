@@ -1,8 +1,13 @@
-"""hyperd's pods: one VM running one container, supervised from start to removal.
+"""hyperd's pods: one VM running one container, supervised from creation to removal.
 
-A pod writes its container's output to its log, acknowledging it to the
-guest only once it is on disk, records the exit status, and powers the VM
-off. Its QEMU is detached, so when hyperd stops or crashes the pod keeps
+A pod is created without a VM (`create`), and each `start` boots one (from a
+template when it can) on the container's own writable disk, so a stopped
+container starts again with its files. While it runs the pod writes the
+container's output to its log, acknowledging it to the guest only once it is
+on disk, records the exit status, powers the VM off, and applies the
+container's restart policy.
+
+The VM's QEMU is detached, so when hyperd stops or crashes the pod keeps
 running; the next hyperd adopts it (`adopt`): it reconnects QMP and the agent
 channel and resumes the agent's stream after the last logged offset, so the
 output written meanwhile reaches the log, once.
@@ -14,23 +19,28 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import secrets
 import shutil
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from hyper.agent.host import AgentClient, AgentConnectionLost, ProcessChannel
+from hyper.agent.host import AgentClient, AgentConnectionLost, AgentRequestError, ProcessChannel
 from hyper.agent.protocol import FrameKind
+from hyper.daemon.events import Event, EventBus
 from hyper.daemon.logs import LogFile
+from hyper.daemon.policy import RestartPolicy, next_delay
 from hyper.daemon.state import ContainerRecord, StateStore
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument
+from hyper.image import ImageStore
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
-from hyper.runtime.run import MAIN_PROCESS, ContainerRun
+from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun
 from hyper.runtime.settings import Settings
 from hyper.vm.accel import Accel
-from hyper.vm.driver import DiskSpec, VmSpec
+from hyper.vm.driver import DiskSpec, VmSpec, VmState
 from hyper.vm.qemu import QemuDriver, VmStartError
 
 SYNC_BYTES = 256 * 1024  # output written before it is made durable and acknowledged
@@ -38,6 +48,8 @@ SYNC_SECONDS = 0.2
 SHUTDOWN_SECONDS = 10.0
 KILL_GRACE_SECONDS = 10.0
 EXIT_VM_DIED = 137
+
+State = specs.ContainerState
 
 
 def vm_document(spec: VmSpec) -> dict[str, Any]:
@@ -94,77 +106,180 @@ def parse_signal(text: str | int) -> int:
     return number
 
 
+@dataclasses.dataclass(frozen=True)
+class CreateRequest:
+    """A container to create, as hyperd's and Docker's APIs both describe it."""
+
+    options: specs.RunOptions
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    restart: RestartPolicy = dataclasses.field(default_factory=RestartPolicy)
+    auto_remove: bool = False
+    stdin_once: bool = False
+
+
 class Pod:
     def __init__(
-        self, paths: HyperPaths, settings: Settings, state: StateStore, record: ContainerRecord
+        self,
+        paths: HyperPaths,
+        settings: Settings,
+        state: StateStore,
+        record: ContainerRecord,
+        events: EventBus,
     ) -> None:
         self.paths = paths
         self.settings = settings
         self.state = state
         self.record = record
+        self.events = events
         self.dir = paths.containers / record.id
         self.log = LogFile(self.dir / "log.jsonl") if self.dir.exists() else None
         self.vm: QemuDriver | None = None
         self.agent: AgentClient | None = None
-        self.exited = asyncio.Event()
+        self.on_auto_remove: Callable[[Pod], Awaitable[None]] | None = None
+        self.exited = asyncio.Event()  # set while no VM runs the container
+        if not self.running:
+            self.exited.set()
+        self.removed = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._exits = 0  # how many times the container has exited, for `wait next-exit`
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one start, stop or finish at a time
+        self._restart_task: asyncio.Task[None] | None = None
+        self._restart_delay: float | None = None
+        self._unsynced = 0
+        self._generation = 0  # one per VM run: late news of an earlier run is ignored
+        self._removing = False
+        self._main_channel: ProcessChannel | None = None
+        self._next_stream = 2 + secrets.randbelow(1 << 30)  # a stream an earlier hyperd never used
 
     @property
     def id(self) -> str:
         return self.record.id
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+    @property
+    def status(self) -> specs.ContainerState:
+        return State(self.record.state)
+
+    @property
+    def exit_count(self) -> int:
+        """How many times the container has exited: a run ends when this moves."""
+        return self._exits
+
+    @property
+    def running(self) -> bool:
+        return self.status in (State.RUNNING, State.PAUSED)
+
+    @property
+    def options(self) -> specs.RunOptions:
+        return run_options_from(self.record.options)
+
+    @property
+    def restart_policy(self) -> RestartPolicy:
+        return RestartPolicy.from_document(self.record.restart_policy)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    # -- starting -------------------------------------------------------------
+    def _publish(self, action: str, **attributes: str) -> None:
+        attributes = {"name": self.record.name, "image": self.record.image, **attributes}
+        self.events.publish(Event("container", action, self.id, attributes))
+
+    def _move(self, new: specs.ContainerState, **changes: Any) -> None:
+        if new is not self.status and new not in specs.CONTAINER_TRANSITIONS[self.status]:
+            raise FailedPrecondition(
+                f"container {self.record.name} cannot go from {self.status.value} to {new.value}"
+            )
+        self.record = self.state.update(self.record, state=new.value, **changes)
+
+    def new_stream(self) -> int:
+        stream, self._next_stream = self._next_stream, self._next_stream + 1
+        return stream
+
+    # -- creating and starting ----------------------------------------------------
     @classmethod
     async def create(
         cls,
         paths: HyperPaths,
         settings: Settings,
         state: StateStore,
-        options: specs.RunOptions,
-        labels: dict[str, str],
+        events: EventBus,
+        request: CreateRequest,
     ) -> Pod:
-        run = ContainerRun(options, paths, settings, detached=True)
-        prepared = await run.prepare()
+        """Record a container and make its directory; no VM runs until `start`."""
+        options = request.options
+        store = ImageStore(paths.images)
+        image = await asyncio.to_thread(store.get, options.image)
+        process = specs.process_spec(image.config, options, {})
+        container_id = secrets.token_hex(32)
         record = ContainerRecord(
-            id=run.id,
-            name=options.name or run.id[:12],
+            id=container_id,
+            name=options.name or container_id[:12],
             image=options.image,
-            image_id=prepared.image.id,
-            command=list(prepared.process.args),
+            image_id=image.id,
+            command=list(process.args),
             created=time.time(),
-            state=specs.ContainerState.CREATED.value,
+            state=State.CREATED.value,
             options=dataclasses.asdict(options),
-            labels=labels,
+            labels=request.labels,
+            restart_policy=request.restart.document(),
+            auto_remove=request.auto_remove,
+            stdin_once=request.stdin_once,
+            process={"env": list(process.env), "cwd": process.cwd, "user": process.user},
         )
         state.insert(record)
-        try:
-            launched = await run.launch(prepared)
-        except BaseException:
-            state.delete(record.id)
-            raise
-        pod = cls(paths, settings, state, record)
+        pod = cls(paths, settings, state, record, events)
+        pod.dir.mkdir(parents=True, exist_ok=True)
         pod.log = LogFile(pod.dir / "log.jsonl")
-        start = launched.agent.received_offset
-        pod.record = state.update(
-            record,
-            state=specs.ContainerState.RUNNING.value,
-            started_at=time.time(),
-            qemu_pid=launched.vm.pid,
-            vm=vm_document(launched.vm.spec) | {"stream_start": start},
-        )
-        pod._supervise(launched.vm, launched.agent, launched.channel)
+        pod._publish("create")
         return pod
 
+    async def start(self) -> bool:
+        """Boot the container's VM and start its process; False if it already runs."""
+        async with self._lock:
+            if self.running:
+                return False
+            if self.status is State.RESTARTING and self._restart_task is not None:
+                self._restart_task.cancel()
+            await self._launch(manual=True)
+            return True
+
+    async def _launch(self, *, manual: bool) -> None:
+        assert self.log is not None
+        options = self.options
+        run = ContainerRun(options, self.paths, self.settings, detached=True, container_id=self.id)
+        try:
+            prepared = await run.prepare()
+            launched = await run.launch(prepared)
+        except ContainerExit as exc:
+            # Docker's answer to a command that cannot start: the container exits 126/127.
+            self._move(State.EXITED, exit_code=exc.status, finished_at=time.time(), reason=exc.message)
+            raise
+        position = self.log.size()
+        self.log.reopen()
+        changes: dict[str, Any] = {"manually_stopped": False} if manual else {}
+        self._move(
+            State.RUNNING,
+            started_at=time.time(),
+            finished_at=None,
+            exit_code=None,
+            reason=None,
+            qemu_pid=launched.vm.pid,
+            vm=vm_document(launched.vm.spec)
+            | {"stream_start": launched.agent.received_offset, "log_position": position},
+            **changes,
+        )
+        self.exited.clear()
+        self._supervise(launched.vm, launched.agent, launched.channel)
+        self._publish("start")
+
     def _supervise(self, vm: QemuDriver, agent: AgentClient, channel: ProcessChannel) -> None:
-        self.vm, self.agent = vm, agent
-        self._spawn(self._pump(channel))
-        self._spawn(self._watch_vm(vm))
+        self._generation += 1
+        self.vm, self.agent, self._main_channel = vm, agent, channel
+        self._spawn(self._pump(channel, self._generation))
+        self._spawn(self._watch_vm(vm, self._generation))
 
     async def adopt(self) -> None:
         """Take over a pod an earlier hyperd started, continuing its log where it stopped."""
@@ -178,87 +293,137 @@ class Pod:
         except VmStartError:
             await self._finish(EXIT_VM_DIED, "the VM stopped while hyperd was not running")
             return
-        resume = self.log.last_offset()
+        resume = self.log.last_offset(since=int(doc.get("log_position") or 0))
         if resume is None:
             resume = doc.get("stream_start")
         try:
+            if vm.state is VmState.PAUSED:
+                await vm.resume()  # the agent must answer the hello; paused again below
+                paused = True
+            else:
+                paused = False
             agent = await AgentClient.connect(spec.agent_socket, 10, auto_ack=False)
             channel = agent.open_process(MAIN_PROCESS)
             self._supervise(vm, agent, channel)  # reading starts before the hello: the replay comes first
             await agent.hello(30, resume=resume)
-        except HyperError as exc:
+            if paused:
+                await vm.pause()
+                self._move(State.PAUSED)
+        except (HyperError, TimeoutError) as exc:
             self.vm = vm
-            await self._finish(EXIT_VM_DIED, f"the VM's agent could not be reached again: {exc.message}")
+            message = exc.message if isinstance(exc, HyperError) else "timed out"
+            await self._finish(EXIT_VM_DIED, f"the VM's agent could not be reached again: {message}")
 
     # -- running ----------------------------------------------------------------
-    async def _pump(self, channel: ProcessChannel) -> None:
+    async def _pump(self, channel: ProcessChannel, generation: int) -> None:
         assert self.log is not None and self.agent is not None
-        unsynced, last = 0, None
+        last = None
         while True:
             try:
-                if unsynced:
+                if self._unsynced:
                     item = await asyncio.wait_for(channel.output.get(), SYNC_SECONDS)
                 else:
                     item = await channel.output.get()
             except TimeoutError:
-                unsynced = self._sync(last)
+                self._sync(last, channel)
                 continue
             if item is None:
                 break
             kind, data, offset = item
             self.log.append("stdout" if kind is FrameKind.STDOUT else "stderr", data, offset)
             last = offset if offset is not None else last
-            unsynced += len(data)
-            if unsynced >= SYNC_BYTES:
-                unsynced = self._sync(last)
+            self._unsynced += len(data)
+            if self._unsynced >= SYNC_BYTES:
+                self._sync(last, channel)
             await self.log.notify()
-        self._sync(last)
+        self._sync(last, channel)
         try:
             status = await channel.exit_status
         except AgentConnectionLost:
             return  # hyperd is shutting down, or the VM died: _watch_vm or the next hyperd decides
-        await self._finish(status, None)
+        self._spawn(self._finish(status, None, generation))
 
-    def _sync(self, offset: int | None) -> int:
+    def _sync(self, offset: int | None, channel: ProcessChannel) -> None:
+        """Make the log durable, then let the guest forget what it holds."""
         assert self.log is not None
         self.log.sync()
-        if offset is not None and self.agent is not None:
+        self._unsynced = 0
+        if self.agent is None:
+            return
+        if channel.output.empty() and self.agent.received_offset is not None:
+            # Everything read so far is on disk or not the log's (execs, copies).
+            self.agent.acknowledge(self.agent.received_offset)
+        elif offset is not None:
             self.agent.acknowledge(offset)
-        return 0
 
-    async def _watch_vm(self, vm: QemuDriver) -> None:
+    def consumed(self) -> None:
+        """A reader of another stream (exec, copy) took its output: acknowledge
+        it if the log holds everything before it, so the guest's buffer drains."""
+        channel = self._main_channel
+        if self.agent is None or self.agent.received_offset is None or self._unsynced:
+            return
+        if channel is None or channel.output.empty() or channel.exit_status.done():
+            self.agent.acknowledge(self.agent.received_offset)
+
+    async def _watch_vm(self, vm: QemuDriver, generation: int) -> None:
         await vm.wait()
-        if not self.exited.is_set():
-            await self._finish(EXIT_VM_DIED, "the VM's QEMU process exited unexpectedly")
+        await self._finish(EXIT_VM_DIED, "the VM's QEMU process exited unexpectedly", generation)
 
-    async def _finish(self, status: int, reason: str | None) -> None:
+    async def _finish(self, status: int, reason: str | None, generation: int | None = None) -> None:
         async with self._lock:
-            if self.exited.is_set():
+            if self.exited.is_set() or generation not in (None, self._generation):
                 return
-            self.record = self.state.update(
-                self.record,
-                state=specs.ContainerState.EXITED.value,
-                exit_code=status,
-                finished_at=time.time(),
-                reason=reason,
-            )
-            if self.agent is not None and self.agent.received_offset is not None:
-                self.agent.acknowledge(self.agent.received_offset)
-            vm, agent = self.vm, self.agent
-            if agent is not None and agent.failure is None and vm is not None and reason is None:
-                with contextlib.suppress(HyperError):
-                    await agent.request("shutdown", timeout=SHUTDOWN_SECONDS)
-            if vm is not None:
-                await vm.stop(SHUTDOWN_SECONDS)
-                await vm.close()
-            if agent is not None:
-                await agent.close()
-            run_dir = self.paths.runtime / self.id[:12]
-            shutil.rmtree(run_dir, ignore_errors=True)
-            self._update_container_file(state=specs.ContainerState.EXITED.value, exit_code=status)
-            if self.log is not None:
-                await self.log.finish()
-            self.exited.set()
+            await self._power_off(status, reason)
+        self._publish("die", exitCode=str(status))
+        policy = self.restart_policy
+        if policy.should_restart(
+            status, self.record.restart_count, manually_stopped=self.record.manually_stopped
+        ):
+            ran_for = (self.record.finished_at or 0) - (self.record.started_at or 0)
+            self._restart_delay = next_delay(self._restart_delay, ran_for)
+            self._move(State.RESTARTING)
+            self._restart_task = self._spawn(self._restart_after(self._restart_delay))
+        elif self.record.auto_remove and self.on_auto_remove is not None and not self._removing:
+            self._spawn(self.on_auto_remove(self))
+
+    async def _power_off(self, status: int, reason: str | None) -> None:
+        vm, agent = self.vm, self.agent
+        self._move(State.EXITED, exit_code=status, finished_at=time.time(), reason=reason)
+        if agent is not None and agent.received_offset is not None:
+            agent.acknowledge(agent.received_offset)
+        if vm is not None and vm.state is VmState.PAUSED:
+            with contextlib.suppress(HyperError):
+                await vm.resume()
+        if agent is not None and agent.failure is None and vm is not None and reason is None:
+            with contextlib.suppress(HyperError):
+                await agent.request("shutdown", timeout=SHUTDOWN_SECONDS)
+        if vm is not None:
+            await vm.stop(SHUTDOWN_SECONDS)
+            await vm.close()
+        if agent is not None:
+            await agent.close()
+        self.vm = self.agent = self._main_channel = None
+        shutil.rmtree(self.paths.runtime / self.id[:12], ignore_errors=True)
+        self._update_container_file(state=State.EXITED.value, exit_code=status)
+        if self.log is not None:
+            await self.log.finish()
+        self.exited.set()
+        async with self._changed:
+            self._exits += 1
+            self._changed.notify_all()
+
+    async def _restart_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self._lock:
+            if self.status is not State.RESTARTING:
+                return
+            self.record = self.state.update(self.record, restart_count=self.record.restart_count + 1)
+            try:
+                await self._launch(manual=False)
+            except HyperError as exc:
+                self._move(State.EXITED, reason=f"restart failed: {exc.message}")
+                return
+        self._publish("restart")
 
     def _update_container_file(self, **changes: object) -> None:
         """The container's config.json, which `hyper rmi` reads to see images in use."""
@@ -273,51 +438,157 @@ class Pod:
         tmp.replace(path)
 
     # -- requests ----------------------------------------------------------------
-    def _running_agent(self) -> AgentClient:
+    def running_agent(self) -> AgentClient:
+        """The agent of a running, unpaused container, for requests into it."""
         if self.exited.is_set() or self.agent is None:
-            raise FailedPrecondition(f"container {self.record.name} is not running")
+            raise FailedPrecondition(f"container {self.record.name} is not running", hint="start it first")
+        if self.status is State.PAUSED:
+            raise FailedPrecondition(
+                f"container {self.record.name} is paused", hint="unpause it first (`unpause`)"
+            )
         return self.agent
 
     async def kill(self, signum: int) -> None:
-        await self._running_agent().request("signal", process=MAIN_PROCESS, signal=signum)
+        if self.status is State.PAUSED and self.vm is not None:
+            await self.unpause()  # a frozen guest cannot deliver a signal
+        agent = self.running_agent()
+        if signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+            self.record = self.state.update(self.record, manually_stopped=True)
+        self._publish("kill", signal=str(signum))
+        await agent.request("signal", process=MAIN_PROCESS, signal=signum)
 
     async def stop(self, timeout: float) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds, then pull the VM's plug."""
+        self.record = self.state.update(self.record, manually_stopped=True)
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        if self.status is State.RESTARTING:
+            self._move(State.EXITED)
         if self.exited.is_set():
             return
+        if self.status is State.PAUSED:
+            with contextlib.suppress(HyperError):
+                await self.unpause()
         with contextlib.suppress(HyperError):
-            await self.kill(signal.SIGTERM)
+            await self.running_agent().request("signal", process=MAIN_PROCESS, signal=int(signal.SIGTERM))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.exited.wait(), max(timeout, 0))
-            return
-        with contextlib.suppress(HyperError):
-            await self.kill(signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.exited.wait(), KILL_GRACE_SECONDS)
-            return
-        if self.vm is not None:
+        if not self.exited.is_set():
+            with contextlib.suppress(HyperError):
+                await self.running_agent().request("signal", process=MAIN_PROCESS, signal=int(signal.SIGKILL))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.exited.wait(), KILL_GRACE_SECONDS)
+        if not self.exited.is_set() and self.vm is not None:
             await self.vm.kill()  # _watch_vm records the exit
         await self.exited.wait()
+        self._publish("stop")
 
-    async def wait(self) -> int:
-        await self.exited.wait()
-        return self.record.exit_code if self.record.exit_code is not None else -1
+    async def restart(self, timeout: float) -> None:
+        await self.stop(timeout)
+        await self.start()
+        self._publish("restart")
+
+    async def pause(self) -> None:
+        async with self._lock:
+            if self.status is not State.RUNNING or self.vm is None:
+                raise FailedPrecondition(f"container {self.record.name} is not running")
+            await self.vm.pause()
+            self._move(State.PAUSED)
+        self._publish("pause")
+
+    async def unpause(self) -> None:
+        async with self._lock:
+            if self.status is not State.PAUSED or self.vm is None:
+                raise FailedPrecondition(f"container {self.record.name} is not paused")
+            await self.vm.resume()
+            self._move(State.RUNNING)
+        self._publish("unpause")
+
+    def rename(self, name: str) -> None:
+        old = self.record.name
+        self.record = self.state.rename(self.record, name)
+        self._publish("rename", oldName=old)
+
+    async def write_stdin(self, data: bytes) -> None:
+        await self.running_agent().write_stdin(MAIN_PROCESS, data)
+
+    async def close_stdin(self) -> None:
+        await self.running_agent().close_stdin(MAIN_PROCESS)
+
+    async def resize(self, rows: int, cols: int, process: int = MAIN_PROCESS) -> None:
+        if rows < 1 or cols < 1:
+            raise InvalidArgument(f"invalid terminal size {rows}x{cols}")
+        await self.running_agent().request("resize", process=process, rows=rows, cols=cols)
+
+    async def exec_process(self, process: specs.ProcessSpec, rows: int, cols: int) -> ProcessChannel:
+        """Start `process` inside the running container; its output and status
+        come on the returned channel (call `consumed` after each item)."""
+        agent = self.running_agent()
+        stream = self.new_stream()
+        channel = agent.open_process(stream)
+        try:
+            await agent.request(
+                "exec",
+                container=self.id[:12],
+                process=stream,
+                args=list(process.args),
+                env=list(process.env),
+                cwd=process.cwd,
+                user=process.user,
+                tty=process.tty,
+                stdin=process.stdin,
+                rows=rows,
+                cols=cols,
+            )
+        except AgentRequestError as exc:
+            if exc.stage in ("exec", "user", "cwd"):
+                raise ContainerExit(exc.message, specs.start_failure_status(exc.stage, exc.errno)) from exc
+            raise
+        return channel
+
+    async def wait(self, condition: str = "not-running") -> int:
+        """Docker's wait conditions: not-running, next-exit, removed."""
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise InvalidArgument(
+                f"unknown wait condition {condition!r}", hint="use not-running, next-exit or removed"
+            )
+        if condition == "removed":
+            await self.removed.wait()
+        elif condition == "next-exit" or self.running or self.status is State.RESTARTING:
+            async with self._changed:
+                seen = self._exits
+                await self._changed.wait_for(lambda: self._exits > seen)
+        return self.record.exit_code if self.record.exit_code is not None else 0
 
     async def remove(self, *, force: bool) -> None:
-        if not self.exited.is_set():
-            if not force:
-                raise FailedPrecondition(
-                    f"container {self.record.name} is running", hint="stop it first, or remove it with -f"
-                )
+        if self.running and not force:
+            raise FailedPrecondition(
+                f"container {self.record.name} is running", hint="stop it first, or remove it with -f"
+            )
+        if self._removing:
+            await self.removed.wait()
+            return
+        self._removing = True
+        self.record = self.state.update(self.record, manually_stopped=True)
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        if self.running:
             if self.vm is not None:
                 await self.vm.kill()
-            await self._finish(EXIT_VM_DIED, "removed while running")
+            async with self._lock:
+                if not self.exited.is_set():
+                    await self._power_off(EXIT_VM_DIED, "removed while running")
         for task in list(self._tasks):
-            task.cancel()
+            if task is not asyncio.current_task():
+                task.cancel()
         if self.log is not None:
             self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.state.delete(self.id)
+        self.removed.set()
+        async with self._changed:
+            self._changed.notify_all()
+        self._publish("destroy")
 
     async def release(self) -> None:
         """hyperd is stopping: let go of the VM, which keeps running for the next hyperd."""
@@ -329,3 +600,12 @@ class Pod:
             self.vm.release()
         if self.log is not None:
             self.log.close()
+
+
+def run_options_from(doc: dict[str, Any]) -> specs.RunOptions:
+    """RunOptions from the record (tuples come back from JSON as lists)."""
+    fields = {f.name for f in dataclasses.fields(specs.RunOptions)}
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in doc.items() if k in fields
+    }
+    return specs.RunOptions(**values)

@@ -40,10 +40,17 @@ class ContainerRecord:
     reason: str | None = None
     qemu_pid: int | None = None
     vm: dict[str, Any] | None = None  # the VmSpec, to adopt the VM after a restart
+    restart_policy: dict[str, Any] | None = None  # Docker's {"Name", "MaximumRetryCount"}
+    restart_count: int = 0
+    manually_stopped: bool = False  # stopped or killed by a user: no restart policy applies
+    auto_remove: bool = False
+    stdin_once: bool = False
+    process: dict[str, Any] | None = None  # env, cwd and user the main process runs with
 
     def public(self) -> dict[str, Any]:
         """The API's view (docs/hyperd-api.md)."""
-        return {key: value for key, value in asdict(self).items() if key not in ("options", "qemu_pid", "vm")}
+        hidden = ("options", "qemu_pid", "vm", "process", "stdin_once")
+        return {key: value for key, value in asdict(self).items() if key not in hidden}
 
 
 class StateStore:
@@ -72,6 +79,22 @@ class StateStore:
     def update(self, record: ContainerRecord, **changes: Any) -> ContainerRecord:
         new = replace(record, **changes)
         self._db.execute("UPDATE containers SET doc = ? WHERE id = ?", (json.dumps(asdict(new)), new.id))
+        return new
+
+    def rename(self, record: ContainerRecord, name: str) -> ContainerRecord:
+        if not name or not all(c.isalnum() or c in "_.-" for c in name) or not name[0].isalnum():
+            raise InvalidArgument(
+                f"invalid container name {name!r}",
+                hint="use letters, digits and _ . - (first a letter or digit)",
+            )
+        new = replace(record, name=name)
+        try:
+            self._db.execute(
+                "UPDATE containers SET name = ?, doc = ? WHERE id = ?",
+                (name, json.dumps(asdict(new)), new.id),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"the container name {name!r} is already in use") from None
         return new
 
     def delete(self, container_id: str) -> None:

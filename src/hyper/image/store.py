@@ -67,11 +67,35 @@ class PruneReport:
     reclaimed_bytes: int
 
 
+@dataclass(frozen=True)
+class RemoveReport:
+    """What removing a name did: the tags taken away (fully qualified) and the images deleted."""
+
+    image_id: str
+    untagged: tuple[str, ...]
+    deleted: tuple[str, ...]
+
+    def lines(self) -> list[str]:
+        """`hyper rmi`'s (and `docker rmi`'s) output."""
+        return [
+            *(f"Untagged: {familiar_name(tag)}" for tag in self.untagged),
+            *(f"Deleted: {image_id}" for image_id in self.deleted),
+        ]
+
+
 def familiar_name(tag: str) -> str:
     """`docker.io/library/busybox:latest` → `busybox:latest`, as Docker prints it."""
     reference = parse_reference(tag)
     name = reference.familiar_repository
     return f"{name}:{reference.tag}" if reference.tag else name
+
+
+def repo_digests(image: Image) -> list[str]:
+    """`busybox@sha256:…` for each repository the image is tagged in, as Docker shows them."""
+    if image.manifest_digest is None:
+        return []
+    repositories = dict.fromkeys(parse_reference(tag).familiar_repository for tag in image.repo_tags)
+    return [f"{repository}@{image.manifest_digest}" for repository in repositories]
 
 
 def _now() -> str:
@@ -237,7 +261,13 @@ class ImageStore:
     def remove(
         self, reference_or_id: str, *, force: bool = False, in_use: Mapping[str, Sequence[str]] | None = None
     ) -> list[str]:
-        """Untag, and delete the image when no tag is left (`hyper rmi`).
+        """Untag, and delete the image when no tag is left (`hyper rmi`); returns the output lines."""
+        return self.remove_report(reference_or_id, force=force, in_use=in_use).lines()
+
+    def remove_report(
+        self, reference_or_id: str, *, force: bool = False, in_use: Mapping[str, Sequence[str]] | None = None
+    ) -> RemoveReport:
+        """Untag, and delete the image when no tag is left.
 
         `in_use` maps image IDs to the containers using them: such an image is
         not deleted; without `force` removing its last tag is refused, with it
@@ -254,7 +284,7 @@ class ImageStore:
                     f"image {reference_or_id} is in use by container {', '.join(c[:12] for c in containers)}",
                     hint="remove the container first, or untag the image anyway with `hyper rmi -f`",
                 )
-            lines: list[str] = []
+            deleted: tuple[str, ...] = ()
             untag: tuple[str, ...]
             if tag is not None:
                 untag = (tag,)
@@ -268,13 +298,12 @@ class ImageStore:
                     )
             for name in untag:
                 index = index.without_tag(name)
-                lines.append(f"Untagged: {familiar_name(name)}")
             if not index.tags_of(image_id) and not containers:
                 index = index.without_image(image_id)
-                lines.append(f"Deleted: {image_id}")
+                deleted = (image_id,)
             self._index.write(index)
             self._collect_garbage(index)
-        return lines
+        return RemoveReport(image_id, untag, deleted)
 
     def tag(self, source: str, target: str) -> str:
         """Give the image `source` names another name (`hyper tag`); returns the normalized name."""

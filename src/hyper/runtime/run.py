@@ -152,6 +152,7 @@ class ContainerRun:
         self.dir = paths.containers / self.id
         self.run_dir = paths.runtime / self.id[:12]
         self.record: dict[str, object] = {}
+        self.fresh = True  # whether this run made the container's directory
 
     def save_record(self, **changes: object) -> None:
         self.record.update(changes)
@@ -160,16 +161,21 @@ class ContainerRun:
         tmp.rename(self.dir / "config.json")
 
     async def _make_files(self, image: Image, process: specs.ProcessSpec) -> Path:
-        """The container's directory, record and writable disk, and the VM's run directory."""
+        """The container's directory, record and writable disk, and the VM's run directory.
+
+        A container started again (hyperd's start after stop, restart policies)
+        keeps its directory and writable disk: only the run directory is new.
+        """
         socket_path = self.run_dir / "agent.sock"
         if len(str(socket_path)) > MAX_SOCKET_PATH:
             raise InvalidArgument(
                 f"the runtime directory {self.paths.runtime} is too deep for unix sockets",
                 hint="set HYPER_RUNTIME_DIR to a shorter path",
             )
-        self.dir.mkdir(parents=True)
+        self.fresh = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.run_dir.mkdir(parents=True)
+            self.run_dir.mkdir(parents=True, exist_ok=not self.fresh)
             self.save_record(
                 id=self.id,
                 name=self.options.name or "",
@@ -180,10 +186,13 @@ class ContainerRun:
                 state=specs.ContainerState.CREATED.value,
             )
             writable = self.dir / "writable.ext4"
-            await asyncio.to_thread(make_writable_disk, writable)
+            if not writable.exists():
+                partial = self.dir / "writable.ext4.partial"
+                await asyncio.to_thread(make_writable_disk, partial)
+                partial.rename(writable)
             return writable
         except BaseException:
-            self.release_files(remove=True)
+            self.release_files(remove=self.fresh)
             raise
 
     def release_files(self, *, remove: bool) -> None:
@@ -245,7 +254,7 @@ class ContainerRun:
                 await vm.close()
                 raise
         except BaseException:
-            self.release_files(remove=True)
+            self.release_files(remove=self.fresh)
             raise
         return Launched(vm, agent, channel)
 

@@ -26,6 +26,8 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 class ContainerState(enum.Enum):
     CREATED = "created"
     RUNNING = "running"
+    PAUSED = "paused"  # the whole VM is stopped
+    RESTARTING = "restarting"  # exited; its restart policy starts it again after a delay
     EXITED = "exited"
     REMOVED = "removed"
 
@@ -34,8 +36,14 @@ CONTAINER_TRANSITIONS: dict[ContainerState, frozenset[ContainerState]] = {
     ContainerState.CREATED: frozenset(
         {ContainerState.RUNNING, ContainerState.EXITED, ContainerState.REMOVED}
     ),
-    ContainerState.RUNNING: frozenset({ContainerState.EXITED}),
-    ContainerState.EXITED: frozenset({ContainerState.REMOVED}),
+    ContainerState.RUNNING: frozenset({ContainerState.PAUSED, ContainerState.EXITED}),
+    ContainerState.PAUSED: frozenset({ContainerState.RUNNING, ContainerState.EXITED}),
+    ContainerState.EXITED: frozenset(
+        {ContainerState.RUNNING, ContainerState.RESTARTING, ContainerState.REMOVED}
+    ),
+    ContainerState.RESTARTING: frozenset(
+        {ContainerState.RUNNING, ContainerState.EXITED, ContainerState.REMOVED}
+    ),
     ContainerState.REMOVED: frozenset(),
 }
 

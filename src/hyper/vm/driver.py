@@ -61,6 +61,7 @@ class VmState(enum.Enum):
     CREATED = "created"
     STARTING = "starting"
     RUNNING = "running"
+    PAUSED = "paused"
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -69,7 +70,8 @@ class VmState(enum.Enum):
 VM_TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     VmState.CREATED: frozenset({VmState.STARTING, VmState.STOPPED}),
     VmState.STARTING: frozenset({VmState.RUNNING, VmState.STOPPING, VmState.STOPPED}),
-    VmState.RUNNING: frozenset({VmState.STOPPING, VmState.STOPPED}),
+    VmState.RUNNING: frozenset({VmState.PAUSED, VmState.STOPPING, VmState.STOPPED}),
+    VmState.PAUSED: frozenset({VmState.RUNNING, VmState.STOPPING, VmState.STOPPED}),
     VmState.STOPPING: frozenset({VmState.STOPPED}),
     VmState.STOPPED: frozenset(),
 }

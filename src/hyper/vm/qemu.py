@@ -167,10 +167,11 @@ class QemuDriver:
         try:
             driver._watch(pid)
             driver._qmp = await driver._connect_qmp()
+            paused = await driver.query_status() == "paused"
         except BaseException:
             driver.release()
             raise
-        driver._state = VmState.RUNNING
+        driver._state = VmState.PAUSED if paused else VmState.RUNNING
         return driver
 
     def _watch(self, pid: int) -> None:
@@ -300,6 +301,40 @@ class QemuDriver:
         if status.get("status") != "paused":
             raise self.start_error(f"the VM template loaded into state {status.get('status')!r}")
         await self._execute("cont")
+
+    async def pause(self) -> None:
+        """Stop every vCPU: the whole VM, guest kernel included, is frozen."""
+        self._move(VmState.PAUSED)
+        try:
+            await self._execute("stop")
+        except BaseException:
+            self._state = VmState.RUNNING
+            raise
+
+    async def resume(self) -> None:
+        self._move(VmState.RUNNING)
+        try:
+            await self._execute("cont")
+        except BaseException:
+            self._state = VmState.PAUSED
+            raise
+
+    async def block_stats(self) -> dict[str, dict[str, int]]:
+        """Bytes and operations per disk (by serial's device id), as QEMU counted them."""
+        reply = await self._execute("query-blockstats")
+        result: dict[str, dict[str, int]] = {}
+        for entry in reply if isinstance(reply, list) else []:
+            stats = entry.get("stats") if isinstance(entry, dict) else None
+            if not isinstance(stats, dict):
+                continue
+            name = str(entry.get("qdev") or entry.get("device") or entry.get("node-name") or "")
+            result[name] = {
+                "read_bytes": int(stats.get("rd_bytes", 0)),
+                "write_bytes": int(stats.get("wr_bytes", 0)),
+                "reads": int(stats.get("rd_operations", 0)),
+                "writes": int(stats.get("wr_operations", 0)),
+            }
+        return result
 
     async def save_state(self, state: Path) -> None:
         """Pause the VM and write its device state (not its RAM, which is in the

@@ -1,0 +1,269 @@
+"""What every Docker API handler shares: the app's keys, errors in Docker's
+shape, query parsing, and hijacked (upgraded) connections for attach and exec."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from hyper.api.errors import HTTP_STATUS
+from hyper.daemon.daemon import Daemon
+from hyper.errors import HyperError, InvalidArgument
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DAEMON = web.AppKey("docker-daemon", Daemon)
+
+MIN_API_VERSION = "1.41"
+API_VERSION = "1.43"
+STDIN, STDOUT, STDERR = 0, 1, 2
+RAW_STREAM = "application/vnd.docker.raw-stream"
+MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
+
+
+def docker_error(status: int, message: str) -> web.Response:
+    # Exactly application/json, no charset: the docker CLI decodes nothing else.
+    body = json.dumps({"message": message}).encode()
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def error_response(exc: HyperError) -> web.Response:
+    message = exc.message if not exc.hint else f"{exc.message} ({exc.hint})"
+    return docker_error(HTTP_STATUS[exc.category], message)
+
+
+def flag(request: web.Request, name: str, default: bool = False) -> bool:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    return value.lower() in ("1", "true", "yes")
+
+
+def integer(request: web.Request, name: str, default: int | None = None) -> int | None:
+    value = request.query.get(name)
+    if value in (None, ""):
+        return default
+    assert value is not None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"{name}={value!r} is not an integer") from None
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidArgument("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    return body
+
+
+def filters(request: web.Request) -> dict[str, list[str]]:
+    """Docker's `filters` query: {"name": ["x"]} or the old {"name": {"x": true}}."""
+    text = request.query.get("filters")
+    if not text:
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise InvalidArgument("the filters parameter is not JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument("filters must be a JSON object")
+    result: dict[str, list[str]] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            result[key] = [str(k) for k, enabled in value.items() if enabled]
+        elif isinstance(value, list):
+            result[key] = [str(v) for v in value]
+        else:
+            raise InvalidArgument(f"filter {key!r} must be a list")
+    return result
+
+
+def rfc3339(timestamp: float | None) -> str:
+    if not timestamp:
+        return "0001-01-01T00:00:00Z"
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond * 1000:09d}Z"
+
+
+def parse_time(text: str | None) -> float | None:
+    """Docker's `since`/`until`: Unix seconds (with fraction) or RFC 3339."""
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise InvalidArgument(
+            f"invalid time {text!r}", hint="give Unix seconds or an RFC 3339 time"
+        ) from None
+
+
+def frame(stream: int, data: bytes) -> bytes:
+    """One frame of Docker's multiplexed stream (non-TTY attach, exec and logs)."""
+    return struct.pack(">BxxxI", stream, len(data)) + data
+
+
+def parse_detach_keys(text: str | None) -> bytes:
+    """`ctrl-p,ctrl-q` (Docker's default) as the bytes that detach."""
+    spec = text or "ctrl-p,ctrl-q"
+    keys = bytearray()
+    for word in spec.split(","):
+        part = word.strip()
+        if len(part) == 1:
+            keys.append(ord(part))
+        elif part.lower().startswith("ctrl-") and len(part) == 6:
+            char = part[5].lower()
+            codes = {"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}
+            if "a" <= char <= "z":
+                keys.append(ord(char) - ord("a") + 1)
+            elif char in codes:
+                keys.append(codes[char])
+            else:
+                raise InvalidArgument(f"invalid detach key {part!r}")
+        else:
+            raise InvalidArgument(f"invalid detach keys {spec!r}", hint="use a list such as ctrl-p,ctrl-q")
+    return bytes(keys)
+
+
+class DetachScanner:
+    """Finds the detach sequence in what a client types; what precedes it still counts."""
+
+    def __init__(self, keys: bytes) -> None:
+        self.keys = keys
+        self.matched = 0
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """The bytes to forward, and whether the client asked to detach."""
+        if not self.keys:
+            return data, False
+        out = bytearray()
+        for byte in data:
+            if byte == self.keys[self.matched]:
+                self.matched += 1
+                if self.matched == len(self.keys):
+                    self.matched = 0
+                    return bytes(out), True
+                continue
+            if self.matched:
+                out += self.keys[: self.matched]  # a partial match was ordinary input
+                self.matched = 0
+                if byte == self.keys[0]:
+                    self.matched = 1
+                    continue
+            out.append(byte)
+        return bytes(out), False
+
+
+class _RawReader:
+    """Takes over an upgraded connection's input (aiohttp's parser interface)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.queue.put_nowait(bytes(data))
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.queue.put_nowait(b"")
+
+
+class _HijackProtocol(asyncio.Protocol):
+    """Reads an upgraded connection in aiohttp's place.
+
+    The client half-closes when its stdin ends and still reads the output, so
+    EOF keeps the transport open (aiohttp's protocol would close it); writing
+    and the connection's end still go through aiohttp's.
+    """
+
+    def __init__(self, original: asyncio.BaseProtocol, reader: _RawReader) -> None:
+        self._original = original
+        self._reader = reader
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed_data(data)
+
+    def eof_received(self) -> bool:
+        self._reader.feed_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._reader.feed_eof()
+        self._original.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._original.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._original.resume_writing()
+
+
+class Hijacked:
+    """A connection switched from HTTP to a raw byte stream, as Docker's attach and exec use."""
+
+    def __init__(
+        self, response: web.StreamResponse, reader: _RawReader, transport: asyncio.Transport | None
+    ) -> None:
+        self.response = response
+        self._reader = reader
+        self._transport = transport
+        self._closed = False
+
+    @classmethod
+    async def accept(cls, request: web.Request, content_type: str) -> Hijacked:
+        upgrade = request.headers.get("Upgrade", "").lower() == "tcp"
+        headers = {"Content-Type": content_type}
+        if upgrade:
+            headers.update(Connection="Upgrade", Upgrade="tcp")
+        response = web.StreamResponse(status=101 if upgrade else 200, headers=headers)
+        if not upgrade:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        reader = _RawReader()
+        protocol = request.protocol
+        transport = request.transport
+        if upgrade and protocol is not None and transport is not None:
+            protocol.set_parser(reader)  # type: ignore[arg-type]  # hands over bytes already read
+            transport.set_protocol(_HijackProtocol(protocol, reader))
+        else:
+            reader.feed_eof()
+        return cls(response, reader, request.transport)
+
+    async def read(self) -> bytes:
+        """The client's next bytes; b"" once it has closed its side."""
+        return await self._reader.queue.get()
+
+    async def write(self, data: bytes) -> bool:
+        if self._closed:
+            return False
+        try:
+            await self.response.write(data)
+        except (ConnectionError, RuntimeError):
+            self._closed = True
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if transport.can_write_eof():
+                transport.write_eof()
+            transport.close()

@@ -1,0 +1,272 @@
+"""The Docker Engine API app: versioned routes, Docker's error shape, and the
+system endpoints (ping, version, info, events).
+
+Every path is served bare and under `/v<version>`; versions from
+MIN_API_VERSION to API_VERSION are accepted. A path Hyper does not implement
+answers 501 naming it, never a silent wrong result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+from aiohttp import web
+
+from hyper import __version__
+from hyper.api.docker import containers, images
+from hyper.api.docker.common import (
+    API_VERSION,
+    DAEMON,
+    MIN_API_VERSION,
+    Handler,
+    docker_error,
+    error_response,
+    filters,
+    parse_time,
+)
+from hyper.daemon.daemon import Daemon
+from hyper.daemon.events import Event
+from hyper.errors import HyperError
+from hyper.runtime import spec as specs
+
+Route = tuple[str, str, Handler]
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+@web.middleware
+async def docker_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    version = request.match_info.get("api_version")
+    if version is not None:
+        if _version_tuple(version) < _version_tuple(MIN_API_VERSION):
+            return docker_error(
+                400,
+                f"client version {version} is too old. Minimum supported API version is {MIN_API_VERSION}, "
+                "please upgrade your client to a newer version",
+            )
+        if _version_tuple(version) > _version_tuple(API_VERSION):
+            return docker_error(
+                400, f"client version {version} is too new. Maximum supported API version is {API_VERSION}"
+            )
+    try:
+        response = await handler(request)
+    except HyperError as exc:
+        return error_response(exc)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+        return docker_error(
+            501,
+            f"Hyper does not implement {request.method} {request.path} of the Docker Engine API "
+            f"(API {API_VERSION}); see docs/docker-api.md for what it serves",
+        )
+    if not response.prepared:
+        response.headers.setdefault("API-Version", API_VERSION)
+    return response
+
+
+def _headers() -> dict[str, str]:
+    return {
+        "API-Version": API_VERSION,
+        "Docker-Experimental": "false",
+        "OSType": "linux",
+        "Server": f"hyperd/{__version__}",
+        "Cache-Control": "no-cache, no-store, must-revalidate",
+        "Pragma": "no-cache",
+    }
+
+
+async def ping(request: web.Request) -> web.StreamResponse:
+    body = b"" if request.method == "HEAD" else b"OK"
+    return web.Response(body=body, content_type="text/plain", headers=_headers())
+
+
+def _host_os() -> str:
+    try:
+        return platform.freedesktop_os_release().get("PRETTY_NAME", "Linux")
+    except OSError:
+        return "Linux"
+
+
+def _kernel() -> str:
+    return platform.release()
+
+
+async def version(request: web.Request) -> web.StreamResponse:
+    return web.json_response(
+        {
+            "Platform": {"Name": "Hyper (VM-isolated containers)"},
+            "Components": [
+                {"Name": "Engine", "Version": __version__, "Details": {"ApiVersion": API_VERSION}}
+            ],
+            "Version": __version__,
+            "ApiVersion": API_VERSION,
+            "MinAPIVersion": MIN_API_VERSION,
+            "GitCommit": "",
+            "GoVersion": f"python{platform.python_version()}",
+            "Os": "linux",
+            "Arch": "amd64" if platform.machine() == "x86_64" else platform.machine(),
+            "KernelVersion": _kernel(),
+            "BuildTime": "",
+        },
+        headers=_headers(),
+    )
+
+
+async def info(request: web.Request) -> web.StreamResponse:
+    daemon = request.app[DAEMON]
+    states = [pod.status for pod in daemon.pods.values()]
+    running = sum(1 for s in states if s is specs.ContainerState.RUNNING)
+    paused = sum(1 for s in states if s is specs.ContainerState.PAUSED)
+    image_count = len(await images.list_store_images(daemon))
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    accel = (
+        daemon.settings.accel.value if hasattr(daemon.settings.accel, "value") else str(daemon.settings.accel)
+    )
+    return web.json_response(
+        {
+            "ID": f"hyperd-{os.uname().nodename}",
+            "Containers": len(states),
+            "ContainersRunning": running,
+            "ContainersPaused": paused,
+            "ContainersStopped": len(states) - running - paused,
+            "Images": image_count,
+            "Driver": "erofs+overlay (one VM per container)",
+            "DriverStatus": [["Isolation", "QEMU virtual machine per container"], ["Accelerator", accel]],
+            "Plugins": {"Volume": [], "Network": [], "Authorization": None, "Log": ["json-file"]},
+            "MemoryLimit": True,
+            "SwapLimit": False,
+            "CpuCfsPeriod": False,
+            "CpuCfsQuota": False,
+            "CPUShares": False,
+            "CPUSet": False,
+            "PidsLimit": False,
+            "IPv4Forwarding": False,
+            "BridgeNfIptables": False,
+            "BridgeNfIp6tables": False,
+            "Debug": False,
+            "NFd": len(os.listdir("/proc/self/fd")),
+            "OomKillDisable": False,
+            "NGoroutines": 0,
+            "SystemTime": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "LoggingDriver": "json-file",
+            "CgroupDriver": "none",
+            "CgroupVersion": "",
+            "NEventsListener": 0,
+            "KernelVersion": _kernel(),
+            "OperatingSystem": f"Hyper {__version__} on {_host_os()}",
+            "OSVersion": "",
+            "OSType": "linux",
+            "Architecture": platform.machine(),
+            "IndexServerAddress": "https://index.docker.io/v1/",
+            "RegistryConfig": {"InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {}, "Mirrors": []},
+            "NCPU": os.cpu_count() or 1,
+            "MemTotal": mem_kib * 1024,
+            "DockerRootDir": str(daemon.paths.state),
+            "Name": os.uname().nodename,
+            "Labels": [],
+            "ExperimentalBuild": False,
+            "ServerVersion": __version__,
+            "Runtimes": {"hyper": {"path": "qemu-system-x86_64"}},
+            "DefaultRuntime": "hyper",
+            "Swarm": {"LocalNodeState": "inactive", "NodeID": "", "NodeAddr": "", "ControlAvailable": False},
+            "LiveRestoreEnabled": True,
+            "Isolation": "",
+            "InitBinary": "",
+            "SecurityOptions": ["name=vm-isolation"],
+            "Warnings": [],
+        },
+        headers=_headers(),
+    )
+
+
+def _event_document(event: Event) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "Type": event.type,
+        "Action": event.action,
+        "Actor": {"ID": event.actor_id, "Attributes": event.attributes},
+        "scope": "local",
+        "time": event.time_ns // 1_000_000_000,
+        "timeNano": event.time_ns,
+    }
+    if event.type == "container":
+        doc.update(status=event.action, id=event.actor_id, **{"from": event.attributes.get("image", "")})
+    return doc
+
+
+def _event_matches(event: Event, wanted: dict[str, list[str]]) -> bool:
+    checks = {
+        "type": [event.type],
+        "event": [event.action, event.action.split(":")[0]],
+        "container": [event.actor_id, event.actor_id[:12], event.attributes.get("name", "")],
+        "image": [event.attributes.get("image", "")],
+    }
+    for key, values in wanted.items():
+        have = checks.get(key)
+        if have is None:
+            if key == "label":
+                if not all(_label_matches(event.attributes, v) for v in values):
+                    return False
+                continue
+            return False
+        if not any(v in have for v in values):
+            return False
+    return True
+
+
+def _label_matches(attributes: dict[str, str], wanted: str) -> bool:
+    key, sep, value = wanted.partition("=")
+    return key in attributes and (not sep or attributes[key] == value)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    daemon = request.app[DAEMON]
+    wanted = filters(request)
+    since, until = parse_time(request.query.get("since")), parse_time(request.query.get("until"))
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    until_ns = None if until is None else int(until * 1e9)
+    subscription = daemon.events.subscribe(since_ns=None if since is None else int(since * 1e9))
+    try:
+        while not subscription.ended:
+            wait = 1.0 if until is None else min(1.0, until - time.time())
+            if wait <= 0 or request.transport is None or request.transport.is_closing():
+                break  # past `until`, or the client went away
+            event = await subscription.next(wait)
+            if event is None:
+                continue
+            if until_ns is not None and event.time_ns > until_ns:
+                break
+            if _event_matches(event, wanted):
+                await response.write(json.dumps(_event_document(event)).encode() + b"\n")
+    except ConnectionError:
+        pass
+    finally:
+        subscription.close()
+    return response
+
+
+def _routes() -> list[Route]:
+    return [
+        ("GET", "/_ping", ping),
+        ("HEAD", "/_ping", ping),
+        ("GET", "/version", version),
+        ("GET", "/info", info),
+        ("GET", "/events", events),
+        *containers.ROUTES,
+        *images.ROUTES,
+    ]
+
+
+def make_docker_app(daemon: Daemon) -> web.Application:
+    app = web.Application(middlewares=[docker_errors], client_max_size=1 << 30)
+    app[DAEMON] = daemon
+    for method, path, handler in _routes():
+        for prefix in ("", "/v{api_version:[0-9]+[.][0-9]+}"):
+            app.router.add_route(method, prefix + path, handler)
+    return app
