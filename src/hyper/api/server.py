@@ -51,7 +51,11 @@ async def create(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("the request body is not JSON") from None
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
-    pod = await request.app[DAEMON].run(create_request(body))
+    daemon = request.app[DAEMON]
+    if body.get("start", True):
+        pod = await daemon.run(create_request(body))
+    else:
+        pod = await daemon.create(create_request(body))
     return web.json_response({"id": pod.id}, status=201)
 
 

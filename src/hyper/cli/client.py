@@ -76,6 +76,8 @@ _detached_daemons: list[subprocess.Popen[bytes]] = []
 class ContainerState(enum.StrEnum):
     CREATED = "created"
     RUNNING = "running"
+    PAUSED = "paused"
+    RESTARTING = "restarting"
     EXITED = "exited"
 
 

@@ -279,10 +279,16 @@ def format_created(container: ContainerInfo, now: float) -> str:
 
 def format_status(container: ContainerInfo, now: float) -> str:
     """Docker's STATUS column: `Up 5 seconds`, `Exited (1) 2 minutes ago`, `Created`."""
-    if container.state is ContainerState.RUNNING:
+    if container.state in (ContainerState.RUNNING, ContainerState.PAUSED):
+        paused = " (Paused)" if container.state is ContainerState.PAUSED else ""
         if container.started_at is None:
-            return "Up"
-        return f"Up {human_duration(now - container.started_at)}"
+            return f"Up{paused}"
+        return f"Up {human_duration(now - container.started_at)}{paused}"
+    if container.state is ContainerState.RESTARTING:
+        code = container.exit_code or 0
+        if container.finished_at is None:
+            return f"Restarting ({code})"
+        return f"Restarting ({code}) {human_duration(now - container.finished_at)} ago"
     if container.state is ContainerState.EXITED:
         exited = "Exited" if container.exit_code is None else f"Exited ({container.exit_code})"
         if container.finished_at is None:

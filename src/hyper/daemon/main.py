@@ -52,7 +52,11 @@ async def serve(paths: HyperPaths, socket: Path, docker_socket: Path | None = No
         await _claim(path)
     daemon = Daemon(paths, Settings.from_env())
     await daemon.adopt_all()
-    runners = [await _serve_app(make_app(daemon), socket)]
+    app = make_app(daemon)
+    # The hyper CLI's exec, attach, cp, inspect, top and stats use the Docker
+    # Engine API's streams, which hyperd's own socket serves under /docker.
+    app.add_subapp("/docker", make_docker_app(daemon))
+    runners = [await _serve_app(app, socket)]
     if docker_socket is not None:
         runners.append(await _serve_app(make_docker_app(daemon), docker_socket))
     served = " and the Docker Engine API on ".join(str(path) for path in sockets)
