@@ -184,10 +184,10 @@ def test_a_killed_vm_is_reported_with_a_reason(hyperd: Hyperd) -> None:
 
 
 def test_pods_outlive_a_killed_hyperd_and_lose_no_output(hyperd: Hyperd) -> None:
-    counters = [hyperd.run(_lines(60, exit_code=i, pause="0.05"), name=f"counter{i}") for i in range(3)]
+    counters = [hyperd.run(_lines(60, exit_code=i, pause="0.05"), name=f"counter{i}") for i in range(5)]
     time.sleep(1)
     hyperd.kill9()  # the pods keep counting while no hyperd listens
-    assert len(hyperd.qemu_processes()) == 3
+    assert len(hyperd.qemu_processes()) == 5
     time.sleep(2)
     hyperd.start()  # adopts them, and their output since
     for i, container in enumerate(counters):
@@ -209,3 +209,160 @@ def test_bad_requests_get_clear_errors(hyperd: Hyperd) -> None:
     assert missing.status_code == 404 and missing.json()["category"] == "not found"
     assert hyperd.request("POST", "/v1/containers/nope/kill", params={"signal": "SIGNOPE"}).status_code == 404
     assert hyperd.qemu_processes() == []
+
+
+def _record(hyperd: Hyperd, ref: str) -> dict[str, Any]:
+    answer = hyperd.request("GET", f"/v1/containers/{ref}")
+    assert answer.status_code == 200, answer.text
+    record: dict[str, Any] = answer.json()
+    return record
+
+
+def _until(condition: Any, what: str, timeout: float = 120) -> None:
+    """Polls `condition` (timeouts here only bound a hang; nothing asserts a speed)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_restart_policy_restarts_a_crashed_vm_until_stopped(hyperd: Hyperd) -> None:
+    container = hyperd.run(["sh", "-c", "echo started; sleep 1000"], restart="always")
+    _until(lambda: hyperd.output(container) == b"started\n", "the first run's output")
+    (first,) = hyperd.qemu_processes()
+    os.kill(first, signal.SIGKILL)  # a host-side crash of the VM
+    _until(lambda: _record(hyperd, container)["restart_count"] == 1, "the restart")
+    _until(lambda: _record(hyperd, container)["state"] == "running", "running again")
+    (second,) = hyperd.qemu_processes()
+    assert second != first
+    _until(lambda: hyperd.output(container) == b"started\nstarted\n", "the second run's output")
+    assert hyperd.request("POST", f"/v1/containers/{container}/stop", params={"t": "1"}).status_code == 204
+    time.sleep(1)
+    record = _record(hyperd, container)
+    assert (record["state"], record["restart_count"], record["manually_stopped"]) == ("exited", 1, True)
+    assert hyperd.qemu_processes() == []
+
+
+def test_on_failure_restarts_at_most_n_times(hyperd: Hyperd) -> None:
+    container = hyperd.run(["sh", "-c", "echo try; exit 3"], restart="on-failure:2")
+    _until(lambda: _record(hyperd, container)["restart_count"] == 2, "two restarts")
+    _until(lambda: _record(hyperd, container)["state"] == "exited", "the final exit")
+    time.sleep(1)  # a third restart would have begun by now
+    record = _record(hyperd, container)
+    assert (record["state"], record["exit_code"], record["restart_count"]) == ("exited", 3, 2)
+    assert hyperd.output(container).decode().split() == ["try"] * 3
+    succeeded = hyperd.run(["true"], restart="on-failure")
+    assert hyperd.request("POST", f"/v1/containers/{succeeded}/wait").json() == {"exit_code": 0}
+    time.sleep(1)
+    assert _record(hyperd, succeeded)["restart_count"] == 0
+
+
+def test_create_start_restart_keep_the_containers_files(hyperd: Hyperd) -> None:
+    script = "echo run >> /runs; wc -l < /runs; sleep 1000"
+    created = hyperd.request(
+        "POST",
+        "/v1/containers",
+        json={"image": BUSYBOX, "command": ["sh", "-c", script], "name": "keeper", "start": False},
+    )
+    assert created.status_code == 201, created.text
+    assert _record(hyperd, "keeper")["state"] == "created"
+    assert hyperd.qemu_processes() == []
+    assert hyperd.request("POST", "/v1/containers/keeper/start").status_code == 204
+    assert hyperd.request("POST", "/v1/containers/keeper/start").status_code == 304
+    _until(lambda: hyperd.output("keeper").split() == [b"1"], "the first run's output")
+    assert hyperd.request("POST", "/v1/containers/keeper/restart", params={"t": "0"}).status_code == 204
+    _until(lambda: hyperd.output("keeper").split() == [b"1", b"2"], "the second run's output")
+    assert _record(hyperd, "keeper")["state"] == "running"
+    assert hyperd.request("DELETE", "/v1/containers/keeper", params={"force": "1"}).status_code == 204
+    assert hyperd.qemu_processes() == []
+
+
+def test_pause_freezes_the_whole_vm_and_survives_a_hyperd_restart(hyperd: Hyperd) -> None:
+    counter = hyperd.run(["sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done"])
+    _until(lambda: len(hyperd.output(counter).split()) > 3, "some output")
+    assert hyperd.request("POST", f"/v1/containers/{counter}/pause").status_code == 204
+    assert _record(hyperd, counter)["state"] == "paused"
+    time.sleep(0.5)  # output already in flight lands
+    frozen = hyperd.output(counter)
+    hyperd.kill9()
+    hyperd.start()  # adopts it paused
+    assert _record(hyperd, counter)["state"] == "paused"
+    time.sleep(1.5)
+    assert hyperd.output(counter) == frozen
+    refused = hyperd.request("POST", f"/v1/containers/{counter}/pause")
+    assert refused.status_code == 409 and "not running" in refused.json()["message"]
+    assert hyperd.request("POST", f"/v1/containers/{counter}/unpause").status_code == 204
+    _until(lambda: len(hyperd.output(counter)) > len(frozen), "the counter to move again")
+    numbers = [int(n) for n in hyperd.output(counter).split()]
+    assert numbers == list(range(len(numbers)))  # nothing lost or repeated across pause and adoption
+    assert (
+        hyperd.request("POST", f"/v1/containers/{counter}/rename", params={"name": "renamed"}).status_code
+        == 204
+    )
+    assert _record(hyperd, "renamed")["id"] == counter
+    taken = hyperd.run(["true"], name="taken")
+    clash = hyperd.request("POST", "/v1/containers/renamed/rename", params={"name": "taken"})
+    assert clash.status_code == 409 and taken
+    assert hyperd.request("DELETE", "/v1/containers/renamed", params={"force": "1"}).status_code == 204
+
+
+def test_a_vm_that_died_while_hyperd_was_down_is_restarted_by_its_policy(hyperd: Hyperd) -> None:
+    container = hyperd.run(["sh", "-c", "echo up; sleep 1000"], restart="unless-stopped")
+    _until(lambda: hyperd.output(container) == b"up\n", "the first run")
+    hyperd.kill9()
+    (pid,) = hyperd.qemu_processes()
+    os.kill(pid, signal.SIGKILL)
+    hyperd.start()
+    _until(lambda: _record(hyperd, container)["restart_count"] == 1, "the restart")
+    _until(lambda: hyperd.output(container) == b"up\nup\n", "the second run")
+    record = _record(hyperd, container)
+    assert record["state"] == "running"
+    assert hyperd.request("DELETE", f"/v1/containers/{container}", params={"force": "1"}).status_code == 204
+    assert hyperd.qemu_processes() == []
+
+
+def test_twenty_concurrent_runs_then_nothing_left(hyperd: Hyperd) -> None:
+    """20 `run -d` at once: each succeeds or fails with a clear resource error;
+    after removal no QEMU, socket, disk or directory is left."""
+    count = 20
+
+    def run_one(index: int) -> httpx.Response:
+        with hyperd.client(timeout=600) as client:
+            return client.post(
+                "/v1/containers",
+                json={
+                    "image": BUSYBOX,
+                    "command": ["sh", "-c", f"echo pod{index}; sleep 1000"],
+                    "name": f"load{index}",
+                },
+            )
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(run_one, range(count)))
+    started = [a.json()["id"] for a in answers if a.status_code == 201]
+    for answer in answers:
+        if answer.status_code != 201:
+            body = answer.json()
+            assert body["category"] in ("resource exhausted", "unavailable"), body
+            assert body["message"]
+    assert started, [a.text for a in answers]
+    print(f"{len(started)} of {count} concurrent runs started")
+    assert len(hyperd.qemu_processes()) == len(started)
+    for container in started:
+        _until(lambda c=container: hyperd.output(c).startswith(b"pod"), "output")
+
+    def remove(container: str) -> int:
+        with hyperd.client(timeout=600) as client:
+            return client.delete(f"/v1/containers/{container}", params={"force": "1"}).status_code
+
+    with ThreadPoolExecutor(count) as pool:
+        assert set(pool.map(remove, started)) == {204}
+    assert hyperd.qemu_processes() == []
+    assert hyperd.request("GET", "/v1/containers", params={"all": "1"}).json() == []
+    containers_dir = hyperd.state / "containers"
+    assert not containers_dir.exists() or list(containers_dir.iterdir()) == []
+    leftovers = [p.name for p in hyperd.runtime.iterdir() if p.name not in ("hyperd.sock", "hyperd.log")]
+    assert leftovers == []
