@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import BUSYBOX
+from tests.support.docker_env import DOCKER_CLI, docker_cli_available
 
 pytestmark = pytest.mark.vm
 
@@ -39,6 +40,19 @@ class Hyperd:
     def socket(self) -> Path:
         return self.runtime / "hyperd.sock"
 
+    @property
+    def docker_socket(self) -> Path:
+        return self.runtime / "docker.sock"
+
+    def docker(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The real docker CLI against this hyperd's Docker Engine API."""
+        env = dict(
+            os.environ, DOCKER_HOST=f"unix://{self.docker_socket}", DOCKER_CONFIG=str(self.state / "dc")
+        )
+        return subprocess.run(
+            [DOCKER_CLI, *args], capture_output=True, text=True, timeout=240, env=env, check=False
+        )
+
     def start(self) -> None:
         log = (self.state / "hyperd.log").open("ab")
         self.process = subprocess.Popen(
@@ -52,6 +66,8 @@ class Hyperd:
                 str(self.cache),
                 "--runtime-dir",
                 str(self.runtime),
+                "--docker-socket",
+                str(self.docker_socket),
             ],
             stdout=log,
             stderr=log,
@@ -364,5 +380,25 @@ def test_twenty_concurrent_runs_then_nothing_left(hyperd: Hyperd) -> None:
     assert hyperd.request("GET", "/v1/containers", params={"all": "1"}).json() == []
     containers_dir = hyperd.state / "containers"
     assert not containers_dir.exists() or list(containers_dir.iterdir()) == []
-    leftovers = [p.name for p in hyperd.runtime.iterdir() if p.name not in ("hyperd.sock", "hyperd.log")]
+    leftovers = [p.name for p in hyperd.runtime.iterdir() if p.name not in ("hyperd.sock", "docker.sock")]
     assert leftovers == []
+
+
+@pytest.mark.skipif(not docker_cli_available(), reason="no docker CLI on this machine")
+def test_exec_logs_and_stop_work_on_adopted_pods(hyperd: Hyperd) -> None:
+    container = hyperd.run(["sh", "-c", "echo hello > /greeting; echo ready; sleep 1000"], name="adoptee")
+    _until(lambda: hyperd.output(container) == b"ready\n", "the container to be ready")
+    before = hyperd.docker("exec", "adoptee", "cat", "/greeting")
+    assert (before.returncode, before.stdout) == (0, "hello\n"), before.stderr
+    hyperd.kill9()
+    hyperd.start()
+    after = hyperd.docker(
+        "exec", "-e", "WHO=again", "adoptee", "sh", "-c", "cat /greeting; echo $WHO; exit 4"
+    )
+    assert (after.returncode, after.stdout) == (4, "hello\nagain\n"), after.stderr
+    listed = hyperd.docker("ps", "--format", "{{.Names}} {{.State}}")
+    assert listed.stdout.split("\n")[0] == "adoptee running", listed
+    assert hyperd.docker("logs", "adoptee").stdout == "ready\n"
+    assert hyperd.docker("stop", "-t", "1", "adoptee").returncode == 0
+    assert hyperd.docker("inspect", "-f", "{{.State.Status}}", "adoptee").stdout.strip() == "exited"
+    assert hyperd.qemu_processes() == []

@@ -329,7 +329,7 @@ def test_resume_replays_what_the_host_did_not_get(manual_agent: tuple[Agent, soc
     assert decode_message(frames[2].payload)["resume_from"] == resume
 
 
-def test_acknowledged_output_is_forgotten_and_cannot_be_resumed(
+def test_acknowledged_output_is_forgotten_and_a_resume_below_it_starts_after_it(
     manual_agent: tuple[Agent, socket.socket],
 ) -> None:
     agent, host = manual_agent
@@ -340,9 +340,26 @@ def test_acknowledged_output_is_forgotten_and_cannot_be_resumed(
     end = agent.stream_end
     agent._receive(encode_message({"type": "ack", "offset": end}))
     assert agent.retained == bytearray() and agent.retained_base == end
+    agent.send_data(FrameKind.STDOUT, 1, b"after")
+    _read_available(host)  # sent, not acknowledged: the connection drops
     agent._disconnected()
     agent.connected = True
-    agent._receive(encode_message(hello(2, resume=0)))  # asks for bytes already forgotten
+    # A host that logged less than it acknowledged (hyperd acknowledges execs'
+    # output it never logs) resumes from its log: it gets what follows its ack.
+    agent._receive(encode_message(hello(2, resume=0)))
+    frames = _frames(host, 1)
+    assert [f.kind for f in frames] == [FrameKind.SYNC, FrameKind.STDOUT, FrameKind.CONTROL]
+    assert frames[1].payload == b"after"
+    assert decode_message(frames[2].payload)["resume_from"] == end
+
+
+def test_a_resume_past_the_stream_is_refused(manual_agent: tuple[Agent, socket.socket]) -> None:
+    agent, host = manual_agent
+    agent._receive(encode_message(hello(1)))
+    _frames(host, 1)
+    agent._disconnected()
+    agent.connected = True
+    agent._receive(encode_message(hello(2, resume=agent.stream_end + 10)))
     frames = _frames(host, 1)
     assert frames[0].kind is FrameKind.SYNC  # the answer is still found after the sync
     reply = decode_message(frames[-1].payload)

@@ -286,11 +286,15 @@ class Agent(ContainerRequests):
             # A host with no past: start after everything sent so far.
             self.retained_base = self.stream_end
             self.retained.clear()
-        elif not isinstance(resume, int) or not self.retained_base <= resume <= self.stream_end:
+        elif not isinstance(resume, int) or isinstance(resume, bool) or not 0 <= resume <= self.stream_end:
             raise ProtocolError(
                 f"cannot resume from {resume}: the agent holds {self.retained_base} to {self.stream_end}"
             )
         else:
+            # A host may record less than it acknowledged (hyperd logs only the
+            # main process's output, and acknowledges execs' too): what it
+            # acknowledged it does not want again.
+            resume = max(resume, self.retained_base)
             self._acknowledge(resume)
         self.write_pos = self.retained_base if resume is None else resume
         return {

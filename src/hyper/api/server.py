@@ -76,11 +76,13 @@ async def logs(request: web.Request) -> web.StreamResponse:
     tail = _number(request, "tail", None)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
+    since = _number(request, "since", None)
     if pod.log is not None:
         async for record in pod.log.read(
             tail=None if tail is None else int(tail), follow=_flag(request, "follow")
         ):
-            await response.write((json.dumps(record.wire()) + "\n").encode())
+            if since is None or record.time >= since:
+                await response.write((json.dumps(record.wire()) + "\n").encode())
     await response.write_eof()
     return response
 
