@@ -88,12 +88,11 @@ def time_run_detached(socket: Path, index: int) -> tuple[float, str]:
     return elapsed, str(answer.json()["id"])
 
 
-async def exec_round_trip(socket: Path, container: str) -> float:
+async def exec_round_trip(http: httpx.Client, socket: Path, container: str) -> float:
     begin = time.perf_counter()
-    with client(socket) as http:
-        created = http.post(f"/containers/{container}/exec", json={"Cmd": ["true"], "AttachStdout": True})
-        created.raise_for_status()
-        exec_id = created.json()["Id"]
+    created = http.post(f"/containers/{container}/exec", json={"Cmd": ["true"], "AttachStdout": True})
+    created.raise_for_status()
+    exec_id = created.json()["Id"]
     reader, writer = await asyncio.open_unix_connection(str(socket))
     body = json.dumps({"Detach": False, "Tty": False}).encode()
     writer.write(
@@ -106,8 +105,7 @@ async def exec_round_trip(socket: Path, container: str) -> float:
     while await reader.read(65536):
         pass
     writer.close()
-    with client(socket) as http:
-        code = http.get(f"/exec/{exec_id}/json").json()["ExitCode"]
+    code = http.get(f"/exec/{exec_id}/json").json()["ExitCode"]
     elapsed = time.perf_counter() - begin
     if code != 0:
         raise SystemExit(f"the exec exited {code}")
@@ -147,11 +145,12 @@ def main() -> None:
             runs.append(elapsed)
             containers.append(container)
         target = containers[0]
-        asyncio.run(exec_round_trip(socket, target))  # warm
-        for _ in range(args.n):
-            execs.append(asyncio.run(exec_round_trip(socket, target)))
-            if have_docker:
-                clis.append(docker_exec(socket, target))
+        with client(socket) as http:
+            asyncio.run(exec_round_trip(http, socket, target))  # warm
+            for _ in range(args.n):
+                execs.append(asyncio.run(exec_round_trip(http, socket, target)))
+                if have_docker:
+                    clis.append(docker_exec(socket, target))
     finally:
         hyperd.send_signal(signal.SIGTERM)
         hyperd.wait(60)

@@ -46,11 +46,13 @@ class Daemon:
             else:
                 if pod.log is not None:
                     pod.log.closed = True
-                if record.state == specs.ContainerState.RESTARTING.value:
+                restarting = record.state == specs.ContainerState.RESTARTING.value
+                if restarting:  # the last hyperd stopped during the back-off: finish its restart
                     pod.record = self.state.update(record, state=specs.ContainerState.EXITED.value)
                 policy = RestartPolicy.from_document(record.restart_policy)
-                if record.state != "created" and policy.start_with_daemon(
-                    manually_stopped=record.manually_stopped
+                if restarting or (
+                    record.state != specs.ContainerState.CREATED.value
+                    and policy.start_with_daemon(manually_stopped=record.manually_stopped)
                 ):
                     starts.append(pod)
         await asyncio.gather(*adoptions)

@@ -221,7 +221,10 @@ class ContainerRun:
         """Resolve the image and what runs, and make sure kernel, appliance and disks exist."""
         store = ImageStore(self.paths.images)
         image = await asyncio.to_thread(store.get, self.options.image)
-        process = specs.process_spec(image.config, self.options, dict(os.environ))
+        # `-e NAME` takes NAME from the environment of whoever asked: for hyperd's
+        # pods that is the client, which resolves it before asking (as docker does).
+        host_env = {} if self.detached else dict(os.environ)
+        process = specs.process_spec(image.config, self.options, host_env)
         inputs = await prepare_vm_inputs(self.paths, self.settings, None, notify_stderr)
         layers = await asyncio.to_thread(store.layer_disks, image)
         return Prepared(image, process, inputs, layers)
