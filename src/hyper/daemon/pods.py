@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from hyper.agent.host import AgentClient, AgentConnectionLost, AgentRequestError, ProcessChannel
+from hyper.agent.host import AgentClient, AgentConnectionLost, ProcessChannel
 from hyper.agent.protocol import FrameKind
 from hyper.daemon.events import Event, EventBus
 from hyper.daemon.logs import LogFile
@@ -37,7 +37,7 @@ from hyper.errors import FailedPrecondition, HyperError, InvalidArgument
 from hyper.image import ImageStore
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
-from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun
+from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun, start_process
 from hyper.runtime.settings import Settings
 from hyper.vm.accel import Accel
 from hyper.vm.driver import DiskSpec, VmSpec, VmState
@@ -524,27 +524,14 @@ class Pod:
         """Start `process` inside the running container; its output and status
         come on the returned channel (call `consumed` after each item)."""
         agent = self.running_agent()
-        stream = self.new_stream()
-        channel = agent.open_process(stream)
-        try:
-            await agent.request(
-                "exec",
-                container=self.id[:12],
-                process=stream,
-                args=list(process.args),
-                env=list(process.env),
-                cwd=process.cwd,
-                user=process.user,
-                tty=process.tty,
-                stdin=process.stdin,
-                rows=rows,
-                cols=cols,
-            )
-        except AgentRequestError as exc:
-            if exc.stage in ("exec", "user", "cwd"):
-                raise ContainerExit(exc.message, specs.start_failure_status(exc.stage, exc.errno)) from exc
-            raise
-        return channel
+        return await start_process(
+            agent,
+            "exec",
+            container=self.id[:12],
+            stream=self.new_stream(),
+            process=process,
+            size=(rows, cols),
+        )
 
     async def wait(self, condition: str = "not-running") -> int:
         """Docker's wait conditions: not-running, next-exit, removed."""

@@ -405,26 +405,9 @@ class ContainerRun:
             ],
             writable={"serial": templates.WRITABLE_SERIAL, "fstype": "ext4", "options": "noinit_itable"},
         )
-        channel = agent.open_process(MAIN_PROCESS)
-        rows, cols = size
-        try:
-            await agent.request(
-                "start",
-                container=self.id[:12],
-                process=MAIN_PROCESS,
-                args=list(process.args),
-                env=list(process.env),
-                cwd=process.cwd,
-                user=process.user,
-                tty=process.tty,
-                stdin=process.stdin,
-                rows=rows,
-                cols=cols,
-            )
-        except AgentRequestError as exc:
-            if exc.stage in ("exec", "user", "cwd"):
-                raise ContainerExit(exc.message, specs.start_failure_status(exc.stage, exc.errno)) from exc
-            raise
+        channel = await start_process(
+            agent, "start", container=self.id[:12], stream=MAIN_PROCESS, process=process, size=size
+        )
         self.save_record(state=specs.ContainerState.RUNNING.value, started=time.time())
         return channel
 
@@ -485,6 +468,40 @@ class ContainerRun:
         while data := await queue.get():
             await agent.write_stdin(MAIN_PROCESS, data)
         await agent.close_stdin(MAIN_PROCESS)
+
+
+async def start_process(
+    agent: AgentClient,
+    kind: str,
+    *,
+    container: str,
+    stream: int,
+    process: specs.ProcessSpec,
+    size: tuple[int, int],
+) -> ProcessChannel:
+    """Ask the agent to `start` a container's main process or `exec` one into it;
+    a command that cannot run raises ContainerExit with Docker's 126 or 127."""
+    channel = agent.open_process(stream)
+    rows, cols = size
+    try:
+        await agent.request(
+            kind,
+            container=container,
+            process=stream,
+            args=list(process.args),
+            env=list(process.env),
+            cwd=process.cwd,
+            user=process.user,
+            tty=process.tty,
+            stdin=process.stdin,
+            rows=rows,
+            cols=cols,
+        )
+    except AgentRequestError as exc:
+        if exc.stage in ("exec", "user", "cwd"):
+            raise ContainerExit(exc.message, specs.start_failure_status(exc.stage, exc.errno)) from exc
+        raise
+    return channel
 
 
 async def run_foreground(

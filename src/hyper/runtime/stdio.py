@@ -8,6 +8,7 @@ always be watched by epoll.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import termios
@@ -80,8 +81,8 @@ def start_stdin_reader(fd: int, queue: asyncio.Queue[bytes]) -> threading.Thread
                 data = b""
             try:
                 asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
-            except RuntimeError:
-                return  # the loop is gone: the run has ended
+            except (RuntimeError, concurrent.futures.CancelledError):
+                return  # the loop is gone, or going: the run has ended
             if not data:
                 return
 
