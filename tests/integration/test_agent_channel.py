@@ -19,10 +19,10 @@ from hyper.image import ImageStore
 from hyper.paths import HyperPaths
 from hyper.runtime.run import make_writable_disk, prepare_vm_inputs
 from hyper.runtime.settings import Settings
-from hyper.runtime.spec import host_tsc_khz, kernel_cmdline
-from hyper.vm.driver import DiskSpec, VmSpec
+from hyper.vm.driver import DiskSpec
 from hyper.vm.qemu import QemuDriver
 from tests.integration.conftest import BUSYBOX
+from tests.support.vm import agent_vm_spec
 
 pytestmark = pytest.mark.vm
 
@@ -47,20 +47,11 @@ async def _reconnect_mid_stream(state: Path, cache: Path, run_dir: Path) -> byte
     inputs = await prepare_vm_inputs(paths, Settings(), None)
     writable = state / "writable.ext4"
     make_writable_disk(writable)
-    spec = VmSpec(
-        name="reconnect",
-        kernel=inputs.kernel.image,
-        initrd=inputs.appliance.initrd,
-        # The host's TSC frequency, as hyper passes it: without it about one TCG
-        # boot in three hangs calibrating the TSC (this test once did).
-        cmdline=kernel_cmdline(
-            inputs.appliance, inputs.accel.accel, host_tsc_khz(Path("/proc/cpuinfo").read_text())
-        ),
-        accel=inputs.accel.accel,
-        memory_mib=256,
-        cpus=1,
-        run_dir=run_dir / "vm",
-        disks=(DiskSpec(layer.path, "hl0", True), DiskSpec(writable, "hw0", False)),
+    spec = agent_vm_spec(
+        "reconnect",
+        inputs,
+        run_dir / "vm",
+        [DiskSpec(layer.path, "hl0", True), DiskSpec(writable, "hw0", False)],
     )
     vm = QemuDriver(spec)
     await vm.start()

@@ -30,11 +30,11 @@ from hyper.image import ImageStore
 from hyper.paths import HyperPaths
 from hyper.runtime.run import make_writable_disk, prepare_vm_inputs
 from hyper.runtime.settings import Settings
-from hyper.runtime.spec import host_tsc_khz, kernel_cmdline
-from hyper.vm.driver import DiskSpec, VmSpec
+from hyper.vm.driver import DiskSpec
 from hyper.vm.qemu import QemuDriver
 from tests.integration.conftest import BUSYBOX, RESULTS
 from tests.support.images import directory, file, hardlink, layer_tar, symlink
+from tests.support.vm import agent_vm_spec
 
 pytestmark = pytest.mark.vm
 
@@ -86,20 +86,7 @@ class Guest:
         for name in ("hw1", "hw2"):
             make_writable_disk(state / f"{name}.ext4")
             disks.append(DiskSpec(state / f"{name}.ext4", name, False))
-        spec = VmSpec(
-            name="exec",
-            kernel=inputs.kernel.image,
-            initrd=inputs.appliance.initrd,
-            # Always the host's TSC frequency: without it a TCG boot can hang calibrating.
-            cmdline=kernel_cmdline(
-                inputs.appliance, inputs.accel.accel, host_tsc_khz(Path("/proc/cpuinfo").read_text())
-            ),
-            accel=inputs.accel.accel,
-            memory_mib=256,
-            cpus=1,
-            run_dir=run_dir / "vm",
-            disks=tuple(disks),
-        )
+        spec = agent_vm_spec("exec", inputs, run_dir / "vm", disks)
         self.console_log = spec.console_log
         self.vm = QemuDriver(spec)
         await self.vm.start()
