@@ -203,6 +203,11 @@ def test_create_sends_the_run_options(fake: FakeHyperd, client: DaemonClient) ->
         "hostname": "box",
         "name": "web",
         "labels": {"tier": "front"},
+        "tty": False,
+        "interactive": False,
+        "restart": "no",
+        "remove": False,
+        "start": True,
     }
 
 
@@ -220,7 +225,7 @@ def test_list_containers(fake: FakeHyperd, client: DaemonClient) -> None:
 
 
 def test_malformed_container_is_an_internal_error(fake: FakeHyperd, client: DaemonClient) -> None:
-    fake.route = lambda seen: Answer(200, [{**CONTAINER, "state": "paused"}])
+    fake.route = lambda seen: Answer(200, [{**CONTAINER, "state": "frozen"}])
     with pytest.raises(errors.InternalError, match="malformed container"):
         client.list_containers()
 

@@ -179,7 +179,7 @@ def test_filters() -> None:
     assert _shown("label=nope") == []
 
 
-@pytest.mark.parametrize("text", ["status=paused", "color=red", "status", "name=("])
+@pytest.mark.parametrize("text", ["status=frozen", "color=red", "status", "name=("])
 def test_bad_filters(text: str) -> None:
     with pytest.raises(InvalidArgument):
         parse_ps_filters([text])
@@ -423,9 +423,9 @@ def test_run_detached(client: FakeClient, monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.mark.parametrize(
     "argv",
     [
-        ("run", "-d", "-t", "busybox"),
-        ("run", "-d", "--rm", "busybox"),
+        ("run", "-d", "--rm", "--restart", "always", "busybox"),
         ("run", "-d", "--kernel", "/k", "busybox"),
+        ("run", "--restart", "always", "busybox"),
         ("run", "--name", "web", "busybox"),
         ("run", "-l", "a=b", "busybox"),
     ],

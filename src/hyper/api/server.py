@@ -62,7 +62,8 @@ async def create(request: web.Request) -> web.StreamResponse:
 async def list_containers(request: web.Request) -> web.StreamResponse:
     records = request.app[DAEMON].state.all()
     if not _flag(request, "all"):
-        records = [r for r in records if r.state == "running"]
+        # As Docker's ps: paused and restarting containers are not stopped ones.
+        records = [r for r in records if r.state in ("running", "paused", "restarting")]
     return web.json_response([r.public() for r in records])
 
 

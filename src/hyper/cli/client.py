@@ -16,32 +16,60 @@ parser that imports this module, and most never talk to hyperd.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import enum
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 from urllib.parse import quote
 
 from hyper import errors
+from hyper.cli.documents import (
+    ContainerCreate,
+    ContainerDetails,
+    ContainerInfo,
+    ContainerState,
+    DaemonInfo,
+    ExecConfig,
+    ExecDetails,
+    LogRecord,
+    PathStat,
+    ProcessTable,
+    StatsSample,
+    json_object,
+    typed,
+)
 from hyper.errors import Category, HyperError, InternalError, PermissionDenied, Unavailable
 from hyper.locks import exclusive_lock
 from hyper.paths import HyperPaths
-from hyper.runtime.spec import DEFAULT_MEMORY_MIB, RunOptions
 
 if TYPE_CHECKING:
     import httpx
 
-_T = TypeVar("_T")
+# The typed values commands get, re-exported: commands import them from here.
+__all__ = [
+    "ContainerCreate",
+    "ContainerDetails",
+    "ContainerInfo",
+    "ContainerState",
+    "DaemonClient",
+    "DaemonInfo",
+    "ExecConfig",
+    "ExecDetails",
+    "LogRecord",
+    "PathStat",
+    "ProcessTable",
+    "StatsSample",
+    "connect_or_start",
+    "default_daemon_command",
+    "docker_error",
+]
 
 SOCKET_NAME = "hyperd.sock"
 START_LOCK_NAME = "hyperd.start.lock"
@@ -53,6 +81,9 @@ _PING_TIMEOUT = 5.0
 _START_POLL_INTERVAL = 0.05
 _LOG_TAIL_LINES = 20
 _START_HINT = "run `hyperd` in the foreground to see why"
+_BOOT_TIMEOUT = 300.0  # a start boots a VM, slow under TCG on a busy host
+_ARCHIVE_CHUNK = 256 * 1024
+PATH_STAT_HEADER = "X-Docker-Container-Path-Stat"
 
 # The one table from an error body's category back to the class the daemon raised.
 _ERROR_CLASSES: Mapping[Category, type[HyperError]] = {
@@ -68,133 +99,23 @@ _ERROR_CLASSES: Mapping[Category, type[HyperError]] = {
     Category.INTERNAL: errors.InternalError,
 }
 
+# The Docker API's errors are `{"message": str}`: the HTTP status is all there is
+# of their kind. 409 is Docker's "conflict" (a name taken, a container running).
+_DOCKER_STATUS_CLASSES: Mapping[int, type[HyperError]] = {
+    400: errors.InvalidArgument,
+    403: errors.PermissionDenied,
+    404: errors.NotFound,
+    409: errors.FailedPrecondition,
+    429: errors.ResourceExhausted,
+    500: errors.InternalError,
+    501: errors.Unavailable,
+    503: errors.Unavailable,
+    504: errors.DeadlineExceeded,
+}
+
 # hyperd outlives the CLI on purpose; holding its Popen keeps Python from
 # warning, when the object is collected, that the process is still running.
 _detached_daemons: list[subprocess.Popen[bytes]] = []
-
-
-class ContainerState(enum.StrEnum):
-    CREATED = "created"
-    RUNNING = "running"
-    PAUSED = "paused"
-    RESTARTING = "restarting"
-    EXITED = "exited"
-
-
-@dataclass(frozen=True)
-class DaemonInfo:
-    version: str
-    pid: int
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """A container as hyperd describes it (the API's `Container`)."""
-
-    id: str
-    name: str
-    image: str
-    image_id: str
-    command: tuple[str, ...]
-    created: float
-    state: ContainerState
-    started_at: float | None = None
-    finished_at: float | None = None
-    exit_code: int | None = None
-    reason: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, value: object) -> ContainerInfo:
-        obj = _object(value, "container")
-        try:
-            return cls(
-                id=_typed(obj, "id", str),
-                name=_typed(obj, "name", str),
-                image=_typed(obj, "image", str),
-                image_id=_typed(obj, "image_id", str),
-                command=tuple(_strings(obj.get("command"), "command")),
-                created=_number(obj, "created"),
-                state=ContainerState(_typed(obj, "state", str)),
-                started_at=_optional_number(obj, "started_at"),
-                finished_at=_optional_number(obj, "finished_at"),
-                exit_code=_optional(obj, "exit_code", int),
-                reason=_optional(obj, "reason", str),
-                labels=_labels(obj.get("labels", {})),
-            )
-        except ValueError as exc:
-            raise InternalError(f"hyperd sent a malformed container: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class ContainerCreate:
-    """The body of `POST /v1/containers`: what `run -d` asks for."""
-
-    image: str
-    command: tuple[str, ...] = ()
-    entrypoint: str | None = None
-    env: tuple[str, ...] = ()
-    workdir: str | None = None
-    user: str | None = None
-    memory_mib: int = DEFAULT_MEMORY_MIB
-    cpus: int = 1
-    hostname: str | None = None
-    name: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_run_options(
-        cls, options: RunOptions, *, name: str | None, labels: Mapping[str, str]
-    ) -> ContainerCreate:
-        return cls(
-            image=options.image,
-            command=options.command,
-            entrypoint=options.entrypoint,
-            env=options.env,
-            workdir=options.workdir,
-            user=options.user,
-            memory_mib=options.memory_mib,
-            cpus=options.cpus,
-            hostname=options.hostname,
-            name=name,
-            labels=dict(labels),
-        )
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "image": self.image,
-            "command": list(self.command),
-            "entrypoint": self.entrypoint,
-            "env": list(self.env),
-            "workdir": self.workdir,
-            "user": self.user,
-            "memory_mib": self.memory_mib,
-            "cpus": self.cpus,
-            "hostname": self.hostname,
-            "name": self.name,
-            "labels": dict(self.labels),
-        }
-
-
-@dataclass(frozen=True)
-class LogRecord:
-    """One chunk of a container's output: which stream, when, and the exact bytes."""
-
-    stream: str
-    time: float
-    data: bytes
-
-    @classmethod
-    def from_json(cls, value: object) -> LogRecord:
-        obj = _object(value, "log record")
-        try:
-            stream = _typed(obj, "stream", str)
-            if stream not in ("stdout", "stderr"):
-                raise ValueError(f"stream is {stream!r}")
-            data = base64.b64decode(_typed(obj, "data", str), validate=True)
-            return cls(stream=stream, time=_number(obj, "time"), data=data)
-        except (ValueError, binascii.Error) as exc:
-            raise InternalError(f"hyperd sent a malformed log record: {exc}") from exc
 
 
 class DaemonClient:
@@ -223,17 +144,17 @@ class DaemonClient:
         self._http.close()
 
     def ping(self, *, timeout: float = _PING_TIMEOUT) -> DaemonInfo:
-        obj = _object(self._request("GET", "/v1/ping", timeout=timeout).json(), "ping answer")
+        obj = json_object(self._request("GET", "/v1/ping", timeout=timeout).json(), "ping answer")
         try:
-            return DaemonInfo(version=_typed(obj, "version", str), pid=_typed(obj, "pid", int))
+            return DaemonInfo(version=typed(obj, "version", str), pid=typed(obj, "pid", int))
         except ValueError as exc:
             raise InternalError(f"hyperd sent a malformed ping answer: {exc}") from exc
 
     def create_container(self, request: ContainerCreate) -> str:
         """Create a container and start it in the background; its full ID."""
-        obj = _object(self._request("POST", "/v1/containers", json=request.to_json()).json(), "answer")
+        obj = json_object(self._request("POST", "/v1/containers", json=request.to_json()).json(), "answer")
         try:
-            return _typed(obj, "id", str)
+            return typed(obj, "id", str)
         except ValueError as exc:
             raise InternalError(f"hyperd's answer to a create has no ID: {exc}") from exc
 
@@ -298,15 +219,149 @@ class DaemonClient:
         answer = self._request(
             "POST", _container_path(ref, "wait"), timeout=httpx.Timeout(None, connect=_PING_TIMEOUT)
         )
-        obj = _object(answer.json(), "wait answer")
+        obj = json_object(answer.json(), "wait answer")
         try:
-            return _typed(obj, "exit_code", int)
+            return typed(obj, "exit_code", int)
         except ValueError as exc:
             raise InternalError(f"hyperd's answer to a wait has no exit code: {exc}") from exc
 
     def remove(self, ref: str, *, force: bool = False) -> None:
         params = {"force": "1"} if force else {}
         self._request("DELETE", _container_path(ref), params=params)
+
+    def start(self, ref: str) -> bool:
+        """Boot the container's VM and start its process; False when it already ran."""
+        answer = self._request("POST", _container_path(ref, "start"), timeout=_BOOT_TIMEOUT)
+        return answer.status_code != 304
+
+    def restart(self, ref: str, *, timeout: int | None = None) -> None:
+        """Stop (SIGTERM, SIGKILL after `timeout` seconds; hyperd's default 10), then start."""
+        params = {} if timeout is None else {"t": str(timeout)}
+        grace = 10 if timeout is None else max(timeout, 0)
+        self._request("POST", _container_path(ref, "restart"), params=params, timeout=grace + _BOOT_TIMEOUT)
+
+    def pause(self, ref: str) -> None:
+        self._request("POST", _container_path(ref, "pause"))
+
+    def unpause(self, ref: str) -> None:
+        self._request("POST", _container_path(ref, "unpause"))
+
+    def rename(self, ref: str, name: str) -> None:
+        self._request("POST", _container_path(ref, "rename"), params={"name": name})
+
+    # ---- the Docker Engine API under /docker: documents and archives ----
+
+    def container_details(self, ref: str) -> ContainerDetails:
+        """Docker's container inspect document."""
+        return ContainerDetails.from_json(self._docker("GET", _docker_container_path(ref, "json")).json())
+
+    def top(self, ref: str) -> ProcessTable:
+        return ProcessTable.from_json(self._docker("GET", _docker_container_path(ref, "top")).json())
+
+    def stats(self, ref: str) -> StatsSample:
+        """Two readings a second apart (hyperd waits), so that CPU % has a delta."""
+        answer = self._docker("GET", _docker_container_path(ref, "stats"), params={"stream": "false"})
+        return StatsSample.from_json(answer.json())
+
+    def resize_container(self, ref: str, rows: int, cols: int) -> None:
+        params = {"h": str(rows), "w": str(cols)}
+        self._docker("POST", _docker_container_path(ref, "resize"), params=params)
+
+    def create_exec(self, ref: str, config: ExecConfig) -> str:
+        answer = self._docker("POST", _docker_container_path(ref, "exec"), json=config.to_json())
+        obj = json_object(answer.json(), "exec create answer")
+        try:
+            return typed(obj, "Id", str)
+        except ValueError as exc:
+            raise InternalError(f"hyperd's answer to an exec create has no ID: {exc}") from exc
+
+    def start_exec_detached(self, exec_id: str, *, tty: bool) -> None:
+        self._docker("POST", _exec_path(exec_id, "start"), json={"Detach": True, "Tty": tty})
+
+    def exec_details(self, exec_id: str) -> ExecDetails:
+        return ExecDetails.from_json(self._docker("GET", _exec_path(exec_id, "json")).json())
+
+    def resize_exec(self, exec_id: str, rows: int, cols: int) -> None:
+        self._docker("POST", _exec_path(exec_id, "resize"), params={"h": str(rows), "w": str(cols)})
+
+    def path_stat(self, ref: str, path: str) -> PathStat:
+        """A path in the container, lstat'ed; NotFound when it does not exist."""
+        answer = self._docker(
+            "HEAD",
+            _docker_container_path(ref, "archive"),
+            params={"path": path},
+            missing=f"Could not find the file {path} in container {ref}",
+        )
+        return PathStat.from_header(answer.headers.get(PATH_STAT_HEADER))
+
+    @contextlib.contextmanager
+    def archive(self, ref: str, path: str) -> Iterator[tuple[PathStat, BinaryIO]]:
+        """A tar of `path` in the container, read as it arrives, and the path's stat.
+
+        A copy that fails inside the container cuts the stream: reading then
+        raises DataLoss.
+        """
+        import httpx
+
+        with self._mapped_transport_errors():
+            request = self._http.build_request(
+                "GET",
+                _docker_container_path(ref, "archive"),
+                params={"path": path},
+                timeout=httpx.Timeout(None, connect=_PING_TIMEOUT),
+            )
+            response = self._http.send(request, stream=True)
+        try:
+            if response.is_error:
+                with self._mapped_transport_errors():
+                    response.read()
+                raise docker_error(response.status_code, response.content, response.reason_phrase)
+            stat = PathStat.from_header(response.headers.get(PATH_STAT_HEADER))
+            reader = _ResponseReader(response.iter_raw(), f"{ref}:{path}")
+            yield stat, io.BufferedReader(reader, _ARCHIVE_CHUNK)
+        finally:
+            response.close()
+
+    def put_archive(self, ref: str, directory: str, chunks: Iterable[bytes]) -> None:
+        """Extract a tar (given in chunks) under `directory`, which must exist in the container."""
+        import httpx
+
+        self._docker(
+            "PUT",
+            _docker_container_path(ref, "archive"),
+            params={"path": directory, "noOverwriteDirNonDir": "true"},
+            content=chunks,
+            timeout=httpx.Timeout(None, connect=_PING_TIMEOUT),
+        )
+
+    def _docker(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: object = None,
+        content: Iterable[bytes] | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        missing: str | None = None,
+    ) -> httpx.Response:
+        """A request to the Docker API, whose errors are `{"message"}` with an HTTP status."""
+        import httpx
+
+        with self._mapped_transport_errors():
+            response = self._http.request(
+                method,
+                path,
+                params=params,
+                json=json,
+                content=content,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            )
+        if response.is_error:
+            # A HEAD answer has no body to carry the message.
+            fallback = missing if response.status_code == 404 and missing else response.reason_phrase
+            raise docker_error(response.status_code, response.content, fallback)
+        return response
 
     def _request(
         self,
@@ -478,6 +533,59 @@ def _error_from_response(response: httpx.Response) -> HyperError:
     return error_class(message, hint=hint)
 
 
+def docker_error(status: int, body: bytes, fallback: str) -> HyperError:
+    """A Docker API error answer as the `hyper.errors` class of its status (one table)."""
+    message = ""
+    try:
+        doc = json.loads(body)
+        if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+            message = doc["message"]
+    except ValueError:
+        message = body.decode(errors="replace").strip()[:500]
+    error_class = _DOCKER_STATUS_CLASSES.get(status)
+    if error_class is None:
+        error_class = errors.InvalidArgument if 400 <= status < 500 else InternalError
+    return error_class(message or fallback or f"hyperd answered HTTP {status}")
+
+
+class _ResponseReader(io.RawIOBase):
+    """A streamed response body as a file, for tarfile; a cut stream is DataLoss."""
+
+    def __init__(self, chunks: Iterator[bytes], what: str) -> None:
+        self._chunks = chunks
+        self._pending = b""
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        import httpx
+
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+            except httpx.HTTPError as exc:
+                raise errors.DataLoss(
+                    f"the copy of {self._what} was cut short: it failed inside the container",
+                    hint="check that the files can be read there (`hyper exec`)",
+                ) from exc
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+
+def _docker_container_path(ref: str, action: str) -> str:
+    return f"/docker/containers/{quote(ref, safe='')}/{action}"
+
+
+def _exec_path(exec_id: str, action: str) -> str:
+    return f"/docker/exec/{quote(exec_id, safe='')}/{action}"
+
+
 def _container_path(ref: str, action: str | None = None) -> str:
     # A ref is an ID, a prefix or a name; quoting keeps a stray `/` or `?` in it
     # from changing which endpoint is called.
@@ -501,46 +609,3 @@ def _json_line(line: str) -> object:
         return json.loads(line)
     except ValueError as exc:
         raise InternalError(f"hyperd sent a log line that is not JSON: {line[:200]!r}") from exc
-
-
-def _object(value: object, what: str) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise InternalError(f"hyperd sent a {what} that is not a JSON object")
-    return value
-
-
-def _typed(obj: Mapping[str, object], key: str, kind: type[_T]) -> _T:
-    value = obj.get(key)
-    # bool is an int in Python, never in the API.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"{key!r} is {value!r}, not a {kind.__name__}")
-    return value
-
-
-def _optional(obj: Mapping[str, object], key: str, kind: type[_T]) -> _T | None:
-    return None if obj.get(key) is None else _typed(obj, key, kind)
-
-
-def _number(obj: Mapping[str, object], key: str) -> float:
-    value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{key!r} is {value!r}, not a number")
-    return float(value)
-
-
-def _optional_number(obj: Mapping[str, object], key: str) -> float | None:
-    return None if obj.get(key) is None else _number(obj, key)
-
-
-def _strings(value: object, key: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ValueError(f"{key!r} is not a list of strings")
-    return value
-
-
-def _labels(value: object) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ValueError("'labels' is not an object of strings")
-    return value

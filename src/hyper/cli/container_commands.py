@@ -91,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def ps_command(args: argparse.Namespace, ctx: CliContext) -> int:
     filters = parse_ps_filters(args.filter)
-    with _connect(ctx) as client:
+    with connect_daemon(ctx) as client:
         # Docker shows stopped containers when asked for them by status, even without -a.
         containers = client.list_containers(all=args.all or bool(filters.statuses))
     shown = [container for container in containers if filters.matches(container)]
@@ -111,7 +111,7 @@ def logs_command(args: argparse.Namespace, ctx: CliContext) -> int:
     tail = parse_tail(args.tail)
     stdout, stderr = _binary(ctx.stdout), _binary(ctx.stderr)
     writer = LogWriter(stdout, stderr, timestamps=args.timestamps)
-    with _connect(ctx) as client:
+    with connect_daemon(ctx) as client:
         # Timestamps are formatted here from each record's `time`, so the
         # daemon is not asked to put them into the data.
         for record in client.logs(args.container, follow=args.follow, tail=tail):
@@ -129,7 +129,7 @@ def stop_command(args: argparse.Namespace, ctx: CliContext) -> int:
         client.stop(ref, timeout=args.timeout)
         return ref
 
-    return _for_each(args.containers, stop, ctx)
+    return for_each(args.containers, stop, ctx)
 
 
 def kill_command(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -137,11 +137,11 @@ def kill_command(args: argparse.Namespace, ctx: CliContext) -> int:
         client.kill(ref, signal=args.signal)
         return ref
 
-    return _for_each(args.containers, kill, ctx)
+    return for_each(args.containers, kill, ctx)
 
 
 def wait_command(args: argparse.Namespace, ctx: CliContext) -> int:
-    return _for_each(args.containers, lambda client, ref: str(client.wait(ref)), ctx)
+    return for_each(args.containers, lambda client, ref: str(client.wait(ref)), ctx)
 
 
 def rm_command(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -149,17 +149,18 @@ def rm_command(args: argparse.Namespace, ctx: CliContext) -> int:
         client.remove(ref, force=args.force)
         return ref
 
-    return _for_each(args.containers, remove, ctx)
+    return for_each(args.containers, remove, ctx)
 
 
-def _connect(ctx: CliContext) -> DaemonClient:
+def connect_daemon(ctx: CliContext) -> DaemonClient:
+    """A client of hyperd, which is started when nothing answers."""
     return connect_or_start(ctx.paths, stderr=ctx.stderr)
 
 
-def _for_each(refs: Sequence[str], action: Callable[[DaemonClient, str], str], ctx: CliContext) -> int:
+def for_each(refs: Sequence[str], action: Callable[[DaemonClient, str], str], ctx: CliContext) -> int:
     """Docker's multi-container commands: act on each, report failures, exit 1 if any."""
     failed = False
-    with _connect(ctx) as client:
+    with connect_daemon(ctx) as client:
         for ref in refs:
             try:
                 line = action(client, ref)
@@ -328,12 +329,10 @@ def format_ps_table(containers: Sequence[ContainerInfo], now: float, *, truncate
     return format_columns([PS_HEADER, *(ps_row(c, now, truncate=truncate) for c in containers)])
 
 
-def format_columns(rows: Sequence[Sequence[str]]) -> str:
+def format_columns(rows: Sequence[Sequence[str]], *, min_width: int = _MIN_CELL_WIDTH) -> str:
     """Rows aligned as Docker's tabwriter does (min width 10, padding 3, last column bare)."""
     columns = len(rows[0])
-    widths = [
-        max(_MIN_CELL_WIDTH, max(len(row[i]) for row in rows) + _CELL_PADDING) for i in range(columns - 1)
-    ]
+    widths = [max(min_width, max(len(row[i]) for row in rows) + _CELL_PADDING) for i in range(columns - 1)]
     lines = [
         "".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + row[-1]
         for row in rows

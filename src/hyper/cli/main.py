@@ -21,7 +21,15 @@ CommandFunc = Callable[[argparse.Namespace, CliContext], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hyper.cli import container_commands, image_commands, run_commands
+    from hyper.cli import (
+        container_commands,
+        copy_commands,
+        image_commands,
+        inspect_commands,
+        lifecycle_commands,
+        run_commands,
+        session_commands,
+    )
 
     parser = argparse.ArgumentParser(
         prog="hyper",
@@ -32,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_commands.register(subparsers)
     image_commands.register(subparsers)
     container_commands.register(subparsers)
+    lifecycle_commands.register(subparsers)
+    session_commands.register(subparsers)
+    inspect_commands.register(subparsers)
+    copy_commands.register(subparsers)
     return parser
 
 

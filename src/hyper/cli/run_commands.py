@@ -1,11 +1,14 @@
-"""`hyper run` and `hyper info`."""
+"""`hyper run` (in the foreground, or `-d` through hyperd), the container options
+`create` shares, and `hyper info`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hyper.cli.context import CliContext
@@ -22,30 +25,10 @@ from hyper.vm.kernel import kernel_from_file
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = subparsers.add_parser("run", help="run a command in a new container, in its own VM")
-    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
-    run.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
-    run.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
-    run.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE")
-    run.add_argument("-w", "--workdir", metavar="DIR")
-    run.add_argument("-u", "--user", metavar="USER[:GROUP]")
-    run.add_argument("--entrypoint", metavar="CMD")
-    run.add_argument("-m", "--memory", default=f"{specs.DEFAULT_MEMORY_MIB}m", metavar="SIZE")
-    run.add_argument("--cpus", default="1", metavar="N")
-    run.add_argument("--hostname", metavar="NAME")
+    add_container_options(run)
     run.add_argument("--kernel", type=Path, metavar="PATH", help="guest kernel (vmlinux or bzImage)")
     run.add_argument(
-        "--pull",
-        choices=("missing", "always", "never"),
-        default="missing",
-        help="pull the image before running (default: when it is missing)",
-    )
-    run.add_argument("-q", "--quiet", action="store_true", help="no pull output")
-    run.add_argument(
         "-d", "--detach", action="store_true", help="run in the background (through hyperd); print its ID"
-    )
-    run.add_argument("--name", metavar="NAME", help="name the container (with -d)")
-    run.add_argument(
-        "-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="set a label (with -d)"
     )
     run.add_argument("image", metavar="IMAGE")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
@@ -55,11 +38,43 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     info.set_defaults(func=info_command)
 
 
+def add_container_options(parser: argparse.ArgumentParser) -> None:
+    """The options that describe a new container, shared by `run` and `create`."""
+    parser.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    parser.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    parser.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
+    parser.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("-w", "--workdir", metavar="DIR")
+    parser.add_argument("-u", "--user", metavar="USER[:GROUP]")
+    parser.add_argument("--entrypoint", metavar="CMD")
+    parser.add_argument("-m", "--memory", default=f"{specs.DEFAULT_MEMORY_MIB}m", metavar="SIZE")
+    parser.add_argument("--cpus", default="1", metavar="N")
+    parser.add_argument("--hostname", metavar="NAME")
+    parser.add_argument(
+        "--pull",
+        choices=("missing", "always", "never"),
+        default="missing",
+        help="pull the image before running (default: when it is missing)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no pull output")
+    parser.add_argument("--name", metavar="NAME", help="name the container (through hyperd)")
+    parser.add_argument(
+        "-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="set a label (through hyperd)"
+    )
+    parser.add_argument(
+        "--restart",
+        metavar="POLICY",
+        help="no, always, unless-stopped or on-failure[:N] (through hyperd; default: no)",
+    )
+
+
 def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.detach:
         return run_detached(args, ctx)
-    if args.name is not None or args.label:
-        raise InvalidArgument("--name and --label need -d for now", hint="add -d to run it through hyperd")
+    if args.name is not None or args.label or args.restart is not None:
+        raise InvalidArgument(
+            "--name, --label and --restart need -d for now", hint="add -d to run it through hyperd"
+        )
     settings = Settings.from_env()
     if args.kernel is not None:
         settings = Settings(**{**settings.__dict__, "kernel": args.kernel})
@@ -95,24 +110,41 @@ def _run_options(args: argparse.Namespace) -> specs.RunOptions:
     )
 
 
-def run_detached(args: argparse.Namespace, ctx: CliContext) -> int:
-    """`run -d`: hyperd creates and starts the container; print its full ID."""
+def client_env(items: Sequence[str], local: Mapping[str, str]) -> tuple[str, ...]:
+    """`-e NAME=VALUE` as given; a bare `-e NAME` takes NAME's value here, in the
+    client, as Docker does (hyperd does not look at its own environment). Unset
+    here, it stays bare, which unsets NAME in the container."""
+    env = []
+    for item in items:
+        name, sep, _ = item.partition("=")
+        if not name:
+            raise InvalidArgument(f"invalid environment variable {item!r}", hint="use -e NAME=VALUE")
+        env.append(f"{name}={local[name]}" if not sep and name in local else item)
+    return tuple(env)
+
+
+def create_in_daemon(args: argparse.Namespace, ctx: CliContext, *, start: bool) -> str:
+    """`run -d` (start) and `create` (not): hyperd makes the container; its full ID."""
     from hyper.cli.client import ContainerCreate, connect_or_start
     from hyper.cli.container_commands import parse_labels
 
-    if args.interactive or args.tty:
-        raise InvalidArgument("-d cannot be combined with -i or -t yet", hint="there is no attach yet")
-    if args.rm:
-        raise InvalidArgument("-d cannot be combined with --rm yet", hint="remove it later with `hyper rm`")
-    if args.kernel is not None:
+    if getattr(args, "kernel", None) is not None:
         raise InvalidArgument("--kernel cannot be combined with -d", hint="set HYPER_KERNEL for hyperd")
+    restart = args.restart or "no"
+    if args.rm and restart.partition(":")[0] not in ("", "no"):
+        raise InvalidArgument("conflicting options: --restart and --rm", hint="choose one of them")
+    options = dataclasses.replace(_run_options(args), env=client_env(args.env, os.environ))
     request = ContainerCreate.from_run_options(
-        _run_options(args), name=args.name, labels=parse_labels(args.label)
+        options, name=args.name, labels=parse_labels(args.label), restart=restart, start=start
     )
     ensure_image(args.image, args.pull, ctx, quiet=args.quiet)
     with connect_or_start(ctx.paths, stderr=ctx.stderr) as client:
-        container_id = client.create_container(request)
-    print(container_id, file=ctx.stdout)
+        return client.create_container(request)
+
+
+def run_detached(args: argparse.Namespace, ctx: CliContext) -> int:
+    """`run -d`: hyperd creates and starts the container; print its full ID."""
+    print(create_in_daemon(args, ctx, start=True), file=ctx.stdout)
     return 0
 
 
