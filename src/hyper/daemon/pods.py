@@ -444,7 +444,7 @@ class Pod:
             raise FailedPrecondition(f"container {self.record.name} is not running", hint="start it first")
         if self.status is State.PAUSED:
             raise FailedPrecondition(
-                f"container {self.record.name} is paused", hint="unpause it first (`unpause`)"
+                f"container {self.record.name} is paused", hint="unpause it first"
             )
         return self.agent
 

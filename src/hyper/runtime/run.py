@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyper.agent.host import AgentClient, AgentRequestError, ProcessChannel
-from hyper.errors import FailedPrecondition, HyperError, InvalidArgument
+from hyper.errors import Category, FailedPrecondition, HyperError, InvalidArgument
 from hyper.image import Image, ImageStore, LayerDisk
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
@@ -54,7 +54,11 @@ MAIN_PROCESS = 1
 
 
 class ContainerExit(HyperError):
-    """The container's process could not be started; `status` is Docker's 126 or 127."""
+    """The container's process could not be started; `status` is Docker's 126 or 127.
+
+    The image or the command is at fault, not Hyper: a failed precondition."""
+
+    category = Category.FAILED_PRECONDITION
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
