@@ -256,6 +256,10 @@ class Pod:
         except ContainerExit as exc:
             # Docker's answer to a command that cannot start: the container exits 126/127.
             self._move(State.EXITED, exit_code=exc.status, finished_at=time.time(), reason=exc.message)
+            self._publish("die", exitCode=str(exc.status))
+            async with self._changed:  # waiters and attachments see this run end
+                self._exits += 1
+                self._changed.notify_all()
             raise
         position = self.log.size()
         self.log.reopen()
@@ -443,9 +447,7 @@ class Pod:
         if self.exited.is_set() or self.agent is None:
             raise FailedPrecondition(f"container {self.record.name} is not running", hint="start it first")
         if self.status is State.PAUSED:
-            raise FailedPrecondition(
-                f"container {self.record.name} is paused", hint="unpause it first"
-            )
+            raise FailedPrecondition(f"container {self.record.name} is paused", hint="unpause it first")
         return self.agent
 
     async def kill(self, signum: int) -> None:
@@ -544,7 +546,7 @@ class Pod:
         elif condition == "next-exit" or self.running or self.status is State.RESTARTING:
             async with self._changed:
                 seen = self._exits
-                await self._changed.wait_for(lambda: self._exits > seen)
+                await self._changed.wait_for(lambda: self._exits > seen or self.removed.is_set())
         return self.record.exit_code if self.record.exit_code is not None else 0
 
     async def remove(self, *, force: bool) -> None:

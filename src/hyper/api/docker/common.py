@@ -14,7 +14,8 @@ from aiohttp import web
 
 from hyper.api.errors import HTTP_STATUS
 from hyper.daemon.daemon import Daemon
-from hyper.errors import HyperError, InvalidArgument
+from hyper.daemon.pods import Pod
+from hyper.errors import HyperError, InvalidArgument, NotFound
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON = web.AppKey("docker-daemon", Daemon)
@@ -24,6 +25,23 @@ API_VERSION = "1.43"
 STDIN, STDOUT, STDERR = 0, 1, 2
 RAW_STREAM = "application/vnd.docker.raw-stream"
 MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
+
+
+def daemon_of(request: web.Request) -> Daemon:
+    return request.app[DAEMON]
+
+
+def find_container(daemon: Daemon, ref: str) -> Pod:
+    try:
+        return daemon.find(ref)
+    except NotFound:
+        # Docker's words: scripts and the docker CLI's users match on them.
+        raise NotFound(f"No such container: {ref}") from None
+
+
+def container_of(request: web.Request) -> Pod:
+    """The container the request's path names (`{id}`: an ID, a prefix of one, or a name)."""
+    return find_container(daemon_of(request), request.match_info["id"])
 
 
 def docker_error(status: int, message: str) -> web.Response:
@@ -174,6 +192,7 @@ class _RawReader:
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.disconnected = asyncio.Event()  # the connection is closed, not merely half-closed
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         self.queue.put_nowait(bytes(data))
@@ -204,6 +223,7 @@ class _HijackProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._reader.feed_eof()
+        self._reader.disconnected.set()
         self._original.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -247,6 +267,10 @@ class Hijacked:
     async def read(self) -> bytes:
         """The client's next bytes; b"" once it has closed its side."""
         return await self._reader.queue.get()
+
+    async def gone(self) -> None:
+        """Returns once the client has closed the connection (or it was lost)."""
+        await self._reader.disconnected.wait()
 
     async def write(self, data: bytes) -> bool:
         if self._closed:

@@ -1,23 +1,21 @@
-"""Docker Engine API: containers and execs (create, start, attach, logs, exec, cp, …)."""
+"""Docker Engine API: containers (create, list, inspect, lifecycle, logs,
+attach, top, stats). Execs are in `execs`, `docker cp` in `archive`."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
-from hyper.agent.host import AgentConnectionLost, AgentRequestError
-from hyper.agent.protocol import FrameKind
+from hyper.agent.host import AgentRequestError
 from hyper.api.docker import convert
 from hyper.api.docker.common import (
-    DAEMON,
     MULTIPLEXED_STREAM,
     RAW_STREAM,
     STDERR,
@@ -25,7 +23,10 @@ from hyper.api.docker.common import (
     DetachScanner,
     Handler,
     Hijacked,
+    container_of,
+    daemon_of,
     filters,
+    find_container,
     flag,
     frame,
     integer,
@@ -34,8 +35,6 @@ from hyper.api.docker.common import (
     parse_time,
     rfc3339,
 )
-from hyper.daemon.daemon import Daemon
-from hyper.daemon.execs import ExecSession, ExecState
 from hyper.daemon.logs import LogRecord
 from hyper.daemon.pods import Pod, parse_signal
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument, NotFound
@@ -46,17 +45,9 @@ from hyper.runtime.run import ContainerExit
 FOLLOW_POLL_SECONDS = 0.5
 
 
-def _daemon(request: web.Request) -> Daemon:
-    return request.app[DAEMON]
-
-
-def _pod(request: web.Request) -> Pod:
-    return _daemon(request).find(request.match_info["id"])
-
-
 # -- create, list, inspect ------------------------------------------------------
 async def create(request: web.Request) -> web.StreamResponse:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     body = await json_body(request)
     create_request = convert.create_request(body, request.query.get("name"))
     image = create_request.options.image
@@ -70,7 +61,7 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 
 async def list_containers(request: web.Request) -> web.StreamResponse:
-    daemon = _daemon(request)
+    daemon = daemon_of(request)
     wanted = filters(request)
     records = [r for r in daemon.state.all() if r.id in daemon.pods]
     if not flag(request, "all") and "status" not in wanted:
@@ -84,19 +75,30 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
 
 
 async def inspect(request: web.Request) -> web.StreamResponse:
-    daemon = _daemon(request)
-    pod = _pod(request)
+    daemon = daemon_of(request)
+    pod = container_of(request)
     exec_ids = [key for key, session in daemon.execs.items() if session.pod is pod]
     log_path = str(pod.log.path) if pod.log is not None else ""
-    return web.json_response(convert.inspect(pod.record, exec_ids, log_path))
+    try:
+        image = await asyncio.to_thread(ImageStore(daemon.paths.images).get, pod.record.image_id)
+    except NotFound:
+        image_config = None  # removed since: inspect still answers, from the record alone
+    else:
+        image_config = image.config
+    return web.json_response(convert.inspect(pod.record, exec_ids, log_path, image_config))
 
 
 # -- lifecycle --------------------------------------------------------------------
 async def start(request: web.Request) -> web.StreamResponse:
-    pod = _pod(request)
+    daemon = daemon_of(request)
+    pod = container_of(request)
     try:
         started = await pod.start()
     except ContainerExit as exc:
+        if pod.record.auto_remove:
+            # As dockerd does: `docker run --rm` waits for the removal even when the start fails.
+            with contextlib.suppress(HyperError):
+                await daemon.remove(pod.id, force=True)
         raise FailedPrecondition(
             f"failed to create task for container: unable to start container process: {exc.message}"
         ) from exc
@@ -104,7 +106,7 @@ async def start(request: web.Request) -> web.StreamResponse:
 
 
 async def stop(request: web.Request) -> web.StreamResponse:
-    pod = _pod(request)
+    pod = container_of(request)
     if not pod.running and pod.status is not specs.ContainerState.RESTARTING:
         return web.Response(status=304)
     await pod.stop(float(integer(request, "t", 10) or 0))
@@ -112,20 +114,21 @@ async def stop(request: web.Request) -> web.StreamResponse:
 
 
 async def restart(request: web.Request) -> web.StreamResponse:
-    await _pod(request).restart(float(integer(request, "t", 10) or 0))
+    await container_of(request).restart(float(integer(request, "t", 10) or 0))
     return web.Response(status=204)
 
 
 async def kill(request: web.Request) -> web.StreamResponse:
-    pod = _pod(request)
+    pod = container_of(request)
     if not pod.running:
-        raise FailedPrecondition(f"Container {pod.id} is not running")
+        ref = request.match_info["id"]
+        raise FailedPrecondition(f"Cannot kill container: {ref}: Container {pod.id} is not running")
     await pod.kill(parse_signal(request.query.get("signal") or "SIGKILL"))
     return web.Response(status=204)
 
 
 async def wait(request: web.Request) -> web.StreamResponse:
-    pod = _pod(request)
+    pod = container_of(request)
     condition = request.query.get("condition") or "not-running"
     if condition not in ("not-running", "next-exit", "removed"):
         raise InvalidArgument(f"unknown wait condition {condition!r}")
@@ -133,7 +136,15 @@ async def wait(request: web.Request) -> web.StreamResponse:
     # only once its wait has been answered this far.
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)
-    code = await pod.wait(condition)
+    waiting = asyncio.create_task(pod.wait(condition))
+    removal = asyncio.create_task(pod.removed.wait())
+    try:
+        # A container removed meanwhile will not exit again: its last exit answers.
+        await asyncio.wait({waiting, removal}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+        removal.cancel()
+    code = pod.record.exit_code or 0
     error = {"Message": pod.record.reason} if pod.record.reason else None
     await response.write(json.dumps({"StatusCode": code, "Error": error}).encode())
     await response.write_eof()
@@ -143,27 +154,52 @@ async def wait(request: web.Request) -> web.StreamResponse:
 async def remove(request: web.Request) -> web.StreamResponse:
     if flag(request, "link"):
         raise InvalidArgument("Hyper has no container links to remove")
-    await _daemon(request).remove(request.match_info["id"], force=flag(request, "force"))
+    daemon = daemon_of(request)
+    await daemon.remove(find_container(daemon, request.match_info["id"]).id, force=flag(request, "force"))
     return web.Response(status=204)
 
 
+async def prune(request: web.Request) -> web.StreamResponse:
+    """POST /containers/prune: remove every stopped container (filters: until, label)."""
+    daemon = daemon_of(request)
+    wanted = filters(request)
+    unknown = set(wanted) - {"until", "label"}
+    if unknown:
+        raise InvalidArgument(
+            f"invalid filter {sorted(unknown)[0]!r} for pruning containers", hint="use until or label"
+        )
+    until = parse_time(wanted["until"][-1]) if wanted.get("until") else None
+    labels = {"label": wanted["label"]} if wanted.get("label") else {}
+    deleted = []
+    for record in daemon.state.all():
+        stopped = record.state in (specs.ContainerState.EXITED.value, specs.ContainerState.CREATED.value)
+        if record.id not in daemon.pods or not stopped or not convert.matches_filters(record, labels):
+            continue
+        if until is not None and record.created >= until:
+            continue
+        with contextlib.suppress(NotFound, FailedPrecondition):  # gone or started meanwhile
+            await daemon.remove(record.id, force=False)
+            deleted.append(record.id)
+    return web.json_response({"ContainersDeleted": deleted or None, "SpaceReclaimed": 0})
+
+
 async def pause(request: web.Request) -> web.StreamResponse:
-    await _pod(request).pause()
+    await container_of(request).pause()
     return web.Response(status=204)
 
 
 async def unpause(request: web.Request) -> web.StreamResponse:
-    await _pod(request).unpause()
+    await container_of(request).unpause()
     return web.Response(status=204)
 
 
 async def rename(request: web.Request) -> web.StreamResponse:
-    _pod(request).rename(request.query.get("name", ""))
+    container_of(request).rename(request.query.get("name", ""))
     return web.Response(status=204)
 
 
 async def resize(request: web.Request) -> web.StreamResponse:
-    pod = _pod(request)
+    pod = container_of(request)
     rows, cols = integer(request, "h", 0) or 0, integer(request, "w", 0) or 0
     with contextlib.suppress(AgentRequestError):
         await pod.resize(rows, cols)
@@ -191,7 +227,7 @@ def _lines(records: list[LogRecord]) -> list[LogRecord]:
 
 
 async def logs(request: web.Request) -> web.StreamResponse:
-    pod = _pod(request)
+    pod = container_of(request)
     want_out, want_err = flag(request, "stdout"), flag(request, "stderr")
     if not (want_out or want_err):
         raise InvalidArgument("you must choose at least one stream (stdout or stderr)")
@@ -220,7 +256,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
         for record in shown:
             await response.write(_encode(record, tty, timestamps))
         if follow:
-            async for record in _follow(pod, position, stop_at_exit=False):
+            async for record in _follow(pod, position, stop_at_exit=False, client_gone=_gone(request)):
                 if wanted(record):
                     await response.write(_encode(record, tty, timestamps))
     except ConnectionError:
@@ -229,9 +265,17 @@ async def logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _follow(pod: Pod, position: int, *, stop_at_exit: bool) -> AsyncIterator[LogRecord]:
+def _gone(request: web.Request) -> Callable[[], bool]:
+    """Whether the client of `request` has gone: a silent container gives no
+    write to fail, and aiohttp does not cancel the handler."""
+    return lambda: request.transport is None or request.transport.is_closing()
+
+
+async def _follow(
+    pod: Pod, position: int, *, stop_at_exit: bool, client_gone: Callable[[], bool] = lambda: False
+) -> AsyncIterator[LogRecord]:
     """The log from byte `position` on as it grows, until the container's current
-    (or, before it starts, next) run ends."""
+    (or, before it starts, next) run ends, or the client goes."""
     assert pod.log is not None
     log = pod.log
     exits = pod.exit_count  # a run ends when this count moves
@@ -239,7 +283,7 @@ async def _follow(pod: Pod, position: int, *, stop_at_exit: bool) -> AsyncIterat
         records, position = log.read_from(position)
         for record in records:
             yield record
-        ended = pod.exit_count > exits or pod.removed.is_set()
+        ended = pod.exit_count > exits or pod.removed.is_set() or client_gone()
         idle = not pod.running and not stop_at_exit
         if ended or idle:
             records, position = log.read_from(position)
@@ -250,7 +294,7 @@ async def _follow(pod: Pod, position: int, *, stop_at_exit: bool) -> AsyncIterat
 
 
 async def attach(request: web.Request) -> web.StreamResponse:
-    pod = _pod(request)
+    pod = container_of(request)
     tty = bool(pod.record.options.get("tty"))
     want_stdin = flag(request, "stdin") and bool(pod.record.options.get("interactive"))
     want_out, want_err = flag(request, "stdout"), flag(request, "stderr")
@@ -264,7 +308,8 @@ async def attach(request: web.Request) -> web.StreamResponse:
     try:
         output = _follow(pod, position, stop_at_exit=flag(request, "stream", True))
         follow_task = asyncio.create_task(_copy_output(output, conn, tty, want_out, want_err))
-        waiters = {follow_task, asyncio.create_task(detached.wait())}
+        # A client that went away ends the attach too, though the container may stay silent.
+        waiters = {follow_task, asyncio.create_task(detached.wait()), asyncio.create_task(conn.gone())}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in waiters:
             task.cancel()
@@ -288,138 +333,35 @@ async def _attach_stdin(pod: Pod, conn: Hijacked, keys: bytes, detached: asyncio
     scanner = DetachScanner(keys)
     while data := await conn.read():
         forward, detach = scanner.feed(data)
-        with contextlib.suppress(HyperError):
-            if forward:
+        if forward:
+            await _until_running(pod)
+            with contextlib.suppress(HyperError):
                 await pod.write_stdin(forward)
         if detach:
             detached.set()
             return
     if pod.record.stdin_once:
+        await _until_running(pod)
         with contextlib.suppress(HyperError):
             await pod.close_stdin()
 
 
-# -- exec --------------------------------------------------------------------------
-async def exec_create(request: web.Request) -> web.StreamResponse:
-    daemon = _daemon(request)
-    pod = _pod(request)
-    body = await json_body(request)
-    command = convert.strings(body.get("Cmd"), "Cmd")
-    if not command:
-        raise InvalidArgument("no exec command specified")
-    if body.get("Privileged"):
-        raise InvalidArgument("Hyper does not support privileged exec")
-    process_doc = pod.record.process or {}
-    env = specs.merge_env(tuple(process_doc.get("env", [])), convert.strings(body.get("Env"), "Env"), {})
-    process = specs.ProcessSpec(
-        args=command,
-        env=env,
-        cwd=convert.text(body.get("WorkingDir"), "WorkingDir") or process_doc.get("cwd") or "/",
-        user=convert.text(body.get("User"), "User") or process_doc.get("user") or "0",
-        tty=bool(body.get("Tty")),
-        stdin=bool(body.get("AttachStdin")),
-    )
-    if not process.cwd.startswith("/"):
-        raise InvalidArgument(f"the working directory {process.cwd!r} is not an absolute path")
-    session = daemon.exec_create(pod, process)
-    detach_keys = body.get("DetachKeys") or ""
-    if not isinstance(detach_keys, str):
-        raise InvalidArgument("DetachKeys must be a string such as ctrl-p,ctrl-q")
-    parse_detach_keys(detach_keys or None)
-    session.detach_keys = detach_keys
-    return web.json_response({"Id": session.id}, status=201)
-
-
-def _console_size(body: dict[str, Any]) -> tuple[int, int]:
-    size = body.get("ConsoleSize")
-    if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
-        return size[0], size[1]
-    return 24, 80
-
-
-async def exec_start(request: web.Request) -> web.StreamResponse:
-    session = _daemon(request).find_exec(request.match_info["id"])
-    body = await json_body(request)
-    rows, cols = _console_size(body)
-    if session.state is not ExecState.CREATED:
-        raise FailedPrecondition(f"exec {session.id[:12]} has already been started")
-    if body.get("Detach"):
-        await session.start(rows, cols)
-        session.drain_in_background()
-        return web.Response(status=200)
-    tty = session.process.tty
-    conn = await Hijacked.accept(request, RAW_STREAM if tty else MULTIPLEXED_STREAM)
+async def _until_running(pod: Pod) -> None:
+    """Wait for the container's process to run. `docker run -i` attaches, and
+    may send all of its input and its EOF, before it starts the container;
+    Docker holds that input in the container's stdin until the process reads it."""
+    subscription = pod.events.subscribe()
     try:
-        try:
-            await session.start(rows, cols)
-        except HyperError as exc:
-            # Docker reports a failed exec in the stream; the client reads ExitCode (126/127).
-            message = f"OCI runtime exec failed: unable to start container process: {exc.message}\r\n"
-            await conn.write(message.encode() if tty else frame(STDOUT, message.encode()))
-            return conn.response
-        stdin_task = asyncio.create_task(_exec_stdin(session, conn)) if session.process.stdin else None
-        try:
-            async for kind, data in session.output():
-                payload = data if tty else frame(STDERR if kind is FrameKind.STDERR else STDOUT, data)
-                if not await conn.write(payload):
-                    break
-        finally:
-            if stdin_task is not None:
-                stdin_task.cancel()
+        while pod.status is not specs.ContainerState.RUNNING or pod.agent is None:
+            # The start event wakes this; the timeout only re-checks the state.
+            await subscription.next(FOLLOW_POLL_SECONDS)
     finally:
-        await conn.close()
-    return conn.response
-
-
-async def _exec_stdin(session: ExecSession, conn: Hijacked) -> None:
-    scanner = DetachScanner(parse_detach_keys(session.detach_keys or None))
-    while data := await conn.read():
-        forward, detach = scanner.feed(data)
-        with contextlib.suppress(HyperError):
-            if forward:
-                await session.write_stdin(forward)
-        if detach:
-            await conn.close()
-            return
-    await session.close_stdin()
-
-
-async def exec_resize(request: web.Request) -> web.StreamResponse:
-    session = _daemon(request).find_exec(request.match_info["id"])
-    with contextlib.suppress(AgentRequestError):
-        await session.resize(integer(request, "h", 0) or 0, integer(request, "w", 0) or 0)
-    return web.Response(status=201)
-
-
-async def exec_inspect(request: web.Request) -> web.StreamResponse:
-    session = _daemon(request).find_exec(request.match_info["id"])
-    process = session.process
-    return web.json_response(
-        {
-            "ID": session.id,
-            "Running": session.state is ExecState.RUNNING,
-            "ExitCode": session.exit_code,
-            "ProcessConfig": {
-                "tty": process.tty,
-                "entrypoint": process.args[0],
-                "arguments": list(process.args[1:]),
-                "privileged": False,
-                "user": process.user,
-            },
-            "OpenStdin": process.stdin,
-            "OpenStderr": True,
-            "OpenStdout": True,
-            "CanRemove": False,
-            "ContainerID": session.pod.id,
-            "DetachKeys": "",
-            "Pid": 0,
-        }
-    )
+        subscription.close()
 
 
 # -- top, stats ----------------------------------------------------------------------
 async def top(request: web.Request) -> web.StreamResponse:
-    pod = _pod(request)
+    pod = container_of(request)
     reply = await pod.running_agent().request("top", container=pod.id[:12])
     return web.json_response({"Titles": reply.get("titles", []), "Processes": reply.get("processes", [])})
 
@@ -483,7 +425,7 @@ async def _stats_sample(pod: Pod) -> dict[str, Any]:
 
 
 async def stats(request: web.Request) -> web.StreamResponse:
-    pod = _pod(request)
+    pod = container_of(request)
     stream = flag(request, "stream", True) and not flag(request, "one-shot")
     empty_pre = {"cpu_usage": {"total_usage": 0}, "system_cpu_usage": 0, "online_cpus": 0}
     if not stream:
@@ -510,106 +452,10 @@ async def stats(request: web.Request) -> web.StreamResponse:
     return response
 
 
-# -- archive (docker cp) ---------------------------------------------------------------
-def _archive_path(request: web.Request) -> str:
-    path = request.query.get("path", "")
-    if not path:
-        raise InvalidArgument("the path parameter is required")
-    return path if path.startswith("/") else f"/{path}"
-
-
-async def _stat(pod: Pod, path: str) -> dict[str, Any]:
-    try:
-        reply = await pod.running_agent().request("archive_stat", container=pod.id[:12], path=path)
-    except AgentRequestError as exc:
-        if exc.errno == 2:
-            raise NotFound(f"Could not find the file {path} in container {pod.record.name}") from exc
-        raise
-    return convert.path_stat(reply)
-
-
-def _stat_header(stat: dict[str, Any]) -> str:
-    return base64.b64encode(json.dumps(stat).encode()).decode()
-
-
-async def archive_head(request: web.Request) -> web.StreamResponse:
-    stat = await _stat(_pod(request), _archive_path(request))
-    return web.Response(status=200, headers={"X-Docker-Container-Path-Stat": _stat_header(stat)})
-
-
-async def archive_get(request: web.Request) -> web.StreamResponse:
-    pod = _pod(request)
-    path = _archive_path(request)
-    stat = await _stat(pod, path)
-    agent = pod.running_agent()
-    stream = pod.new_stream()
-    channel = agent.open_process(stream)
-    await agent.request("archive_get", container=pod.id[:12], process=stream, path=path)
-    response = web.StreamResponse(
-        headers={"Content-Type": "application/x-tar", "X-Docker-Container-Path-Stat": _stat_header(stat)}
-    )
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    errors = bytearray()
-    while (item := await channel.output.get()) is not None:
-        kind, data, _ = item
-        pod.consumed()
-        if kind is FrameKind.STDERR:
-            errors += data[:4096]
-        else:
-            await response.write(data)
-    try:
-        status = await channel.exit_status
-    except AgentConnectionLost:
-        status = -1
-    if status != 0:
-        # Too late for an error status: cut the connection so the client sees a broken archive.
-        if request.transport is not None:
-            request.transport.close()
-        return response
-    await response.write_eof()
-    return response
-
-
-async def archive_put(request: web.Request) -> web.StreamResponse:
-    pod = _pod(request)
-    path = _archive_path(request)
-    agent = pod.running_agent()
-    stream = pod.new_stream()
-    channel = agent.open_process(stream)
-    try:
-        await agent.request("archive_put", container=pod.id[:12], process=stream, path=path)
-    except AgentRequestError as exc:
-        if exc.errno == 2:
-            raise NotFound(f"Could not find the file {path} in container {pod.record.name}") from exc
-        if exc.errno == 20:
-            raise InvalidArgument(f"{path} in container {pod.record.name} is not a directory") from exc
-        raise
-    errors = bytearray()
-
-    async def collect() -> None:
-        while (item := await channel.output.get()) is not None:
-            pod.consumed()
-            errors.extend(item[1][:4096])
-
-    collector = asyncio.create_task(collect())
-    try:
-        async for chunk in request.content.iter_chunked(256 * 1024):
-            await agent.write_stdin(stream, chunk)
-        await agent.close_stdin(stream)
-        status = await asyncio.wait_for(channel.exit_status, 600)
-        await collector
-    finally:
-        collector.cancel()
-    if status != 0:
-        text = errors.decode(errors="replace").strip() or f"extracting into {path} failed"
-        raise InvalidArgument(f"copying into container {pod.record.name} failed: {text}")
-    return web.Response(status=200)
-
-
 ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/containers/create", create),
     ("GET", "/containers/json", list_containers),
+    ("POST", "/containers/prune", prune),
     ("GET", "/containers/{id}/json", inspect),
     ("POST", "/containers/{id}/start", start),
     ("POST", "/containers/{id}/stop", stop),
@@ -623,13 +469,6 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/containers/{id}/resize", resize),
     ("GET", "/containers/{id}/logs", logs),
     ("POST", "/containers/{id}/attach", attach),
-    ("POST", "/containers/{id}/exec", exec_create),
-    ("POST", "/exec/{id}/start", exec_start),
-    ("POST", "/exec/{id}/resize", exec_resize),
-    ("GET", "/exec/{id}/json", exec_inspect),
     ("GET", "/containers/{id}/top", top),
     ("GET", "/containers/{id}/stats", stats),
-    ("HEAD", "/containers/{id}/archive", archive_head),
-    ("GET", "/containers/{id}/archive", archive_get),
-    ("PUT", "/containers/{id}/archive", archive_put),
 ]

@@ -16,6 +16,7 @@ from hyper.daemon.pods import CreateRequest
 from hyper.daemon.policy import RestartPolicy
 from hyper.daemon.state import ContainerRecord
 from hyper.errors import InvalidArgument
+from hyper.image import ImageConfig
 from hyper.runtime import spec as specs
 
 # HostConfig fields whose non-empty value needs something Hyper does not do yet.
@@ -69,7 +70,8 @@ def create_request(body: dict[str, Any], name: str | None) -> CreateRequest:
     image = body.get("Image")
     if not isinstance(image, str) or not image:
         raise InvalidArgument("the container config has no Image", hint="give an image to run")
-    host = body.get("HostConfig") or {}
+    host = body.get("HostConfig")
+    host = {} if host is None else host
     if not isinstance(host, dict):
         raise InvalidArgument("HostConfig must be an object")
     for key, what in UNSUPPORTED_HOST_CONFIG.items():
@@ -191,13 +193,32 @@ def summary(record: ContainerRecord, now: float | None = None) -> dict[str, Any]
     }
 
 
-def inspect(record: ContainerRecord, exec_ids: list[str], log_path: str) -> dict[str, Any]:
-    """GET /containers/{id}/json."""
+def effective_config(
+    record: ContainerRecord, image: ImageConfig | None
+) -> tuple[list[str] | None, list[str] | None, str]:
+    """Config.Entrypoint, Config.Cmd and Config.User as Docker reports them: the
+    user's where given, else the image's (Docker merges them at create)."""
+    options = record.options
+    command = list(options.get("command") or [])
+    entrypoint = options.get("entrypoint")
+    user = options.get("user") or (image.user if image is not None else "")
+    if entrypoint is not None:  # --entrypoint also drops the image's CMD
+        return ([entrypoint] if entrypoint else None), (command or None), user
+    if image is None:  # the image is gone: the whole command line is the best guess
+        return None, (command or list(record.command) or None), user
+    image_entrypoint = list(image.entrypoint) if image.entrypoint else None
+    return image_entrypoint, (command or list(image.cmd or ()) or None), user
+
+
+def inspect(
+    record: ContainerRecord, exec_ids: list[str], log_path: str, image: ImageConfig | None = None
+) -> dict[str, Any]:
+    """GET /containers/{id}/json; `image` is the config of the container's image, if still there."""
     options = record.options
     process = record.process or {}
-    policy = RestartPolicy.from_document(record.restart_policy)
+    policy = RestartPolicy.from_document(record.restart_policy).document()
     running = record.state in ("running", "paused")
-    entrypoint = options.get("entrypoint")
+    entrypoint, command, user = effective_config(record, image)
     return {
         "Id": record.id,
         "Created": rfc3339(record.created),
@@ -231,7 +252,8 @@ def inspect(record: ContainerRecord, exec_ids: list[str], log_path: str) -> dict
         "ExecIDs": exec_ids or None,
         "HostConfig": {
             "NetworkMode": "none",
-            "RestartPolicy": policy.document(),
+            # Docker reports the default policy as "no" (the docker CLI sends it so).
+            "RestartPolicy": policy | {"Name": policy["Name"] or "no"},
             "AutoRemove": record.auto_remove,
             "Memory": int(options.get("memory_mib") or specs.DEFAULT_MEMORY_MIB) << 20,
             "NanoCpus": int(options.get("cpus") or 1) * 1_000_000_000,
@@ -246,7 +268,7 @@ def inspect(record: ContainerRecord, exec_ids: list[str], log_path: str) -> dict
         "Config": {
             "Hostname": options.get("hostname") or record.id[:12],
             "Domainname": "",
-            "User": process.get("user", ""),
+            "User": user,
             "AttachStdin": False,
             "AttachStdout": False,
             "AttachStderr": False,
@@ -254,11 +276,11 @@ def inspect(record: ContainerRecord, exec_ids: list[str], log_path: str) -> dict
             "OpenStdin": bool(options.get("interactive")),
             "StdinOnce": record.stdin_once,
             "Env": process.get("env", []),
-            "Cmd": list(options.get("command") or []) or None,
+            "Cmd": command,
             "Image": record.image,
             "Volumes": None,
             "WorkingDir": process.get("cwd", ""),
-            "Entrypoint": None if entrypoint is None else [entrypoint],
+            "Entrypoint": entrypoint,
             "OnBuild": None,
             "Labels": record.labels,
         },

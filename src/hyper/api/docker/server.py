@@ -16,7 +16,7 @@ import time
 from aiohttp import web
 
 from hyper import __version__
-from hyper.api.docker import containers, images
+from hyper.api.docker import archive, containers, execs, images
 from hyper.api.docker.common import (
     API_VERSION,
     DAEMON,
@@ -58,10 +58,11 @@ async def docker_errors(request: web.Request, handler: Handler) -> web.StreamRes
     except HyperError as exc:
         return error_response(exc)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+        # "not supported" in the text lets `docker inspect NAME` skip object kinds Hyper lacks.
         return docker_error(
             501,
             f"Hyper does not implement {request.method} {request.path} of the Docker Engine API "
-            f"(API {API_VERSION}); see docs/docker-api.md for what it serves",
+            f"(API {API_VERSION}), so it is not supported; see docs/docker-api.md for what it serves",
         )
     if not response.prepared:
         response.headers.setdefault("API-Version", API_VERSION)
@@ -95,25 +96,30 @@ def _kernel() -> str:
     return platform.release()
 
 
+def version_document() -> dict[str, object]:
+    """GET /version. The docker CLI prints the Engine component's Details, so
+    they repeat the top-level fields, as dockerd's do."""
+    engine = {
+        "Version": __version__,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": f"python{platform.python_version()}",
+        "Os": "linux",
+        "Arch": "amd64" if platform.machine() == "x86_64" else platform.machine(),
+        "KernelVersion": _kernel(),
+        "BuildTime": "",
+    }
+    details = {key: value for key, value in engine.items() if key != "Version"} | {"Experimental": "false"}
+    return {
+        "Platform": {"Name": "Hyper (VM-isolated containers)"},
+        "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
+        **engine,
+    }
+
+
 async def version(request: web.Request) -> web.StreamResponse:
-    return web.json_response(
-        {
-            "Platform": {"Name": "Hyper (VM-isolated containers)"},
-            "Components": [
-                {"Name": "Engine", "Version": __version__, "Details": {"ApiVersion": API_VERSION}}
-            ],
-            "Version": __version__,
-            "ApiVersion": API_VERSION,
-            "MinAPIVersion": MIN_API_VERSION,
-            "GitCommit": "",
-            "GoVersion": f"python{platform.python_version()}",
-            "Os": "linux",
-            "Arch": "amd64" if platform.machine() == "x86_64" else platform.machine(),
-            "KernelVersion": _kernel(),
-            "BuildTime": "",
-        },
-        headers=_headers(),
-    )
+    return web.json_response(version_document(), headers=_headers())
 
 
 async def info(request: web.Request) -> web.StreamResponse:
@@ -233,12 +239,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     until_ns = None if until is None else int(until * 1e9)
     subscription = daemon.events.subscribe(since_ns=None if since is None else int(since * 1e9))
     try:
-        while not subscription.ended:
-            wait = 1.0 if until is None else min(1.0, until - time.time())
-            if wait <= 0 or request.transport is None or request.transport.is_closing():
-                break  # past `until`, or the client went away
+        while request.transport is not None and not request.transport.is_closing():
+            # The backlog (events since `since`) comes first, even when `until` is already past.
+            wait = 1.0 if until is None else max(0.0, min(1.0, until - time.time()))
             event = await subscription.next(wait)
             if event is None:
+                if subscription.ended or wait <= 0:
+                    break  # past `until`, or fell behind
                 continue
             if until_ns is not None and event.time_ns > until_ns:
                 break
@@ -259,6 +266,8 @@ def _routes() -> list[Route]:
         ("GET", "/info", info),
         ("GET", "/events", events),
         *containers.ROUTES,
+        *execs.ROUTES,
+        *archive.ROUTES,
         *images.ROUTES,
     ]
 
