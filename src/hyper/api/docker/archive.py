@@ -16,7 +16,7 @@ from aiohttp import web
 from hyper.agent.host import AgentConnectionLost, AgentRequestError
 from hyper.agent.protocol import FrameKind
 from hyper.api.docker import convert
-from hyper.api.docker.common import Handler, container_of
+from hyper.api.docker.common import Handler, container_of, flag
 from hyper.daemon.pods import Pod
 from hyper.errors import InvalidArgument, NotFound
 
@@ -88,7 +88,14 @@ async def archive_put(request: web.Request) -> web.StreamResponse:
     stream = pod.new_stream()
     channel = agent.open_process(stream)
     try:
-        await agent.request("archive_put", container=pod.id[:12], process=stream, path=path)
+        await agent.request(
+            "archive_put",
+            container=pod.id[:12],
+            process=stream,
+            path=path,
+            # Docker's cp refuses to replace a directory with a file (or the reverse).
+            no_overwrite_dir_non_dir=flag(request, "noOverwriteDirNonDir"),
+        )
     except AgentRequestError as exc:
         if exc.errno == 2:
             raise NotFound(f"Could not find the file {path} in container {pod.record.name}") from exc

@@ -16,6 +16,9 @@ from hyper.api.errors import HTTP_STATUS
 from hyper.daemon.daemon import Daemon
 from hyper.daemon.pods import Pod
 from hyper.errors import HyperError, InvalidArgument, NotFound
+from hyper.runtime.detach import DetachScanner, parse_detach_keys
+
+__all__ = ["DetachScanner", "parse_detach_keys"]  # shared with the CLI, from hyper.runtime.detach
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON = web.AppKey("docker-daemon", Daemon)
@@ -134,57 +137,6 @@ def parse_time(text: str | None) -> float | None:
 def frame(stream: int, data: bytes) -> bytes:
     """One frame of Docker's multiplexed stream (non-TTY attach, exec and logs)."""
     return struct.pack(">BxxxI", stream, len(data)) + data
-
-
-def parse_detach_keys(text: str | None) -> bytes:
-    """`ctrl-p,ctrl-q` (Docker's default) as the bytes that detach."""
-    spec = text or "ctrl-p,ctrl-q"
-    keys = bytearray()
-    for word in spec.split(","):
-        part = word.strip()
-        if len(part) == 1:
-            keys.append(ord(part))
-        elif part.lower().startswith("ctrl-") and len(part) == 6:
-            char = part[5].lower()
-            codes = {"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}
-            if "a" <= char <= "z":
-                keys.append(ord(char) - ord("a") + 1)
-            elif char in codes:
-                keys.append(codes[char])
-            else:
-                raise InvalidArgument(f"invalid detach key {part!r}")
-        else:
-            raise InvalidArgument(f"invalid detach keys {spec!r}", hint="use a list such as ctrl-p,ctrl-q")
-    return bytes(keys)
-
-
-class DetachScanner:
-    """Finds the detach sequence in what a client types; what precedes it still counts."""
-
-    def __init__(self, keys: bytes) -> None:
-        self.keys = keys
-        self.matched = 0
-
-    def feed(self, data: bytes) -> tuple[bytes, bool]:
-        """The bytes to forward, and whether the client asked to detach."""
-        if not self.keys:
-            return data, False
-        out = bytearray()
-        for byte in data:
-            if byte == self.keys[self.matched]:
-                self.matched += 1
-                if self.matched == len(self.keys):
-                    self.matched = 0
-                    return bytes(out), True
-                continue
-            if self.matched:
-                out += self.keys[: self.matched]  # a partial match was ordinary input
-                self.matched = 0
-                if byte == self.keys[0]:
-                    self.matched = 1
-                    continue
-            out.append(byte)
-        return bytes(out), False
 
 
 class _RawReader:

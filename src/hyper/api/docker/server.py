@@ -31,6 +31,7 @@ from hyper.daemon.daemon import Daemon
 from hyper.daemon.events import Event
 from hyper.errors import HyperError
 from hyper.runtime import spec as specs
+from hyper.vm.accel import choose_accel, probe_host
 
 Route = tuple[str, str, Handler]
 
@@ -130,9 +131,11 @@ async def info(request: web.Request) -> web.StreamResponse:
     image_count = len(await images.list_store_images(daemon))
     with open("/proc/meminfo") as f:
         mem_kib = int(f.readline().split()[1])
-    accel = (
-        daemon.settings.accel.value if hasattr(daemon.settings.accel, "value") else str(daemon.settings.accel)
-    )
+    try:
+        choice = choose_accel(daemon.settings.accel, probe_host(), daemon.settings.kernel_is_pvm)
+        accel = f"{choice.accel.value}: {choice.reason}"
+    except HyperError as exc:
+        accel = f"unusable setting: {exc.message}"
     return web.json_response(
         {
             "ID": f"hyperd-{os.uname().nodename}",
