@@ -21,7 +21,6 @@ from hyper.cli.container_commands import (
     format_ps_json,
     format_ps_table,
     format_status,
-    human_duration,
     parse_labels,
     parse_ps_filters,
     parse_tail,
@@ -29,6 +28,7 @@ from hyper.cli.container_commands import (
 from hyper.cli.context import CliContext
 from hyper.cli.main import build_parser, main
 from hyper.errors import InvalidArgument, NotFound
+from hyper.humanize import human_duration
 from hyper.paths import HyperPaths
 
 NOW = 1_700_000_000.0

@@ -28,6 +28,7 @@ from hyper.daemon.events import Event
 from hyper.daemon.policy import PolicyName, RestartPolicy
 from hyper.daemon.state import ContainerRecord
 from hyper.errors import InvalidArgument, NotFound
+from hyper.humanize import human_duration
 from hyper.image import ImageConfig
 from hyper.runtime import spec as specs
 
@@ -173,7 +174,7 @@ def test_create_request_rejects_malformed_bodies(body: dict[str, Any], message: 
     ],
 )
 def test_human_duration_reads_as_dockers(seconds: float, text: str) -> None:
-    assert convert.human_duration(seconds) == text
+    assert human_duration(seconds) == text
 
 
 def test_status_text_per_state() -> None:

@@ -25,6 +25,7 @@ from typing import BinaryIO, TextIO
 from hyper.cli.client import ContainerInfo, ContainerState, DaemonClient, LogRecord, connect_or_start
 from hyper.cli.context import CliContext
 from hyper.errors import HyperError, InvalidArgument
+from hyper.humanize import human_duration
 
 SHORT_ID_LENGTH = 12
 COMMAND_WIDTH = 20
@@ -59,15 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     logs.set_defaults(func=logs_command)
 
     stop = subparsers.add_parser("stop", help="stop running containers")
-    stop.add_argument(
-        "-t",
-        "--time",
-        "--timeout",
-        dest="timeout",
-        type=int,
-        metavar="SECONDS",
-        help="seconds to wait before killing (default: 10)",
-    )
+    add_stop_timeout(stop)
     stop.add_argument("containers", nargs="+", metavar="CONTAINER")
     stop.set_defaults(func=stop_command)
 
@@ -87,6 +80,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 # ---- commands ----------------------------------------------------------------
+
+
+def add_stop_timeout(parser: argparse.ArgumentParser) -> None:
+    """`-t/--time/--timeout SECONDS`, as `stop` and `restart` take it."""
+    parser.add_argument(
+        "-t",
+        "--time",
+        "--timeout",
+        dest="timeout",
+        type=int,
+        metavar="SECONDS",
+        help="seconds to wait before killing (default: 10)",
+    )
 
 
 def ps_command(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -244,34 +250,6 @@ def parse_ps_filters(texts: Iterable[str]) -> PsFilter:
 
 def short_id(container_id: str) -> str:
     return container_id[:SHORT_ID_LENGTH]
-
-
-def human_duration(seconds: float) -> str:
-    """Docker's `units.HumanDuration`: `Less than a second`, `About a minute`, `3 hours`."""
-    whole = int(seconds)
-    if whole < 1:
-        return "Less than a second"
-    if whole == 1:
-        return "1 second"
-    if whole < 60:
-        return f"{whole} seconds"
-    minutes = whole // 60
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(seconds / 3600 + 0.5)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
 
 
 def format_created(container: ContainerInfo, now: float) -> str:

@@ -14,7 +14,7 @@ import argparse
 
 from hyper.cli import run_commands
 from hyper.cli.client import DaemonClient
-from hyper.cli.container_commands import connect_daemon, for_each
+from hyper.cli.container_commands import add_stop_timeout, connect_daemon, for_each
 from hyper.cli.context import CliContext
 from hyper.errors import InvalidArgument
 
@@ -36,15 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     start.set_defaults(func=start_command)
 
     restart = subparsers.add_parser("restart", help="restart containers")
-    restart.add_argument(
-        "-t",
-        "--time",
-        "--timeout",
-        dest="timeout",
-        type=int,
-        metavar="SECONDS",
-        help="seconds to wait before killing (default: 10)",
-    )
+    add_stop_timeout(restart)
     restart.add_argument("containers", nargs="+", metavar="CONTAINER")
     restart.set_defaults(func=restart_command)
 

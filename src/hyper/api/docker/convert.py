@@ -16,6 +16,7 @@ from hyper.daemon.pods import CreateRequest
 from hyper.daemon.policy import RestartPolicy
 from hyper.daemon.state import ContainerRecord
 from hyper.errors import InvalidArgument
+from hyper.humanize import human_duration
 from hyper.image import ImageConfig
 from hyper.runtime import spec as specs
 
@@ -132,34 +133,6 @@ def create_request(body: dict[str, Any], name: str | None) -> CreateRequest:
         auto_remove=bool(host.get("AutoRemove")),
         stdin_once=bool(body.get("StdinOnce")),
     )
-
-
-def human_duration(seconds: float) -> str:
-    """Docker's go-units HumanDuration."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = s // 60
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = round(s / 3600)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{hours // 24 // 365} years"
 
 
 def statustext(record: ContainerRecord, now: float) -> str:
