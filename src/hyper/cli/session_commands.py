@@ -28,17 +28,10 @@ from hyper.cli.run_commands import client_env
 from hyper.cli.streams import open_hijacked, relay
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument
 from hyper.runtime.detach import parse_detach_keys
-from hyper.runtime.stdio import Attachment, raw_terminal
+from hyper.runtime.stdio import FORWARDED_SIGNALS, Attachment, raw_terminal
 
-# What `--sig-proxy` passes on; Docker's list less those a terminal session makes.
-PROXIED_SIGNALS = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
+# What `--sig-proxy` passes on: what a foreground `hyper run` forwards.
+PROXIED_SIGNALS = FORWARDED_SIGNALS
 DETACHED_MESSAGE = "read escape sequence"
 
 

@@ -32,7 +32,7 @@ from hyper.runtime import spec as specs
 from hyper.runtime import templates
 from hyper.runtime.boot import boot_agent
 from hyper.runtime.settings import Settings
-from hyper.runtime.stdio import Attachment, pump_output, raw_terminal, start_stdin_reader
+from hyper.runtime.stdio import FORWARDED_SIGNALS, Attachment, pump_output, raw_terminal, start_stdin_reader
 from hyper.vm.accel import AccelChoice, choose_accel, probe_host
 from hyper.vm.appliance import Appliance, ensure_appliance
 from hyper.vm.driver import DiskSpec, VmSpec
@@ -42,14 +42,6 @@ from hyper.vm.qemu import QemuDriver, VmStartError
 WRITABLE_DISK_BYTES = templates.SLOT_BYTES  # sparse; Docker's classic base size, 10 GiB
 SHUTDOWN_TIMEOUT = 10.0
 MAX_SOCKET_PATH = 107
-FORWARDED_SIGNALS = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
 MAIN_PROCESS = 1
 
 

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import signal
 import termios
 import threading
 import tty
@@ -19,6 +20,17 @@ from dataclasses import dataclass
 
 from hyper.agent.host import ProcessChannel
 from hyper.agent.protocol import FrameKind
+
+# Signals an attached client passes on to the container (Docker's list, less
+# the terminal's own: SIGWINCH is a resize, SIGCHLD and SIGPIPE are local).
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 
 
 @dataclass(frozen=True)
