@@ -7,8 +7,10 @@ cache) and measures, N times each (default 10):
   (b) exec round trip over the Docker Engine API, as `docker exec c true` does
       it: create the exec, start it on a hijacked connection, read its end,
       inspect its exit code;
-  (c) `docker exec c true` with the real docker CLI, when one is installed.
-Prints medians, b/a, and the accelerator.
+  (c) `docker exec c true` with the real docker CLI, when one is installed;
+  (d) `docker run --rm busybox true` through hyperd (create, attach, start,
+      wait, remove: one VM from start to removal), likewise.
+Prints medians, b/a, c/b, d/a, and the accelerator.
 
 Usage: python bench/lifecycle.py [-n N]
 """
@@ -120,6 +122,14 @@ def docker_exec(socket: Path, container: str) -> float:
     return time.perf_counter() - begin
 
 
+def docker_run(socket: Path) -> float:
+    begin = time.perf_counter()
+    subprocess.run(
+        ["docker", "-H", f"unix://{socket}", "run", "--rm", IMAGE, "true"], check=True, capture_output=True
+    )
+    return time.perf_counter() - begin
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -136,6 +146,7 @@ def main() -> None:
     runs: list[float] = []
     execs: list[float] = []
     clis: list[float] = []
+    docker_runs: list[float] = []
     containers: list[str] = []
     have_docker = shutil.which("docker") is not None
     try:
@@ -151,6 +162,8 @@ def main() -> None:
                 execs.append(asyncio.run(exec_round_trip(http, socket, target)))
                 if have_docker:
                     clis.append(docker_exec(socket, target))
+        if have_docker:
+            docker_runs = [docker_run(socket) for _ in range(args.n)]
     finally:
         hyperd.send_signal(signal.SIGTERM)
         hyperd.wait(60)
@@ -171,6 +184,9 @@ def main() -> None:
     if clis:
         c = statistics.median(clis)
         print(f"  (c) `docker exec c true` (real CLI):     {c:.3f} s   c/b = {c / b:.2f}")
+    if docker_runs:
+        d = statistics.median(docker_runs)
+        print(f"  (d) `docker run --rm busybox true`:      {d:.3f} s   d/a = {d / a:.2f}")
 
 
 if __name__ == "__main__":
