@@ -302,8 +302,10 @@ class FakeClient:
         self.listed_all.append(all)
         return [RUNNING, EXITED, CREATED] if all else [RUNNING]
 
-    def logs(self, ref: str, *, follow: bool = False, tail: int | None = None) -> Iterator[LogRecord]:
-        self.calls.append(("logs", ref, str(follow), str(tail)))
+    def logs(
+        self, ref: str, *, follow: bool = False, tail: int | None = None, since: float | None = None
+    ) -> Iterator[LogRecord]:
+        self.calls.append(("logs", ref, str(follow), str(tail)) + (() if since is None else (str(since),)))
         yield LogRecord("stdout", NOW, b"out \xff\n")
         yield LogRecord("stderr", NOW, b"err\n")
 
@@ -434,3 +436,18 @@ def test_run_detached_rejects(argv: tuple[str, ...], client: FakeClient) -> None
     with pytest.raises(InvalidArgument):
         Console().run(*argv)
     assert client.created == []
+
+
+def test_parse_since_takes_dockers_forms() -> None:
+    from hyper.cli.container_commands import parse_since
+
+    now = 1_800_000_000.0
+    assert parse_since("1700000000.5", now) == 1700000000.5
+    assert parse_since("10m", now) == now - 600
+    assert parse_since("1h30m", now) == now - 5400
+    assert parse_since("1.5s", now) == now - 1.5
+    assert parse_since("2026-11-23T10:00:00Z", now) == 1795428000.0
+    with pytest.raises(InvalidArgument):
+        parse_since("yesterday", now)
+    with pytest.raises(InvalidArgument):
+        parse_since("10m fast", now)

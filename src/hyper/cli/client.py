@@ -169,7 +169,13 @@ class DaemonClient:
         return ContainerInfo.from_json(self._request("GET", _container_path(ref)).json())
 
     def logs(
-        self, ref: str, *, follow: bool = False, tail: int | None = None, timestamps: bool = False
+        self,
+        ref: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        timestamps: bool = False,
+        since: float | None = None,
     ) -> Iterator[LogRecord]:
         """The container's output as hyperd streams it, one record at a time.
 
@@ -185,6 +191,8 @@ class DaemonClient:
             params["tail"] = str(tail)
         if timestamps:
             params["timestamps"] = "1"
+        if since is not None:
+            params["since"] = repr(since)
         timeout = httpx.Timeout(None, connect=_PING_TIMEOUT) if follow else httpx.USE_CLIENT_DEFAULT
         with self._mapped_transport_errors():
             request = self._http.build_request(

@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     logs.add_argument("-f", "--follow", action="store_true", help="follow the output until it exits")
     logs.add_argument("-n", "--tail", default="all", metavar="N", help="lines from the end (default: all)")
     logs.add_argument("-t", "--timestamps", action="store_true", help="show timestamps")
+    logs.add_argument(
+        "--since", metavar="TIME", help="only output since TIME: Unix seconds, RFC 3339, or 42m, 1h30m ago"
+    )
     logs.add_argument("container", metavar="CONTAINER")
     logs.set_defaults(func=logs_command)
 
@@ -115,12 +118,13 @@ def ps_command(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def logs_command(args: argparse.Namespace, ctx: CliContext) -> int:
     tail = parse_tail(args.tail)
+    since = None if args.since is None else parse_since(args.since, time.time())
     stdout, stderr = _binary(ctx.stdout), _binary(ctx.stderr)
     writer = LogWriter(stdout, stderr, timestamps=args.timestamps)
     with connect_daemon(ctx) as client:
         # Timestamps are formatted here from each record's `time`, so the
         # daemon is not asked to put them into the data.
-        for record in client.logs(args.container, follow=args.follow, tail=tail):
+        for record in client.logs(args.container, follow=args.follow, tail=tail, since=since):
             writer.write(record)
             if args.follow:
                 stdout.flush()
@@ -339,6 +343,31 @@ def format_ps_json(containers: Sequence[ContainerInfo], now: float, *, truncate:
 
 
 # ---- logs ----------------------------------------------------------------------
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_since(text: str, now: float) -> float:
+    """Docker's `--since`: Unix seconds, an RFC 3339 time, or a duration before now (Go's `1h30m`)."""
+    value = text.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(value)
+    if parts and "".join(number + unit for number, unit in parts) == value:
+        return now - sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    try:
+        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(
+            f"invalid --since {text!r}", hint="give Unix seconds, an RFC 3339 time, or a duration such as 10m"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def parse_tail(text: str) -> int | None:
