@@ -514,6 +514,23 @@ def test_cp_into_and_out_of_a_container(hyperd: DockerHyperd, counter: str, tmp_
 # -- system: version, info, events -----------------------------------------------------------------
 
 
+def test_cp_works_on_created_and_exited_containers(hyperd: DockerHyperd, tmp_path: Path) -> None:
+    """As in Docker: inject a file before the first start, fetch a result after the exit
+    (Hyper boots the container's VM for the copy and powers it off after)."""
+    config = tmp_path / "app.conf"
+    config.write_text("injected\n")
+    ok(hyperd.docker("create", "--name", "cpcreated", "busybox", "cat", "/etc/app.conf"))
+    ok(hyperd.docker("cp", str(config), "cpcreated:/etc/app.conf"))
+    assert ok(hyperd.docker("start", "-a", "cpcreated")) == "injected\n"
+    ok(hyperd.docker("run", "--name", "cpexited", "busybox", "sh", "-c", "echo result > /out.txt"))
+    ok(hyperd.docker("cp", "cpexited:/out.txt", str(tmp_path / "out.txt")))
+    assert (tmp_path / "out.txt").read_text() == "result\n"
+    missing = hyperd.docker("cp", "cpexited:/nonexistent", str(tmp_path / "x"))
+    assert missing.returncode != 0 and "Could not find the file /nonexistent" in missing.stderr
+    state = ok(hyperd.docker("inspect", "-f", "{{.State.Status}}", "cpexited", "cpcreated"))
+    assert state.split() == ["exited", "exited"]
+
+
 def test_version_and_info(hyperd: DockerHyperd, counter: str) -> None:
     server = json.loads(ok(hyperd.docker("version", "--format", "{{json .Server}}")))
     assert (server["ApiVersion"], server["MinAPIVersion"], server["Os"]) == ("1.43", "1.41", "linux")

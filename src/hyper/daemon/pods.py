@@ -23,7 +23,7 @@ import secrets
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -449,6 +449,30 @@ class Pod:
         if self.status is State.PAUSED:
             raise FailedPrecondition(f"container {self.record.name} is paused", hint="unpause it first")
         return self.agent
+
+    @contextlib.asynccontextmanager
+    async def files_agent(self) -> AsyncIterator[AgentClient]:
+        """An agent with the container's root mounted: the running VM's, or for a
+        stopped container a VM booted for the purpose and powered off after
+        (Docker's `cp` works on stopped containers). No start runs meanwhile."""
+        if self.running:
+            yield self.running_agent()
+            return
+        async with self._lock:
+            if self.running:
+                yield self.running_agent()
+                return
+            run = ContainerRun(self.options, self.paths, self.settings, container_id=self.id)
+            vm, agent = await run.launch_for_files(await run.prepare())
+            try:
+                yield agent
+            finally:
+                with contextlib.suppress(HyperError):
+                    await agent.request("shutdown", timeout=SHUTDOWN_SECONDS)  # the disk unmounted cleanly
+                await vm.stop(SHUTDOWN_SECONDS)
+                await vm.close()
+                await agent.close()
+                run.release_files(remove=False)
 
     async def kill(self, signum: int) -> None:
         if self.status is State.PAUSED and self.vm is not None:

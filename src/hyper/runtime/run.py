@@ -257,6 +257,23 @@ class ContainerRun:
             raise
         return Launched(vm, agent, channel)
 
+    async def launch_for_files(self, prepared: Prepared) -> tuple[QemuDriver, AgentClient]:
+        """A VM with the container's root mounted and nothing running in it, for
+        copying files in or out of a stopped container; the owner powers it off."""
+        writable = await self._make_files(prepared.image, prepared.process)
+        try:
+            vm, agent = await self._start_vm(self._base_spec(prepared.inputs), prepared.layers, writable)
+            try:
+                await self._mount_container(agent, prepared.layers)
+            except BaseException:
+                await agent.close()
+                await vm.close()
+                raise
+        except BaseException:
+            self.release_files(remove=self.fresh)
+            raise
+        return vm, agent
+
     async def execute(self, attachment: Attachment) -> int:
         prepared = await self.prepare()
         async with self._container_files(prepared.image, prepared.process) as writable:
@@ -378,6 +395,15 @@ class ContainerRun:
         size: tuple[int, int],
     ) -> ProcessChannel:
         """Set the VM up as this container's pod and start its main process."""
+        await self._mount_container(agent, layers)
+        channel = await start_process(
+            agent, "start", container=self.id[:12], stream=MAIN_PROCESS, process=process, size=size
+        )
+        self.save_record(state=specs.ContainerState.RUNNING.value, started=time.time())
+        return channel
+
+    async def _mount_container(self, agent: AgentClient, layers: list[LayerDisk]) -> None:
+        """The guest's hostname, clock and entropy, and the container's root mounted."""
         hostname = self.options.hostname or self.id[:12]
         try:
             resolv = Path("/etc/resolv.conf").read_text()
@@ -401,11 +427,6 @@ class ContainerRun:
             ],
             writable={"serial": templates.WRITABLE_SERIAL, "fstype": "ext4", "options": "noinit_itable"},
         )
-        channel = await start_process(
-            agent, "start", container=self.id[:12], stream=MAIN_PROCESS, process=process, size=size
-        )
-        self.save_record(state=specs.ContainerState.RUNNING.value, started=time.time())
-        return channel
 
     async def _attach(
         self,

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hyper.agent.host import AgentConnectionLost, AgentRequestError
+from hyper.agent.host import AgentClient, AgentConnectionLost, AgentRequestError
 from hyper.agent.protocol import FrameKind
 from hyper.api.docker import convert
 from hyper.api.docker.common import Handler, container_of, flag
@@ -28,9 +28,9 @@ def _archive_path(request: web.Request) -> str:
     return path if path.startswith("/") else f"/{path}"
 
 
-async def _stat(pod: Pod, path: str) -> dict[str, Any]:
+async def _stat(pod: Pod, agent: AgentClient, path: str) -> dict[str, Any]:
     try:
-        reply = await pod.running_agent().request("archive_stat", container=pod.id[:12], path=path)
+        reply = await agent.request("archive_stat", container=pod.id[:12], path=path)
     except AgentRequestError as exc:
         if exc.errno == 2:
             raise NotFound(f"Could not find the file {path} in container {pod.record.name}") from exc
@@ -43,15 +43,20 @@ def _stat_header(stat: dict[str, Any]) -> str:
 
 
 async def archive_head(request: web.Request) -> web.StreamResponse:
-    stat = await _stat(container_of(request), _archive_path(request))
+    pod = container_of(request)
+    async with pod.files_agent() as agent:
+        stat = await _stat(pod, agent, _archive_path(request))
     return web.Response(status=200, headers={"X-Docker-Container-Path-Stat": _stat_header(stat)})
 
 
 async def archive_get(request: web.Request) -> web.StreamResponse:
     pod = container_of(request)
-    path = _archive_path(request)
-    stat = await _stat(pod, path)
-    agent = pod.running_agent()
+    async with pod.files_agent() as agent:
+        return await _archive_get(request, pod, agent, _archive_path(request))
+
+
+async def _archive_get(request: web.Request, pod: Pod, agent: AgentClient, path: str) -> web.StreamResponse:
+    stat = await _stat(pod, agent, path)
     stream = pod.new_stream()
     channel = agent.open_process(stream)
     await agent.request("archive_get", container=pod.id[:12], process=stream, path=path)
@@ -83,8 +88,11 @@ async def archive_get(request: web.Request) -> web.StreamResponse:
 
 async def archive_put(request: web.Request) -> web.StreamResponse:
     pod = container_of(request)
-    path = _archive_path(request)
-    agent = pod.running_agent()
+    async with pod.files_agent() as agent:
+        return await _archive_put(request, pod, agent, _archive_path(request))
+
+
+async def _archive_put(request: web.Request, pod: Pod, agent: AgentClient, path: str) -> web.StreamResponse:
     stream = pod.new_stream()
     channel = agent.open_process(stream)
     try:
