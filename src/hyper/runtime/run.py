@@ -243,23 +243,28 @@ class ContainerRun:
     async def launch(self, prepared: Prepared) -> Launched:
         """Make the container's files and VM and start its process, for an owner
         that keeps them beyond one call (hyperd). On failure nothing is left."""
-        writable = await self._make_files(prepared.image, prepared.process)
+        vm, agent = await self.launch_for_files(prepared)
         try:
-            vm, agent = await self._start_vm(self._base_spec(prepared.inputs), prepared.layers, writable)
-            try:
-                channel = await self._start_process(agent, prepared.layers, prepared.process, (24, 80))
-            except BaseException:
-                await agent.close()
-                await vm.close()
-                raise
+            channel = await start_process(
+                agent,
+                "start",
+                container=self.id[:12],
+                stream=MAIN_PROCESS,
+                process=prepared.process,
+                size=(24, 80),
+            )
+            self.save_record(state=specs.ContainerState.RUNNING.value, started=time.time())
         except BaseException:
+            await agent.close()
+            await vm.close()
             self.release_files(remove=self.fresh)
             raise
         return Launched(vm, agent, channel)
 
     async def launch_for_files(self, prepared: Prepared) -> tuple[QemuDriver, AgentClient]:
-        """A VM with the container's root mounted and nothing running in it, for
-        copying files in or out of a stopped container; the owner powers it off."""
+        """A VM with the container's root mounted and nothing running in it (yet):
+        `launch` starts the container's process in it; hyperd also copies files in
+        or out of a stopped container with one, then powers it off."""
         writable = await self._make_files(prepared.image, prepared.process)
         try:
             vm, agent = await self._start_vm(self._base_spec(prepared.inputs), prepared.layers, writable)

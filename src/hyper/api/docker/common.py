@@ -54,8 +54,7 @@ def docker_error(status: int, message: str) -> web.Response:
 
 
 def error_response(exc: HyperError) -> web.Response:
-    message = exc.message if not exc.hint else f"{exc.message} ({exc.hint})"
-    return docker_error(HTTP_STATUS[exc.category], message)
+    return docker_error(HTTP_STATUS[exc.category], str(exc))  # the message, and the hint in parentheses
 
 
 def flag(request: web.Request, name: str, default: bool = False) -> bool:

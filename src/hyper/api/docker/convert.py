@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from hyper.api.docker.common import rfc3339
+from hyper.api.docker.labels import label_matches
 from hyper.daemon.pods import CreateRequest
 from hyper.daemon.policy import RestartPolicy
 from hyper.daemon.state import ContainerRecord
@@ -291,7 +292,7 @@ def matches_filters(record: ContainerRecord, wanted: dict[str, list[str]]) -> bo
         elif key == "status":
             ok = record.state in values
         elif key == "label":
-            ok = all(_label_matches(record.labels, v) for v in values)
+            ok = all(label_matches(record.labels, v) for v in values)
         elif key == "ancestor":
             ok = any(v in (record.image, record.image_id) or record.image_id.endswith(v) for v in values)
         elif key == "exited":
@@ -304,8 +305,3 @@ def matches_filters(record: ContainerRecord, wanted: dict[str, list[str]]) -> bo
         if not ok:
             return False
     return True
-
-
-def _label_matches(labels: dict[str, str], wanted: str) -> bool:
-    key, sep, value = wanted.partition("=")
-    return key in labels and (not sep or labels[key] == value)

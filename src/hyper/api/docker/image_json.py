@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hyper.api.docker.labels import label_matches
 from hyper.errors import DataLoss, HyperError, InvalidArgument
 from hyper.image import Image, Reference, parse_reference
 from hyper.image.registry import Credentials, ProgressEvent
@@ -186,11 +187,6 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-def _label_matches(labels: Mapping[str, str], wanted: str) -> bool:
-    key, sep, value = wanted.partition("=")
-    return key in labels and (not sep or labels[key] == value)
-
-
 def image_summaries(images: Sequence[Image], wanted: ImageFilters) -> list[dict[str, Any]]:
     """`GET /images/json`: one entry per image, newest first, Docker's filters applied."""
     found: list[dict[str, Any]] = []
@@ -201,7 +197,7 @@ def image_summaries(images: Sequence[Image], wanted: ImageFilters) -> list[dict[
             continue
         if wanted.since is not None and created <= wanted.since:
             continue
-        if not all(_label_matches(labels, label) for label in wanted.labels):
+        if not all(label_matches(labels, label) for label in wanted.labels):
             continue
         tags = list(image.repo_tags)
         if wanted.references:
@@ -341,7 +337,7 @@ def progress_message(event: ProgressEvent) -> dict[str, Any]:
 
 def error_text(error: BaseException) -> str:
     if isinstance(error, HyperError):
-        return error.message if not error.hint else f"{error.message} ({error.hint})"
+        return str(error)  # the message, and the hint in parentheses
     return f"{type(error).__name__}: {error}"
 
 

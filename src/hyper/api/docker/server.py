@@ -27,6 +27,7 @@ from hyper.api.docker.common import (
     filters,
     parse_time,
 )
+from hyper.api.docker.labels import label_matches
 from hyper.daemon.daemon import Daemon
 from hyper.daemon.events import Event
 from hyper.errors import HyperError
@@ -218,18 +219,13 @@ def _event_matches(event: Event, wanted: dict[str, list[str]]) -> bool:
         have = checks.get(key)
         if have is None:
             if key == "label":
-                if not all(_label_matches(event.attributes, v) for v in values):
+                if not all(label_matches(event.attributes, v) for v in values):
                     return False
                 continue
             return False
         if not any(v in have for v in values):
             return False
     return True
-
-
-def _label_matches(attributes: dict[str, str], wanted: str) -> bool:
-    key, sep, value = wanted.partition("=")
-    return key in attributes and (not sep or attributes[key] == value)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
