@@ -65,6 +65,24 @@ class RunOptions:
     cpus: int = 1
     hostname: str | None = None
     name: str | None = None
+    # Confinement and limits, kept in Docker's own textual forms (as the docker
+    # CLI and the Engine API give them) and checked when the process is specified.
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
+    security_opt: tuple[str, ...] = ()  # no-new-privileges, seccomp=unconfined|<profile JSON>
+    ulimits: tuple[str, ...] = ()  # NAME=SOFT[:HARD], as `--ulimit`
+    shm_size: int = 0  # bytes of /dev/shm; 0 is Docker's 64 MiB
+    init: bool = False  # a minimal init as the container's PID 1
+    stop_signal: str | None = None  # None: the image's StopSignal, else SIGTERM
+    stop_timeout: int | None = None  # seconds `stop` waits before SIGKILL; None: 10
+    # Docker's Healthcheck: an empty test inherits the image's, ("NONE",) disables it;
+    # zero durations and retries take the image's values, then Docker's defaults.
+    health_test: tuple[str, ...] = ()
+    health_interval: float = 0.0
+    health_timeout: float = 0.0
+    health_start_period: float = 0.0
+    health_retries: int = 0
 
 
 @dataclass(frozen=True)
