@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from hyper.agent.guest_security import CAPABILITY_NAMES, RLIM_INFINITY
+from hyper.agent.guest_security import CAPABILITY_NAMES, RLIM_INFINITY, read_confinement
 from hyper.errors import InvalidArgument
 from hyper.runtime.seccomp_bpf import SECCOMP_RET_ALLOW, SeccompData, errno_action, run
 from hyper.runtime.security import (
@@ -13,6 +15,7 @@ from hyper.runtime.security import (
     SecurityOptions,
     Ulimit,
     capability_numbers,
+    confinement,
     normalize_capability,
     parse_security_opts,
     parse_ulimit,
@@ -276,3 +279,41 @@ def test_the_profile_follows_the_capabilities() -> None:
     assert without is not None and with_admin is not None
     assert run(without.program, mount) == errno_action(1)
     assert run(with_admin.program, mount) == SECCOMP_RET_ALLOW
+
+
+def test_a_confinement_travels_to_the_guest_as_json_and_back() -> None:
+    limits = ulimits_from_flags(["nofile=1024:2048", "core=-1"])
+    bundle = confinement(
+        cap_drop=["MKNOD"], security_opt=["no-new-privileges"], ulimits=limits, kernel=KERNEL
+    )
+    message = json.loads(json.dumps(bundle.message()))
+    capabilities, no_new_privileges, rlimits, program, flags = read_confinement(message)
+    assert capabilities == capability_numbers(resolve_capabilities(cap_drop=["MKNOD"]))
+    assert 27 not in capabilities
+    assert no_new_privileges is True
+    assert rlimits == [(4, RLIM_INFINITY, RLIM_INFINITY), (7, 1024, 2048)]
+    assert bundle.seccomp is not None and program == bundle.seccomp.program and flags == 0
+    unconfined = confinement(privileged=True, kernel=KERNEL).message()
+    assert unconfined["seccomp"] is None
+    assert unconfined["capabilities"] == list(range(len(CAPABILITY_NAMES)))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"capabilities": None}, "capabilities must be a list"),
+        ({"capabilities": [64]}, "capabilities must be a list of integers from 0 to 63"),
+        ({"capabilities": [True]}, "capabilities must be a list"),
+        ({"no_new_privileges": "yes"}, "no_new_privileges must be true or false"),
+        ({"rlimits": {}}, "rlimits must be a list"),
+        ({"rlimits": [[7, 1]]}, r"each rlimit must be \[resource, soft, hard\]"),
+        ({"rlimits": [[7, -1, 1]]}, "each rlimit must be a list of integers"),
+        ({"seccomp": "not base64!"}, "not base64"),
+        ({"seccomp": 12}, "seccomp must be base64 text or null"),
+        ({"seccomp_flags": -1}, "seccomp_flags must be"),
+    ],
+)
+def test_the_guest_refuses_a_malformed_confinement(change: dict[str, object], message: str) -> None:
+    body = {**confinement(kernel=KERNEL).message(), **change}
+    with pytest.raises(ValueError, match=message):
+        read_confinement(body)

@@ -7,6 +7,7 @@ getrlimit, getresuid), not from what confine was asked to do.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import resource
 import tempfile
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from hyper.agent.guest_security import confine
+from hyper.agent.guest_security import confine, confine_message
 from hyper.runtime.security import (
     DEFAULT_CAPABILITIES,
     SecurityOptions,
     capability_numbers,
+    confinement,
     parse_security_opts,
     parse_ulimit,
     resolve_capabilities,
@@ -200,3 +202,20 @@ def test_a_failing_step_is_named() -> None:
 
     result, _ = in_child(body)
     assert result == f"{errno.EINVAL} confining the container process: setrlimit(99, 1, 1): Invalid argument"
+
+
+def test_the_hosts_message_confines_the_guests_child() -> None:
+    # What hyperd builds, through JSON as the agent protocol carries it, to confine_message.
+    bundle = confinement(cap_add=["SYS_PTRACE"], security_opt=["no-new-privileges=true"], kernel=KERNEL)
+    message = json.loads(json.dumps(bundle.message()))
+
+    def body() -> dict[str, object]:
+        confine_message(message, uid=0, gid=0, groups=[])
+        return credentials()
+
+    report, _ = in_child(body)
+    assert isinstance(report, dict)
+    expected = mask(resolve_capabilities(cap_add=["SYS_PTRACE"]))
+    assert report["CapEff"] == report["CapBnd"] == expected
+    assert report["NoNewPrivs"] == "1"
+    assert report["Seccomp"] == "2"

@@ -22,6 +22,9 @@ order (libcontainer's standard init and finalizeNamespace):
 8. the seccomp filter, when no_new_privs is on: installed last, so that the
    filter need not allow the steps above.
 
+`confine_message` does the same from the host's JSON message
+(hyper.runtime.security.Confinement.message()), checked by `read_confinement`.
+
 The capability table lives here so that the host (which names capabilities)
 and the guest (which numbers them) share one copy without the guest importing
 host modules.
@@ -29,6 +32,7 @@ host modules.
 
 from __future__ import annotations
 
+import binascii
 import ctypes
 import errno
 import os
@@ -251,3 +255,65 @@ def confine(
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "clearing the ambient capabilities")
     if seccomp_program is not None and no_new_privileges:
         install_seccomp(seccomp_program, seccomp_flags)
+
+
+def _integers(value: object, what: str, low: int, high: int) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(item, int) and not isinstance(item, bool) and low <= item <= high for item in value
+    ):
+        raise ValueError(f"{what} must be a list of integers from {low} to {high}")
+    return value
+
+
+def _rlimit(value: object) -> tuple[int, int, int]:
+    limit = _integers(value, "each rlimit", 0, RLIM_INFINITY)
+    if len(limit) != 3:
+        raise ValueError("each rlimit must be [resource, soft, hard]")
+    return limit[0], limit[1], limit[2]
+
+
+def read_confinement(
+    message: dict[str, object],
+) -> tuple[list[int], bool, list[tuple[int, int, int]], bytes | None, int]:
+    """(capabilities, no_new_privileges, rlimits, seccomp program, seccomp flags) from the host's message.
+
+    The message is hyper.runtime.security.Confinement.message(): capability
+    numbers, no_new_privileges, rlimits as [resource, soft, hard] and the
+    seccomp program in base64 (or null). Raises ValueError for anything else.
+    """
+    seccomp = message.get("seccomp")
+    if seccomp is None:
+        program = None
+    elif isinstance(seccomp, str):
+        try:
+            program = binascii.a2b_base64(seccomp.encode("ascii"), strict_mode=True)
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise ValueError(f"the seccomp program is not base64: {exc}") from exc
+    else:
+        raise ValueError("seccomp must be base64 text or null")
+    no_new_privileges = message.get("no_new_privileges", False)
+    flags = message.get("seccomp_flags", 0)
+    if not isinstance(no_new_privileges, bool):
+        raise ValueError("no_new_privileges must be true or false")
+    if isinstance(flags, bool) or not isinstance(flags, int) or not 0 <= flags < 1 << 32:
+        raise ValueError("seccomp_flags must be an unsigned 32-bit integer")
+    rlimits = message.get("rlimits", [])
+    if not isinstance(rlimits, list):
+        raise ValueError("rlimits must be a list")
+    capabilities = _integers(message.get("capabilities"), "capabilities", 0, 63)
+    return capabilities, no_new_privileges, [_rlimit(limit) for limit in rlimits], program, flags
+
+
+def confine_message(message: dict[str, object], *, uid: int, gid: int, groups: Sequence[int]) -> None:
+    """`confine` with what the host sent (see `read_confinement`) and the process's user."""
+    capabilities, no_new_privileges, rlimits, program, flags = read_confinement(message)
+    confine(
+        uid=uid,
+        gid=gid,
+        groups=groups,
+        capabilities=capabilities,
+        seccomp_program=program,
+        seccomp_flags=flags,
+        no_new_privileges=no_new_privileges,
+        rlimits=rlimits,
+    )

@@ -17,11 +17,14 @@ applies them just before the container's program is exec'ed:
   `hyper` read from the file they are given); AppArmor and SELinux labels do
   not exist in the guest, so only their "off" forms are accepted;
 - `seccomp_filter` ties them together: the compiled program the guest
-  installs, or None when the container runs unconfined.
+  installs, or None when the container runs unconfined;
+- `confinement` does all of it at once; its `message()` is the JSON the
+  agent protocol carries, which the guest's `confine_message` applies.
 """
 
 from __future__ import annotations
 
+import base64
 import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -308,3 +311,43 @@ def seccomp_filter(
     else:
         profile = default_profile()
     return compile_profile(profile, tuple(capabilities), kernel)
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """Everything the guest's `confine` needs for one container process but its user."""
+
+    capabilities: tuple[int, ...]
+    no_new_privileges: bool = False
+    rlimits: tuple[tuple[int, int, int], ...] = ()
+    seccomp: SeccompFilter | None = None
+
+    def message(self) -> dict[str, object]:
+        """The JSON form the agent protocol carries (guest_security.confinement_arguments reads it)."""
+        return {
+            "capabilities": list(self.capabilities),
+            "no_new_privileges": self.no_new_privileges,
+            "rlimits": [list(limit) for limit in self.rlimits],
+            "seccomp": None if self.seccomp is None else base64.b64encode(self.seccomp.program).decode(),
+            "seccomp_flags": 0 if self.seccomp is None else self.seccomp.flags,
+        }
+
+
+def confinement(
+    *,
+    cap_add: Iterable[str] = (),
+    cap_drop: Iterable[str] = (),
+    privileged: bool = False,
+    security_opt: Sequence[str] = (),
+    ulimits: Iterable[Ulimit] = (),
+    kernel: tuple[int, int],
+) -> Confinement:
+    """A container's confinement from Docker's options; `kernel` is the guest's (major, minor)."""
+    capabilities = resolve_capabilities(cap_add, cap_drop, privileged)
+    options = parse_security_opts(security_opt)
+    return Confinement(
+        capabilities=tuple(capability_numbers(capabilities)),
+        no_new_privileges=options.no_new_privileges,
+        rlimits=tuple(ulimit.rlimit() for ulimit in ulimits),
+        seccomp=seccomp_filter(options, capabilities, privileged, kernel),
+    )
