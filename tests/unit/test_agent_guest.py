@@ -482,3 +482,53 @@ def test_stats_are_answered_from_proc(manual_agent: tuple[Agent, socket.socket])
     assert reply["cpu"]["online_cpus"] >= 1
     assert reply["memory"]["total"] > 0
     assert "lo" not in reply["networks"]
+
+
+def test_stdin_is_credited_back_as_the_process_reads_it(harness: AgentHarness) -> None:
+    """The host sends a window's worth; credits come back as the pipe's reader
+    takes it, adding up to every byte, and the data arrives intact."""
+    from hyper.agent.guest_process import Process
+    from hyper.agent.protocol import STDIN_WINDOW
+
+    data = os.urandom(STDIN_WINDOW)
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    received = bytearray()
+    credits: list[int] = []
+
+    def before_run(sock: socket.socket) -> None:
+        process = Process(7, os.getpid(), os.getpid())
+        process.stdin_fd = write_end
+        harness_agent = harness._agents[-1]
+        harness_agent.processes[7] = process
+        harness_agent.by_fd[write_end] = process
+
+    def host(sock: socket.socket) -> list[dict[str, Any]]:
+        sock.sendall(encode_message(hello(1)))
+        read_messages(sock, 1)
+        frames = (encode_frame(FrameKind.STDIN, 7, data[i : i + 65536]) for i in range(0, len(data), 65536))
+        sock.sendall(b"".join(frames))
+        decoder = FrameDecoder()
+        while sum(credits) < len(data):
+            while len(received) < len(data) and (chunk := os.read(read_end, 4096)):
+                received.extend(chunk)  # a slow reader, 4 KiB at a time
+                if len(received) % (64 * 1024) == 0:
+                    break
+            sock.settimeout(0.05)
+            with contextlib.suppress(TimeoutError):
+                for frame in decoder.feed(sock.recv(1 << 16)):
+                    message = decode_message(frame.payload)
+                    if message["type"] == "stdin_credit":
+                        assert message["process"] == 7
+                        credits.append(message["bytes"])
+        while len(received) < len(data):  # credited once in the pipe: the rest is there
+            received.extend(os.read(read_end, 65536))
+        sock.shutdown(socket.SHUT_WR)
+        return []
+
+    session = harness.run(host, before_run=before_run)
+    os.close(read_end)
+    assert not session.watchdog_fired
+    assert bytes(received) == data
+    assert sum(credits) == len(data)
+    assert all(0 < c <= STDIN_WINDOW for c in credits)

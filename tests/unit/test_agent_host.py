@@ -16,6 +16,7 @@ from hyper.agent.protocol import (
     MAX_DATA_CHUNK,
     MAX_PAYLOAD,
     PROTOCOL_VERSION,
+    STDIN_WINDOW,
     Frame,
     FrameDecoder,
     FrameKind,
@@ -312,12 +313,59 @@ def test_write_stdin_is_cut_into_bounded_frames_in_order() -> None:
             await client.write_stdin(6, data)
             await client.close_stdin(6)
 
+        client.open_process(6)
         frames, _ = await asyncio.gather(receive(), send())
         assert all(f.kind is FrameKind.STDIN and f.stream == 6 for f in frames)
         assert all(len(f.payload) <= MAX_DATA_CHUNK for f in frames)
         assert len(frames) == 5  # 64 + 64 + 64 + 8 KiB, then end-of-file
         assert frames[-1].payload == b""
         assert b"".join(f.payload for f in frames) == data
+
+    run(scenario)
+
+
+def test_stdin_beyond_the_window_waits_for_the_agents_credit() -> None:
+    data = os.urandom(STDIN_WINDOW + 100_000)
+
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        client.open_process(6)
+        writer = asyncio.create_task(client.write_stdin(6, data))
+        received = bytearray()
+        while len(received) < STDIN_WINDOW:
+            received += (await guest.read_frame()).payload
+        assert len(received) == STDIN_WINDOW  # the window, and not a byte more
+        await asyncio.sleep(0)
+        assert not writer.done()
+        await guest.send(encode_message({"type": "stdin_credit", "process": 6, "bytes": 100_000}))
+        while len(received) < len(data):
+            received += (await guest.read_frame()).payload
+        await writer
+        assert bytes(received) == data
+
+    run(scenario)
+
+
+def test_a_stdin_writer_waiting_for_credit_stops_when_the_process_exits() -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        channel = client.open_process(6)
+        writer = asyncio.create_task(client.write_stdin(6, os.urandom(STDIN_WINDOW + 1)))
+        received = 0
+        while received < STDIN_WINDOW:
+            received += len((await guest.read_frame()).payload)
+        await guest.send(encode_message({"type": "exited", "process": 6, "status": 0}))
+        await writer  # returns: what is left is dropped, nobody reads it
+        assert await channel.exit_status == 0
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("credit", [0, -1, STDIN_WINDOW + 1])
+def test_stdin_credit_out_of_range_breaks_the_protocol(credit: int) -> None:
+    async def scenario(client: AgentClient, guest: FakeGuest) -> None:
+        channel = client.open_process(6)
+        await guest.send(encode_message({"type": "stdin_credit", "process": 6, "bytes": credit}))
+        with pytest.raises(AgentConnectionLost):
+            await channel.exit_status
 
     run(scenario)
 

@@ -208,6 +208,7 @@ def test_create_sends_the_run_options(fake: FakeHyperd, client: DaemonClient) ->
         "restart": "no",
         "remove": False,
         "start": True,
+        "stdin_once": False,
     }
 
 

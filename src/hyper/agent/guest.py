@@ -32,6 +32,7 @@ from hyper.agent.protocol import (
     MAX_DATA_CHUNK,
     PORT_NAME,
     PROTOCOL_VERSION,
+    STDIN_WINDOW,
     FrameDecoder,
     FrameKind,
     ProtocolError,
@@ -432,29 +433,45 @@ class Agent(ContainerRequests):
 
     def _handle_stdin(self, stream: int, data: bytes) -> None:
         process = self.processes.get(stream)
-        if process is None:
-            return
-        target = process.tty_master if process.tty_master is not None else process.stdin_fd
-        if target is None:
+        target = None
+        if process is not None:
+            target = process.tty_master if process.tty_master is not None else process.stdin_fd
+        if process is None or target is None:
+            # Nobody will read it: taken off the host's hands all the same, so
+            # that a writer waiting for credit is not left waiting.
+            if data:
+                self.send({"type": "stdin_credit", "process": stream, "bytes": len(data)})
             return
         if not data:
             process.stdin_eof = True
         process.stdin_buffer += data
         self._pump_stdin(process)
 
+    def _credit_stdin(self, process: Process, taken: int) -> None:
+        """Tell the host it may send `taken` more bytes, in batches."""
+        process.stdin_owed += taken
+        if process.stdin_owed and (process.stdin_owed >= STDIN_WINDOW // 4 or not process.stdin_buffer):
+            self.send({"type": "stdin_credit", "process": process.stream, "bytes": process.stdin_owed})
+            process.stdin_owed = 0
+
     def _pump_stdin(self, process: Process) -> None:
         target = process.tty_master if process.tty_master is not None else process.stdin_fd
         if target is None:
             return
+        taken = 0
         while process.stdin_buffer:
             try:
                 written = os.write(target, process.stdin_buffer[:MAX_DATA_CHUNK])
             except BlockingIOError:
                 break
             except OSError:
+                taken += len(process.stdin_buffer)
                 process.stdin_buffer.clear()  # the reader is gone
                 break
             del process.stdin_buffer[:written]
+            taken += written
+        if taken:
+            self._credit_stdin(process, taken)
         reading = selectors.EVENT_READ if target in process.outputs and not self.output_paused else 0
         if process.stdin_buffer:
             self._watch(target, reading | selectors.EVENT_WRITE)

@@ -46,6 +46,7 @@ class Process:
         "stdin_buffer",
         "stdin_eof",
         "stdin_fd",
+        "stdin_owed",
         "stream",
         "tty_master",
     )
@@ -59,6 +60,7 @@ class Process:
         self.outputs: dict[int, FrameKind] = {}
         self.stdin_buffer = bytearray()
         self.stdin_eof = False
+        self.stdin_owed = 0  # stdin bytes taken and not yet credited to the host
         self.status = status
 
 

@@ -19,6 +19,7 @@ from hyper.agent.protocol import (
     HEADER,
     MAX_DATA_CHUNK,
     PROTOCOL_VERSION,
+    STDIN_WINDOW,
     FrameDecoder,
     FrameKind,
     ProtocolError,
@@ -64,6 +65,10 @@ class ProcessChannel:
     exit_status: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    # Stdin bytes the agent will still take (protocol.STDIN_WINDOW); writers
+    # wait on `credit_changed` when it is spent.
+    stdin_credit: int = STDIN_WINDOW
+    credit_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class AgentClient:
@@ -164,9 +169,19 @@ class AgentClient:
             if self._auto_ack:
                 self._maybe_acknowledge(force=True)
             if exited is not None:
+                exited.credit_changed.set()  # a waiting stdin writer learns nobody reads any more
                 await exited.output.put(None)
                 if not exited.exit_status.done():
                     exited.exit_status.set_result(status)
+        elif message["type"] == "stdin_credit":
+            taken = require(message, "bytes", int)
+            if not 0 < taken <= STDIN_WINDOW:
+                raise ProtocolError(f"stdin credit of {taken} bytes is out of range")
+            channel = self._processes.get(require(message, "process", int))
+            if channel is not None:
+                # Never above the window, whatever the guest says: it only hurts itself.
+                channel.stdin_credit = min(STDIN_WINDOW, channel.stdin_credit + taken)
+                channel.credit_changed.set()
         else:
             raise ProtocolError(f"unexpected message {message['type']!r}")
 
@@ -206,6 +221,7 @@ class AgentClient:
                 future.set_exception(error)
         self._pending.clear()
         for process in self._processes.values():
+            process.credit_changed.set()
             with contextlib.suppress(asyncio.QueueFull):
                 process.output.put_nowait(None)
             if not process.exit_status.done():
@@ -285,8 +301,24 @@ class AgentClient:
         return channel
 
     async def write_stdin(self, stream: int, data: bytes) -> None:
-        for start in range(0, len(data), MAX_DATA_CHUNK):
-            await self._send(encode_frame(FrameKind.STDIN, stream, data[start : start + MAX_DATA_CHUNK]))
+        """Send `data` to the process's stdin as the agent takes it (a slow
+        reader makes this wait, as a pipe would); once the process has ended
+        nobody reads its stdin, and what is left is dropped."""
+        view = memoryview(data)
+        while view:
+            if self._failure is not None:
+                raise self._failure
+            channel = self._processes.get(stream)
+            if channel is None:
+                return
+            if channel.stdin_credit <= 0:
+                channel.credit_changed.clear()
+                await channel.credit_changed.wait()
+                continue
+            size = min(len(view), MAX_DATA_CHUNK, channel.stdin_credit)
+            channel.stdin_credit -= size
+            await self._send(encode_frame(FrameKind.STDIN, stream, bytes(view[:size])))
+            view = view[size:]
 
     async def close_stdin(self, stream: int) -> None:
         await self._send(encode_frame(FrameKind.STDIN, stream, b""))

@@ -15,6 +15,13 @@ and closes the channel on the first bad frame.
 The first exchange is a hello in each direction carrying PROTOCOL_VERSION;
 a mismatch ends the connection.
 
+Stdin is flow-controlled per process: the host may have at most
+STDIN_WINDOW bytes of a process's stdin sent and not yet taken off the
+agent's hands; the agent answers with `stdin_credit` messages (process,
+bytes) as it writes them into the process's pipe or terminal (or drops them,
+when nobody reads any more). So a fast writer and a slow reader cost the
+guest a bounded buffer, and the writer waits instead.
+
 Nothing the guest sends is lost when the host goes away (hyperd restarting,
 say): the agent keeps every byte it sent until the host acknowledges it
 (`ack` with an absolute offset into the guest's stream), and a host that
@@ -38,13 +45,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 PORT_NAME = "org.hyper.agent.0"
 HEADER = struct.Struct(">BII")
 MAX_PAYLOAD = 1 << 20
 # Stdio payloads are cut well under the bound so that control frames are never
 # stuck behind a very long data frame.
 MAX_DATA_CHUNK = 64 * 1024
+# Stdin bytes a host may have in flight per process (see the module docstring).
+STDIN_WINDOW = 256 * 1024
 
 
 class FrameKind(enum.IntEnum):

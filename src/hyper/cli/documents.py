@@ -169,6 +169,9 @@ class ContainerCreate:
     restart: str = "no"
     remove: bool = False
     start: bool = True
+    # Docker's StdinOnce: the end of an attached client's input closes the
+    # process's stdin (`create -i`; not `run -d -i`, which nobody attaches to).
+    stdin_once: bool = False
 
     @classmethod
     def from_run_options(
@@ -197,6 +200,7 @@ class ContainerCreate:
             restart=restart,
             remove=options.remove,
             start=start,
+            stdin_once=options.interactive and not start,
         )
 
     def to_json(self) -> dict[str, object]:
@@ -217,6 +221,7 @@ class ContainerCreate:
             "restart": self.restart,
             "remove": self.remove,
             "start": self.start,
+            "stdin_once": self.stdin_once,
         }
 
 

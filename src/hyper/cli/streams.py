@@ -277,7 +277,9 @@ async def relay(
     closes it; True when that was a detach (the keys were typed). The
     connection is closed on return."""
     detached = asyncio.Event()
-    scanner = DetachScanner(detach_keys) if detach_keys else None
+    # hyperd looks for the keys only on a terminal (Docker's rule): without
+    # one they are data, and finding them here would end the copy early.
+    scanner = DetachScanner(detach_keys) if detach_keys and tty else None
     output = asyncio.create_task(_pump_output(conn, attachment, tty=tty))
     feeder = asyncio.create_task(_pump_input(conn, attachment, scanner, detached)) if stdin else None
     try:

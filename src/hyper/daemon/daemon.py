@@ -151,6 +151,7 @@ def create_request(body: dict[str, Any]) -> CreateRequest:
         labels=labels,
         restart=RestartPolicy.parse(restart),
         auto_remove=bool(body.get("remove")),
+        stdin_once=bool(body.get("stdin_once")),
     )
 
 

@@ -27,6 +27,8 @@ MIN_API_VERSION = "1.41"
 API_VERSION = "1.43"
 STDIN, STDOUT, STDERR = 0, 1, 2
 RAW_STREAM = "application/vnd.docker.raw-stream"
+READ_HIGH_WATER = 1 << 20  # bytes of a hijacked client's input held before its socket is paused
+READ_LOW_WATER = 256 << 10
 MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
 
 
@@ -139,18 +141,40 @@ def frame(stream: int, data: bytes) -> bytes:
 
 
 class _RawReader:
-    """Takes over an upgraded connection's input (aiohttp's parser interface)."""
+    """Takes over an upgraded connection's input (aiohttp's parser interface).
+
+    What the client sends waits here until the process takes it; past
+    READ_HIGH_WATER bytes the socket is no longer read, so a client writing
+    faster than the container reads is held back by TCP's own flow control
+    instead of growing hyperd's memory.
+    """
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
         self.disconnected = asyncio.Event()  # the connection is closed, not merely half-closed
+        self.transport: asyncio.Transport | None = None
+        self._buffered = 0
+        self._paused = False
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         self.queue.put_nowait(bytes(data))
+        self._buffered += len(data)
+        if self._buffered > READ_HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
         return False, b""
 
     def feed_eof(self) -> None:
         self.queue.put_nowait(b"")
+
+    async def get(self) -> bytes:
+        data = await self.queue.get()
+        self._buffered -= len(data)
+        if self._paused and self._buffered < READ_LOW_WATER and self.transport is not None:
+            self._paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+        return data
 
 
 class _HijackProtocol(asyncio.Protocol):
@@ -209,6 +233,7 @@ class Hijacked:
         protocol = request.protocol
         transport = request.transport
         if upgrade and protocol is not None and transport is not None:
+            reader.transport = transport
             protocol.set_parser(reader)  # type: ignore[arg-type]  # hands over bytes already read
             transport.set_protocol(_HijackProtocol(protocol, reader))
         else:
@@ -217,7 +242,7 @@ class Hijacked:
 
     async def read(self) -> bytes:
         """The client's next bytes; b"" once it has closed its side."""
-        return await self._reader.queue.get()
+        return await self._reader.get()
 
     async def gone(self) -> None:
         """Returns once the client has closed the connection (or it was lost)."""

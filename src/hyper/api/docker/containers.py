@@ -298,7 +298,9 @@ async def attach(request: web.Request) -> web.StreamResponse:
     tty = bool(pod.record.options.get("tty"))
     want_stdin = flag(request, "stdin") and bool(pod.record.options.get("interactive"))
     want_out, want_err = flag(request, "stdout"), flag(request, "stderr")
-    detach_keys = parse_detach_keys(request.query.get("detachKeys"))
+    # As in Docker, detach keys are looked for only on a terminal: in a pipe
+    # they are data (a binary input holds ctrl-p ctrl-q sooner or later).
+    detach_keys = parse_detach_keys(request.query.get("detachKeys")) if tty else b""
     if pod.log is None:
         raise FailedPrecondition(f"container {pod.record.name} has no log to attach to")
     position = 0 if flag(request, "logs") else pod.log.size()

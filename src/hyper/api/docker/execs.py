@@ -112,7 +112,9 @@ async def exec_start(request: web.Request) -> web.StreamResponse:
 
 
 async def _exec_stdin(session: ExecSession, conn: Hijacked) -> None:
-    scanner = DetachScanner(parse_detach_keys(session.detach_keys or None))
+    # Detach keys only on a terminal, as in Docker: in a pipe they are data.
+    keys = parse_detach_keys(session.detach_keys or None) if session.process.tty else b""
+    scanner = DetachScanner(keys)
     while data := await conn.read():
         forward, detach = scanner.feed(data)
         with contextlib.suppress(HyperError):
