@@ -2,7 +2,7 @@
 `top`, `stats` and `cp` without a daemon: argument parsing, the Docker stream
 client (against a fake hijacking server on a unix socket), the frame
 demultiplexer, stats arithmetic and formatting, `--format` templates, and
-cp's path rules and safe extraction of hostile archives."""
+cp's path rules (its extraction: test_archive_extract.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import os
-import stat
 import struct
 import tarfile
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from hyper import errors
+from hyper.archive.extract import extract_archive
 from hyper.cli import container_commands, run_commands
 from hyper.cli.client import (
     ContainerCreate,
@@ -34,10 +34,7 @@ from hyper.cli.client import (
 )
 from hyper.cli.copy_commands import (
     CopyEnd,
-    extract_archive,
-    member_parts,
     plan_copy,
-    renamed,
     split_copy_arg,
     split_path_dir_entry,
     write_archive,
@@ -60,7 +57,6 @@ from hyper.cli.run_commands import client_env
 from hyper.cli.streams import FrameDemultiplexer, open_hijacked, parse_response_head, relay
 from hyper.runtime.detach import DetachScanner, parse_detach_keys
 from hyper.runtime.stdio import Attachment
-from tests.support.images import Entry, directory, file, hardlink, layer_tar, symlink
 from tests.unit.test_container_commands import Console, FakeClient
 
 MUX = "application/vnd.docker.multiplexed-stream"
@@ -667,103 +663,6 @@ def test_plan_copy_follows_docker() -> None:
     # The root's archive holds its contents; a followed link keeps the link's name.
     assert plan_copy(CopyEnd("/", is_dir=True), existing_dir).name == "."
     assert plan_copy(file_source, existing_dir, source_name="link").name == "link"
-
-
-def test_member_names_and_renames() -> None:
-    assert member_parts("./a//b/") == ["a", "b"]
-    for hostile in ("/etc/passwd", "../x", "a/../../x", "a/.."):
-        with pytest.raises(errors.DataLoss):
-            member_parts(hostile)
-    assert renamed(["d", "x"], "d", "new") == ["new", "x"]
-    assert renamed(["other"], "d", "new") == ["other"]
-    assert renamed(["x"], ".", "new") == ["new", "x"]
-    assert renamed([], ".", "new") == ["new"]
-    assert renamed(["d", "x"], "d", ".") == ["x"]
-
-
-# ---- cp: extraction on the host ------------------------------------------------------------------
-
-
-def _extract(entries: list[Entry], dest: Path, rename: tuple[str, str] | None = None) -> int:
-    return extract_archive(io.BytesIO(layer_tar(entries)), dest, rename=rename)
-
-
-def test_extract_renames_the_top_entry_and_keeps_modes_links_and_times(tmp_path: Path) -> None:
-    entries = [
-        directory("d", mode=0o750),
-        file("d/f", b"data", mode=0o4755),
-        symlink("d/abs", "/etc/passwd"),  # Docker keeps absolute links: they are never followed here
-        symlink("d/rel", "f"),
-        hardlink("d/hard", "d/f"),
-        Entry("d/fifo", tarfile.FIFOTYPE),
-        Entry("d/dev", tarfile.CHRTYPE, devmajor=1, devminor=3),
-    ]
-    assert _extract(entries, tmp_path, rename=("d", "copy")) == 7
-    copy = tmp_path / "copy"
-    assert (copy / "f").read_bytes() == b"data"
-    assert stat.S_IMODE((copy / "f").stat().st_mode) == 0o755  # no set-user-ID from a container
-    assert stat.S_IMODE(copy.stat().st_mode) == 0o750
-    assert copy.stat().st_mtime == 1_600_000_000
-    assert os.readlink(copy / "abs") == "/etc/passwd"
-    assert (copy / "rel").read_bytes() == b"data"
-    assert (copy / "hard").stat().st_ino == (copy / "f").stat().st_ino
-    assert not (copy / "fifo").exists() and not (copy / "dev").exists()
-    assert not (tmp_path / "d").exists()
-
-
-def test_extract_replaces_files_without_following_symlinks(tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.write_text("precious")
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    (dest / "f").symlink_to(outside)
-    _extract([file("f", b"new")], dest)
-    assert outside.read_text() == "precious"
-    assert not (dest / "f").is_symlink() and (dest / "f").read_bytes() == b"new"
-
-
-@pytest.mark.parametrize(
-    "entries",
-    [
-        [file("/abs", b"x")],
-        [file("../escape", b"x")],
-        [file("a/../../escape", b"x")],
-        # A symlink to the outside, then a file written through it.
-        [symlink("link", "../.."), file("link/escape", b"x")],
-        [symlink("link", "/tmp"), file("link/escape", b"x")],
-        [hardlink("h", "../outside")],
-        [hardlink("h", "/etc/passwd")],
-    ],
-    ids=[
-        "absolute",
-        "dotdot",
-        "inner-dotdot",
-        "relative-link",
-        "absolute-link-parent",
-        "hard-dotdot",
-        "hard-abs",
-    ],
-)
-def test_extract_refuses_hostile_archives(entries: list[Entry], tmp_path: Path) -> None:
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    (tmp_path / "outside").write_text("precious")
-    with pytest.raises(errors.DataLoss):
-        _extract(entries, dest)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "outside"]
-    assert (tmp_path / "outside").read_text() == "precious"
-    assert not list(Path("/tmp").glob("escape"))
-
-
-def test_extract_will_not_swap_a_directory_and_a_file(tmp_path: Path) -> None:
-    (tmp_path / "d").mkdir()
-    (tmp_path / "f").write_text("x")
-    with pytest.raises(errors.InvalidArgument, match="cannot overwrite directory"):
-        _extract([file("d", b"x")], tmp_path)
-    with pytest.raises(errors.InvalidArgument, match="cannot overwrite non-directory"):
-        _extract([directory("f")], tmp_path)
-    with pytest.raises(errors.DataLoss, match="not a valid tar"):
-        extract_archive(io.BytesIO(b"\x00garbage" * 100), tmp_path)
 
 
 def test_archive_round_trip_with_root_owners(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 # The typed values commands get, re-exported: commands import them from here.
 __all__ = [
+    "ArchiveCut",
     "ContainerCreate",
     "ContainerDetails",
     "ContainerInfo",
@@ -556,8 +557,14 @@ def docker_error(status: int, body: bytes, fallback: str) -> HyperError:
     return error_class(message or fallback or f"hyperd answered HTTP {status}")
 
 
+class ArchiveCut(errors.DataLoss):
+    """A streamed archive stopped before its end: hyperd cut it (the copy failed
+    in the VM, the VM stopped, or the archive was refused) or the connection to
+    hyperd was lost. `hyper cp` finds out which before it reports."""
+
+
 class _ResponseReader(io.RawIOBase):
-    """A streamed response body as a file, for tarfile; a cut stream is DataLoss."""
+    """A streamed response body as a file, for tarfile; a cut stream is ArchiveCut."""
 
     def __init__(self, chunks: Iterator[bytes], what: str) -> None:
         self._chunks = chunks
@@ -576,10 +583,7 @@ class _ResponseReader(io.RawIOBase):
             except StopIteration:
                 return 0
             except httpx.HTTPError as exc:
-                raise errors.DataLoss(
-                    f"the copy of {self._what} was cut short: it failed inside the container",
-                    hint="check that the files can be read there (`hyper exec`)",
-                ) from exc
+                raise ArchiveCut(f"the copy of {self._what} was cut short") from exc
         count = min(len(buffer), len(self._pending))
         buffer[:count] = self._pending[:count]
         self._pending = self._pending[count:]

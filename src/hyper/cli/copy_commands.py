@@ -7,13 +7,16 @@ source's name (a source ending in `/.` gives its contents), otherwise as the
 destination's name in its parent, which must exist (`plan_copy`, pure).
 
 Container to host: hyperd's `GET …/archive` streams a tar whose top entry is
-the source's name; it is extracted here, renamed on the way, and never
-trusted: no absolute names, no `..`, nothing written through a symlink
-(every parent is checked and files are opened with O_NOFOLLOW), links kept
-inside the destination as Docker's own extractor does, no devices, no
-set-user-ID bits, owners not applied. Host to container: the tar is built
-here (numeric owners: root's, or the files' own with `-a`) and `PUT` into the
-directory the plan names, which hyperd's agent extracts inside the VM.
+the source's name (`hyper.archive.guest_tar.top_name`). It comes from the
+guest, so it is never trusted even though hyperd filtered it: it goes through
+the same filter again and is extracted by `hyper.archive.extract`, renamed on
+the way, which writes nothing outside the destination, never through a
+symlink, never changes a directory that was there, links only to files it
+wrote, and undoes a failed copy. A stream that stops early is explained: the
+container's VM stopped, or the connection to hyperd was lost, or hyperd cut
+it (its log says why). Host to container: the tar is built here (numeric
+owners: root's, or the files' own with `-a`) and `PUT` into the directory the
+plan names, which hyperd's agent extracts inside the VM.
 """
 
 from __future__ import annotations
@@ -22,22 +25,24 @@ import argparse
 import io
 import os
 import posixpath
-import shutil
 import stat
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from hyper import errors
-from hyper.cli.client import DaemonClient, PathStat
+from hyper.archive.extract import FilteredReader, extract_archive
+from hyper.archive.guest_tar import top_name
+from hyper.cli.client import ArchiveCut, DaemonClient
 from hyper.cli.container_commands import connect_daemon
 from hyper.cli.context import CliContext
 from hyper.cli.inspect_commands import human_size
-from hyper.errors import DataLoss, FailedPrecondition, HyperError, InvalidArgument, NotFound
+from hyper.errors import DataLoss, FailedPrecondition, HyperError, InvalidArgument, NotFound, Unavailable
 
 CHUNK_BYTES = 256 * 1024
 SPOOL_BYTES = 32 << 20  # a tar to upload is kept in memory up to this, then in a temporary file
@@ -140,136 +145,6 @@ def plan_copy(source: CopyEnd, destination: CopyEnd, *, source_name: str | None 
     return CopyPlan(parent, destination_base)
 
 
-# ---- extracting on the host, safely ------------------------------------------------------
-
-
-def member_parts(name: str) -> list[str]:
-    """A member's path as components: no absolute names, no `..` at all."""
-    if name.startswith("/"):
-        raise DataLoss(f"refusing archive member {name!r}: it has an absolute path")
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise DataLoss(f"refusing archive member {name!r}: it points outside the destination")
-    return parts
-
-
-def renamed(parts: list[str], old: str, new: str) -> list[str]:
-    """The top component `old` as `new`; `.` stands for the archive's root."""
-    if old == ".":
-        return parts if new == "." else [new, *parts]
-    if not parts or parts[0] != old:
-        return parts
-    return parts[1:] if new == "." else [new, *parts[1:]]
-
-
-def _check_parents(directory: Path, parts: Sequence[str], *, create: bool) -> None:
-    """Every directory between `directory` and the member is a real directory
-    (made when missing and `create`): nothing is written through a symlink."""
-    current = directory
-    for part in parts[:-1]:
-        current = current / part
-        try:
-            mode = os.lstat(current).st_mode
-        except FileNotFoundError:
-            if not create:
-                raise DataLoss(f"refusing archive link: {current} does not exist") from None
-            os.mkdir(current, 0o755)
-            continue
-        if stat.S_ISLNK(mode):
-            raise DataLoss(f"refusing to write through the symbolic link {current}")
-        if not stat.S_ISDIR(mode):
-            raise InvalidArgument(f"cannot copy into {current}: it is not a directory")
-
-
-def _make_way(target: Path, is_dir: bool) -> bool:
-    """Remove a non-directory where a non-directory goes (never following it);
-    True when a directory is there already. Docker's NoOverwriteDirNonDir."""
-    try:
-        existing_dir = stat.S_ISDIR(os.lstat(target).st_mode)
-    except FileNotFoundError:
-        return False
-    if existing_dir and not is_dir:
-        raise InvalidArgument(f"cannot overwrite directory {target} with non-directory")
-    if is_dir and not existing_dir:
-        raise InvalidArgument(f"cannot overwrite non-directory {target} with directory")
-    if not existing_dir:
-        os.unlink(target)
-    return existing_dir
-
-
-def _safe_mode(mode: int) -> int:
-    # Permission bits and sticky, never set-user/group-ID from a container's files.
-    return mode & 0o1777
-
-
-def extract_archive(source: IO[bytes], directory: Path, *, rename: tuple[str, str] | None = None) -> int:
-    """Extract the tar read from `source` under `directory`; its number of members.
-
-    `rename` = (old, new) names the top entry `new` instead of `old`.
-    Device and FIFO members are skipped. Directories get their modes and
-    times last, deepest first.
-    """
-    directories: list[tuple[Path, tarfile.TarInfo]] = []
-    count = 0
-    try:
-        with tarfile.open(fileobj=source, mode="r|") as tar:
-            for member in tar:
-                parts = member_parts(member.name)
-                if rename is not None:
-                    parts = renamed(parts, *rename)
-                if not parts:
-                    continue  # the destination directory itself
-                count += 1
-                target = directory.joinpath(*parts)
-                _check_parents(directory, parts, create=True)
-                if member.isdir():
-                    if not _make_way(target, True):
-                        os.mkdir(target, 0o700)
-                    directories.append((target, member))
-                elif member.isreg():
-                    _make_way(target, False)
-                    _write_file(tar, member, target)
-                elif member.issym():
-                    _check_link_inside(member, parts)
-                    _make_way(target, False)
-                    os.symlink(member.linkname, target)
-                    os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
-                elif member.islnk():
-                    link_parts = member_parts(member.linkname)
-                    if rename is not None:
-                        link_parts = renamed(link_parts, *rename)
-                    _check_parents(directory, link_parts, create=False)
-                    _make_way(target, False)
-                    os.link(directory.joinpath(*link_parts), target, follow_symlinks=False)
-    except tarfile.TarError as exc:
-        raise DataLoss(f"the archive from the container is not a valid tar: {exc}") from exc
-    for target, member in reversed(directories):
-        os.chmod(target, _safe_mode(member.mode))
-        os.utime(target, (member.mtime, member.mtime))
-    return count
-
-
-def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
-    data = tar.extractfile(member)
-    assert data is not None
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with open(os.open(target, flags, 0o600), "wb") as out:
-        shutil.copyfileobj(data, out, CHUNK_BYTES)
-        os.fchmod(out.fileno(), _safe_mode(member.mode))
-        out.flush()
-        os.utime(out.fileno(), (member.mtime, member.mtime))
-
-
-def _check_link_inside(member: tarfile.TarInfo, parts: Sequence[str]) -> None:
-    """Docker's rule: a relative symlink may not point above the copy's directory."""
-    target = member.linkname
-    if target.startswith("/"):
-        return
-    resolved = posixpath.normpath(posixpath.join(*parts[:-1], target) if parts[:-1] else target)
-    if resolved == ".." or resolved.startswith("../"):
-        raise DataLoss(f"refusing archive member {member.name!r}: its link {target!r} points outside")
-
-
 # ---- building an archive on the host ---------------------------------------------------
 
 
@@ -368,27 +243,52 @@ def copy_from_container(
         if stat_.is_symlink and stat_.link_target:
             source_name = split_path_dir_entry(path)[1]
             path = stat_.link_target
-    if destination == "-":
-        with client.archive(container, path) as (_, stream):
-            out = sys.stdout.buffer
-            total = 0
-            for chunk in _chunks(stream):
-                out.write(chunk)
-                total += len(chunk)
-            out.flush()
-            return total
-    target = host_destination(destination)
-    with client.archive(container, path) as (stat_, stream):
-        plan = plan_copy(CopyEnd(path, True, stat_.is_dir), target, source_name=source_name)
-        counted = _Counted(stream)
-        rename = (_archive_top(stat_), plan.name)
-        extract_archive(io.BufferedReader(counted), Path(plan.directory), rename=rename)
-        return counted.count
+    started = time.time()
+    try:
+        if destination == "-":
+            return _stream_archive(client, container, path)
+        target = host_destination(destination)
+        with client.archive(container, path) as (stat_, stream):
+            plan = plan_copy(CopyEnd(path, True, stat_.is_dir), target, source_name=source_name)
+            counted = _Counted(stream)
+            rename = (top_name(path), plan.name)
+            extract_archive(io.BufferedReader(counted), Path(plan.directory), rename=rename)
+            return counted.count
+    except ArchiveCut as exc:
+        raise why_cut(client, container, path, started) from exc
 
 
-def _archive_top(stat_: PathStat) -> str:
-    """The top entry's name in hyperd's archive of this path (the root's is `.`)."""
-    return "." if stat_.name in ("/", "") else stat_.name
+def _stream_archive(client: DaemonClient, container: str, path: str) -> int:
+    """The archive on stdout, through the same filter as an extraction."""
+    with client.archive(container, path) as (_, stream):
+        filtered = FilteredReader(stream, top_name(path))
+        out = sys.stdout.buffer
+        total = 0
+        for chunk in _chunks(io.BufferedReader(filtered, CHUNK_BYTES)):
+            out.write(chunk)
+            total += len(chunk)
+        out.flush()
+        return total
+
+
+def why_cut(client: DaemonClient, container: str, path: str, started: float) -> HyperError:
+    """What to say when the archive stopped early: ask hyperd whether the
+    container's VM stopped meanwhile; if hyperd does not answer, the connection
+    to it was lost; otherwise hyperd cut the copy and its log says why."""
+    what = f"the copy of {container}:{path} was cut short"
+    try:
+        info = client.inspect(container)
+    except HyperError:
+        return Unavailable(
+            f"{what}: the connection to hyperd was lost", hint="check that hyperd runs: hyper info"
+        )
+    if info.finished_at is not None and info.finished_at >= started - 1:
+        reason = info.reason or f"exit code {info.exit_code}"
+        return Unavailable(f"{what}: the container's VM stopped during the copy ({reason})")
+    return DataLoss(
+        f"{what}: hyperd stopped it (the VM's copy failed, its connection broke, or its archive was refused)",
+        hint="hyperd's log says which",
+    )
 
 
 def host_destination(path: str) -> CopyEnd:
