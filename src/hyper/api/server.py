@@ -47,7 +47,7 @@ async def ping(request: web.Request) -> web.StreamResponse:
 async def create(request: web.Request) -> web.StreamResponse:
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
         raise InvalidArgument("the request body is not JSON") from None
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")

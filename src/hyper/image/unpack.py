@@ -61,6 +61,8 @@ class UnpackStats:
 
 def clean_path(name: str, limits: UnpackLimits = UnpackLimits()) -> tuple[str, ...]:
     """Split a tar member name into components under the root, or refuse it."""
+    if "\x00" in name:  # a PAX path may hold one; no file name can
+        raise InvalidArgument(f"layer entry name {name[:80]!r} contains a NUL byte", hint=_BAD_LAYER_HINT)
     if len(name.encode("utf-8", "surrogateescape")) > limits.max_path_bytes:
         raise InvalidArgument(
             f"layer entry name is longer than {limits.max_path_bytes} bytes: {name[:80]!r}…",
@@ -99,7 +101,8 @@ def unpack_layer(
         with tarfile.open(fileobj=stream, mode="r|") as archive:
             for member in archive:
                 extractor.add(archive, member)
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+    except (tarfile.TarError, EOFError, zlib.error, ValueError) as exc:
+        # ValueError: tarfile's own parsing of some malformed PAX records (GNU sparse) raises it.
         raise DataLoss(
             f"layer is not a readable tar archive: {exc}",
             hint="the layer blob is corrupt; remove the image and load it again",
@@ -283,6 +286,10 @@ class _Extractor:
         return source
 
     def _check_link_length(self, member: tarfile.TarInfo) -> None:
+        if not member.linkname or "\x00" in member.linkname:
+            raise InvalidArgument(
+                f"symlink {member.name!r} has an empty target or a NUL byte in it", hint=_BAD_LAYER_HINT
+            )
         if len(member.linkname.encode("utf-8", "surrogateescape")) > self.limits.max_path_bytes:
             raise InvalidArgument(
                 f"symlink {member.name!r} has a target longer than {self.limits.max_path_bytes} bytes",
@@ -334,7 +341,16 @@ class _Extractor:
         try:
             os.setxattr(path, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
         except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES):
+            # Unsupported here, or not a valid xattr (a malformed capability, say): dropped.
+            if exc.errno not in (
+                errno.EPERM,
+                errno.ENOTSUP,
+                errno.EOPNOTSUPP,
+                errno.EACCES,
+                errno.EINVAL,
+                errno.ERANGE,
+                errno.E2BIG,
+            ):
                 raise
 
     def finish(self) -> UnpackStats:

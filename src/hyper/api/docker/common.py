@@ -83,7 +83,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
         raise InvalidArgument("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
