@@ -102,6 +102,14 @@ class _Extraction:
         self.root_fd = root_fd
         self.directory = directory
         self.made = _Made()
+        # The last directory walked to: an archive's members come directory by
+        # directory, and walking each path again is most of the work.
+        self._last: tuple[Parts, int] | None = None
+
+    def forget_last(self) -> None:
+        if self._last is not None:
+            os.close(self._last[1])
+            self._last = None
 
     def shown(self, parts: Sequence[str]) -> str:
         return str(self.directory.joinpath(*parts))
@@ -110,6 +118,8 @@ class _Extraction:
     def open_directory(self, parts: Parts, *, create: bool) -> int:
         """A file descriptor of the directory `parts`, never through a symlink;
         missing components are made (and recorded) when `create`."""
+        if self._last is not None and self._last[0] == parts:
+            return os.dup(self._last[1])
         fd = os.dup(self.root_fd)
         try:
             for index, part in enumerate(parts):
@@ -133,6 +143,8 @@ class _Extraction:
                     raise InvalidArgument(f"cannot copy into {where}: it is not a directory") from None
                 os.close(fd)
                 fd = child
+            self.forget_last()
+            self._last = (parts, os.dup(fd))
             return fd
         except BaseException:
             os.close(fd)
@@ -232,6 +244,7 @@ class _Extraction:
     def finish(self) -> None:
         """Directories made here get their modes and times, deepest first; what
         was moved aside goes."""
+        self.forget_last()
         for parts, member in sorted(self.made.directories.items(), key=lambda item: -len(item[0])):
             if member is None or not parts:
                 continue
@@ -248,6 +261,7 @@ class _Extraction:
     def undo(self) -> None:
         """Remove what this extraction made, deepest last-made first, and put back
         what it moved aside. Best effort: a directory someone else wrote into stays."""
+        self.forget_last()
         for parts, is_dir in reversed(self.made.created):
             with contextlib.suppress(OSError, DataLoss, InvalidArgument), self._parent(parts) as parent:
                 if is_dir:
@@ -326,5 +340,6 @@ def extract_archive(source: IO[bytes], directory: Path, *, rename: tuple[str, st
         extraction.undo()
         raise
     finally:
+        extraction.forget_last()
         os.close(root_fd)
     return count

@@ -187,21 +187,23 @@ def _number(field: bytes) -> int:
         value = int.from_bytes(field[1:], "big")
         return value - 256 ** (len(field) - 1) if field[0] == 0o377 else value
     digits = bytes(field).split(b"\x00", 1)[0].strip(b" ")
-    if digits and not all(0x30 <= c <= 0x37 for c in digits):
+    if digits.translate(None, b"01234567"):  # anything but octal digits left
         raise ArchiveRefused(f"a header has a malformed number field ({bytes(field)!r})")
     return int(digits or b"0", 8)
 
 
-def _checksums(block: bytes) -> tuple[int, int]:
-    """The header's checksum as unsigned and as signed bytes (old tars used either)."""
-    unsigned = 256 + sum(struct.unpack_from("148B8x356B", block))
-    signed = 256 + sum(struct.unpack_from("148b8x356b", block))
-    return unsigned, signed
+def _checksum_matches(block: bytes, expected: int) -> bool:
+    """The header's checksum, as unsigned or as signed bytes (old tars used either)."""
+    unsigned: int = 256 + sum(struct.unpack_from("148B8x356B", block))
+    if expected == unsigned:
+        return True
+    signed: int = 256 + sum(struct.unpack_from("148b8x356b", block))
+    return expected == signed
 
 
 def parse_header(block: bytes) -> _Header:
     """One 512-byte ustar header (POSIX or GNU magic), its checksum verified."""
-    if _number(block[148:156]) not in _checksums(block):
+    if not _checksum_matches(block, _number(block[148:156])):
         raise ArchiveRefused("a header's checksum does not match")
     magic = block[257:265]
     if magic not in (_POSIX_MAGIC, _GNU_MAGIC):

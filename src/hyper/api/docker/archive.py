@@ -36,6 +36,7 @@ from hyper.errors import DataLoss, HyperError, InvalidArgument, NotFound, Unavai
 # loop let go in between.
 FILTER_SLICE = 16 * 1024
 STOP_SECONDS = 30  # for a stopped copy's remaining output to drain
+VM_EXIT_SECONDS = 10  # for hyperd to notice that a container's VM died
 MAX_LINK_TARGET = 4096
 
 
@@ -165,6 +166,11 @@ async def _archive_get(request: web.Request, pod: Pod, agent: AgentClient, path:
         failure = exc.message
     except AgentConnectionLost as exc:
         failure = f"the container's VM stopped or hyperd lost the connection to it ({exc.message})"
+        if pod.vm is not None:
+            # Let a VM's death be recorded before the client is cut off: `hyper cp`
+            # asks then, and says that the VM stopped rather than blame the files.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pod.exited.wait(), VM_EXIT_SECONDS)
     except ConnectionError:
         failure = "the client went away"
     finally:
