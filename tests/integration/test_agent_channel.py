@@ -22,7 +22,7 @@ from hyper.runtime.settings import Settings
 from hyper.vm.driver import DiskSpec
 from hyper.vm.qemu import QemuDriver
 from tests.integration.conftest import BUSYBOX
-from tests.support.vm import agent_vm_spec
+from tests.support.vm import agent_vm_spec, docker_confinement
 
 pytestmark = pytest.mark.vm
 
@@ -68,7 +68,14 @@ async def _reconnect_mid_stream(state: Path, cache: Path, run_dir: Path) -> byte
         channel = first.open_process(1)
         script = f"i=0; while [ $i -lt {LINES} ]; do echo line$i; i=$((i+1)); done"
         await first.request(
-            "start", container="c1", process=1, args=["sh", "-c", script], env=[], cwd="/", user="0"
+            "start",
+            container="c1",
+            process=1,
+            args=["sh", "-c", script],
+            env=[],
+            cwd="/",
+            user="0",
+            confinement=docker_confinement(),
         )
         received = bytearray()
         await _collect(channel.output, received, LINES // 4)

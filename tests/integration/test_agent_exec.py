@@ -34,7 +34,7 @@ from hyper.vm.driver import DiskSpec
 from hyper.vm.qemu import QemuDriver
 from tests.integration.conftest import BUSYBOX, RESULTS
 from tests.support.images import directory, file, hardlink, layer_tar, symlink
-from tests.support.vm import agent_vm_spec
+from tests.support.vm import agent_vm_spec, docker_confinement
 
 pytestmark = pytest.mark.vm
 
@@ -107,7 +107,14 @@ class Guest:
         stream = next(self.streams)
         channel = self.agent.open_process(stream)
         await self.agent.request(
-            "start", container=container, process=stream, args=["sh", "-c", script], env=[], cwd="/", user="0"
+            "start",
+            container=container,
+            process=stream,
+            args=["sh", "-c", script],
+            env=[],
+            cwd="/",
+            user="0",
+            confinement=docker_confinement(),
         )
         seen = b""
         while b"ready\n" not in seen:

@@ -27,3 +27,10 @@ def agent_vm_spec(name: str, inputs: VmInputs, run_dir: Path, disks: Sequence[Di
         run_dir=run_dir,
         disks=tuple(disks),
     )
+
+
+def docker_confinement() -> dict[str, object]:
+    """The agent's `start` confinement for Docker's defaults (capabilities, seccomp)."""
+    from hyper.runtime.security import confinement
+
+    return confinement(kernel=(6, 1)).message()

@@ -241,18 +241,6 @@ def test_setup_keeps_only_the_etc_files_a_container_gets(harness: AgentHarness) 
     assert session.agent.etc_files == {"hosts": etc["hosts"], "resolv.conf": etc["resolv.conf"]}
 
 
-def test_load_modules_needs_a_group_and_boot_is_already_loaded(harness: AgentHarness) -> None:
-    session = harness.run(
-        ask(
-            {"type": "load_modules", "id": 1},
-            {"type": "load_modules", "id": 2, "group": "boot"},
-        )
-    )
-    refused, boot = session.replies
-    assert (refused["id"], refused["ok"]) == (1, False)
-    assert (boot["id"], boot["ok"], boot["loaded"]) == (2, True, 0)
-
-
 @pytest.mark.parametrize(
     "malformed",
     [

@@ -201,7 +201,7 @@ def test_report_round_trips_through_a_pipe_and_is_bounded() -> None:
 def test_describe_exec_failures_like_docker() -> None:
     missing = OSError(errno.ENOENT, "No such file or directory")
     assert _describe("exec", ["nope"], missing) == 'exec: "nope": executable file not found in $PATH'
-    assert _describe("exec", ["/bin/nope"], missing) == 'exec: "/bin/nope": No such file or directory'
+    assert _describe("exec", ["/bin/nope"], missing) == 'exec: "/bin/nope": no such file or directory'
     denied = OSError(errno.EACCES, "Permission denied")
-    assert _describe("exec", ["x"], denied) == 'exec: "x": Permission denied'
-    assert _describe("cwd", ["x"], denied) == "cwd: Permission denied"
+    assert _describe("exec", ["x"], denied) == 'exec: "x": permission denied'
+    assert _describe("cwd", ["x"], denied) == "cwd: permission denied"

@@ -59,3 +59,10 @@ def test_load_modules_touches_only_its_group(tmp_path: Path) -> None:
     assert len(log) == 1
     assert "9p" in log[0]
     assert load_modules(listing, "", "boot", log) == 0
+
+
+def test_load_modules_of_every_group(tmp_path: Path) -> None:
+    listing = f"{tmp_path}/a.ko 0 boot\n{tmp_path}/b.ko 0 9p\n{tmp_path}/c.ko 0 net\n"
+    log: list[str] = []
+    assert load_modules(listing, "", None, log) == 3
+    assert len(log) == 3  # each missing one logged, none raised: all optional

@@ -24,13 +24,13 @@ import socket
 import sys
 import time
 
+from hyper.agent import guest_boot
 from hyper.agent import guest_container as containers
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_process import Process, set_window_size
 from hyper.agent.guest_requests import ContainerRequests
 from hyper.agent.protocol import (
     MAX_DATA_CHUNK,
-    PORT_NAME,
     PROTOCOL_VERSION,
     STDIN_WINDOW,
     FrameDecoder,
@@ -55,8 +55,6 @@ if TYPE_CHECKING:
 LAZY_IMPORTS = ("traceback", "tarfile")
 OUTPUT_BUFFER_LIMIT = 8 << 20
 RECONNECT_POLL_SECONDS = 0.05
-APPLIANCE_DIR = "/opt/hyper-agent"
-MODULES_LIST = f"{APPLIANCE_DIR}/modules.list"
 
 
 class Agent(ContainerRequests):
@@ -85,7 +83,6 @@ class Agent(ContainerRequests):
         self.hostname = socket.gethostname()
         self.etc_files: dict[str, str] = {}
         self.output_paused = False
-        self.loaded_groups = {"boot"}
         self._watched: dict[int, int] = {}
         os.set_blocking(channel_fd, False)
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -317,21 +314,6 @@ class Agent(ContainerRequests):
         self.etc_files = {str(k): str(v) for k, v in etc.items() if k in ("hosts", "hostname", "resolv.conf")}
         return {}
 
-    def _do_load_modules(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Load a module group ("9p", "net") the first time a pod needs it."""
-        group = require(message, "group", str)
-        if group in self.loaded_groups:
-            return {"loaded": 0}
-        with open("/proc/cmdline") as f:
-            cmdline = f.read()
-        try:
-            with open(MODULES_LIST) as f:
-                count = sys_.load_modules(f.read(), cmdline, group, self.boot_log)
-        except FileNotFoundError:
-            count = 0
-        self.loaded_groups.add(group)
-        return {"loaded": count}
-
     def _do_signal(self, message: dict[str, Any]) -> dict[str, Any]:
         process = self.processes.get(require(message, "process", int))
         signum = require(message, "signal", int)
@@ -527,35 +509,10 @@ def _drain(fd: int) -> None:
         pass
 
 
-def boot() -> tuple[int, list[str]]:
-    """Everything PID 1 does before it can serve: mounts, modules, the channel."""
-    log: list[str] = [f"{time.monotonic():.3f} agent started"]
-    sys_.mount_basics()
-    with open("/proc/cmdline") as f:
-        cmdline = f.read()
-    try:
-        with open(MODULES_LIST) as f:
-            sys_.load_modules(f.read(), cmdline, "boot", log)
-    except FileNotFoundError:
-        log.append("no modules.list: using the kernel's built-in drivers")
-    log.append(f"{time.monotonic():.3f} modules loaded")
-    try:
-        sys_.bring_up_loopback()
-    except OSError as exc:
-        log.append(f"loopback not configured: {exc}")
-    deadline = time.monotonic() + 10
-    while (port := sys_.find_port(PORT_NAME)) is None or not os.path.exists(port):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"virtio-serial port {PORT_NAME} did not appear")
-        time.sleep(0.005)
-    log.append(f"{time.monotonic():.3f} channel open")
-    return os.open(port, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC), log
-
-
 def main() -> None:
     """PID 1's entry point. It never returns: the VM powers off at the end."""
     try:
-        channel, log = boot()
+        channel, log = guest_boot.boot()
         Agent(channel, log).run()
     except BaseException:
         import traceback

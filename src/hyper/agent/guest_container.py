@@ -4,11 +4,14 @@ Standard library only. A container's root is an overlay of read-only layer
 disks under a writable upper directory on its own disk, with /proc, /sys,
 /dev and the /etc files a container expects. Each process gets its own mount
 and PID namespace (the first process is PID 1 of its container, as in
-Docker), is chrooted into the container's root the way runc does without
-pivot_root (the guest's own root is an initramfs, which cannot be pivoted),
-and runs as the requested user. A process exec'ed into a running container
-joins its main process's namespaces and root instead (guest_process does
-that before it forks), and skips the mounting.
+Docker), masks and read-only /proc and /sys paths as runc does, and enters
+the container's root with pivot_root (the agent has left the initramfs for a
+tmpfs at boot, guest_boot, so this works) and the old root detached, so no
+chroot trick leads back to the agent. It then takes Docker's confinement
+(capabilities, seccomp, no-new-privileges, rlimits: guest_security) and the
+requested user, and execs. A process exec'ed into a running container joins
+its main process's namespaces and root instead (guest_process does that
+before it forks), skips the mounting, and takes the same confinement.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import stat
 # chroot, where the agent's standard library is out of reach: import it now.
 import warnings  # noqa: F401
 
+from hyper.agent import guest_security
 from hyper.agent import guest_sys as sys_
-from hyper.agent.guest_sys import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
+from hyper.agent.guest_sys import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs the guest
 # a tenth of a second under TCG. Type checkers treat this name as true.
@@ -43,6 +47,25 @@ DEVICE_NODES = (
     ("urandom", 1, 9),
     ("tty", 5, 0),
 )
+# runc's defaults (Docker's MaskedPaths and ReadonlyPaths), not applied to privileged containers.
+MASKED_PATHS = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+DEFAULT_SHM_BYTES = 64 << 20
+# Devices a privileged container does not get: the agent's channel.
+AGENT_DEVICE_PREFIXES = ("vport", "hvc")
 DEV_SYMLINKS = (
     ("ptmx", "pts/ptmx"),
     ("fd", "/proc/self/fd"),
@@ -74,11 +97,15 @@ def not_running(container_id: str) -> StartError:
 # Plain classes rather than dataclasses: importing dataclasses pulls in
 # inspect, ast and tokenize, a quarter of a second of the guest's boot under TCG.
 class Container:
-    __slots__ = ("id", "main", "mounts", "pid_ns", "rootfs")
+    __slots__ = ("confinement", "id", "main", "mounts", "pid_ns", "privileged", "rootfs")
 
-    def __init__(self, container_id: str, rootfs: str) -> None:
+    def __init__(self, container_id: str, rootfs: str, *, privileged: bool = False) -> None:
         self.id = container_id
         self.rootfs = rootfs
+        self.privileged = privileged
+        # What the main process was confined with (guest_security's message):
+        # an exec takes the same, as in Docker.
+        self.confinement: dict[str, object] | None = None
         self.mounts: list[str] = []  # mounted paths, in mount order
         # The process `start` made PID 1 of the container; exec joins its
         # namespaces. `pid_ns` is the inode of that PID namespace, which tells
@@ -98,10 +125,13 @@ class ProcessRequest:
     __slots__ = (
         "args",
         "cols",
+        "confinement",
         "cwd",
         "env",
         "hostname",
+        "init",
         "make_cwd",
+        "privileged",
         "rootfs",
         "rows",
         "stdin",
@@ -123,9 +153,17 @@ class ProcessRequest:
         rows: int = 24,
         cols: int = 80,
         make_cwd: bool = True,
+        confinement: dict[str, object] | None = None,
+        privileged: bool = False,
+        init: bool = False,
     ) -> None:
         self.rootfs, self.args, self.env, self.cwd, self.user = rootfs, args, env, cwd, user
         self.hostname, self.tty, self.stdin, self.rows, self.cols = hostname, tty, stdin, rows, cols
+        # guest_security's message; None runs the process unconfined (the
+        # agent's own copies into a container's root, never a user's command).
+        self.confinement = confinement
+        self.privileged = privileged  # no masked or read-only paths
+        self.init = init  # a minimal init is PID 1 and runs the command as its child
         # Docker creates a missing working directory for a container's main
         # process, but an exec's must exist.
         self.make_cwd = make_cwd
@@ -197,20 +235,28 @@ def assemble_rootfs(
     layer_dirs: list[str],
     writable_dir: str,
     etc_files: dict[str, str],
+    *,
+    privileged: bool = False,
+    shm_bytes: int = DEFAULT_SHM_BYTES,
 ) -> Container:
-    """Overlay the layers (bottom → top) under the writable dir; add /dev, /sys, /etc files."""
+    """Overlay the layers (bottom → top) under the writable dir; add /dev, /sys, /etc files.
+
+    /sys is read-only and /dev holds only the basic nodes, unless `privileged`:
+    then /sys is writable and /dev has every device of the VM but the agent's channel.
+    """
     base = f"{RUN_ROOT}/containers/{container_id}"
     rootfs = f"{base}/rootfs"
     upper, work = f"{writable_dir}/upper", f"{writable_dir}/work"
     for path in (rootfs, upper, work, f"{base}/etc"):
         os.makedirs(path, exist_ok=True)
-    container = Container(container_id, rootfs)
+    container = Container(container_id, rootfs, privileged=privileged)
     lower = ":".join(reversed(layer_dirs))  # overlayfs lists the top layer first
     sys_.mount("overlay", rootfs, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
     container.mounts.append(rootfs)
 
     sysfs = _ensure_dir(rootfs, "sys")
-    sys_.mount("sysfs", sysfs, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    sysfs_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if privileged else MS_RDONLY)
+    sys_.mount("sysfs", sysfs, "sysfs", sysfs_flags)
     container.mounts.append(sysfs)
     _ensure_dir(rootfs, "proc")  # mounted by each process, inside its PID namespace
 
@@ -223,10 +269,13 @@ def assemble_rootfs(
     for name, target in DEV_SYMLINKS:
         os.symlink(target, f"{dev}/{name}")
     for sub in ("pts", "shm"):
-        os.makedirs(f"{dev}/{sub}")
+        os.makedirs(f"{dev}/{sub}", exist_ok=True)
+    if privileged:
+        _all_devices(dev)
     sys_.mount("/dev/pts", f"{dev}/pts", None, sys_.MS_BIND)
     container.mounts.append(f"{dev}/pts")
-    sys_.mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    shm_kib = max(shm_bytes, 4096) // 1024
+    sys_.mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_kib}k")
     container.mounts.append(f"{dev}/shm")
 
     for name, content in etc_files.items():
@@ -237,6 +286,31 @@ def assemble_rootfs(
         sys_.mount(source, target, None, sys_.MS_BIND)
         container.mounts.append(target)
     return container
+
+
+def _all_devices(dev: str) -> None:
+    """Nodes for the VM's devices in a privileged container's /dev (as Docker
+    gives the host's), from sysfs; the agent's channel is left out."""
+    for kind, type_bit in (("char", stat.S_IFCHR), ("block", stat.S_IFBLK)):
+        try:
+            entries = os.listdir(f"/sys/dev/{kind}")
+        except FileNotFoundError:
+            continue
+        for numbers in entries:
+            try:
+                with open(f"/sys/dev/{kind}/{numbers}/uevent") as f:
+                    fields = dict(line.rstrip("\n").partition("=")[::2] for line in f)
+            except OSError:
+                continue
+            name = fields.get("DEVNAME", "")
+            if not name or ".." in name.split("/") or name.startswith((*AGENT_DEVICE_PREFIXES, "pts/")):
+                continue
+            major, _, minor = numbers.partition(":")
+            path = f"{dev}/{name}"
+            if os.path.lexists(path):
+                continue
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mknod(path, 0o660 | type_bit, os.makedev(int(major), int(minor)))
 
 
 def teardown(container: Container) -> None:
@@ -343,11 +417,7 @@ def exec_in_container(
                 os.close(tty_fd)
         if not in_root:
             stage = "mount"
-            sys_.mount(None, "/", None, sys_.MS_REC | sys_.MS_PRIVATE)
-            sys_.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            os.chdir(rootfs)
-            sys_.mount(rootfs, "/", None, sys_.MS_MOVE)
-            os.chroot(".")
+            enter_root(rootfs, masked=not request.privileged)
         stage = "user"
         identity = resolve_identity(request.user, "/etc/passwd", "/etc/group")
         full_env = complete_env(request.env, identity, request.hostname, tty_fd is not None)
@@ -355,12 +425,19 @@ def exec_in_container(
         if cwd and request.make_cwd:
             os.makedirs(cwd, exist_ok=True)
         os.chdir(cwd or "/")
-        stage = "user"
-        os.setgroups(list(identity.groups))
-        os.setgid(identity.gid)
-        os.setuid(identity.uid)
+        stage = "confine"
+        if request.confinement is not None:
+            guest_security.confine_message(
+                request.confinement, uid=identity.uid, gid=identity.gid, groups=identity.groups
+            )
+        else:
+            os.setgroups(list(identity.groups))
+            os.setgid(identity.gid)
+            os.setuid(identity.uid)
         os.closerange(3, error_fd)
         os.closerange(error_fd + 1, 65536)
+        if request.init and run_init(error_fd):
+            return  # never: run_init's parent side exits
         stage = "exec"
         os.execvpe(args[0], args, env_dict(full_env))
     except StartError as exc:
@@ -372,12 +449,84 @@ def exec_in_container(
     os._exit(127)
 
 
+def enter_root(rootfs: str, *, masked: bool) -> None:
+    """In a new mount namespace: this PID namespace's /proc, runc's masked and
+    read-only paths, then pivot_root into `rootfs` with the old root detached."""
+    sys_.mount(None, "/", None, MS_REC | sys_.MS_PRIVATE)
+    sys_.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if masked:
+        for path in MASKED_PATHS:
+            _mask(rootfs + path)
+        for path in READONLY_PATHS:
+            _read_only(rootfs + path)
+    os.chdir(rootfs)
+    # pivot_root(".", "."): the old root is stacked under the new one, and
+    # detaching "." then drops it, with no directory needed in the image.
+    sys_.pivot_root(".", ".")
+    sys_.umount(".", sys_.MNT_DETACH)
+    os.chdir("/")
+
+
+def _mask(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        sys_.mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+    else:
+        sys_.mount("/dev/null", path, None, MS_BIND)
+
+
+def _read_only(path: str) -> None:
+    if not os.path.lexists(path):
+        return
+    sys_.mount(path, path, None, MS_BIND | MS_REC)
+    sys_.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def run_init(error_fd: int) -> bool:
+    """Docker's --init: this process stays PID 1 of the container and runs the
+    command as its child, forwarding signals to it and reaping every orphan,
+    and exits with the command's status. False in the child, which goes on to
+    exec the command; the parent never returns."""
+    child = os.fork()
+    if child == 0:
+        return False
+    os.close(error_fd)  # the child's copy reports a failed exec
+
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for signum in range(1, signal.NSIG):
+        if signum not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(signum, forward)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        if pid == child:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
+
+
 def _describe(stage: str, args: list[str], exc: OSError) -> str:
+    """Docker's (Go's) wording: the docker CLI tells 126 from 127 by these
+    lower-case texts ("permission denied", "is a directory", "no such file or directory")."""
+    reason = go_strerror(exc)
     if stage == "exec":
         if exc.errno == errno.ENOENT and "/" not in args[0]:
             return f'exec: "{args[0]}": executable file not found in $PATH'
-        return f'exec: "{args[0]}": {exc.strerror}'
-    return f"{stage}: {exc.strerror or exc}"
+        return f'exec: "{args[0]}": {reason}'
+    return f"{stage}: {reason}"
+
+
+def go_strerror(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:] if exc.strerror else text
 
 
 def _report(fd: int, stage: str, code: int, message: str) -> None:

@@ -15,7 +15,7 @@ import os
 import time
 
 from hyper.agent import guest_archive as archive
-from hyper.agent import guest_container
+from hyper.agent import guest_container, guest_security
 from hyper.agent import guest_stats as stats
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_process import ContainerRoot, Process, spawn, spawn_call
@@ -76,8 +76,16 @@ class ContainerRequests:
             options,
         )
         self.other_mounts.append(target)
+        shm = message.get("shm_size") or guest_container.DEFAULT_SHM_BYTES
+        if not isinstance(shm, int) or isinstance(shm, bool) or shm <= 0:
+            raise ValueError("shm_size must be a positive number of bytes")
         self.containers[container_id] = guest_container.assemble_rootfs(
-            container_id, layer_dirs, target, self.etc_files
+            container_id,
+            layer_dirs,
+            target,
+            self.etc_files,
+            privileged=message.get("privileged") is True,
+            shm_bytes=shm,
         )
         return {}
 
@@ -100,6 +108,12 @@ class ContainerRequests:
         args = [str(a) for a in require(message, "args", list)]
         if not args:
             raise ValueError(f"{message['type']} needs args")
+        confinement = message.get("confinement")
+        if confinement is None and message["type"] == "exec":
+            confinement = container.confinement  # an exec is confined as its container
+        if not isinstance(confinement, dict):
+            raise ValueError(f"{message['type']} needs the process's confinement")
+        guest_security.read_confinement(confinement)  # refused here, not in the child
         return guest_container.ProcessRequest(
             rootfs=container.rootfs,
             args=args,
@@ -112,13 +126,18 @@ class ContainerRequests:
             rows=int(message.get("rows") or 24),
             cols=int(message.get("cols") or 80),
             make_cwd=message["type"] == "start",
+            confinement=confinement,
+            privileged=container.privileged,
+            init=message.get("init") is True and message["type"] == "start",
         )
 
     def _do_start(self, message: dict[str, Any]) -> dict[str, Any]:
         container = self._container(message)
         stream = self._new_stream(message)
-        process = self._register(spawn(stream, self._process_request(message, container)))
+        request = self._process_request(message, container)
+        process = self._register(spawn(stream, request))
         if container.running_main() is None:
+            container.confinement = request.confinement
             try:
                 container.pid_ns = os.stat(f"/proc/{process.init_pid}/ns/pid").st_ino
             except OSError:
@@ -130,8 +149,8 @@ class ContainerRequests:
         """Start a process in the namespaces and root of a running container's main process."""
         container = self._container(message)
         stream = self._new_stream(message)
-        request = self._process_request(message, container)
         with ContainerRoot.open(container, need_running=True) as root:
+            request = self._process_request(message, container)
             process = self._register(spawn(stream, request, join=root))
         return {"pid": process.init_pid}
 

@@ -25,6 +25,7 @@ MNT_DETACH = 0x2
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 SYS_FINIT_MODULE = 313
+SYS_PIVOT_ROOT = 155
 LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
 RNDADDENTROPY = 0x40085203
 RNDRESEEDCRNG = 0x5207
@@ -78,6 +79,10 @@ def unshare(flags: int) -> None:
 def setns(fd: int, nstype: int) -> None:
     """Join the namespace `fd` refers to (an open /proc/PID/ns/* file)."""
     _check(_libc.setns(fd, nstype), "setns")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(SYS_PIVOT_ROOT, new_root.encode(), put_old.encode()), f"pivot_root {new_root}")
 
 
 def finit_module(path: str, params: str) -> None:
@@ -148,8 +153,9 @@ def module_params(cmdline: str, module: str) -> str:
     return " ".join(params)
 
 
-def load_modules(listing: str, cmdline: str, group: str, log: list[str]) -> int:
-    """Load the modules of `group`, listed one per line as `PATH REQUIRED(0|1) GROUP`.
+def load_modules(listing: str, cmdline: str, group: str | None, log: list[str]) -> int:
+    """Load the modules of `group` (every group: None), listed one per line as
+    `PATH REQUIRED(0|1) GROUP`.
 
     Optional ones (soft dependencies such as a CPU-specific crc32c) may fail.
     Returns how many lines the group had.
@@ -157,7 +163,7 @@ def load_modules(listing: str, cmdline: str, group: str, log: list[str]) -> int:
     count = 0
     for line in listing.splitlines():
         words = line.split()
-        if len(words) != 3 or words[2] != group:
+        if len(words) != 3 or group not in (None, words[2]):
             continue
         path, required = words[0], words[1]
         count += 1

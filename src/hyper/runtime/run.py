@@ -31,6 +31,7 @@ from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
 from hyper.runtime import templates
 from hyper.runtime.boot import boot_agent
+from hyper.runtime.seccomp import kernel_version
 from hyper.runtime.settings import Settings
 from hyper.runtime.stdio import FORWARDED_SIGNALS, Attachment, pump_output, raw_terminal, start_stdin_reader
 from hyper.vm.accel import AccelChoice, choose_accel, probe_host
@@ -220,8 +221,12 @@ class ContainerRun:
         # `-e NAME` takes NAME from the environment of whoever asked: for hyperd's
         # pods that is the client, which resolves it before asking (as docker does).
         host_env = {} if self.detached else dict(os.environ)
-        process = specs.process_spec(image.config, self.options, host_env)
+        specs.process_spec(
+            image.config, self.options, host_env
+        )  # bad options fail before the kernel is fetched
         inputs = await prepare_vm_inputs(self.paths, self.settings, None, notify_stderr)
+        kernel = kernel_version(inputs.kernel.release)
+        process = specs.process_spec(image.config, self.options, host_env, kernel)
         layers = await asyncio.to_thread(store.layer_disks, image)
         return Prepared(image, process, inputs, layers)
 
@@ -431,6 +436,8 @@ class ContainerRun:
                 for i, layer in enumerate(layers)
             ],
             writable={"serial": templates.WRITABLE_SERIAL, "fstype": "ext4", "options": "noinit_itable"},
+            privileged=self.options.privileged,
+            shm_size=self.options.shm_size or None,
         )
 
     async def _attach(
@@ -506,6 +513,7 @@ async def start_process(
     channel = agent.open_process(stream)
     rows, cols = size
     try:
+        confinement = None if process.confinement is None else process.confinement.message()
         await agent.request(
             kind,
             container=container,
@@ -518,6 +526,8 @@ async def start_process(
             stdin=process.stdin,
             rows=rows,
             cols=cols,
+            confinement=confinement,
+            init=process.init,
         )
     except AgentRequestError as exc:
         if exc.stage in ("exec", "user", "cwd"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from hyper.errors import FailedPrecondition, InvalidArgument
 from hyper.image import ImageConfig
+from hyper.runtime import security
 from hyper.vm.accel import Accel
 from hyper.vm.appliance import Appliance
 
@@ -93,6 +94,10 @@ class ProcessSpec:
     user: str
     tty: bool
     stdin: bool
+    # A container's main process: Docker's confinement from its options. An
+    # exec leaves it None and is confined as its container.
+    confinement: security.Confinement | None = None
+    init: bool = False
 
 
 def parse_memory(text: str) -> int:
@@ -142,7 +147,32 @@ def merge_env(
     return tuple(f"{k}={v}" for k, v in merged.items())
 
 
-def process_spec(config: ImageConfig, options: RunOptions, host_env: Mapping[str, str]) -> ProcessSpec:
+# The guest kernel Hyper ships (Debian 12's): options are checked against it
+# when the container is created, before any VM says which kernel it runs.
+DEFAULT_GUEST_KERNEL = (6, 1)
+
+
+def container_confinement(
+    options: RunOptions, kernel: tuple[int, int] = DEFAULT_GUEST_KERNEL
+) -> security.Confinement:
+    """Capabilities, seccomp, no-new-privileges and rlimits from Docker's options;
+    bad ones raise InvalidArgument."""
+    return security.confinement(
+        cap_add=options.cap_add,
+        cap_drop=options.cap_drop,
+        privileged=options.privileged,
+        security_opt=options.security_opt,
+        ulimits=security.ulimits_from_flags(options.ulimits),
+        kernel=kernel,
+    )
+
+
+def process_spec(
+    config: ImageConfig,
+    options: RunOptions,
+    host_env: Mapping[str, str],
+    kernel: tuple[int, int] = DEFAULT_GUEST_KERNEL,
+) -> ProcessSpec:
     if options.entrypoint is not None:
         # Docker: --entrypoint replaces the image's entrypoint and drops its CMD.
         entrypoint: tuple[str, ...] = (options.entrypoint,) if options.entrypoint else ()
@@ -165,6 +195,8 @@ def process_spec(config: ImageConfig, options: RunOptions, host_env: Mapping[str
         user=options.user or config.user or "0",
         tty=options.tty,
         stdin=options.interactive,
+        confinement=container_confinement(options, kernel),
+        init=options.init,
     )
 
 
