@@ -85,3 +85,38 @@ def test_first_run_says_what_it_prepares(hyper_env: HyperEnv, tmp_path: Path) ->
         assert step in result.stderr
     again = hyper_env.run("run", "--rm", BUSYBOX, "echo", "ready", HYPER_CACHE_DIR=str(cache))
     assert again.returncode == 0 and again.stderr == b""
+
+
+def test_clones_of_one_template_do_not_share_the_agents_randomized_layout(hyper_env: HyperEnv) -> None:
+    """After a resume the agent is reseeded and executes itself again: each
+    clone has its own stack address and hash seed (AT_RANDOM with them), not
+    the template's."""
+    import asyncio
+
+    from hyper.paths import HyperPaths
+    from hyper.runtime.run import ContainerRun
+    from hyper.runtime.settings import Settings
+    from hyper.runtime.spec import RunOptions
+
+    paths = HyperPaths(state=hyper_env.state, cache=hyper_env.cache, runtime=hyper_env.runtime)
+    settings = Settings.from_env(hyper_env.environ())
+
+    async def clone() -> dict[str, object]:
+        run = ContainerRun(RunOptions(image=BUSYBOX), paths, settings)
+        vm, agent = await run.launch_for_files(await run.prepare())
+        try:
+            assert vm.spec.incoming_state is not None, "this VM should come from the template"
+            greeting = agent.greeting
+        finally:
+            await agent.close()
+            await vm.close()
+            run.release_files(remove=True)
+        assert any("agent executed again" in line for line in greeting["log"])
+        fingerprint = greeting["process"]
+        assert isinstance(fingerprint, dict)
+        return fingerprint
+
+    first = asyncio.run(clone())
+    second = asyncio.run(clone())
+    assert first["start_stack"] != second["start_stack"]
+    assert first["hash_seed"] != second["hash_seed"]

@@ -105,6 +105,8 @@ def test_kernel_from_a_bzimage_is_unpacked_into_the_cache(tmp_path: Path) -> Non
     assert kernel.config_value("CONFIG_PVM_GUEST") == "y"
     assert kernel.config_value("CONFIG_MISSING") is None
     assert str(image) in kernel.origin
+    # The bzImage itself is booted for KASLR; the vmlinux when that is off.
+    assert (kernel.boot_image(kaslr=True), kernel.boot_image(kaslr=False)) == (image, kernel.image)
 
     mtime = kernel.image.stat().st_mtime_ns
     again = kernel_from_file(image, cache)

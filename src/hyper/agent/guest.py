@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import selectors
 import signal
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 LAZY_IMPORTS = ("traceback", "tarfile")
 OUTPUT_BUFFER_LIMIT = 8 << 20
 RECONNECT_POLL_SECONDS = 0.05
+REEXEC_ENV = "HYPER_AGENT_REEXEC"  # the state an agent executing itself again hands over
 
 
 class Agent(ContainerRequests):
@@ -84,6 +86,7 @@ class Agent(ContainerRequests):
         self.etc_files: dict[str, str] = {}
         self.output_paused = False
         self._watched: dict[int, int] = {}
+        self.reexec_pending = False
         os.set_blocking(channel_fd, False)
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
@@ -300,7 +303,39 @@ class Agent(ContainerRequests):
             "kernel": os.uname().release,
             "log": self.boot_log,
             "resume_from": self.write_pos,
+            "process": process_fingerprint(),
         }
+
+    def _do_reseed(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A VM resumed from a template: the host's clock and randomness, then
+        this agent executes itself again, once its answer is sent.
+
+        Every clone of a template wakes with the template's CRNG, and this
+        process with its stack canary and pointer guard (AT_RANDOM), its
+        address layout and its hash seed. Entropy first, then a fresh execve,
+        gives each clone its own (see docs/security.md for what stays shared).
+        """
+        if self.processes or self.containers:
+            raise ValueError("reseed is only for a VM that runs no container yet")
+        sys_.set_clock(require(message, "time_ns", int))
+        sys_.add_entropy(bytes.fromhex(require(message, "entropy", str))[:512])
+        self.reexec_pending = True
+        return {}
+
+    def _reexec(self) -> None:
+        """Execute the agent again on the same channel, after everything sent is written."""
+        deadline = time.monotonic() + 5
+        while self._unwritten() and self.connected and time.monotonic() < deadline:
+            self._flush()
+            if self._unwritten():
+                time.sleep(0.002)
+        log = [*self.boot_log, f"{time.monotonic():.3f} executing again"]
+        state = {"fd": self.channel_fd, "offset": self.stream_end, "log": log}
+        os.set_inheritable(self.channel_fd, True)
+        os.environ[REEXEC_ENV] = json.dumps(state)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, sys.orig_argv)
 
     def _do_setup(self, message: dict[str, Any]) -> dict[str, Any]:
         self.hostname = require(message, "hostname", str)
@@ -489,6 +524,8 @@ class Agent(ContainerRequests):
                         self._on_output(fd)
                 if not self.running:
                     break
+            if self.reexec_pending:
+                self._reexec()
             if not self.connected and self.running:
                 self._probe_connection()
         self._flush_before_exit()
@@ -499,6 +536,15 @@ class Agent(ContainerRequests):
             self._flush()
             if self._unwritten():
                 time.sleep(0.005)
+
+
+def process_fingerprint() -> dict[str, int]:
+    """What must differ between clones of one template once reseeded: where
+    the kernel put this process's stack, and the interpreter's hash seed (both
+    drawn at execve from the CRNG). For the host's tests; it is no secret from it."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return {"start_stack": int(fields[25]), "hash_seed": hash("hyper") & 0xFFFFFFFF}
 
 
 def _drain(fd: int) -> None:
@@ -512,8 +558,17 @@ def _drain(fd: int) -> None:
 def main() -> None:
     """PID 1's entry point. It never returns: the VM powers off at the end."""
     try:
-        channel, log = guest_boot.boot()
-        Agent(channel, log).run()
+        carried = os.environ.pop(REEXEC_ENV, None)
+        if carried is None:
+            channel, log = guest_boot.boot()
+            Agent(channel, log).run()
+        else:
+            # Executed again by _reexec: booted already; the stream goes on where it was.
+            state = json.loads(carried)
+            os.set_inheritable(state["fd"], False)
+            agent = Agent(state["fd"], [*state["log"], f"{time.monotonic():.3f} agent executed again"])
+            agent.retained_base = agent.write_pos = int(state["offset"])
+            agent.run()
     except BaseException:
         import traceback
 

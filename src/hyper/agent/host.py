@@ -89,6 +89,7 @@ class AgentClient:
         self._acked = 0
         self._background: set[asyncio.Task[None]] = set()
         self._hello_id: int | None = None
+        self.greeting: dict[str, Any] = {}  # the agent's answer to the last hello
         self._read_task = asyncio.create_task(self._read_loop(), name="agent-reader")
         self._write_lock = asyncio.Lock()
 
@@ -290,6 +291,7 @@ class AgentClient:
             raise error
         self._base = start
         self._acked = start
+        self.greeting = reply
         if self._auto_ack:
             self._maybe_acknowledge(force=True)
         return reply

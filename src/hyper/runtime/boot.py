@@ -7,6 +7,8 @@ QEMU exit becomes one error that names the cause and the console's last word.
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
 
 from hyper.agent.host import AgentClient
 from hyper.errors import DeadlineExceeded
@@ -27,9 +29,26 @@ def _explain_boot_failure(vm: QemuDriver, what: str) -> VmStartError:
 
 
 async def boot_agent(vm: QemuDriver, timeout: float, *, auto_ack: bool = True) -> AgentClient:
-    """Connect to the agent and wait for its hello, failing fast if QEMU exits first."""
+    """Connect to the agent and wait for its hello, failing fast if QEMU exits first.
+
+    A VM resumed from a template is reseeded first: the host's clock and
+    randomness, then the agent executes itself again (fresh AT_RANDOM, address
+    layout and hash seed, none of them the template's) and is greeted anew.
+    """
+    agent = await _greet(vm, timeout, auto_ack=auto_ack)
+    if vm.spec.incoming_state is None:
+        return agent
+    try:
+        await agent.request("reseed", time_ns=time.time_ns(), entropy=secrets.token_hex(64))
+        resume = agent.received_offset
+    finally:
+        await agent.close()
+    return await _greet(vm, timeout, auto_ack=auto_ack, resume=resume)
+
+
+async def _greet(vm: QemuDriver, timeout: float, *, auto_ack: bool, resume: int | None = None) -> AgentClient:
     agent = await AgentClient.connect(vm.spec.agent_socket, 10, auto_ack=auto_ack)
-    hello = asyncio.create_task(agent.hello(timeout))
+    hello = asyncio.create_task(agent.hello(timeout, resume=resume))
     exited = asyncio.create_task(vm.wait())
     try:
         await asyncio.wait({hello, exited}, return_when=asyncio.FIRST_COMPLETED)

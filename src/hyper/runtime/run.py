@@ -236,7 +236,7 @@ class ContainerRun:
         cmdline = specs.kernel_cmdline(inputs.appliance, inputs.accel.accel, tsc, self.settings.kernel_params)
         return VmSpec(
             name=self.id[:12],
-            kernel=inputs.kernel.image,
+            kernel=inputs.kernel.boot_image(self.settings.kaslr),
             initrd=inputs.appliance.initrd,
             cmdline=cmdline,
             accel=inputs.accel.accel,

@@ -10,6 +10,7 @@
 | HYPER_QEMU | the QEMU binary | qemu-system-x86_64 |
 | HYPER_CONSOLE_LOG_DIR | copy each VM's console log here when it stops | unset |
 | HYPER_TEMPLATES | 0 to boot every VM instead of starting it from a template | 1 |
+| HYPER_KASLR | 0 to boot the uncompressed kernel (faster, but always at one address) | 1 |
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Settings:
     qemu_binary: str = "qemu-system-x86_64"
     console_log_dir: Path | None = None
     templates: bool = True
+    kaslr: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -56,4 +58,5 @@ class Settings:
             qemu_binary=env.get("HYPER_QEMU", "qemu-system-x86_64"),
             console_log_dir=Path(log_dir) if log_dir else None,
             templates=env.get("HYPER_TEMPLATES", "1") not in ("0", "false", "no"),
+            kaslr=env.get("HYPER_KASLR", "1") not in ("0", "false", "no"),
         )

@@ -36,6 +36,14 @@ class Kernel:
     modules: Path | None  # lib/modules/<release>, when the kernel has loadable modules
     config: Path | None
     origin: str  # for `hyper info`
+    # The compressed bzImage, when there is one. Booted, its decompressor
+    # places the kernel at a random address (KASLR); the vmlinux, entered
+    # directly, always runs at the same one, but boots faster.
+    bzimage: Path | None = None
+
+    def boot_image(self, kaslr: bool) -> Path:
+        """What QEMU boots: the bzImage for a randomized layout, else the vmlinux."""
+        return self.bzimage if kaslr and self.bzimage is not None else self.image
 
     def config_value(self, option: str) -> str | None:
         if self.config is None or not self.config.exists():
@@ -122,7 +130,8 @@ def kernel_from_file(path: Path, cache: Path) -> Kernel:
                 break
         beside = path.parent / f"config-{release}"
         config = beside if beside.exists() else None
-    return Kernel(image, release or "unknown", modules, config, f"file {path}")
+    bzimage = path if data[:4] != b"\x7fELF" else None
+    return Kernel(image, release or "unknown", modules, config, f"file {path}", bzimage)
 
 
 def _debian_versioned_package() -> tuple[str, str]:
@@ -147,12 +156,14 @@ def _debian_versioned_package() -> tuple[str, str]:
 def _kernel_in(root: Path, origin: str) -> Kernel:
     release = (root / "release").read_text().strip()
     config = root / "boot" / f"config-{release}"
+    bzimage = root / "boot" / f"vmlinuz-{release}"
     return Kernel(
         image=root / "vmlinux",
         release=release,
         modules=root / "lib" / "modules" / release,
         config=config if config.exists() else None,
         origin=origin,
+        bzimage=bzimage if bzimage.exists() else None,
     )
 
 
