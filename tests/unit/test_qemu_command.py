@@ -1,4 +1,4 @@
-"""The QEMU command line for a VM spec, and the console tail read after a failure."""
+"""The QEMU command line for a VM spec, the descriptors it names, and the console tail read after a failure."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from hyper.agent.protocol import PORT_NAME
 from hyper.vm.accel import Accel
 from hyper.vm.driver import DiskSpec, VmSpec
 from hyper.vm.qemu import build_command, console_tail
+from hyper.vm.qemu_command import AGENT_FD, CONSOLE_FD, FIRST_DISK_FD, QMP_FD, SANDBOX, passed_files
 
 
 def make_spec(accel: Accel = Accel.TCG, **overrides: object) -> VmSpec:
@@ -42,7 +43,7 @@ def test_machine_memory_cpus_and_boot() -> None:
     command = build_command(make_spec(), binary="/opt/qemu")
     assert command[0] == "/opt/qemu"
     assert option_value(command, "-M") == "microvm"
-    assert option_value(command, "-accel") == "tcg"
+    assert option_value(command, "-accel") == "tcg,tb-size=64"  # bounded: it counts in the VM's cgroup
     assert option_value(command, "-m") == "768M"
     assert option_value(command, "-smp") == "3"
     assert "-no-reboot" in command
@@ -50,8 +51,20 @@ def test_machine_memory_cpus_and_boot() -> None:
     assert option_value(command, "-kernel") == "/cache/vmlinux"
     assert option_value(command, "-initrd") == "/cache/appliance.cpio"
     assert option_value(command, "-append") == "console=ttyS0 rdinit=/usr/bin/python3 -- -I init.pyc"
-    assert option_value(command, "-pidfile") == "/run/hyper/vms/abc123/qemu.pid"
     assert option_value(command, "-name") == "hyper-abc123"
+    assert "-pidfile" not in command and "-daemonize" not in command  # the jailer forks, not QEMU
+
+
+def test_always_sandboxed_with_everything_denied() -> None:
+    for accel in Accel:
+        assert option_value(build_command(make_spec(accel)), "-sandbox") == SANDBOX
+    assert SANDBOX.split(",") == [
+        "on",
+        "obsolete=deny",
+        "elevateprivileges=deny",
+        "spawn=deny",
+        "resourcecontrol=deny",
+    ]
 
 
 def test_cpu_host_only_with_kvm() -> None:
@@ -63,15 +76,19 @@ def test_cpu_host_only_with_kvm() -> None:
     assert option_value(kvm, "-cpu") == "host"
 
 
-def test_console_qmp_and_agent_chardevs() -> None:
+def test_console_qmp_and_agent_chardevs_are_passed_descriptors() -> None:
     command = build_command(make_spec())
     chardevs = {value.split(",")[1]: value for value in option_values(command, "-chardev")}
-    assert chardevs["id=console"] == "file,id=console,path=/run/hyper/vms/abc123/console.log"
+    assert chardevs["id=console"] == "file,id=console,path=/dev/fdset/1"
+    assert f"fd={CONSOLE_FD},set=1,opaque=/run/hyper/vms/abc123/console.log" in option_values(
+        command, "-add-fd"
+    )
     assert option_value(command, "-serial") == "chardev:console"
-    for name, path in (("qmp", "qmp.sock"), ("agent", "agent.sock")):
+    for name, fd in (("qmp", QMP_FD), ("agent", AGENT_FD)):
         parts = chardevs[f"id={name}"].split(",")
         assert parts[0] == "socket"
-        assert f"path=/run/hyper/vms/abc123/{path}" in parts
+        assert f"fd={fd}" in parts
+        assert not [p for p in parts if p.startswith("path=")]
         assert "server=on" in parts
         assert "wait=off" in parts
     assert option_value(command, "-mon") == "chardev=qmp,mode=control"
@@ -84,11 +101,46 @@ def test_one_drive_and_device_per_disk() -> None:
     command = build_command(make_spec())
     drives = [dict(p.split("=", 1) for p in d.split(",")) for d in option_values(command, "-drive")]
     assert [(d["id"], d["file"], d["readonly"], d["format"], d["if"]) for d in drives] == [
-        ("disk0", "/var/lib/hyper/layers/l0.erofs", "on", "raw", "none"),
-        ("disk1", "/var/lib/hyper/c/w.ext4", "off", "raw", "none"),
+        ("disk0", "/dev/fdset/2", "on", "raw", "none"),
+        ("disk1", "/dev/fdset/3", "off", "raw", "none"),
+    ]
+    # A writable drive must not first open read-only: its fd set holds only a read-write descriptor.
+    assert drives[1]["auto-read-only"] == "off"
+    assert option_values(command, "-add-fd")[1:] == [
+        f"fd={FIRST_DISK_FD},set=2,opaque=/var/lib/hyper/layers/l0.erofs",
+        f"fd={FIRST_DISK_FD + 1},set=3,opaque=/var/lib/hyper/c/w.ext4",
     ]
     blk = [d for d in option_values(command, "-device") if d.startswith("virtio-blk-device")]
     assert blk == ["virtio-blk-device,drive=disk0,serial=hl0", "virtio-blk-device,drive=disk1,serial=hw0"]
+
+
+def test_passed_files_share_one_descriptor_per_file_and_mode() -> None:
+    placeholder = Path("/cache/empty-slot.img")
+    spec = make_spec(
+        disks=(
+            DiskSpec(Path("/l0"), "hl0", True),
+            DiskSpec(placeholder, "hl1", True),
+            DiskSpec(placeholder, "hl2", True),
+            DiskSpec(Path("/w"), "hw0", False),
+        )
+    )
+    files = passed_files(spec)
+    assert [(f.fd, f.kind, f.writable) for f in files] == [
+        (QMP_FD, "listener", True),
+        (AGENT_FD, "listener", True),
+        (CONSOLE_FD, "log", True),
+        (FIRST_DISK_FD, "disk", False),
+        (FIRST_DISK_FD + 1, "disk", False),
+        (FIRST_DISK_FD + 2, "disk", True),
+    ]
+    assert [f.path for f in files[:3]] == [spec.qmp_socket, spec.agent_socket, spec.console_log]
+    drives = option_values(build_command(spec), "-drive")
+    assert [d.split(",")[1] for d in drives] == [
+        "file=/dev/fdset/2",
+        "file=/dev/fdset/3",
+        "file=/dev/fdset/3",
+        "file=/dev/fdset/4",
+    ]
 
 
 def test_no_disks_no_drives() -> None:
@@ -103,15 +155,14 @@ def test_commas_in_paths_are_doubled() -> None:
         disks=(DiskSpec(Path("/tmp/x,format=qcow2"), "s,1", True),),
     )
     command = build_command(spec)
-    chardevs = option_values(command, "-chardev")
-    assert "file,id=console,path=/tmp/a,,b/console.log" in chardevs
-    assert "socket,id=agent,path=/tmp/a,,b/agent.sock,server=on,wait=off" in chardevs
+    fdsets = option_values(command, "-add-fd")
+    assert f"fd={CONSOLE_FD},set=1,opaque=/tmp/a,,b/console.log" in fdsets
+    assert f"fd={FIRST_DISK_FD},set=2,opaque=/tmp/x,,format=qcow2" in fdsets
     [drive] = option_values(command, "-drive")
-    assert "file=/tmp/x,,format=qcow2," in drive
     assert ",format=raw," in drive
     assert "virtio-blk-device,drive=disk0,serial=s,,1" in option_values(command, "-device")
     # Paths given as whole arguments are not QEMU option strings: no escaping.
-    assert option_value(command, "-pidfile") == "/tmp/a,b/qemu.pid"
+    assert option_value(command, "-kernel") == "/cache/vmlinux"
 
 
 def test_console_tail_reads_only_the_end(tmp_path: Path) -> None:

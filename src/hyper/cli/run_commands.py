@@ -19,7 +19,9 @@ from hyper.runtime import spec as specs
 from hyper.runtime.run import ContainerExit, run_foreground
 from hyper.runtime.settings import Settings
 from hyper.runtime.stdio import Attachment
+from hyper.vm import confine
 from hyper.vm.accel import choose_accel, probe_host
+from hyper.vm.jail import confinement_lines, jail_mode_for
 from hyper.vm.kernel import kernel_from_file
 
 
@@ -182,6 +184,10 @@ def info_command(args: argparse.Namespace, ctx: CliContext) -> int:
     print(f"State dir:    {ctx.paths.state}", file=out)
     print(f"Cache dir:    {ctx.paths.cache}", file=out)
     print(f"Runtime dir:  {ctx.paths.runtime}", file=out)
+    facts = confine.facts(settings.qemu_binary)
+    print(f"Confinement:  QEMU runs in a {jail_mode_for(facts).value} jail (docs/confinement.md)", file=out)
+    for layer, in_effect, why in confinement_lines(facts):
+        print(f"  {'yes' if in_effect else 'no ':3}  {layer}: {why}", file=out)
     return 0
 
 

@@ -15,6 +15,7 @@ from hyper.errors import HyperError, InvalidArgument, NotFound
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
 from hyper.runtime.settings import Settings
+from hyper.vm import confine
 
 ADOPTED_STATES = (specs.ContainerState.RUNNING.value, specs.ContainerState.PAUSED.value)
 
@@ -38,6 +39,7 @@ class Daemon:
     async def adopt_all(self) -> None:
         """Every container of the state: running ones are adopted, the others listed,
         and those whose restart policy says so started again."""
+        await asyncio.to_thread(confine.sweep)  # cgroups and uid leases of VMs that are gone
         adoptions, starts = [], []
         for record in self.state.all():
             pod = self._pod(record)

@@ -41,6 +41,7 @@ from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun, start_p
 from hyper.runtime.settings import Settings
 from hyper.vm.accel import Accel
 from hyper.vm.driver import DiskSpec, VmSpec, VmState
+from hyper.vm.jail import JailSpec
 from hyper.vm.qemu import QemuDriver, VmStartError
 
 SYNC_BYTES = 256 * 1024  # output written before it is made durable and acknowledged
@@ -53,7 +54,8 @@ State = specs.ContainerState
 
 
 def vm_document(spec: VmSpec) -> dict[str, Any]:
-    doc: dict[str, Any] = json_safe(dataclasses.asdict(spec))
+    doc: dict[str, Any] = json_safe(dataclasses.asdict(dataclasses.replace(spec, jail=None)))
+    doc["jail"] = spec.jail.document() if spec.jail is not None else None  # its uid and cgroup
     return doc
 
 
@@ -86,6 +88,7 @@ def vm_spec_from(doc: dict[str, Any]) -> VmSpec:
         memory_file=path(doc.get("memory_file")),
         memory_shared=bool(doc.get("memory_shared")),
         incoming_state=path(doc.get("incoming_state")),
+        jail=JailSpec.from_document(doc.get("jail")),
     )
 
 

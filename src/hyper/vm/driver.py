@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hyper.vm.accel import Accel
+from hyper.vm.jail import JailSpec
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class VmSpec:
     memory_shared: bool = False
     # Device state of a paused template VM to resume instead of booting.
     incoming_state: Path | None = None
+    # How its QEMU is confined: decided when it starts (hyper.vm.confine),
+    # kept so that adoption and clean-up find its uid and cgroup again.
+    jail: JailSpec | None = None
 
     @property
     def console_log(self) -> Path:
@@ -51,10 +55,6 @@ class VmSpec:
     @property
     def agent_socket(self) -> Path:
         return self.run_dir / "agent.sock"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.run_dir / "qemu.pid"
 
 
 class VmState(enum.Enum):

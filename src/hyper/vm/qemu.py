@@ -1,29 +1,39 @@
-"""QEMU as Hyper's hypervisor: a pure command-line builder and the driver that runs it.
+"""QEMU as Hyper's hypervisor: the driver that starts, controls and stops one VM.
 
 The VM is a `microvm` machine (virtio-mmio, no firmware, no PCI) booting the
 kernel directly. QEMU is controlled over QMP with the `qemu.qmp` library; the
 agent speaks over a virtio-serial port backed by a unix socket on which QEMU
 listens, so the host can connect (and, later, reconnect) at any time.
+
+QEMU never starts unconfined: the driver prepares its jail (hyper.vm.confine)
+and runs the jailer (hyper.vm.jailer), which becomes QEMU; the command line
+and the descriptors it names come from hyper.vm.qemu_command. Template state
+moves over descriptors too (QMP `getfd` + `fd:` migration), because the
+sandbox forbids QEMU to spawn `cat`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
-import shlex
+import shutil
 import signal
 from pathlib import Path
 
 from qemu.qmp import QMPClient
 
-from hyper.agent.protocol import PORT_NAME
 from hyper.errors import FailedPrecondition, HyperError, Unavailable
-from hyper.vm.accel import Accel
+from hyper.vm import confine
 from hyper.vm.driver import VM_TRANSITIONS, VmSpec, VmState
+from hyper.vm.jail import JailMode, jail_mounts, jail_symlinks, jailer_document
+from hyper.vm.qemu_command import QEMU_BINARY, build_command, open_passed, passed_files
 
-QEMU_BINARY = "qemu-system-x86_64"
+__all__ = ["QEMU_BINARY", "QemuDriver", "VmStartError", "build_command", "console_tail"]
+
+JAILER_TIMEOUT = 30.0
 CONSOLE_TAIL_BYTES = 3000
 QMP_CONNECT_TIMEOUT = 30.0
 QMP_COMMAND_TIMEOUT = 30.0
@@ -49,85 +59,6 @@ class VmStartError(Unavailable):
         self.console_tail = console_tail
 
 
-def _escape(value: str | Path) -> str:
-    """QEMU option values escape a comma by doubling it."""
-    return str(value).replace(",", ",,")
-
-
-def build_command(spec: VmSpec, binary: str = QEMU_BINARY) -> list[str]:
-    """The full QEMU command line for `spec`. Pure: no file or process is touched."""
-    command = [
-        binary,
-        "-name",
-        f"hyper-{spec.name}",
-        "-M",
-        "microvm",
-        "-accel",
-        spec.accel.value,
-        "-m",
-        f"{spec.memory_mib}M",
-        "-smp",
-        str(spec.cpus),
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-kernel",
-        str(spec.kernel),
-        "-initrd",
-        str(spec.initrd),
-        "-append",
-        spec.cmdline,
-        "-chardev",
-        f"file,id=console,path={_escape(spec.console_log)}",
-        "-serial",
-        "chardev:console",
-        "-chardev",
-        f"socket,id=qmp,path={_escape(spec.qmp_socket)},server=on,wait=off",
-        "-mon",
-        "chardev=qmp,mode=control",
-        "-device",
-        "virtio-serial-device,max_ports=2",
-        "-chardev",
-        f"socket,id=agent,path={_escape(spec.agent_socket)},server=on,wait=off",
-        "-device",
-        f"virtserialport,chardev=agent,name={PORT_NAME}",
-        "-pidfile",
-        str(spec.pid_file),
-    ]
-    if spec.memory_file is not None:
-        machine = command.index("microvm")
-        command[machine] = "microvm,memory-backend=ram"
-        share = "on" if spec.memory_shared else "off"
-        command += [
-            "-object",
-            f"memory-backend-file,id=ram,size={spec.memory_mib}M,mem-path={_escape(spec.memory_file)},share={share}",
-        ]
-    if spec.incoming_state is not None:
-        command += ["-incoming", "defer"]
-    if spec.accel is Accel.KVM:
-        command += ["-cpu", "host"]
-    else:
-        # RDRAND lets the guest seed its CRNG at once; without it the first
-        # read of /dev/urandom (Python does one at start-up) runs the kernel's
-        # jitter-entropy loop, which takes over a second under TCG.
-        command += ["-cpu", "qemu64,+rdrand"]
-    for index, disk in enumerate(spec.disks):
-        drive = [
-            f"id=disk{index}",
-            f"file={_escape(disk.path)}",
-            "format=raw",
-            "if=none",
-            "readonly=on" if disk.read_only else "readonly=off",
-            # Read-only layers go through the host page cache, shared by every VM.
-            "cache=writeback",
-        ]
-        command += ["-drive", ",".join(drive)]
-        command += ["-device", f"virtio-blk-device,drive=disk{index},serial={_escape(disk.serial)}"]
-    return command
-
-
 def console_tail(path: Path, limit: int = CONSOLE_TAIL_BYTES) -> str:
     try:
         with path.open("rb") as f:
@@ -138,13 +69,15 @@ def console_tail(path: Path, limit: int = CONSOLE_TAIL_BYTES) -> str:
 
 
 class QemuDriver:
-    """Runs one VM as a QEMU process in its own session (so a Ctrl-C meant for
-    the container does not kill the VM), with QMP for control.
+    """Runs one VM as a confined QEMU process in its own session (so a Ctrl-C
+    meant for the container does not kill the VM), with QMP for control.
 
-    `detached` VMs (hyperd's) are started with `-daemonize`: QEMU is not our
-    child, so it outlives this process, and asyncio cannot kill it when its
-    loop closes. Their exit is watched through a pidfd; `adopt` takes over a
-    detached VM that an earlier process started.
+    A foreground VM's QEMU is our child and is killed when its owner dies
+    (the jailer sets a parent-death signal). `detached` VMs (hyperd's) are
+    forked off by the jailer: QEMU is not our child, so it outlives this
+    process, and asyncio cannot kill it when its loop closes. Their exit is
+    watched through a pidfd; `adopt` takes over a detached VM that an earlier
+    process started.
     """
 
     def __init__(self, spec: VmSpec, binary: str = QEMU_BINARY, *, detached: bool = False) -> None:
@@ -157,19 +90,24 @@ class QemuDriver:
         self._pid: int | None = None
         self._pidfd: int | None = None
         self._exited: asyncio.Future[int] | None = None
-        self.command = build_command(spec, binary) + (["-daemonize"] if detached else [])
+        self._jail_released = False
+        self.command = build_command(spec, binary)
 
     @classmethod
     async def adopt(cls, spec: VmSpec, pid: int, binary: str = QEMU_BINARY) -> QemuDriver:
         """Take over the running detached VM `spec` whose QEMU is `pid`."""
         driver = cls(spec, binary, detached=True)
         driver._state = VmState.STARTING
+        if not confine.belongs_to(pid, spec.jail, str(spec.run_dir)):
+            # Gone, or the pid now belongs to someone else: nothing to kill, only to clean.
+            await driver.close()
+            raise driver.start_error(f"QEMU process {pid} is gone")
         try:
             driver._watch(pid)
             driver._qmp = await driver._connect_qmp()
             paused = await driver.query_status() == "paused"
         except BaseException:
-            driver.release()
+            await driver.close()  # hyperd gives this VM up: it must not run on unseen
             raise
         driver._state = VmState.PAUSED if paused else VmState.RUNNING
         return driver
@@ -241,17 +179,28 @@ class QemuDriver:
 
     async def start(self) -> None:
         self._move(VmState.STARTING)
-        self._spec.run_dir.mkdir(parents=True, exist_ok=True)
-        log = (self._spec.run_dir / "qemu.log").open("wb")
+        self._spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                *self.command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
+            prepared = await asyncio.to_thread(confine.prepare, self._spec)
+        except BaseException:
+            self._state = VmState.STOPPED
+            raise
+        self._spec = dataclasses.replace(self._spec, jail=prepared.spec)
+        try:
+            await self._spawn(prepared)
+            self._qmp = await self._connect_qmp()
+            if self._spec.incoming_state is not None:
+                await self._resume_from(self._spec.incoming_state)
+        except BaseException:
+            prepared.hand_over()
+            await self.close()
+            raise
+        self._move(VmState.RUNNING)
+
+    async def _spawn(self, prepared: confine.PreparedJail) -> None:
+        """Run the jailer, which confines itself and becomes QEMU (forking first when detached)."""
+        found = shutil.which(self._binary)
+        if found is None:
             self._state = VmState.STOPPED
             raise VmStartError(
                 f"{self._binary} is not installed",
@@ -259,19 +208,85 @@ class QemuDriver:
                 exit_status=None,
                 console_tail="",
                 hint="install Debian's qemu-system-x86 (make demo does it)",
-            ) from exc
-        finally:
-            log.close()
+            )
+        binary = os.path.realpath(found)
+        jail = prepared.spec
+        root = self._spec.run_dir / "root"
+        root.mkdir(mode=0o700, exist_ok=True)
+        report_read, report_write = os.pipe()
+        opened: list[int] = []
         try:
-            if self._detached:
-                await self._daemonized()
-            self._qmp = await self._connect_qmp()
-            if self._spec.incoming_state is not None:
-                await self._resume_from(self._spec.incoming_state)
+            pairs = []
+            for passed in passed_files(self._spec):
+                opened.append(open_passed(passed))
+                pairs.append((opened[-1], passed.fd))
+            lease_fd = prepared.lease.fd if prepared.lease is not None else None
+            document = jailer_document(
+                jail=jail,
+                argv=self.command,
+                binary=binary,
+                fds=pairs,
+                root=str(root),
+                mounts=jail_mounts(self._spec, binary, confine.host_layout()),
+                symlinks=jail_symlinks(confine.host_layout()),
+                report_fd=report_write,
+                lease_fd=lease_fd,
+                detach=self._detached,
+                die_with_parent=not self._detached,
+                host_uid=os.getuid(),
+                host_gid=os.getgid(),
+            )
+            with (self._spec.run_dir / "qemu.log").open("wb") as log:
+                self._process = await asyncio.create_subprocess_exec(
+                    *confine.jailer_command(document),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    pass_fds=[*opened, report_write, *([lease_fd] if lease_fd is not None else [])],
+                )
         except BaseException:
-            await self.close()
+            os.close(report_read)
             raise
-        self._move(VmState.RUNNING)
+        finally:
+            for fd in (*opened, report_write):
+                os.close(fd)
+            prepared.hand_over()
+        report = await self._jailer_report(report_read)
+        for line in report:
+            word, _, value = line.partition(" ")
+            if word == "mode" and value.split(" ", 1)[0] != jail.mode.value:
+                actual = JailMode(value.split(" ", 1)[0])
+                self._spec = dataclasses.replace(self._spec, jail=dataclasses.replace(jail, mode=actual))
+        if self._detached:
+            await self._detached_pid(report)
+
+    async def _jailer_report(self, fd: int) -> list[str]:
+        """What the jailer wrote before it executed QEMU (its pipe closes then)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+        )
+        try:
+            data = await asyncio.wait_for(reader.read(), JAILER_TIMEOUT)
+        except TimeoutError:
+            raise self.start_error(f"the jailer did not start QEMU in {JAILER_TIMEOUT:.0f}s") from None
+        finally:
+            transport.close()
+        return data.decode(errors="replace").splitlines()
+
+    async def _detached_pid(self, report: list[str]) -> None:
+        """The jailer forked QEMU off and exited; QEMU's pid is in its report."""
+        assert self._process is not None
+        try:
+            status = await asyncio.wait_for(self._process.wait(), JAILER_TIMEOUT)
+        except TimeoutError:
+            raise self.start_error(f"the jailer did not finish in {JAILER_TIMEOUT:.0f}s") from None
+        pids = [line.split()[1] for line in report if line.startswith("pid ")]
+        if status != 0 or not pids:
+            raise self.start_error("QEMU exited while starting")
+        self._watch(int(pids[0]))
 
     async def _execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
         if self._qmp is None:
@@ -288,7 +303,8 @@ class QemuDriver:
         await self._execute(
             "migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
         )
-        await self._execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"})
+        await self._pass_fd(state, os.O_RDONLY, "template-state")
+        await self._execute("migrate-incoming", {"uri": "fd:template-state"})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + QMP_COMMAND_TIMEOUT
         while True:
@@ -301,6 +317,21 @@ class QemuDriver:
         if status.get("status") != "paused":
             raise self.start_error(f"the VM template loaded into state {status.get('status')!r}")
         await self._execute("cont")
+
+    async def _pass_fd(self, path: Path, flags: int, name: str) -> None:
+        """Open `path` here and hand the descriptor to QEMU under `name` (QMP getfd):
+        QEMU needs no right on the file, and no process to spawn."""
+        if self._qmp is None:
+            raise FailedPrecondition(f"VM {self._spec.name} has no QMP connection")
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise self.start_error(f"cannot open {path}: {exc.strerror}") from exc
+        try:
+            self._qmp.send_fd_scm(fd)
+            await self._execute("getfd", {"fdname": name})
+        finally:
+            os.close(fd)
 
     async def pause(self) -> None:
         """Stop every vCPU: the whole VM, guest kernel included, is frozen."""
@@ -343,7 +374,8 @@ class QemuDriver:
         await self._execute(
             "migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
         )
-        await self._execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})
+        await self._pass_fd(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "template-state")
+        await self._execute("migrate", {"uri": "fd:template-state"})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + QMP_COMMAND_TIMEOUT
         while True:
@@ -356,21 +388,6 @@ class QemuDriver:
                 raise self.start_error(f"saving the VM state failed: {detail or status}")
             await asyncio.sleep(0.01)
 
-    async def _daemonized(self) -> None:
-        """The `-daemonize` parent exits once QEMU is set up; then QEMU's pid is in the pid file."""
-        assert self._process is not None
-        try:
-            status = await asyncio.wait_for(self._process.wait(), QMP_CONNECT_TIMEOUT)
-        except TimeoutError:
-            raise self.start_error(f"QEMU did not finish starting in {QMP_CONNECT_TIMEOUT:.0f}s") from None
-        if status != 0:
-            raise self.start_error("QEMU exited while starting")
-        try:
-            pid = int(self._spec.pid_file.read_text().strip())
-        except (OSError, ValueError) as exc:
-            raise self.start_error(f"QEMU wrote no usable pid file: {exc}") from exc
-        self._watch(pid)
-
     def _has_exited(self) -> bool:
         if self._detached:
             return self._exited is not None and self._exited.done()
@@ -382,18 +399,17 @@ class QemuDriver:
         while True:
             if self._has_exited():
                 raise self.start_error("QEMU exited while starting")
-            if self._spec.qmp_socket.exists():
-                client = QMPClient(f"hyper-{self._spec.name}")
-                try:
-                    await asyncio.wait_for(client.connect(str(self._spec.qmp_socket)), 5)
-                    return client
-                except (TimeoutError, OSError, HyperError, Exception) as exc:
-                    with contextlib.suppress(Exception):
-                        await client.disconnect()
-                    if loop.time() > deadline:
-                        raise self.start_error(f"QMP did not answer: {exc}") from exc
-            if loop.time() > deadline:
-                raise self.start_error(f"QEMU did not open its QMP socket in {QMP_CONNECT_TIMEOUT:.0f}s")
+            # The socket is ours, bound before QEMU started: a connection waits
+            # in its backlog until QEMU accepts it and greets.
+            client = QMPClient(f"hyper-{self._spec.name}")
+            try:
+                await asyncio.wait_for(client.connect(str(self._spec.qmp_socket)), 5)
+                return client
+            except (TimeoutError, OSError, HyperError, Exception) as exc:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+                if loop.time() > deadline:
+                    raise self.start_error(f"QMP did not answer: {exc}") from exc
             if self._detached or self._process is None:
                 await asyncio.sleep(0.02)
             else:
@@ -434,6 +450,14 @@ class QemuDriver:
             await self.wait(2)
         await self.kill()
 
+    def kill_now(self) -> None:
+        """SIGKILL QEMU at once, from a signal handler (nothing is awaited): whatever
+        waits on the guest fails fast, and `close` then reaps and cleans up."""
+        pid = self.pid
+        if pid is not None and not self._has_exited():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     async def kill(self) -> None:
         if self._detached:
             if self._pid is not None and self._exited is not None and not self._exited.done():
@@ -459,9 +483,13 @@ class QemuDriver:
                 await asyncio.wait_for(self._qmp.disconnect(), 2)
             self._qmp = None
         self.release()
-        for path in (self._spec.qmp_socket, self._spec.agent_socket, self._spec.pid_file):
+        for path in (self._spec.qmp_socket, self._spec.agent_socket):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if not self._jail_released:
+            self._jail_released = True
+            # Shielded: a second Ctrl-C must not leave the cgroup and id lease behind.
+            await asyncio.shield(asyncio.to_thread(confine.release, self._spec.jail))
 
 
 async def _disconnect_quietly(qmp: QMPClient) -> None:
