@@ -34,6 +34,7 @@ from hyper.runtime.boot import boot_agent
 from hyper.runtime.seccomp import kernel_version
 from hyper.runtime.settings import Settings
 from hyper.runtime.stdio import FORWARDED_SIGNALS, Attachment, pump_output, raw_terminal, start_stdin_reader
+from hyper.runtime.teardown import STOP_SIGNALS, ForegroundStop
 from hyper.vm.accel import AccelChoice, choose_accel, probe_host
 from hyper.vm.appliance import Appliance, ensure_appliance
 from hyper.vm.driver import DiskSpec, VmSpec
@@ -150,6 +151,7 @@ class ContainerRun:
         self.run_dir = paths.runtime / self.id[:12]
         self.record: dict[str, object] = {}
         self.fresh = True  # whether this run made the container's directory
+        self.stop: ForegroundStop | None = None  # a foreground run's SIGINT/SIGTERM handling
 
     def save_record(self, **changes: object) -> None:
         self.record.update(changes)
@@ -298,7 +300,8 @@ class ContainerRun:
                     self.save_record(
                         state=specs.ContainerState.EXITED.value, exit_code=status, finished=time.time()
                     )
-                    if not self.options.remove:
+                    torn_down = self.stop is not None and self.stop.status is not None
+                    if not self.options.remove and not torn_down:
                         # The writable disk is kept: unmount it cleanly before power-off.
                         with contextlib.suppress(HyperError):
                             await agent.request("shutdown", timeout=SHUTDOWN_TIMEOUT)
@@ -384,6 +387,8 @@ class ContainerRun:
 
     async def _boot(self, spec: VmSpec) -> tuple[QemuDriver, AgentClient]:
         vm = QemuDriver(spec, self.settings.qemu_binary, detached=self.detached)
+        if self.stop is not None:
+            self.stop.kill_vm = vm.kill_now
         try:
             await vm.start()
             # hyperd acknowledges output itself, once it is on disk.
@@ -462,6 +467,12 @@ class ContainerRun:
         def forward(signum: int) -> None:
             spawn(request("signal", signal=signum))
 
+        def forward_stop(signum: int) -> bool:
+            if process.tty and signum == signal.SIGINT and attachment.stdin_is_tty():
+                return False  # a terminal's Ctrl-C reaches the container as a keystroke
+            forward(signum)
+            return True
+
         def resize() -> None:
             rows, cols = attachment.terminal_size()
             spawn(request("resize", rows=rows, cols=cols))
@@ -470,26 +481,47 @@ class ContainerRun:
         stdin_task = asyncio.create_task(self._forward_stdin(agent, attachment)) if process.stdin else None
         installed = []
         for signum in FORWARDED_SIGNALS:
+            if signum in STOP_SIGNALS and self.stop is not None:
+                continue  # the run's stopper forwards them, and tears down if they go unheard
             if not (process.tty and signum == signal.SIGINT and attachment.stdin_is_tty()):
                 loop.add_signal_handler(signum, forward, signum)
                 installed.append(signum)
         if process.tty:
             loop.add_signal_handler(signal.SIGWINCH, resize)
             installed.append(signal.SIGWINCH)
+        if self.stop is not None:
+            self.stop.attached(forward_stop)
         try:
             with raw_terminal(attachment.stdin_fd, process.tty and process.stdin):
-                status = await channel.exit_status
-                await asyncio.wait_for(output, 30)
+                status = await self._exit_status(channel)
+                if self.stop is None or self.stop.status is None:
+                    await asyncio.wait_for(output, 30)
             return status
         finally:
+            if self.stop is not None:
+                self.stop.attached(None)
             current = asyncio.current_task()
             for signum in installed:
                 loop.remove_signal_handler(signum)
-                if signum in (signal.SIGINT, signal.SIGTERM) and current is not None:
+                if signum in STOP_SIGNALS and current is not None:
                     loop.add_signal_handler(signum, current.cancel)  # back to "cancel the run"
             for task in (output, stdin_task, *tasks):
                 if task is not None:
                     task.cancel()
+
+    async def _exit_status(self, channel: ProcessChannel) -> int:
+        """The container's exit status, or the status of a local tear-down (the VM is dead then)."""
+        if self.stop is None:
+            return await channel.exit_status
+        exited = asyncio.ensure_future(channel.exit_status)
+        try:
+            await asyncio.wait({exited, self.stop.torn_down}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not exited.done():
+                exited.cancel()
+        if self.stop.status is not None:
+            return self.stop.status
+        return exited.result()
 
     async def _forward_stdin(self, agent: AgentClient, attachment: Attachment) -> None:
         queue: asyncio.Queue[bytes] = asyncio.Queue(16)
@@ -539,19 +571,22 @@ async def start_process(
 async def run_foreground(
     options: specs.RunOptions, paths: HyperPaths, settings: Settings, attachment: Attachment
 ) -> int:
-    """Run one container to completion; a Ctrl-C before it starts cancels cleanly.
+    """Run one container to completion; a Ctrl-C before it starts cancels cleanly,
+    and a second SIGINT/SIGTERM always ends the run (hyper.runtime.teardown).
 
     Raises ContainerExit when the command cannot be started (Docker's 126/127).
     """
     run = ContainerRun(options, paths, settings)
     task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
     assert task is not None
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, task.cancel)
+    run.stop = ForegroundStop(task)
+    run.stop.install()
     try:
         return await run.execute(attachment)
+    except (asyncio.CancelledError, HyperError):
+        if run.stop.status is None:
+            raise
+        return run.stop.status  # torn down here: everything is cleaned up by now
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError, RuntimeError):
-                loop.remove_signal_handler(signum)
+        with contextlib.suppress(ValueError, RuntimeError):
+            run.stop.uninstall()
