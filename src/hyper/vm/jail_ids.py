@@ -143,7 +143,8 @@ class IdPool:
         return slot if 1 <= slot < JAIL_ID_SLOTS else 1
 
     def _running_uids(self) -> set[int]:
-        """Uids in the range that some process runs as (/proc/PID is owned by it)."""
+        """Uids in the range that some live process runs as (/proc/PID is owned by
+        it). A zombie does not count: a detached QEMU stays one until init reaps it."""
         found: set[int] = set()
         low, high = self.base, self.base + JAIL_ID_SLOTS
         with os.scandir("/proc") as entries:
@@ -151,6 +152,11 @@ class IdPool:
                 if entry.name.isdigit():
                     with contextlib.suppress(OSError):
                         uid = entry.stat(follow_symlinks=False).st_uid
-                        if low <= uid < high:
+                        if low <= uid < high and not _zombie(entry.path):
                             found.add(uid)
         return found
+
+
+def _zombie(proc_dir: str) -> bool:
+    with open(os.path.join(proc_dir, "stat")) as f:
+        return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
