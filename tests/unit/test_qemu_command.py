@@ -1,4 +1,4 @@
-"""The QEMU command line for a VM spec, the descriptors it names, and the console tail read after a failure."""
+"""The QEMU command line for a VM spec, the descriptors it names, and the console tail after a failure."""
 
 from __future__ import annotations
 

@@ -106,3 +106,19 @@ def test_a_signal_the_container_cannot_take_cancels() -> None:
         assert task.cancelled() or task.cancelling()
 
     asyncio.run(scenario())
+
+
+def test_a_cancellation_lost_during_boot_tears_down_once_the_container_runs() -> None:
+    async def scenario() -> None:
+        task: asyncio.Task[int] = asyncio.create_task(asyncio.sleep(3600, 0))
+        stop = ForegroundStop(task)
+        recorder = Recorder()
+        stop.kill_vm = recorder.kill_vm
+        stop.on_signal(signal.SIGINT)  # booting: cancels the run...
+        task.uncancel()  # ...which asyncio.wait_for may swallow (Python < 3.12)
+        stop.attached(recorder.forward)
+        assert stop.status == 130 and recorder.kills == 1
+        assert recorder.forwarded == []
+        task.cancel()
+
+    asyncio.run(scenario())

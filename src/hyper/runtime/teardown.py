@@ -37,6 +37,7 @@ class ForegroundStop:
         self.kill_vm: Callable[[], None] | None = None  # set once the VM's process exists
         self._forward: Callable[[int], bool] | None = None
         self._signals = 0
+        self._first: int | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._cancelled = False
         self.torn_down: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -58,6 +59,10 @@ class ForegroundStop:
         self._forward = forward
         if forward is None:
             self._disarm()
+        elif self._cancelled and self._first is not None:
+            # Cancelled while booting, yet the container started: the cancellation
+            # was lost (asyncio.wait_for can drop one before Python 3.12). End it now.
+            self.tear_down(128 + self._first)
 
     @property
     def status(self) -> int | None:
@@ -66,6 +71,7 @@ class ForegroundStop:
 
     def on_signal(self, signum: int) -> None:
         self._signals += 1
+        self._first = self._first or signum
         if self._signals > 1:
             self.tear_down(128 + signum)
         elif self._forward is not None and self._forward(signum):

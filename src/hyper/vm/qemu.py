@@ -180,10 +180,13 @@ class QemuDriver:
     async def start(self) -> None:
         self._move(VmState.STARTING)
         self._spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        preparing = asyncio.ensure_future(asyncio.to_thread(confine.prepare, self._spec))
         try:
-            prepared = await asyncio.to_thread(confine.prepare, self._spec)
+            prepared = await asyncio.shield(preparing)
         except BaseException:
             self._state = VmState.STOPPED
+            if not preparing.done() or (not preparing.cancelled() and preparing.exception() is None):
+                await _undo_preparation(preparing)  # cancelled meanwhile: the thread made a jail
             raise
         self._spec = dataclasses.replace(self._spec, jail=prepared.spec)
         try:
@@ -490,6 +493,13 @@ class QemuDriver:
             self._jail_released = True
             # Shielded: a second Ctrl-C must not leave the cgroup and id lease behind.
             await asyncio.shield(asyncio.to_thread(confine.release, self._spec.jail))
+
+
+async def _undo_preparation(preparing: asyncio.Future[confine.PreparedJail]) -> None:
+    with contextlib.suppress(Exception):
+        prepared = await preparing
+        prepared.hand_over()
+        await asyncio.to_thread(confine.release, prepared.spec)
 
 
 async def _disconnect_quietly(qmp: QMPClient) -> None:
