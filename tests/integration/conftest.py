@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,33 @@ class HyperEnv:
         return [line for line in found.stdout.splitlines() if str(self.runtime) in line]
 
 
+def stop_hyperd(env: HyperEnv) -> None:
+    """Remove every container (their VMs power off), then stop the hyperd the CLI started."""
+    from hyper.cli.client import DaemonClient
+    from hyper.errors import HyperError
+
+    socket = env.runtime / "hyperd.sock"
+    if not socket.exists():
+        return
+    ids = env.run("ps", "-aq", "--no-trunc").stdout.split()
+    if ids:
+        env.run("rm", "-f", *(i.decode() for i in ids))
+    try:
+        with DaemonClient(socket) as client:
+            pid = client.ping().pid
+    except HyperError:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="session")
 def shared_cache() -> Path:
     cache = Path(os.environ.get("HYPER_CACHE_DIR") or default_paths().cache)
@@ -132,6 +161,7 @@ def hyper_env(request: pytest.FixtureRequest, image_state: Path, shared_cache: P
     try:
         yield env
     finally:
+        stop_hyperd(env)  # one the CLI started in the background, if any
         leftovers = env.qemu_processes()
         for line in leftovers:
             subprocess.run(["kill", "-9", line.split()[0]], check=False)

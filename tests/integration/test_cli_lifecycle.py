@@ -15,7 +15,6 @@ import json
 import os
 import re
 import selectors
-import signal
 import subprocess
 import sys
 import tarfile
@@ -27,10 +26,8 @@ from typing import IO, TypeVar
 import pexpect
 import pytest
 
-from hyper.cli.client import DaemonClient
 from hyper.cli.inspect_commands import STATS_HEADER
-from hyper.errors import HyperError
-from tests.integration.conftest import BUSYBOX, HyperEnv
+from tests.integration.conftest import BUSYBOX, HyperEnv, stop_hyperd
 
 pytestmark = pytest.mark.vm
 
@@ -39,36 +36,12 @@ WAIT = 120.0
 SLEEPER = ["sh", "-c", 'trap "exit 0" TERM; while true; do sleep 0.2; done']
 
 
-def _stop_hyperd(env: HyperEnv) -> None:
-    """Remove every container (their VMs power off), then stop the hyperd the CLI started."""
-    socket = env.runtime / "hyperd.sock"
-    if not socket.exists():
-        return
-    ids = env.run("ps", "-aq", "--no-trunc").stdout.split()
-    if ids:
-        env.run("rm", "-f", *(i.decode() for i in ids))
-    try:
-        with DaemonClient(socket) as client:
-            pid = client.ping().pid
-    except HyperError:
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def hyper(hyper_env: HyperEnv) -> Iterator[HyperEnv]:
     try:
         yield hyper_env
     finally:
-        _stop_hyperd(hyper_env)
+        stop_hyperd(hyper_env)
 
 
 def ok(env: HyperEnv, *args: str, input: bytes | None = None) -> str:

@@ -12,6 +12,7 @@ from hyper import __version__
 from hyper.cli.context import CliContext
 from hyper.errors import HyperError
 from hyper.paths import default_paths
+from hyper.paths import prepare as prepare_paths
 
 # Docker's convention: 125 is "the runtime failed", 126 "cannot invoke",
 # 127 "not found"; anything else is the container's own status.
@@ -60,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     ctx = CliContext(paths=default_paths())
+    # Containers' environments, logs and disks are this user's alone.
+    os.umask(0o077)
     try:
+        prepare_paths(ctx.paths)
         return func(args, ctx)
     except HyperError as exc:
         print(f"hyper: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ from hyper.api.server import make_app
 from hyper.daemon.daemon import Daemon
 from hyper.errors import HyperError
 from hyper.paths import HyperPaths, default_paths
+from hyper.paths import prepare as prepare_paths
 from hyper.runtime.settings import Settings
 
 
@@ -45,8 +46,7 @@ async def _serve_app(app: web.Application, socket: Path) -> web.AppRunner:
 
 
 async def serve(paths: HyperPaths, socket: Path, docker_socket: Path | None = None) -> None:
-    for directory in (paths.state, paths.runtime):
-        directory.mkdir(parents=True, exist_ok=True)
+    prepare_paths(paths)
     sockets = [socket] if docker_socket is None else [socket, docker_socket]
     for path in sockets:
         await _claim(path)
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         cache=args.cache_dir or defaults.cache,
         runtime=args.runtime_dir or defaults.runtime,
     )
+    os.umask(0o077)  # containers' environments, logs and disks are hyperd's user's alone
     try:
         asyncio.run(serve(paths, args.socket or socket_path(paths), args.docker_socket))
     except HyperError as exc:

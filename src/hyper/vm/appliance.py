@@ -25,6 +25,7 @@ from pathlib import Path
 import hyper
 from hyper.errors import FailedPrecondition
 from hyper.locks import exclusive_lock
+from hyper.paths import make_readable
 from hyper.vm import cpio
 from hyper.vm.kernel import Kernel
 from hyper.vm.kmod import GUEST_MODULES, MODULE_GROUPS, ModuleTree
@@ -229,6 +230,7 @@ def ensure_appliance(
             cpio.write_archive(buffer, entries)
             tmp = work / "appliance.cpio"
             tmp.write_bytes(buffer.getvalue())
+            make_readable(tmp)  # QEMU, as a user of its own, opens it
             tmp_manifest = work / "inputs"
             tmp_manifest.write_text("".join(_stat_line(p) + "\n" for p in sorted(set(inputs))))
             os.replace(tmp, initrd)

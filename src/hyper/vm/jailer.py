@@ -194,6 +194,9 @@ def drop_capabilities(last: int, uid: int | None, gid: int | None, groups: list[
 
 
 def main(plan: dict[str, Any]) -> None:
+    # The jail's tree must be traversable by the VM's own user, whatever
+    # umask hyperd keeps for its private files.
+    os.umask(0o022)
     parent = os.getppid()
     with open("/proc/sys/kernel/cap_last_cap") as f:  # /proc is not in the jail
         last_cap = int(f.read())

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hyper.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from hyper.locks import exclusive_lock
+from hyper.paths import make_readable
 
 DEBIAN_META_PACKAGE = "linux-image-amd64"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -116,6 +117,7 @@ def kernel_from_file(path: Path, cache: Path) -> Kernel:
                 image.parent.mkdir(parents=True, exist_ok=True)
                 tmp = image.with_suffix(".tmp")
                 tmp.write_bytes(vmlinux)
+                make_readable(tmp)  # QEMU, as a user of its own, opens it
                 tmp.rename(image)
     modules = None
     config = None
@@ -223,6 +225,8 @@ def _fetch_debian_kernel(package: str, target: Path) -> None:
         release = bzimage_release(data) or bzimages[0].name.removeprefix("vmlinuz-")
         vmlinux = extract_vmlinux(data)
         (unpacked / "vmlinux").write_bytes(vmlinux if vmlinux is not None else data)
+        for kernel_file in (unpacked / "vmlinux", *bzimages):
+            make_readable(kernel_file)  # QEMU, as a user of its own, opens it
         (unpacked / "release").write_text(release + "\n")
         shutil.rmtree(unpacked / "usr", ignore_errors=True)  # documentation only
         debs[0].unlink()
