@@ -1,6 +1,42 @@
-"""Docker's human-readable durations (go-units' HumanDuration), for every front end's status strings."""
+"""Docker's human-readable durations and sizes, read and written the way the
+docker CLI does (go-units and Go's time.Duration), for every front end."""
 
 from __future__ import annotations
+
+import math
+import re
+
+from hyper.errors import InvalidArgument
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """Go's duration syntax (`30s`, `1m30s`, `500ms`, `0`), as the docker CLI's flags take it, in seconds."""
+    stripped = text.strip()
+    if stripped == "0":
+        return 0.0
+    position, total = 0, 0.0
+    while position < len(stripped):
+        match = _DURATION_PART.match(stripped, position)
+        if match is None:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if not stripped or position != len(stripped) or not math.isfinite(total):
+        raise InvalidArgument(f"invalid {what} {text!r}", hint="use a duration such as 30s, 1m30s or 500ms")
+    return total
+
+
+def parse_size(text: str, what: str) -> int:
+    """Docker's sizes in bytes (`64m`, `1g`, `1024`: binary units, go-units' RAMInBytes)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise InvalidArgument(f"invalid {what} {text!r}", hint="use a number with k, m or g, e.g. 64m")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
 
 
 def human_duration(seconds: float) -> str:

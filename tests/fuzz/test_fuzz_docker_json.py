@@ -23,9 +23,10 @@ from hyper.api.docker import convert
 from hyper.api.docker.execs import _console_size
 from hyper.api.errors import HTTP_STATUS
 from hyper.daemon import daemon as hyperd_daemon
-from hyper.daemon.pods import CreateRequest
 from hyper.daemon.policy import RestartPolicy
+from hyper.daemon.requests import CreateRequest
 from hyper.errors import HyperError
+from hyper.runtime.settings import Settings
 from tests.fuzz.conftest import corpus, fuzz_settings
 from tests.fuzz.strategies import docker_create_bodies, json_values
 from tests.support.fake_guest import FakeArchiveGuest, FakeGuestHyperd
@@ -47,7 +48,7 @@ def check_create(body: Any, name: str | None) -> None:
             parsed = (
                 convert.create_request(body, name)
                 if front_end == "docker"
-                else hyperd_daemon.create_request(body)
+                else hyperd_daemon.create_request(body, Settings())
             )
             assert isinstance(parsed, CreateRequest)
         except HyperError as exc:

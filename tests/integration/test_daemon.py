@@ -7,10 +7,12 @@ its API socket with httpx, as the CLI does.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -102,6 +104,18 @@ class Hyperd:
         assert answer.status_code == 201, answer.text
         container_id: str = answer.json()["id"]
         return container_id
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The `hyper` CLI against this hyperd."""
+        env = dict(os.environ, HYPER_STATE_DIR=str(self.state), HYPER_RUNTIME_DIR=str(self.runtime))
+        return subprocess.run(
+            [sys.executable, "-m", "hyper.cli.main", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+            check=False,
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         with self.client() as client:
@@ -199,18 +213,60 @@ def test_a_killed_vm_is_reported_with_a_reason(hyperd: Hyperd) -> None:
     assert "exited unexpectedly" in reason
 
 
+def test_stop_of_a_guest_that_does_not_answer_ends_within_the_clis_own_wait(hyperd: Hyperd) -> None:
+    container = hyperd.run(["sh", "-c", "echo ready; sleep 1000"], name="stalled")
+    _until(lambda: hyperd.output(container) == b"ready\n", "the container to be ready")
+    (pid,) = hyperd.qemu_processes()
+    os.kill(pid, signal.SIGSTOP)  # the guest stops answering: a stalled channel
+    try:
+        stopped = hyperd.cli("stop", "-t", "2", "stalled")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert stopped.returncode == 0, stopped.stderr  # hyperd pulled the plug before the CLI gave up
+    record = _record(hyperd, "stalled")
+    assert (record["state"], record["exit_code"]) == ("exited", 137)
+    assert hyperd.qemu_processes() == []
+
+
+def test_a_graceful_stop_leaves_abandoned_waits_and_keeps_exit_statuses(hyperd: Hyperd) -> None:
+    sleeper = hyperd.run(["sleep", "1000"], name="sleeper")
+    quitter = hyperd.run(["sh", "-c", "sleep 1; exit 3"], name="quitter")
+    for socket_path, path in ((hyperd.socket, f"/v1/containers/{sleeper}/wait"),
+                              (hyperd.docker_socket, f"/containers/{sleeper}/wait")):  # fmt: skip
+        with socket.socket(socket.AF_UNIX) as conn:  # a client that asks, then goes away
+            conn.connect(str(socket_path))
+            conn.sendall(f"POST {path} HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n".encode())
+    assert hyperd.process is not None
+    hyperd.process.send_signal(signal.SIGTERM)
+    # aiohttp alone would wait a minute for the abandoned waits; the bound only catches that hang.
+    assert hyperd.process.wait(timeout=30) == 0
+    hyperd.start()  # `quitter` exited around the stop: its own status, not a lost VM's 137
+    assert hyperd.request("POST", f"/v1/containers/{quitter}/wait").json() == {"exit_code": 3}
+    assert _record(hyperd, "sleeper")["state"] == "running"
+    log = (hyperd.state / "hyperd.log").read_text()
+    assert "Traceback" not in log, log
+
+
 def test_pods_outlive_a_killed_hyperd_and_lose_no_output(hyperd: Hyperd) -> None:
-    counters = [hyperd.run(_lines(60, exit_code=i, pause="0.05"), name=f"counter{i}") for i in range(5)]
-    time.sleep(1)
+    # Each counter counts until the test tells it to end (SIGUSR1), so all five
+    # run across hyperd's death however slow the machine is.
+    script = 'trap "echo end; exit $CODE" USR1; i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done'
+    counters = [hyperd.run(["sh", "-c", script], name=f"counter{i}", env=[f"CODE={i}"]) for i in range(5)]
+    for container in counters:
+        _until(lambda c=container: hyperd.output(c).startswith(b"line0\n"), "every counter counting")
     hyperd.kill9()  # the pods keep counting while no hyperd listens
     assert len(hyperd.qemu_processes()) == 5
-    time.sleep(2)
     hyperd.start()  # adopts them, and their output since
     for i, container in enumerate(counters):
+        ended = hyperd.request("POST", f"/v1/containers/{container}/kill", params={"signal": "USR1"})
+        assert ended.status_code == 204, ended.text
         waited = hyperd.request("POST", f"/v1/containers/{container}/wait").json()
         assert waited == {"exit_code": i}, hyperd.request("GET", f"/v1/containers/{container}").json()
-        assert hyperd.output(container).decode().split() == [f"line{n}" for n in range(60)]
-    assert hyperd.qemu_processes() == []
+        words = hyperd.output(container).decode().split()
+        assert words[-1] == "end" and len(words) > 1, words
+        assert words[:-1] == [f"line{n}" for n in range(len(words) - 1)]  # none lost, none twice
+    _until(lambda: hyperd.qemu_processes() == [], "every VM gone")  # its last threads, after its exit
 
 
 def test_bad_requests_get_clear_errors(hyperd: Hyperd) -> None:

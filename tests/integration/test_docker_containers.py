@@ -60,12 +60,20 @@ def hyperd(image_state: Path, shared_cache: Path) -> Iterator[DockerHyperd]:
             try:
                 remove_all(daemon)
             finally:
-                log = daemon.log_tail()
+                log = daemon.log_tail(1 << 20)
                 daemon.close()
                 leftovers = qemu_processes(marker)
                 for line in leftovers:
                     subprocess.run(["kill", "-9", line.split()[0]], check=False)
-            assert not leftovers, f"QEMU left running after hyperd closed: {leftovers}\n{log}"
+            assert not leftovers, f"QEMU left running after hyperd closed: {leftovers}\n{log[-4000:]}"
+            # Ordinary use (clients that leave their waits, cp, save) must leave the log clean.
+            assert not log_problems(log), log[-8000:]
+
+
+def log_problems(log: str) -> list[str]:
+    """Lines of hyperd's log that show an error nobody handled."""
+    markers = ("Traceback", "exception was never retrieved", "Error handling request")
+    return [line for line in log.splitlines() if any(marker in line for marker in markers)]
 
 
 def remove_all(hyperd: DockerHyperd, keep: frozenset[str] = frozenset()) -> None:

@@ -9,6 +9,7 @@ Hyper's own client) are shared by the module. No test boots a VM.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import shutil
@@ -309,15 +310,74 @@ def test_docker_push_through_hyperd(hyperd: DockerHyperd, seeded: Seeded) -> Non
 
 
 @needs_cli
+@needs_docker_py
 def test_docker_save_and_load(hyperd: DockerHyperd, seeded: Seeded, tmp_path: Path) -> None:
     ok(hyperd.docker("pull", seeded.reference))
+    ok(hyperd.docker("tag", seeded.reference, "another:name"))
     archive = tmp_path / "busybox.tar"
     ok(hyperd.docker("save", "-o", str(archive), seeded.reference))
     assert archive.stat().st_size > 1_000_000
     ok(hyperd.docker("rmi", seeded.reference))
+    # Only the names the archive carried are reported, not the image's other names.
     loaded = ok(hyperd.docker("load", "-i", str(archive)))
-    assert f"Loaded image: {seeded.reference}" in loaded
-    assert ok(hyperd.docker("images", "-q")).split() == [seeded.short_id]
+    assert loaded == f"Loaded image: {seeded.reference}\n", loaded
+    assert set(ok(hyperd.docker("images", "-q")).split()) == {seeded.short_id}
+    # docker-py reads the answer as a stream of JSON lines.
+    ok(hyperd.docker("rmi", seeded.reference, "another:name"))
+    client = hyperd.docker_py()
+    try:
+        [image] = client.images.load(archive.read_bytes())
+        assert (image.id, image.tags) == (seeded.image_id, [seeded.reference])
+    finally:
+        client.close()
+    assert "Traceback" not in hyperd.log_tail(1 << 20)  # save's answer is prepared once
+
+
+def vm_peak_kib(pid: int) -> int:
+    """The largest resident size the process has had (VmHWM), in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+
+
+def send_huge_body(socket_path: Path, path: str, *, chunked: bool) -> tuple[bytes, int]:
+    """POST a 1 GiB JSON body, sent lazily: the answer, and how much of the body went out."""
+    import socket
+
+    header = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {1 << 30}"
+    sent = 0
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(socket_path))
+        conn.settimeout(60)
+        conn.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n{header}\r\n\r\n".encode()
+        )
+        piece = b'{"Image": "' + b"a" * (64 * 1024)
+        try:
+            while sent < 1 << 30:
+                conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                sent += len(piece)
+                piece = b"a" * (64 * 1024)
+        except OSError:
+            pass  # hyperd answered and closed the connection: the rest is never read
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := conn.recv(65536):
+                answer += chunk
+    return answer, sent
+
+
+def test_json_bodies_over_a_mebibyte_are_refused_before_they_are_read(hyperd: DockerHyperd) -> None:
+    for socket_path, path in (
+        (hyperd.docker_socket, "/v1.43/containers/create"),
+        (hyperd.socket, "/v1/containers"),
+        (hyperd.socket, "/docker/containers/create"),
+    ):
+        for chunked in (False, True):
+            answer, sent = send_huge_body(socket_path, path, chunked=chunked)
+            assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+            assert b"larger than the 1048576 bytes" in answer
+            assert sent < 64 << 20, f"hyperd read {sent} bytes before refusing"
+    assert vm_peak_kib(hyperd.pid) < 256 * 1024  # never near the gibibyte it was sent
 
 
 @needs_cli

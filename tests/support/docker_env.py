@@ -77,6 +77,11 @@ class DockerHyperd:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int:
+        assert self._process is not None, "hyperd is not running"
+        return self._process.pid
+
+    @property
     def docker_host(self) -> str:
         return f"unix://{self.docker_socket}"
 

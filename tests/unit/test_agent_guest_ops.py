@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import pwd
 import socket
 import stat
 import tarfile
@@ -114,13 +115,14 @@ def test_namespace_pid_is_the_last_nspid_field() -> None:
 @pytest.mark.parametrize(
     ("ticks", "shown"),
     [
-        (0, "00"),
-        (99, "00"),
-        (5900, "59"),
-        (6100, "01:01"),
-        (359_900, "59:59"),
+        (0, "00:00:00"),
+        (99, "00:00:00"),
+        (5900, "00:00:59"),
+        (6100, "00:01:01"),
+        (359_900, "00:59:59"),
         (366_100, "01:01:01"),
-        (100 * 3600 * 100, "100:00:00"),
+        (100 * 86399, "23:59:59"),
+        (100 * (3 * 86400 + 3661), "3-01:01:01"),
     ],
 )
 def test_format_cpu_time(ticks: int, shown: str) -> None:
@@ -147,13 +149,19 @@ def test_top_lists_one_namespace_with_its_own_pids() -> None:
         entry(400, 1, 150, 9, "another container"),
         entry(310, 3, 305, 7, "exec'd"),  # parent 305: an exec's shim, outside too
     ]
-    listing = stats.top(7, entries, hz=100)
+    listing = stats.top(7, entries, hz=100, users={0: "root"})
     assert listing["titles"] == ["UID", "PID", "PPID", "STAT", "TIME", "CMD"]
     assert listing["processes"] == [
-        ["0", "1", "0", "S", "01", "sleep 1000"],
-        ["0", "2", "1", "S", "01", "sh"],
-        ["0", "3", "0", "S", "01", "exec'd"],
+        ["root", "1", "0", "S", "00:00:01", "sleep 1000"],
+        ["root", "2", "1", "S", "00:00:01", "sh"],
+        ["root", "3", "0", "S", "00:00:01", "exec'd"],
     ]
+    assert stats.top(7, entries[:1], users={})["processes"][0][0] == "0"  # a UID without a name
+
+
+def test_user_names_come_from_the_containers_passwd() -> None:
+    text = "root:x:0:0:root:/root:/bin/sh\nbin:x:1:1::/:/bin/false\nalias:x:0:0::/:/bin/sh\nbroken\n"
+    assert stats.parse_passwd(text) == {0: "root", 1: "bin"}
 
 
 def test_top_of_this_hosts_own_namespace_finds_this_process() -> None:
@@ -162,7 +170,7 @@ def test_top_of_this_hosts_own_namespace_finds_this_process() -> None:
     listing = stats.top(own, stats.all_processes(), stats.clock_ticks())
     mine = [row for row in listing["processes"] if row[1] == str(os.getpid())]
     assert len(mine) == 1
-    assert mine[0][0] == str(os.getuid())
+    assert mine[0][0] == pwd.getpwuid(os.getuid()).pw_name  # this host's /etc/passwd: our root
     assert "pytest" in mine[0][5] or "python" in mine[0][5]
 
 

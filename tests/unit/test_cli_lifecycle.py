@@ -153,7 +153,7 @@ def client(monkeypatch: pytest.MonkeyPatch) -> LifecycleClient:
     fake = LifecycleClient()
     monkeypatch.setattr(container_commands, "connect_or_start", lambda paths, stderr: fake)
     monkeypatch.setattr("hyper.cli.client.connect_or_start", lambda paths, stderr: fake)
-    monkeypatch.setattr(run_commands, "ensure_image", lambda text, policy, ctx, quiet: None)
+    monkeypatch.setattr(run_commands, "ensure_image", lambda text, policy, ctx, quiet, platform=None: None)
     return fake
 
 

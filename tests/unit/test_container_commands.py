@@ -30,6 +30,7 @@ from hyper.cli.main import build_parser, main
 from hyper.errors import InvalidArgument, NotFound
 from hyper.humanize import human_duration
 from hyper.paths import HyperPaths
+from hyper.runtime.confinement import NOT_YET_HONOURED
 
 NOW = 1_700_000_000.0
 
@@ -410,7 +411,9 @@ def test_multi_container_commands(client: FakeClient) -> None:
 def test_run_detached(client: FakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
     ensured: list[tuple[str, str]] = []
     monkeypatch.setattr(
-        run_commands, "ensure_image", lambda text, policy, ctx, quiet: ensured.append((text, policy))
+        run_commands,
+        "ensure_image",
+        lambda text, policy, ctx, quiet, platform=None: ensured.append((text, policy)),
     )
     console = Console()
     argv = ("run", "-d", "--name", "web", "-l", "a=b", "-e", "X=1", "-m", "1g", "busybox", "sleep", "9")
@@ -422,6 +425,38 @@ def test_run_detached(client: FakeClient, monkeypatch: pytest.MonkeyPatch) -> No
     assert (request.name, request.labels, request.memory_mib) == ("web", {"a": "b"}, 1024)
 
 
+CONFINEMENT_VALUES = {
+    "--cap-add": ("NET_ADMIN",),
+    "--cap-drop": ("CHOWN",),
+    "--security-opt": ("no-new-privileges",),
+    "--ulimit": ("nofile=10:20",),
+    "--shm-size": ("128m",),
+}
+
+
+def test_run_detached_sends_stop_and_health_options_and_leaves_the_size_to_hyperd(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run_commands, "ensure_image", lambda text, policy, ctx, quiet, platform=None: None)
+    argv = (
+        "run", "-d", "--stop-signal", "SIGUSR1", "--stop-timeout", "3", "--health-cmd", "test -e /ok",
+        "--health-interval", "500ms", "--health-retries", "2", "busybox",
+    )  # fmt: skip
+    assert Console().run(*argv) == 0
+    (request,) = client.created
+    body = request.to_json()
+    assert (body["stop_signal"], body["stop_timeout"]) == ("SIGUSR1", 3)
+    assert (body["health_test"], body["health_interval"], body["health_retries"]) == (
+        ["CMD-SHELL", "test -e /ok"],
+        0.5,
+        2,
+    )
+    assert "memory_mib" not in body and "cpus" not in body  # hyperd's configured default
+    assert "health_timeout" not in body and "cap_add" not in body  # only what was given
+    assert Console().run("create", "--no-healthcheck", "busybox") == 0
+    assert client.created[-1].to_json()["health_test"] == ["NONE"]
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -430,6 +465,19 @@ def test_run_detached(client: FakeClient, monkeypatch: pytest.MonkeyPatch) -> No
         ("run", "--restart", "always", "busybox"),
         ("run", "--name", "web", "busybox"),
         ("run", "-l", "a=b", "busybox"),
+        ("run", "--health-cmd", "true", "busybox"),
+        ("run", "--stop-signal", "USR1", "busybox"),
+        ("run", "-d", "--no-healthcheck", "--health-cmd", "true", "busybox"),
+        ("run", "-d", "--health-interval", "5", "--health-cmd", "true", "busybox"),
+        ("run", "-d", "--cap-add", "NO_SUCH_CAP", "busybox"),
+        ("run", "-d", "--ulimit", "nofile=2:1", "busybox"),
+        ("create", "--shm-size", "lots", "busybox"),
+        ("run", "-d", "--platform", "linux/arm64", "busybox"),
+        # The confinement options the runtime does not honour yet.
+        *[
+            ("run", "-d", flag, *CONFINEMENT_VALUES.get(flag, ()), "busybox")
+            for flag in NOT_YET_HONOURED.values()
+        ],
     ],
 )
 def test_run_detached_rejects(argv: tuple[str, ...], client: FakeClient) -> None:

@@ -143,7 +143,7 @@ def test_empty_unsupported_fields_are_no_request_for_them() -> None:
         ({"Image": "b", "Cmd": [1]}, "Cmd must be a list of strings"),
         ({"Image": "b", "WorkingDir": 3}, "WorkingDir must be a string"),
         ({"Image": "b", "HostConfig": {"Memory": 1 << 20}}, "below the minimum"),
-        ({"Image": "b", "HostConfig": {"Memory": -1}}, "Memory must be a number of bytes"),
+        ({"Image": "b", "HostConfig": {"Memory": -1}}, "HostConfig.Memory must be an integer"),
         ({"Image": "b", "Labels": {"a": 1}}, "Labels must map names to strings"),
         ({"Image": "b", "Volumes": {"/data": {}}}, "volumes"),
         ({"Image": "b", "HostConfig": []}, "HostConfig must be an object"),

@@ -32,13 +32,14 @@ TOP = layer_tar([file("etc/hostname", b"top\n"), file("etc/.wh.motd")])
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file in the store with its content digest (the lock file aside)."""
+    """Every file in the store with its content digest (the lock files aside: the
+    index's, and the one each writer holds while it lives)."""
     if not root.exists():
         return {}
     return {
         str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(root.rglob("*"))
-        if path.is_file() and path.name != "lock"
+        if path.is_file() and path.name != "lock" and path.parent.name != "ingest.owners"
     }
 
 

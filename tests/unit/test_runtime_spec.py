@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hyper.errors import Category, FailedPrecondition, InvalidArgument
+from hyper.humanize import parse_duration, parse_size
 from hyper.image import ImageConfig
 from hyper.runtime.spec import (
     CONTAINER_TRANSITIONS,
@@ -235,3 +236,32 @@ def test_errors_are_categorized() -> None:
     with pytest.raises(InvalidArgument) as caught:
         parse_memory("x")
     assert caught.value.category is Category.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("0", 0.0),
+        ("30s", 30.0),
+        ("1m30s", 90.0),
+        ("500ms", 0.5),
+        ("1.5h", 5400.0),
+        ("2m", 120.0),
+        ("10us", 1e-5),
+    ],
+)
+def test_go_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text, "--health-interval") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5", "s", "1x", "-1s", "1s2"])
+def test_bad_go_durations(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="--health-interval"):
+        parse_duration(text, "--health-interval")
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("64m", 64 << 20), ("1g", 1 << 30), ("1024", 1024), ("2MB", 2 << 20)]
+)
+def test_docker_sizes(text: str, size: int) -> None:
+    assert parse_size(text, "--shm-size") == size

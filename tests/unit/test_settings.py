@@ -71,3 +71,34 @@ def test_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("HYPER_BOOT_TIMEOUT", "7")
     settings = Settings.from_env()
     assert (settings.accel, settings.boot_timeout) == ("kvm", 7.0)
+
+
+def test_the_default_vm_size_comes_from_the_configuration_file(tmp_path: Path) -> None:
+    assert (Settings().default_memory_mib, Settings().default_cpus) == (512, 1)
+    missing = Settings.from_env({"HYPER_CONFIG": str(tmp_path / "none.json")})
+    assert (missing.default_memory_mib, missing.default_cpus) == (512, 1)
+    config = tmp_path / "hyperd.json"
+    config.write_text('{"default-memory": "1g", "default-cpus": 2}')
+    settings = Settings.from_env({"HYPER_CONFIG": str(config)})
+    assert (settings.default_memory_mib, settings.default_cpus) == (1024, 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1]", "must be a JSON object"),
+        ("{nope", "not valid JSON"),
+        ('{"default-memory": 512}', "default-memory"),
+        ('{"default-memory": "64m"}', "below the minimum"),
+        ('{"default-cpus": 0}', "default-cpus"),
+        ('{"default-cpus": true}', "default-cpus"),
+        ('{"memory": "1g"}', "unknown setting 'memory'"),
+    ],
+)
+def test_a_bad_configuration_is_refused_with_its_path(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "hyperd.json"
+    config.write_text(text)
+    with pytest.raises(InvalidArgument, match=message) as refused:
+        Settings.from_env({"HYPER_CONFIG": str(config)})
+    if "minimum" not in message:
+        assert str(config) in str(refused.value)

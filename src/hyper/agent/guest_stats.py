@@ -71,14 +71,33 @@ def real_uid(status: dict[str, str]) -> int:
 
 
 def format_cpu_time(ticks: int, hz: int = 100) -> str:
-    """CPU time as [[hh:]mm:]ss: seconds, with minutes and hours only when there are any."""
-    hours, rest = divmod(ticks // hz, 3600)
+    """CPU time as `ps -ef` (and so `docker top`) shows it: [DD-]hh:mm:ss."""
+    days, rest = divmod(ticks // hz, 86400)
+    hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours:02d}:{minutes:02d}:{seconds:02d}"
-    if minutes:
-        return f"{minutes:02d}:{seconds:02d}"
-    return f"{seconds:02d}"
+    text = f"{hours:02d}:{minutes:02d}:{seconds:02d}"
+    return f"{days}-{text}" if days else text
+
+
+def parse_passwd(text: str) -> dict[int, str]:
+    """/etc/passwd → user names by UID (the first name of a UID wins, as getpwuid's)."""
+    users: dict[int, str] = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            users.setdefault(int(fields[2]), fields[0])
+    return users
+
+
+def container_users(members: list[ProcEntry], proc: str = "/proc") -> dict[int, str]:
+    """User names from the container's own /etc/passwd, read through a member's root."""
+    for entry in members:
+        try:
+            with open(f"{proc}/{entry.pid}/root/etc/passwd", encoding="utf-8", errors="replace") as f:
+                return parse_passwd(f.read(1 << 20))
+        except OSError:
+            continue  # gone meanwhile, or the image has no passwd
+    return {}
 
 
 def command_line(cmdline: bytes, comm: str) -> str:
@@ -138,17 +157,22 @@ def all_processes(proc: str = "/proc", pid_ns: int | None = None) -> list[ProcEn
     return entries
 
 
-def top(pid_ns: int, entries: list[ProcEntry], hz: int = 100) -> dict[str, Any]:
-    """The processes of PID namespace `pid_ns`, with PIDs as its members see them.
+def top(
+    pid_ns: int, entries: list[ProcEntry], hz: int = 100, users: dict[int, str] | None = None
+) -> dict[str, Any]:
+    """The processes of PID namespace `pid_ns`, with PIDs as its members see them
+    and users by the names the container's /etc/passwd gives (`users`; read
+    through the members' root when not given), as `docker top` shows them.
 
     A parent outside the namespace (the agent's shim) shows as PPID 0, as the
     container's PID 1 sees its own parent.
     """
     members = sorted((e for e in entries if e.pid_ns == pid_ns), key=lambda e: e.nspid)
     inside = {e.pid: e.nspid for e in members}
+    names = container_users(members) if users is None else users
     rows = [
         [
-            str(e.uid),
+            names.get(e.uid, str(e.uid)),
             str(e.nspid),
             str(inside.get(e.ppid, 0)),
             e.state,

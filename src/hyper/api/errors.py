@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hyper.api.body import BodyTooLarge
 from hyper.errors import Category, HyperError
 
 HTTP_STATUS: dict[Category, int] = {
@@ -22,3 +23,10 @@ HTTP_STATUS: dict[Category, int] = {
 
 def error_body(error: HyperError) -> dict[str, Any]:
     return {"message": error.message, "hint": error.hint, "category": error.category.value}
+
+
+def http_status(error: HyperError) -> int:
+    """The HTTP status of `error`: its category's, except 413 for a body over the bound."""
+    if isinstance(error, BodyTooLarge):
+        return 413
+    return HTTP_STATUS[error.category]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from hyper import __version__
-from hyper.api.errors import HTTP_STATUS, error_body
+from hyper.api.body import MAX_JSON_BODY, BodyTooLarge, read_json_body, refuse_at_once
+from hyper.api.errors import error_body, http_status
 from hyper.daemon.daemon import Daemon, create_request
-from hyper.daemon.pods import parse_signal
-from hyper.errors import HyperError, InvalidArgument
+from hyper.daemon.requests import parse_signal
+from hyper.errors import HyperError, InvalidArgument, Unavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON = web.AppKey("daemon", Daemon)
@@ -22,8 +25,12 @@ DAEMON = web.AppKey("daemon", Daemon)
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except BodyTooLarge as exc:
+        return await refuse_at_once(request, web.json_response(error_body(exc), status=http_status(exc)))
     except HyperError as exc:
-        return web.json_response(error_body(exc), status=HTTP_STATUS[exc.category])
+        return web.json_response(error_body(exc), status=http_status(exc))
+    except ConnectionError:
+        return web.Response(status=499)  # the client went away: nobody reads this, nothing to log
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -35,9 +42,12 @@ def _number(request: web.Request, name: str, default: float | None) -> float | N
     if text is None:
         return default
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise InvalidArgument(f"{name}={text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{name}={text!r} is not a finite number")
+    return value
 
 
 async def ping(request: web.Request) -> web.StreamResponse:
@@ -45,17 +55,14 @@ async def ping(request: web.Request) -> web.StreamResponse:
 
 
 async def create(request: web.Request) -> web.StreamResponse:
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-        raise InvalidArgument("the request body is not JSON") from None
+    body = await read_json_body(request)
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
     daemon = request.app[DAEMON]
     if body.get("start", True):
-        pod = await daemon.run(create_request(body))
+        pod = await daemon.run(create_request(body, daemon.settings))
     else:
-        pod = await daemon.create(create_request(body))
+        pod = await daemon.create(create_request(body, daemon.settings))
     return web.json_response({"id": pod.id}, status=201)
 
 
@@ -90,7 +97,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
 
 async def stop(request: web.Request) -> web.StreamResponse:
     pod = request.app[DAEMON].find(request.match_info["ref"])
-    await pod.stop(_number(request, "t", 10.0) or 0.0)
+    await pod.stop(_number(request, "t", None))
     return web.Response(status=204)
 
 
@@ -101,9 +108,19 @@ async def kill(request: web.Request) -> web.StreamResponse:
 
 
 async def wait(request: web.Request) -> web.StreamResponse:
-    pod = request.app[DAEMON].find(request.match_info["ref"])
-    condition = request.query.get("condition", "not-running")
-    return web.json_response({"exit_code": await pod.wait(condition)})
+    daemon = request.app[DAEMON]
+    pod = daemon.find(request.match_info["ref"])
+    waiting = asyncio.ensure_future(pod.wait(request.query.get("condition", "not-running")))
+    stopping = asyncio.ensure_future(daemon.stopping.wait())
+    try:
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not waiting.done():
+            waiting.cancel()
+    if not waiting.done() or waiting.cancelled():
+        raise Unavailable("hyperd is stopping", hint="wait again once it is back; the container runs on")
+    return web.json_response({"exit_code": waiting.result()})
 
 
 async def start(request: web.Request) -> web.StreamResponse:
@@ -114,7 +131,7 @@ async def start(request: web.Request) -> web.StreamResponse:
 
 async def restart(request: web.Request) -> web.StreamResponse:
     pod = request.app[DAEMON].find(request.match_info["ref"])
-    await pod.restart(_number(request, "t", 10.0) or 0.0)
+    await pod.restart(_number(request, "t", None))
     return web.Response(status=204)
 
 
@@ -139,7 +156,7 @@ async def remove(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(daemon: Daemon) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json])
+    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
     app[DAEMON] = daemon
     app.add_routes(
         [

@@ -211,11 +211,10 @@ class DaemonClient:
                 response.close()
 
     def stop(self, ref: str, *, timeout: int | None = None) -> None:
-        """SIGTERM, SIGKILL after `timeout` seconds (hyperd's default: 10), then power off."""
+        """The stop signal, SIGKILL after `timeout` seconds (default: the container's
+        stop timeout, else 10), then power off."""
         params = {} if timeout is None else {"t": str(timeout)}
-        # Wait longer than the grace period: the VM still has to power off after it.
-        grace = 10 if timeout is None else max(timeout, 0)
-        self._request("POST", _container_path(ref, "stop"), params=params, timeout=grace + _REQUEST_TIMEOUT)
+        self._request("POST", _container_path(ref, "stop"), params=params, timeout=_stop_wait(timeout))
 
     def kill(self, ref: str, *, signal: str | None = None) -> None:
         params = {} if signal is None else {"signal": signal}
@@ -246,8 +245,13 @@ class DaemonClient:
     def restart(self, ref: str, *, timeout: int | None = None) -> None:
         """Stop (SIGTERM, SIGKILL after `timeout` seconds; hyperd's default 10), then start."""
         params = {} if timeout is None else {"t": str(timeout)}
-        grace = 10 if timeout is None else max(timeout, 0)
-        self._request("POST", _container_path(ref, "restart"), params=params, timeout=grace + _BOOT_TIMEOUT)
+        wait = _stop_wait(timeout)
+        self._request(
+            "POST",
+            _container_path(ref, "restart"),
+            params=params,
+            timeout=wait + _BOOT_TIMEOUT if isinstance(wait, float) else wait,
+        )
 
     def pause(self, ref: str) -> None:
         self._request("POST", _container_path(ref, "pause"))
@@ -413,6 +417,17 @@ class DaemonClient:
                 f"cannot reach hyperd at {self.socket_path}: {exc or type(exc).__name__}",
                 hint="start it with `hyperd`",
             ) from exc
+
+
+def _stop_wait(timeout: int | None) -> float | httpx.Timeout:
+    """How long a stop may take: the grace period, then the steps after it (SIGKILL,
+    the VM's power-off), each of which hyperd bounds. Without `-t` the grace
+    period is the container's own stop timeout, which only hyperd knows."""
+    import httpx
+
+    if timeout is None or timeout < 0:
+        return httpx.Timeout(None, connect=_PING_TIMEOUT)
+    return float(timeout) + _REQUEST_TIMEOUT
 
 
 def default_daemon_command(paths: HyperPaths) -> list[str]:

@@ -263,10 +263,15 @@ def format_created(container: ContainerInfo, now: float) -> str:
 def format_status(container: ContainerInfo, now: float) -> str:
     """Docker's STATUS column: `Up 5 seconds`, `Exited (1) 2 minutes ago`, `Created`."""
     if container.state in (ContainerState.RUNNING, ContainerState.PAUSED):
-        paused = " (Paused)" if container.state is ContainerState.PAUSED else ""
+        if container.state is ContainerState.PAUSED:
+            suffix = " (Paused)"
+        elif container.health is not None:
+            suffix = " (health: starting)" if container.health == "starting" else f" ({container.health})"
+        else:
+            suffix = ""
         if container.started_at is None:
-            return f"Up{paused}"
-        return f"Up {human_duration(now - container.started_at)}{paused}"
+            return f"Up{suffix}"
+        return f"Up {human_duration(now - container.started_at)}{suffix}"
     if container.state is ContainerState.RESTARTING:
         code = container.exit_code or 0
         if container.finished_at is None:

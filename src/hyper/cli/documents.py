@@ -126,6 +126,7 @@ class ContainerInfo:
     exit_code: int | None = None
     reason: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    health: str | None = None  # starting, healthy or unhealthy, for a container with a health check
 
     @classmethod
     def from_json(cls, value: object) -> ContainerInfo:
@@ -144,9 +145,38 @@ class ContainerInfo:
                 exit_code=optional(obj, "exit_code", int),
                 reason=optional(obj, "reason", str),
                 labels=string_map(obj.get("labels", {}), "labels"),
+                health=_health_status(obj.get("health")),
             )
         except ValueError as exc:
             raise InternalError(f"hyperd sent a malformed container: {exc}") from exc
+
+
+SETTINGS = (
+    "stop_signal",
+    "stop_timeout",
+    "health_test",
+    "health_interval",
+    "health_timeout",
+    "health_start_period",
+    "health_retries",
+    "cap_add",
+    "cap_drop",
+    "privileged",
+    "security_opt",
+    "ulimits",
+    "shm_size",
+    "init",
+)
+_DEFAULT_OPTIONS = RunOptions(image="")
+
+
+def _health_status(value: object) -> str | None:
+    if value is None:
+        return None
+    status = json_object(value, "health").get("status")
+    if not isinstance(status, str):
+        raise ValueError("health has no status")
+    return status
 
 
 @dataclass(frozen=True)
@@ -159,8 +189,8 @@ class ContainerCreate:
     env: tuple[str, ...] = ()
     workdir: str | None = None
     user: str | None = None
-    memory_mib: int = DEFAULT_MEMORY_MIB
-    cpus: int = 1
+    memory_mib: int | None = DEFAULT_MEMORY_MIB  # None: hyperd's default size
+    cpus: int | None = 1
     hostname: str | None = None
     name: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -172,6 +202,9 @@ class ContainerCreate:
     # Docker's StdinOnce: the end of an attached client's input closes the
     # process's stdin (`create -i`; not `run -d -i`, which nobody attaches to).
     stdin_once: bool = False
+    # The stop, health-check and confinement options set away from their
+    # defaults, by their RunOptions (and hyperd API) names.
+    settings: Mapping[str, object] = field(default_factory=dict)
 
     @classmethod
     def from_run_options(
@@ -201,9 +234,15 @@ class ContainerCreate:
             remove=options.remove,
             start=start,
             stdin_once=options.interactive and not start,
+            settings={
+                option: list(value) if isinstance(value, tuple) else value
+                for option in SETTINGS
+                if (value := getattr(options, option)) != getattr(_DEFAULT_OPTIONS, option)
+            },
         )
 
     def to_json(self) -> dict[str, object]:
+        size = {key: value for key, value in (("memory_mib", self.memory_mib), ("cpus", self.cpus)) if value}
         return {
             "image": self.image,
             "command": list(self.command),
@@ -211,8 +250,7 @@ class ContainerCreate:
             "env": list(self.env),
             "workdir": self.workdir,
             "user": self.user,
-            "memory_mib": self.memory_mib,
-            "cpus": self.cpus,
+            **size,
             "hostname": self.hostname,
             "name": self.name,
             "labels": dict(self.labels),
@@ -222,6 +260,7 @@ class ContainerCreate:
             "remove": self.remove,
             "start": self.start,
             "stdin_once": self.stdin_once,
+            **self.settings,
         }
 
 

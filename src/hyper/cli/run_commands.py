@@ -14,8 +14,11 @@ from pathlib import Path
 from hyper.cli.context import CliContext
 from hyper.cli.registry_commands import pull_with_display
 from hyper.errors import InvalidArgument, NotFound
-from hyper.image import ImageStore
+from hyper.humanize import parse_duration, parse_size
+from hyper.image import Healthcheck, ImageStore
+from hyper.image.registry.platform import image_platform, parse_platform, platform_matches, require_runnable
 from hyper.runtime import spec as specs
+from hyper.runtime.confinement import refuse_unhonoured
 from hyper.runtime.run import ContainerExit, run_foreground
 from hyper.runtime.settings import Settings
 from hyper.runtime.stdio import Attachment
@@ -49,8 +52,10 @@ def add_container_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-w", "--workdir", metavar="DIR")
     parser.add_argument("-u", "--user", metavar="USER[:GROUP]")
     parser.add_argument("--entrypoint", metavar="CMD")
-    parser.add_argument("-m", "--memory", default=f"{specs.DEFAULT_MEMORY_MIB}m", metavar="SIZE")
-    parser.add_argument("--cpus", default="1", metavar="N")
+    parser.add_argument(
+        "-m", "--memory", metavar="SIZE", help="the VM's RAM (default: the configuration's, else 512m)"
+    )
+    parser.add_argument("--cpus", metavar="N", help="the VM's vCPUs (default: the configuration's, else 1)")
     parser.add_argument("--hostname", metavar="NAME")
     parser.add_argument(
         "--pull",
@@ -59,6 +64,9 @@ def add_container_options(parser: argparse.ArgumentParser) -> None:
         help="pull the image before running (default: when it is missing)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no pull output")
+    parser.add_argument(
+        "--platform", metavar="OS/ARCH", help="the image's platform; Hyper's VMs run the host's only"
+    )
     parser.add_argument("--name", metavar="NAME", help="name the container (through hyperd)")
     parser.add_argument(
         "-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="set a label (through hyperd)"
@@ -68,6 +76,37 @@ def add_container_options(parser: argparse.ArgumentParser) -> None:
         metavar="POLICY",
         help="no, always, unless-stopped or on-failure[:N] (through hyperd; default: no)",
     )
+    add_lifecycle_options(parser)
+
+
+def add_lifecycle_options(parser: argparse.ArgumentParser) -> None:
+    """Docker's stop, health-check and confinement options."""
+    group = parser.add_argument_group("stopping and health checks (through hyperd)")
+    group.add_argument(
+        "--stop-signal", metavar="SIGNAL", help="the signal `stop` sends first (default SIGTERM)"
+    )
+    group.add_argument(
+        "--stop-timeout", type=int, metavar="SECONDS", help="seconds `stop` waits before SIGKILL"
+    )
+    group.add_argument("--health-cmd", metavar="COMMAND", help="a command (run by sh -c) that checks health")
+    for name, what in (
+        ("interval", "between checks"),
+        ("timeout", "one check may take"),
+        ("start-period", "to start before failures count"),
+    ):
+        group.add_argument(f"--health-{name}", metavar="DURATION", help=f"time {what} (e.g. 30s)")
+    group.add_argument(
+        "--health-retries", type=int, metavar="N", help="failures in a row that make it unhealthy"
+    )
+    group.add_argument("--no-healthcheck", action="store_true", help="disable the image's HEALTHCHECK")
+    confinement = parser.add_argument_group("confinement (not honoured yet: refused when given)")
+    confinement.add_argument("--cap-add", action="append", default=[], metavar="CAP")
+    confinement.add_argument("--cap-drop", action="append", default=[], metavar="CAP")
+    confinement.add_argument("--privileged", action="store_true")
+    confinement.add_argument("--security-opt", action="append", default=[], metavar="OPTION")
+    confinement.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]")
+    confinement.add_argument("--shm-size", metavar="SIZE")
+    confinement.add_argument("--init", action="store_true")
 
 
 def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -77,14 +116,20 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
         raise InvalidArgument(
             "--name, --label and --restart need -d for now", hint="add -d to run it through hyperd"
         )
+    daemon_only = [flag for flag, given in _daemon_options(args) if given]
+    if daemon_only:
+        raise InvalidArgument(
+            f"{daemon_only[0]} needs -d: hyperd stops containers and runs their health checks",
+            hint="add -d to run it through hyperd",
+        )
     settings = Settings.from_env()
     if args.kernel is not None:
         settings = Settings(**{**settings.__dict__, "kernel": args.kernel})
     attachment = Attachment()
     if args.tty and args.interactive and not attachment.stdin_is_tty():
         raise InvalidArgument("the input device is not a TTY", hint="drop -t, or run from a terminal")
-    options = _run_options(args)
-    ensure_image(args.image, args.pull, ctx, quiet=args.quiet)
+    options = _run_options(args, settings)
+    ensure_image(args.image, args.pull, ctx, quiet=args.quiet, platform=args.platform)
     try:
         return asyncio.run(run_foreground(options, ctx.paths, settings, attachment))
     except ContainerExit as exc:
@@ -95,8 +140,46 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
         return 130
 
 
-def _run_options(args: argparse.Namespace) -> specs.RunOptions:
-    return specs.RunOptions(
+def _daemon_options(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """The options only hyperd acts on, and whether each was given."""
+    return [
+        ("--stop-signal", args.stop_signal is not None),
+        ("--stop-timeout", args.stop_timeout is not None),
+        ("--health-cmd", args.health_cmd is not None),
+        ("--health-interval", args.health_interval is not None),
+        ("--health-timeout", args.health_timeout is not None),
+        ("--health-start-period", args.health_start_period is not None),
+        ("--health-retries", args.health_retries is not None),
+        ("--no-healthcheck", args.no_healthcheck),
+    ]
+
+
+def _healthcheck(args: argparse.Namespace) -> Healthcheck:
+    """The --health-* options (Docker's CMD-SHELL probe); all zero when none is given."""
+    timings = any(given for flag, given in _daemon_options(args)[3:7])
+    if args.no_healthcheck:
+        if args.health_cmd is not None or timings:
+            raise InvalidArgument("--no-healthcheck conflicts with the --health-* options")
+        return Healthcheck(test=("NONE",))
+    if args.health_retries is not None and args.health_retries < 0:
+        raise InvalidArgument("--health-retries cannot be negative")
+
+    def duration(value: str | None, flag: str) -> float:
+        return 0.0 if value is None else parse_duration(value, flag)
+
+    return Healthcheck(
+        test=("CMD-SHELL", args.health_cmd) if args.health_cmd else (),
+        interval=duration(args.health_interval, "--health-interval"),
+        timeout=duration(args.health_timeout, "--health-timeout"),
+        start_period=duration(args.health_start_period, "--health-start-period"),
+        retries=args.health_retries or 0,
+    )
+
+
+def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptions:
+    """The options as given; the VM's size, when not given, is the configuration's."""
+    check = _healthcheck(args)
+    options = specs.RunOptions(
         image=args.image,
         command=tuple(args.command),
         entrypoint=args.entrypoint,
@@ -106,10 +189,42 @@ def _run_options(args: argparse.Namespace) -> specs.RunOptions:
         tty=args.tty,
         interactive=args.interactive,
         remove=args.rm,
-        memory_mib=specs.parse_memory(args.memory),
-        cpus=specs.parse_cpus(args.cpus, os.cpu_count() or 1),
+        memory_mib=settings.default_memory_mib if args.memory is None else specs.parse_memory(args.memory),
+        cpus=settings.default_cpus if args.cpus is None else specs.parse_cpus(args.cpus, os.cpu_count() or 1),
         hostname=args.hostname,
+        stop_signal=args.stop_signal,
+        stop_timeout=args.stop_timeout,
+        cap_add=tuple(args.cap_add),
+        cap_drop=tuple(args.cap_drop),
+        privileged=args.privileged,
+        security_opt=tuple(security_options(args.security_opt)),
+        ulimits=tuple(args.ulimit),
+        shm_size=0 if args.shm_size is None else parse_size(args.shm_size, "--shm-size"),
+        init=args.init,
+        health_test=check.test,
+        health_interval=check.interval,
+        health_timeout=check.timeout,
+        health_start_period=check.start_period,
+        health_retries=check.retries,
     )
+    refuse_unhonoured(options)
+    return options
+
+
+def security_options(values: Sequence[str]) -> list[str]:
+    """`--security-opt` as the docker CLI sends it: `seccomp=FILE` becomes the
+    profile's JSON text, read here, where the file is."""
+    options = []
+    for value in values:
+        key, sep, name = value.partition("=")
+        if key != "seccomp" or not sep or name in ("unconfined", "builtin"):
+            options.append(value)
+            continue
+        try:
+            options.append(f"seccomp={Path(name).read_text()}")
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read the seccomp profile {name}: {exc.strerror}") from exc
+    return options
 
 
 def client_env(items: Sequence[str], local: Mapping[str, str]) -> tuple[str, ...]:
@@ -135,11 +250,17 @@ def create_in_daemon(args: argparse.Namespace, ctx: CliContext, *, start: bool) 
     restart = args.restart or "no"
     if args.rm and restart.partition(":")[0] not in ("", "no"):
         raise InvalidArgument("conflicting options: --restart and --rm", hint="choose one of them")
-    options = dataclasses.replace(_run_options(args), env=client_env(args.env, os.environ))
+    options = dataclasses.replace(_run_options(args, Settings()), env=client_env(args.env, os.environ))
     request = ContainerCreate.from_run_options(
         options, name=args.name, labels=parse_labels(args.label), restart=restart, start=start
     )
-    ensure_image(args.image, args.pull, ctx, quiet=args.quiet)
+    # A size not given is hyperd's to choose, from its configuration.
+    request = dataclasses.replace(
+        request,
+        memory_mib=None if args.memory is None else request.memory_mib,
+        cpus=None if args.cpus is None else request.cpus,
+    )
+    ensure_image(args.image, args.pull, ctx, quiet=args.quiet, platform=args.platform)
     with connect_or_start(ctx.paths, stderr=ctx.stderr) as client:
         return client.create_container(request)
 
@@ -150,19 +271,33 @@ def run_detached(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
-def ensure_image(text: str, policy: str, ctx: CliContext, *, quiet: bool) -> None:
-    """Docker's `--pull`: fetch the image when missing (the default), always, or never."""
+def ensure_image(
+    text: str, policy: str, ctx: CliContext, *, quiet: bool, platform: str | None = None
+) -> None:
+    """Docker's `--pull`: fetch the image when missing (the default), always, or never.
+
+    With `--platform`, which must be the VMs' own, a local image for another
+    platform counts as missing, as in Docker.
+    """
+    wanted = parse_platform(platform) if platform else None
+    if wanted is not None:
+        require_runnable(wanted)
     store = ImageStore(ctx.paths.images)
     if policy != "always":
         try:
-            store.get(text)
-            return
+            image = store.get(text)
         except NotFound:
             if policy == "never":
                 raise
+        else:
+            have = image_platform(image.os, image.architecture)
+            if wanted is None or have is None or platform_matches(wanted, have):
+                return
+            if policy == "never":
+                raise NotFound(f"the local image {text} is for {have}, not {wanted}", hint="pull it")
         if not quiet:
             print(f"Unable to find image '{text}' locally", file=ctx.stderr, flush=True)
-    pull_with_display(store, text, ctx.stderr, quiet=quiet)
+    pull_with_display(store, text, ctx.stderr, quiet=quiet, platform=wanted)
 
 
 def info_command(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import math
 from typing import Any
 
 from hyper.daemon.events import EventBus
 from hyper.daemon.execs import ExecSession
-from hyper.daemon.pods import CreateRequest, Pod
+from hyper.daemon.pods import Pod
 from hyper.daemon.policy import RestartPolicy
-from hyper.daemon.state import StateStore
+from hyper.daemon.requests import CreateRequest
+from hyper.daemon.state import StateStore, valid_name
 from hyper.errors import HyperError, InvalidArgument, NotFound
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
+from hyper.runtime.confinement import refuse_unhonoured
 from hyper.runtime.settings import Settings
 from hyper.vm import confine
 
@@ -29,6 +33,9 @@ class Daemon:
         self.pods: dict[str, Pod] = {}
         self.execs: dict[str, ExecSession] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Set when hyperd begins to stop: requests that wait (wait, events) end
+        # rather than hold the stop up.
+        self.stopping = asyncio.Event()
 
     def _pod(self, record: Any) -> Pod:
         pod = Pod(self.paths, self.settings, self.state, record, self.events)
@@ -75,14 +82,10 @@ class Daemon:
             await self.remove(pod.id, force=True)
 
     async def create(self, request: CreateRequest) -> Pod:
-        name = request.options.name
-        if name is not None and (
-            not name or not name[0].isalnum() or not all(c.isalnum() or c in "_.-" for c in name)
-        ):
-            raise InvalidArgument(
-                f"invalid container name {name!r}",
-                hint="use letters, digits and _ . - (the first a letter or digit)",
-            )
+        if request.options.name is not None:
+            name = valid_name(request.options.name)
+            request = dataclasses.replace(request, options=dataclasses.replace(request.options, name=name))
+        refuse_unhonoured(request.options)
         if request.auto_remove and request.restart.name.value != "no":
             raise InvalidArgument("conflicting options: a restart policy and automatic removal (--rm)")
         pod = await Pod.create(self.paths, self.settings, self.state, self.events, request)
@@ -132,6 +135,7 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Let go of every pod; their VMs run on until the next hyperd adopts them."""
+        self.stopping.set()
         for task in list(self._background):
             task.cancel()
         for pod in self.pods.values():
@@ -140,8 +144,25 @@ class Daemon:
         self.state.close()
 
 
-def create_request(body: dict[str, Any]) -> CreateRequest:
-    """The POST /v1/containers body, type-checked field by field."""
+BODY_KEYS = frozenset(
+    {
+        "image", "command", "entrypoint", "env", "workdir", "user", "memory_mib", "cpus", "hostname",
+        "name", "labels", "tty", "interactive", "stdin_once", "restart", "remove", "start", "stop_signal",
+        "stop_timeout", "health_test", "health_interval", "health_timeout", "health_start_period",
+        "health_retries", "cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size",
+        "init",
+    }
+)  # fmt: skip
+
+
+def create_request(body: dict[str, Any], settings: Settings) -> CreateRequest:
+    """The POST /v1/containers body, type-checked field by field; an unknown field
+    is refused, not ignored."""
+    unknown = sorted(set(body) - BODY_KEYS)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown field {unknown[0]!r} in the container request", hint="see docs/hyperd-api.md"
+        )
     labels = body.get("labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise InvalidArgument("labels must map names to strings")
@@ -149,7 +170,7 @@ def create_request(body: dict[str, Any]) -> CreateRequest:
     if not isinstance(restart, str):
         raise InvalidArgument("'restart' must be a string such as on-failure:3")
     return CreateRequest(
-        options=run_options(body),
+        options=run_options(body, settings),
         labels=labels,
         restart=RestartPolicy.parse(restart),
         auto_remove=bool(body.get("remove")),
@@ -157,8 +178,9 @@ def create_request(body: dict[str, Any]) -> CreateRequest:
     )
 
 
-def run_options(body: dict[str, Any]) -> specs.RunOptions:
-    """The POST /v1/containers body as RunOptions, type-checked field by field."""
+def run_options(body: dict[str, Any], settings: Settings) -> specs.RunOptions:
+    """The POST /v1/containers body as RunOptions, type-checked field by field; the
+    VM's size, when not given, is the configuration's (`settings`)."""
 
     def text(key: str, *, required: bool = False) -> str | None:
         value = body.get(key)
@@ -174,15 +196,22 @@ def run_options(body: dict[str, Any]) -> specs.RunOptions:
             raise InvalidArgument(f"{key!r} must be a list of strings")
         return tuple(value)
 
-    def number(key: str, default: int) -> int:
+    def number(key: str, default: int, minimum: int = 1) -> int:
         value = body.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidArgument(f"{key!r} must be a positive integer")
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise InvalidArgument(f"{key!r} must be an integer of at least {minimum}")
         return value
 
-    memory = number("memory_mib", specs.DEFAULT_MEMORY_MIB)
+    def seconds(key: str) -> float:
+        value = body.get(key, 0)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < math.inf:
+            raise InvalidArgument(f"{key!r} must be a number of seconds")
+        return float(value)
+
+    memory = number("memory_mib", settings.default_memory_mib)
     if memory < specs.MIN_MEMORY_MIB:
         raise InvalidArgument(f"memory_mib must be at least {specs.MIN_MEMORY_MIB}")
+    stop_timeout = body.get("stop_timeout")
     return specs.RunOptions(
         image=text("image", required=True) or "",
         command=strings("command"),
@@ -191,9 +220,23 @@ def run_options(body: dict[str, Any]) -> specs.RunOptions:
         workdir=text("workdir"),
         user=text("user"),
         memory_mib=memory,
-        cpus=number("cpus", 1),
+        cpus=number("cpus", settings.default_cpus),
         hostname=text("hostname"),
         name=text("name"),
         tty=bool(body.get("tty")),
         interactive=bool(body.get("interactive")),
+        stop_signal=text("stop_signal"),
+        stop_timeout=None if stop_timeout is None else number("stop_timeout", 10, minimum=-1),
+        health_test=strings("health_test"),
+        health_interval=seconds("health_interval"),
+        health_timeout=seconds("health_timeout"),
+        health_start_period=seconds("health_start_period"),
+        health_retries=number("health_retries", 0, minimum=0),
+        cap_add=strings("cap_add"),
+        cap_drop=strings("cap_drop"),
+        privileged=bool(body.get("privileged")),
+        security_opt=strings("security_opt"),
+        ulimits=strings("ulimits"),
+        shm_size=number("shm_size", 0, minimum=0),
+        init=bool(body.get("init")),
     )

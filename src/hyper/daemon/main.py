@@ -23,6 +23,8 @@ from hyper.paths import HyperPaths, default_paths
 from hyper.paths import prepare as prepare_paths
 from hyper.runtime.settings import Settings
 
+SHUTDOWN_GRACE_SECONDS = 5.0
+
 
 def socket_path(paths: HyperPaths) -> Path:
     return paths.runtime / "hyperd.sock"
@@ -37,7 +39,9 @@ async def _claim(socket: Path) -> None:
 
 
 async def _serve_app(app: web.Application, socket: Path) -> web.AppRunner:
-    runner = web.AppRunner(app, handle_signals=False)
+    # At a stop, the requests that wait (wait, events) end at once; any other
+    # still running after SHUTDOWN_GRACE seconds is cancelled.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
     site = web.UnixSite(runner, str(socket))
     await site.start()
@@ -68,12 +72,22 @@ async def serve(paths: HyperPaths, socket: Path, docker_socket: Path | None = No
     try:
         await stopping.wait()
     finally:
+        daemon.stopping.set()  # waiting requests end, so the runners' cleanup does not wait on them
         for runner in runners:
             await runner.cleanup()
         await daemon.shutdown()
         for path in sockets:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        await _let_background_work_end()
+
+
+async def _let_background_work_end() -> None:
+    """Let what the shutdown started (closing each VM's QMP connection) finish
+    rather than be cancelled at the loop's end; each such step bounds itself."""
+    pending = asyncio.all_tasks() - {asyncio.current_task()}
+    if pending:
+        await asyncio.wait(pending, timeout=SHUTDOWN_GRACE_SECONDS)
 
 
 async def _answers(socket: Path) -> bool:

@@ -24,100 +24,36 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from hyper.agent.host import AgentClient, AgentConnectionLost, ProcessChannel
 from hyper.agent.protocol import FrameKind
+from hyper.daemon import health
 from hyper.daemon.events import Event, EventBus
 from hyper.daemon.logs import LogFile
 from hyper.daemon.policy import RestartPolicy, next_delay
+from hyper.daemon.records import new_record, vm_document, vm_spec_from
+from hyper.daemon.requests import CreateRequest, parse_signal, run_options_from
 from hyper.daemon.state import ContainerRecord, StateStore
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument
-from hyper.image import ImageStore
+from hyper.image import Healthcheck, ImageStore
+from hyper.image.model import parse_healthcheck
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
 from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun, start_process
 from hyper.runtime.settings import Settings
-from hyper.vm.accel import Accel
-from hyper.vm.driver import DiskSpec, VmSpec, VmState
-from hyper.vm.jail import JailSpec
+from hyper.vm.driver import VmState
 from hyper.vm.qemu import QemuDriver, VmStartError
 
 SYNC_BYTES = 256 * 1024  # output written before it is made durable and acknowledged
 SYNC_SECONDS = 0.2
 SHUTDOWN_SECONDS = 10.0
 KILL_GRACE_SECONDS = 10.0
+SIGNAL_SECONDS = 5.0  # for the guest to take a signal; a stalled one gets its VM's plug pulled
+DEFAULT_STOP_SECONDS = 10.0
 EXIT_VM_DIED = 137
 
 State = specs.ContainerState
-
-
-def vm_document(spec: VmSpec) -> dict[str, Any]:
-    doc: dict[str, Any] = json_safe(dataclasses.asdict(dataclasses.replace(spec, jail=None)))
-    doc["jail"] = spec.jail.document() if spec.jail is not None else None  # its uid and cgroup
-    return doc
-
-
-def json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Accel):
-        return value.value
-    return value
-
-
-def vm_spec_from(doc: dict[str, Any]) -> VmSpec:
-    def path(value: str | None) -> Path | None:
-        return None if value is None else Path(value)
-
-    return VmSpec(
-        name=doc["name"],
-        kernel=Path(doc["kernel"]),
-        initrd=Path(doc["initrd"]),
-        cmdline=doc["cmdline"],
-        accel=Accel(doc["accel"]),
-        memory_mib=doc["memory_mib"],
-        cpus=doc["cpus"],
-        run_dir=Path(doc["run_dir"]),
-        disks=tuple(DiskSpec(Path(d["path"]), d["serial"], d["read_only"]) for d in doc["disks"]),
-        memory_file=path(doc.get("memory_file")),
-        memory_shared=bool(doc.get("memory_shared")),
-        incoming_state=path(doc.get("incoming_state")),
-        jail=JailSpec.from_document(doc.get("jail")),
-    )
-
-
-def parse_signal(text: str | int) -> int:
-    if isinstance(text, int) or text.isdigit():
-        number = int(text)
-    else:
-        name = text.upper()
-        name = name if name.startswith("SIG") else f"SIG{name}"
-        try:
-            number = int(signal.Signals[name])
-        except KeyError:
-            raise InvalidArgument(
-                f"unknown signal {text!r}", hint="use a name such as SIGTERM or a number"
-            ) from None
-    if not 0 < number < signal.NSIG:
-        raise InvalidArgument(f"signal {number} is out of range")
-    return number
-
-
-@dataclasses.dataclass(frozen=True)
-class CreateRequest:
-    """A container to create, as hyperd's and Docker's APIs both describe it."""
-
-    options: specs.RunOptions
-    labels: dict[str, str] = dataclasses.field(default_factory=dict)
-    restart: RestartPolicy = dataclasses.field(default_factory=RestartPolicy)
-    auto_remove: bool = False
-    stdin_once: bool = False
 
 
 class Pod:
@@ -149,6 +85,7 @@ class Pod:
         self._lock = asyncio.Lock()  # one start, stop or finish at a time
         self._restart_task: asyncio.Task[None] | None = None
         self._restart_delay: float | None = None
+        self._health_task: asyncio.Task[None] | None = None
         self._unsynced = 0
         self._generation = 0  # one per VM run: late news of an earlier run is ignored
         self._removing = False
@@ -212,26 +149,8 @@ class Pod:
         request: CreateRequest,
     ) -> Pod:
         """Record a container and make its directory; no VM runs until `start`."""
-        options = request.options
-        store = ImageStore(paths.images)
-        image = await asyncio.to_thread(store.get, options.image)
-        process = specs.process_spec(image.config, options, {})
-        container_id = secrets.token_hex(32)
-        record = ContainerRecord(
-            id=container_id,
-            name=options.name or container_id[:12],
-            image=options.image,
-            image_id=image.id,
-            command=list(process.args),
-            created=time.time(),
-            state=State.CREATED.value,
-            options=dataclasses.asdict(options),
-            labels=request.labels,
-            restart_policy=request.restart.document(),
-            auto_remove=request.auto_remove,
-            stdin_once=request.stdin_once,
-            process={"env": list(process.env), "cwd": process.cwd, "user": process.user},
-        )
+        image = await asyncio.to_thread(ImageStore(paths.images).get, request.options.image)
+        record = new_record(request, image, secrets.token_hex(32), time.time())
         state.insert(record)
         pod = cls(paths, settings, state, record, events)
         pod.dir.mkdir(parents=True, exist_ok=True)
@@ -273,6 +192,7 @@ class Pod:
             finished_at=None,
             exit_code=None,
             reason=None,
+            health=None,  # a new run's health starts at `starting`
             qemu_pid=launched.vm.pid,
             vm=vm_document(launched.vm.spec)
             | {"stream_start": launched.agent.received_offset, "log_position": position},
@@ -280,6 +200,10 @@ class Pod:
         )
         self.exited.clear()
         self._supervise(launched.vm, launched.agent, launched.channel)
+        if options.tty and self.record.console_size:
+            rows, cols = self.record.console_size  # Docker's ConsoleSize: the TTY's first size
+            with contextlib.suppress(HyperError):
+                await self.resize(rows, cols)
         self._publish("start")
 
     def _supervise(self, vm: QemuDriver, agent: AgentClient, channel: ProcessChannel) -> None:
@@ -287,6 +211,55 @@ class Pod:
         self.vm, self.agent, self._main_channel = vm, agent, channel
         self._spawn(self._pump(channel, self._generation))
         self._spawn(self._watch_vm(vm, self._generation))
+        self._start_health_checks()
+
+    # -- health checks ------------------------------------------------------------
+    @property
+    def healthcheck(self) -> Healthcheck | None:
+        """The health check that runs while the container does (None: none, or NONE)."""
+        return health.active(parse_healthcheck(self.record.healthcheck, f"container {self.record.name}"))
+
+    def _start_health_checks(self) -> None:
+        check = self.healthcheck
+        if check is None:
+            return
+        monitor = health.HealthMonitor(
+            check,
+            self._probe,
+            self._health_changed,
+            self.record.started_at or time.time(),
+            tuple(self.record.shell or health.DEFAULT_SHELL),
+        )
+        # An adopted pod keeps the health it had; a new run starts at `starting`.
+        monitor.state = health.from_record(self.record.health) or health.HealthState()
+        self.record = self.state.update(self.record, health=health.to_record(monitor.state))
+        self._health_task = self._spawn(monitor.run())
+
+    async def _probe(self, command: tuple[str, ...], timeout: float) -> health.ProbeResult:
+        doc = self.record.process or {}
+        process = specs.ProcessSpec(
+            args=command,
+            env=tuple(doc.get("env", ())),
+            cwd=doc.get("cwd") or "/",
+            user=doc.get("user") or "0",
+            tty=False,
+            stdin=False,
+        )
+        return await health.run_probe(self, process, timeout)
+
+    def _health_changed(self, state: health.HealthState, status_changed: bool) -> None:
+        self.record = self.state.update(self.record, health=health.to_record(state))
+        if status_changed:
+            self._publish(f"health_status: {state.status.value}")
+
+    async def _stop_health_checks(self) -> None:
+        task, self._health_task = self._health_task, None
+        await health.stop_monitor(task)
+        last = health.from_record(self.record.health)
+        if last is not None:
+            # Docker's choice, which scripts see: a stopped container's health is unhealthy.
+            stopped = dataclasses.replace(last, status=health.HealthStatus.UNHEALTHY)
+            self.record = self.state.update(self.record, health=health.to_record(stopped))
 
     async def adopt(self) -> None:
         """Take over a pod an earlier hyperd started, continuing its log where it stopped."""
@@ -395,6 +368,7 @@ class Pod:
 
     async def _power_off(self, status: int, reason: str | None) -> None:
         vm, agent = self.vm, self.agent
+        await self._stop_health_checks()
         self._move(State.EXITED, exit_code=status, finished_at=time.time(), reason=reason)
         if agent is not None and agent.received_offset is not None:
             agent.acknowledge(agent.received_offset)
@@ -484,10 +458,48 @@ class Pod:
         if signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
             self.record = self.state.update(self.record, manually_stopped=True)
         self._publish("kill", signal=str(signum))
-        await agent.request("signal", process=MAIN_PROCESS, signal=signum)
+        if signum != signal.SIGKILL:
+            await agent.request("signal", process=MAIN_PROCESS, signal=signum, timeout=SIGNAL_SECONDS)
+            return
+        # Docker's kill with SIGKILL returns once the container is dead, so that
+        # `docker kill X && docker rm X` works: wait for the power-off, and pull
+        # the plug of a guest that does not answer.
+        if await self._signal_main(signum):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.exited.wait(), KILL_GRACE_SECONDS)
+        if not self.exited.is_set() and self.vm is not None:
+            await self.vm.kill()  # _watch_vm records the exit
+        await self.exited.wait()
 
-    async def stop(self, timeout: float) -> None:
-        """SIGTERM, then SIGKILL after `timeout` seconds, then pull the VM's plug."""
+    async def _signal_main(self, signum: int) -> bool:
+        """Signal the main process; False when the guest cannot be reached (a
+        stalled channel does not hold a stop up for the agent's own timeouts)."""
+        try:
+            await self.running_agent().request(
+                "signal", process=MAIN_PROCESS, signal=signum, timeout=SIGNAL_SECONDS
+            )
+        except HyperError:
+            return False
+        return True
+
+    def stop_signal(self) -> int:
+        """The signal `stop` sends first: the container's (or its image's) StopSignal, else SIGTERM."""
+        text = self.options.stop_signal
+        return parse_signal(text) if text else int(signal.SIGTERM)
+
+    def stop_timeout(self, timeout: float | None) -> float | None:
+        """Seconds `stop` waits before SIGKILL: the request's, else the container's
+        StopTimeout, else 10; None (Docker's -1) waits as long as it takes."""
+        if timeout is None:
+            timeout = self.options.stop_timeout
+        if timeout is None:
+            return DEFAULT_STOP_SECONDS
+        return None if timeout < 0 else float(timeout)
+
+    async def stop(self, timeout: float | None = None, signum: int | None = None) -> None:
+        """The stop signal, then SIGKILL after the stop timeout, then pull the VM's plug."""
+        first = self.stop_signal() if signum is None else signum
+        grace = self.stop_timeout(timeout)
         self.record = self.state.update(self.record, manually_stopped=True)
         if self._restart_task is not None:
             self._restart_task.cancel()
@@ -498,13 +510,10 @@ class Pod:
         if self.status is State.PAUSED:
             with contextlib.suppress(HyperError):
                 await self.unpause()
-        with contextlib.suppress(HyperError):
-            await self.running_agent().request("signal", process=MAIN_PROCESS, signal=int(signal.SIGTERM))
+        await self._signal_main(first)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.exited.wait(), max(timeout, 0))
-        if not self.exited.is_set():
-            with contextlib.suppress(HyperError):
-                await self.running_agent().request("signal", process=MAIN_PROCESS, signal=int(signal.SIGKILL))
+            await asyncio.wait_for(self.exited.wait(), grace)
+        if not self.exited.is_set() and await self._signal_main(int(signal.SIGKILL)):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.exited.wait(), KILL_GRACE_SECONDS)
         if not self.exited.is_set() and self.vm is not None:
@@ -512,8 +521,8 @@ class Pod:
         await self.exited.wait()
         self._publish("stop")
 
-    async def restart(self, timeout: float) -> None:
-        await self.stop(timeout)
+    async def restart(self, timeout: float | None = None, signum: int | None = None) -> None:
+        await self.stop(timeout, signum)
         await self.start()
         self._publish("restart")
 
@@ -521,9 +530,24 @@ class Pod:
         async with self._lock:
             if self.status is not State.RUNNING or self.vm is None:
                 raise FailedPrecondition(f"container {self.record.name} is not running")
+            if self.agent is not None:
+                await self._keep_figures(self.agent)
             await self.vm.pause()
             self._move(State.PAUSED)
         self._publish("pause")
+
+    async def _keep_figures(self, agent: AgentClient) -> None:
+        """The guest's figures, kept (in the record, for a later hyperd too) for
+        `stats` while the paused guest cannot answer."""
+        try:
+            figures = await agent.request("stats", timeout=10)
+        except HyperError:
+            figures = {}
+        self.record = self.state.update(self.record, paused_stats=figures)
+
+    @property
+    def figures_at_pause(self) -> dict[str, Any]:
+        return self.record.paused_stats or {}
 
     async def unpause(self) -> None:
         async with self._lock:
@@ -548,6 +572,10 @@ class Pod:
         if rows < 1 or cols < 1:
             raise InvalidArgument(f"invalid terminal size {rows}x{cols}")
         await self.running_agent().request("resize", process=process, rows=rows, cols=cols)
+
+    async def signal_process(self, stream: int, signum: int) -> None:
+        """Signal a process started by `exec_process` (its stream)."""
+        await self.running_agent().request("signal", process=stream, signal=signum)
 
     async def exec_process(self, process: specs.ProcessSpec, rows: int, cols: int) -> ProcessChannel:
         """Start `process` inside the running container; its output and status
@@ -588,12 +616,11 @@ class Pod:
         self.record = self.state.update(self.record, manually_stopped=True)
         if self._restart_task is not None:
             self._restart_task.cancel()
-        if self.running:
-            if self.vm is not None:
-                await self.vm.kill()
-            async with self._lock:
-                if not self.exited.is_set():
-                    await self._power_off(EXIT_VM_DIED, "removed while running")
+        if self.running and self.vm is not None:
+            await self.vm.kill()
+        async with self._lock:  # a power-off (or start) under way finishes first
+            if not self.exited.is_set():
+                await self._power_off(EXIT_VM_DIED, "removed while running")
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
@@ -616,12 +643,3 @@ class Pod:
             self.vm.release()
         if self.log is not None:
             self.log.close()
-
-
-def run_options_from(doc: dict[str, Any]) -> specs.RunOptions:
-    """RunOptions from the record (tuples come back from JSON as lists)."""
-    fields = {f.name for f in dataclasses.fields(specs.RunOptions)}
-    values: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in doc.items() if k in fields
-    }
-    return specs.RunOptions(**values)

@@ -7,6 +7,7 @@ enough to run on the event loop.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,27 @@ CREATE TABLE IF NOT EXISTS containers (
     doc TEXT NOT NULL
 )
 """
+
+# Docker's rule for container names (ASCII only, at least two characters), with
+# a bound on the length that Docker leaves open.
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+MAX_NAME_LENGTH = 128
+
+
+def valid_name(name: str) -> str:
+    """`name` without the leading `/` Docker allows, if it is a valid container name."""
+    bare = name[1:] if name.startswith("/") else name
+    if len(bare) > MAX_NAME_LENGTH:
+        raise InvalidArgument(
+            f"invalid container name: {len(bare)} characters is longer than {MAX_NAME_LENGTH}",
+            hint="choose a shorter name",
+        )
+    if not NAME_PATTERN.fullmatch(bare) or not bare.isascii():
+        raise InvalidArgument(
+            f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+            hint="use at least two ASCII letters, digits, _ . or -, the first a letter or digit",
+        )
+    return bare
 
 
 @dataclass(frozen=True)
@@ -46,10 +68,19 @@ class ContainerRecord:
     auto_remove: bool = False
     stdin_once: bool = False
     process: dict[str, Any] | None = None  # env, cwd and user the main process runs with
+    healthcheck: dict[str, Any] | None = None  # Docker's Healthcheck, the user's merged with the image's
+    health: dict[str, Any] | None = None  # the health checks' state (hyper.daemon.health)
+    shell: list[str] | None = None  # the shell of CMD-SHELL health checks, when not /bin/sh -c
+    console_size: list[int] | None = None  # rows and columns a TTY starts with
+    recorded: dict[str, Any] = field(default_factory=dict)  # Docker fields kept for inspect only
+    paused_stats: dict[str, Any] | None = None  # the guest's figures as it was paused, for `stats`
 
     def public(self) -> dict[str, Any]:
         """The API's view (docs/hyperd-api.md)."""
-        hidden = ("options", "qemu_pid", "vm", "process", "stdin_once")
+        hidden = (
+            "options", "qemu_pid", "vm", "process", "stdin_once", "shell", "console_size", "recorded",
+            "paused_stats",
+        )  # fmt: skip
         return {key: value for key, value in asdict(self).items() if key not in hidden}
 
 
@@ -82,11 +113,7 @@ class StateStore:
         return new
 
     def rename(self, record: ContainerRecord, name: str) -> ContainerRecord:
-        if not name or not all(c.isalnum() or c in "_.-" for c in name) or not name[0].isalnum():
-            raise InvalidArgument(
-                f"invalid container name {name!r}",
-                hint="use letters, digits and _ . - (first a letter or digit)",
-            )
+        name = valid_name(name)
         new = replace(record, name=name)
         try:
             self._db.execute(

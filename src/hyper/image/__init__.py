@@ -5,8 +5,8 @@ The runtime uses `ImageStore` and the value types exported here; the modules beh
 them are private to this package.
 """
 
-from hyper.image.model import Image, ImageConfig, LayerDisk
+from hyper.image.model import Healthcheck, Image, ImageConfig, LayerDisk
 from hyper.image.reference import Reference, parse_reference
 from hyper.image.store import ImageStore
 
-__all__ = ["Image", "ImageConfig", "ImageStore", "LayerDisk", "Reference", "parse_reference"]
+__all__ = ["Healthcheck", "Image", "ImageConfig", "ImageStore", "LayerDisk", "Reference", "parse_reference"]

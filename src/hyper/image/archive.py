@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hyper.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
-from hyper.image.blobs import BlobStore, StagedBlob
+from hyper.image.blobs import BlobStore, StagedBlob, ingest_owner
 from hyper.image.layers import GZIP_MAGIC, LayerInfo, inspect_layer
 from hyper.image.model import (
     INDEX_MEDIA_TYPES,
@@ -319,7 +319,8 @@ def _plain_tar(path: Path, blobs: BlobStore) -> Iterator[Path]:
         yield path
         return
     blobs.ingest_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=blobs.ingest_dir, prefix="archive-") as plain:
+    prefix = f"{ingest_owner(blobs.ingest_dir)}.archive-"
+    with tempfile.NamedTemporaryFile(dir=blobs.ingest_dir, prefix=prefix) as plain:
         try:
             with gzip.open(path, "rb") as compressed:
                 shutil.copyfileobj(compressed, plain, 1 << 20)

@@ -29,6 +29,20 @@ _REPORT_HINT = "the image archive is corrupt; export it again (docker save / sko
 
 
 @dataclass(frozen=True)
+class Healthcheck:
+    """Docker's HEALTHCHECK: the probe (`("CMD", arg…)`, `("CMD-SHELL", command)`, or
+    `("NONE",)` to disable one inherited) and its timing, in seconds. A zero
+    duration or retry count means "not set": the image's, then Docker's default."""
+
+    test: tuple[str, ...] = ()
+    interval: float = 0.0
+    timeout: float = 0.0
+    start_period: float = 0.0
+    retries: int = 0
+    start_interval: float = 0.0
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     """What a container started from the image inherits (the config's `config` object)."""
 
@@ -39,6 +53,8 @@ class ImageConfig:
     user: str = ""
     stop_signal: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    healthcheck: Healthcheck | None = None
+    shell: tuple[str, ...] | None = None  # Dockerfile SHELL: what CMD-SHELL health checks run in
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,7 @@ def parse_config(data: bytes, source: str) -> ParsedConfig:
     ):
         raise DataLoss(f"{source}: 'Labels' is not a string map", hint=_REPORT_HINT)
     stop_signal = inner.get("StopSignal")
+    healthcheck = parse_healthcheck(inner.get("Healthcheck"), source)
     created = document.get("created")
     config = ImageConfig(
         env=_strings(inner.get("Env") or [], "Env", source),
@@ -136,6 +153,8 @@ def parse_config(data: bytes, source: str) -> ParsedConfig:
         user=str(inner.get("User") or ""),
         stop_signal=stop_signal if isinstance(stop_signal, str) and stop_signal else None,
         labels=tuple(sorted(labels_value.items())),
+        healthcheck=healthcheck,
+        shell=_optional_strings(inner.get("Shell"), "Shell", source) or None,
     )
     return ParsedConfig(
         config=config,
@@ -144,6 +163,46 @@ def parse_config(data: bytes, source: str) -> ParsedConfig:
         architecture=str(document.get("architecture") or ""),
         os=str(document.get("os") or ""),
     )
+
+
+_NS = 1_000_000_000
+_HEALTH_DURATIONS = (
+    ("Interval", "interval"),
+    ("Timeout", "timeout"),
+    ("StartPeriod", "start_period"),
+    ("StartInterval", "start_interval"),
+)
+
+
+def parse_healthcheck(value: Any, source: str) -> Healthcheck | None:
+    """The config's `Healthcheck` (durations in nanoseconds, as Docker writes them)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise DataLoss(f"{source}: 'Healthcheck' is not an object", hint=_REPORT_HINT)
+    durations: dict[str, float] = {}
+    for key, name in _HEALTH_DURATIONS:
+        raw = value.get(key) or 0
+        if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
+            raise DataLoss(f"{source}: Healthcheck.{key} is not a duration in nanoseconds", hint=_REPORT_HINT)
+        durations[name] = raw / _NS
+    retries = value.get("Retries") or 0
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise DataLoss(f"{source}: Healthcheck.Retries is not a count", hint=_REPORT_HINT)
+    test = _strings(value.get("Test") or [], "Healthcheck.Test", source)
+    return Healthcheck(test=test, retries=retries, **durations)
+
+
+def healthcheck_to_json(healthcheck: Healthcheck) -> dict[str, Any]:
+    """Docker's `Healthcheck` object; unset durations and retries are left out."""
+    result: dict[str, Any] = {"Test": list(healthcheck.test)}
+    for key, name in _HEALTH_DURATIONS:
+        seconds = getattr(healthcheck, name)
+        if seconds:
+            result[key] = round(seconds * _NS)
+    if healthcheck.retries:
+        result["Retries"] = healthcheck.retries
+    return result
 
 
 def config_to_json(config: ImageConfig) -> dict[str, Any]:
@@ -163,6 +222,10 @@ def config_to_json(config: ImageConfig) -> dict[str, Any]:
         result["StopSignal"] = config.stop_signal
     if config.labels:
         result["Labels"] = dict(config.labels)
+    if config.healthcheck is not None:
+        result["Healthcheck"] = healthcheck_to_json(config.healthcheck)
+    if config.shell:
+        result["Shell"] = list(config.shell)
     return result
 
 

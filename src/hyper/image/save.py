@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hyper.errors import InvalidArgument, ResourceExhausted
-from hyper.image.blobs import BlobStore, digest_hex
+from hyper.image.blobs import BlobStore, digest_hex, ingest_owner
 from hyper.image.layers import is_gzip
 from hyper.image.model import MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Image, canonical_json, decode_json_object
 from hyper.image.reference import lookup_candidates, parse_reference
@@ -119,7 +119,8 @@ def _uncompressed(blobs: BlobStore, digest: str) -> Iterator[Path]:
         yield path
         return
     blobs.ingest_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(prefix="save-", dir=blobs.ingest_dir) as plain:
+    prefix = f"{ingest_owner(blobs.ingest_dir)}.save-"
+    with tempfile.NamedTemporaryFile(prefix=prefix, dir=blobs.ingest_dir) as plain:
         with gzip.open(path, "rb") as compressed:
             shutil.copyfileobj(compressed, plain, 1 << 20)
         plain.flush()

@@ -15,11 +15,11 @@ references any more.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import re
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +55,6 @@ from hyper.image.reference import lookup_candidates, parse_reference
 from hyper.image.unpack import unpack_layer
 from hyper.locks import exclusive_lock
 
-STALE_INGEST_SECONDS = 3600
 NOT_FOUND_HINT = "load it with `hyper load -i FILE` or import it with `hyper import`"
 _SHORT_ID = re.compile(r"(?:sha256:)?([a-f0-9]{12,64})")
 
@@ -112,7 +111,11 @@ class ImageStore:
     # -- adding images -----------------------------------------------------------
 
     def load(self, archive: Path) -> list[Image]:
-        """Load every image of a docker-archive or OCI-layout tar (`hyper load`)."""
+        """Load every image of a docker-archive or OCI-layout tar (`hyper load`).
+
+        Each image is returned with the names the archive gave it (`repo_tags`),
+        not with every name it has in the store: `load` reports what it loaded.
+        """
         staged = read_archive(archive, self._blobs)
         try:
             index = self._commit(staged)
@@ -120,10 +123,14 @@ class ImageStore:
             for image in staged:
                 for blob in image.blobs:
                     self._blobs.discard(blob)
-        seen: dict[str, Image] = {}
+        carried: dict[str, list[str]] = {}
         for image in staged:
-            seen.setdefault(image.config.digest, self._image(index, image.config.digest))
-        return list(seen.values())
+            names = carried.setdefault(image.config.digest, [])
+            names.extend(tag for tag in image.repo_tags if tag not in names)
+        return [
+            dataclasses.replace(self._image(index, image_id), repo_tags=tuple(names))
+            for image_id, names in carried.items()
+        ]
 
     def import_rootfs(self, tar: Path, reference: str, config: ImageConfig | None = None) -> Image:
         """Make a single-layer image of a root filesystem tar (`hyper import`)."""
@@ -328,7 +335,7 @@ class ImageStore:
         untagged: list[str] = []
         with self._index.locked():
             index = self._index.read()
-            before = self._disk_usage()
+            before = self.disk_usage()
             for image_id in list(index.images):
                 if users.get(image_id) or (index.tags_of(image_id) and not all_unused):
                     continue
@@ -338,7 +345,7 @@ class ImageStore:
             self._index.write(index)
             self._collect_garbage(index)
             self._clean_ingest()
-            reclaimed = max(0, before - self._disk_usage())
+            reclaimed = max(0, before - self.disk_usage())
         return PruneReport(tuple(deleted), tuple(untagged), reclaimed)
 
     def collect_garbage(self) -> None:
@@ -354,22 +361,33 @@ class ImageStore:
         """The stored (compressed) size of each layer blob, bottom → top."""
         return [self._blobs.path(digest).stat().st_size for digest in image.layers]
 
-    def _disk_usage(self) -> int:
+    def disk_usage(self) -> int:
+        """Bytes the store's blobs and layer disks take on disk (allocated blocks:
+        a layer disk is sparse, and its apparent size says nothing of its use)."""
         total = 0
         for directory in (self._blobs.blob_dir, self._layers_dir):
             if directory.is_dir():
-                total += sum(p.lstat().st_size for p in directory.rglob("*") if p.is_file())
+                total += sum(allocated_bytes(p) for p in directory.rglob("*") if p.is_file())
         return total
 
+    def image_usage(self, image: Image) -> dict[str, int]:
+        """Each blob and built layer disk of `image` (by digest or diff ID) → its
+        bytes on disk, for `system df`: images that share a layer share its bytes."""
+        parts: dict[str, int] = {}
+        for digest in (image.id, image.manifest_digest, *image.layers):
+            if digest is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    parts[digest] = allocated_bytes(self._blobs.path(digest))
+        for diff_id in image.diff_ids:
+            disk = _existing_disk(diff_id, self._layers_dir / digest_hex(diff_id))
+            if disk is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    parts[f"disk:{diff_id}"] = allocated_bytes(disk.path)
+        return parts
+
     def _clean_ingest(self) -> None:
-        """Remove ingest files a crashed writer left behind (old ones only: a pull may be running)."""
-        if not self._blobs.ingest_dir.is_dir():
-            return
-        cutoff = time.time() - STALE_INGEST_SECONDS
-        for entry in self._blobs.ingest_dir.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                if entry.lstat().st_mtime < cutoff:
-                    entry.unlink()
+        """Remove ingest files writers that no longer run left behind (a killed pull)."""
+        self._blobs.clean_ingest()
 
     def _collect_garbage(self, index: StoreIndex) -> None:
         """Delete blobs and layer disks no image references; hold the store lock."""
@@ -443,6 +461,11 @@ class ImageStore:
                 remove_tree(build_dir)
                 raise
         return LayerDisk(diff_id, final / DISK_FILE[fs_type], fs_type)
+
+
+def allocated_bytes(path: Path) -> int:
+    """What a file takes on disk: its allocated blocks, not its apparent size."""
+    return path.lstat().st_blocks * 512
 
 
 def _existing_disk(diff_id: str, directory: Path) -> LayerDisk | None:

@@ -12,7 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from hyper.api.errors import HTTP_STATUS
+from hyper.api.body import read_json_body
+from hyper.api.errors import http_status
 from hyper.daemon.daemon import Daemon
 from hyper.daemon.pods import Pod
 from hyper.errors import HyperError, InvalidArgument, NotFound
@@ -56,7 +57,7 @@ def docker_error(status: int, message: str) -> web.Response:
 
 
 def error_response(exc: HyperError) -> web.Response:
-    return docker_error(HTTP_STATUS[exc.category], str(exc))  # the message, and the hint in parentheses
+    return docker_error(http_status(exc), str(exc))  # the message, and the hint in parentheses
 
 
 def flag(request: web.Request, name: str, default: bool = False) -> bool:
@@ -78,13 +79,10 @@ def integer(request: web.Request, name: str, default: int | None = None) -> int 
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
+    """The request's JSON object ({} for an empty body), at most MAX_JSON_BODY bytes."""
+    body = await read_json_body(request)
+    if body is None:
         return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-        raise InvalidArgument("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
     return body

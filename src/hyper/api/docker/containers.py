@@ -36,9 +36,11 @@ from hyper.api.docker.common import (
     rfc3339,
 )
 from hyper.daemon.logs import LogRecord
-from hyper.daemon.pods import Pod, parse_signal
+from hyper.daemon.pods import Pod
+from hyper.daemon.requests import parse_signal
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument, NotFound
 from hyper.image import ImageStore
+from hyper.image.registry.platform import image_platform, parse_platform, platform_matches, require_runnable
 from hyper.runtime import spec as specs
 from hyper.runtime.run import ContainerExit
 
@@ -49,13 +51,23 @@ FOLLOW_POLL_SECONDS = 0.5
 async def create(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
     body = await json_body(request)
-    create_request = convert.create_request(body, request.query.get("name"))
+    create_request = convert.create_request(body, request.query.get("name"), daemon.settings)
     image = create_request.options.image
+    wanted = parse_platform(request.query["platform"]) if request.query.get("platform") else None
+    if wanted is not None:
+        require_runnable(wanted)
     try:
-        await asyncio.to_thread(ImageStore(daemon.paths.images).get, image)
+        found = await asyncio.to_thread(ImageStore(daemon.paths.images).get, image)
     except NotFound:
         # The docker CLI pulls on a 404 that says so, then creates again.
         raise NotFound(f"No such image: {image}") from None
+    have = image_platform(found.os, found.architecture)
+    if wanted is not None and have is not None and not platform_matches(wanted, have):
+        # Docker's 404: the docker CLI pulls the platform asked for, then creates again.
+        raise NotFound(
+            f"image with reference {image} was found but does not match the specified platform: "
+            f"wanted {wanted}, actual: {have}"
+        )
     pod = await daemon.create(create_request)
     return web.json_response({"Id": pod.id, "Warnings": []}, status=201)
 
@@ -89,6 +101,16 @@ async def inspect(request: web.Request) -> web.StreamResponse:
 
 
 # -- lifecycle --------------------------------------------------------------------
+def start_failure_message(message: str) -> str:
+    """Docker's words for a command that cannot start. The docker CLI picks its exit
+    status by this text (127 for "executable file not found" or "no such file or
+    directory", 126 for "permission denied" or "is a directory"), so the shape is kept."""
+    return (
+        "failed to create task for container: failed to create shim task: OCI runtime create failed: "
+        f"hyper create failed: unable to start container process: {message}: unknown"
+    )
+
+
 async def start(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
     pod = container_of(request)
@@ -99,9 +121,7 @@ async def start(request: web.Request) -> web.StreamResponse:
             # As dockerd does: `docker run --rm` waits for the removal even when the start fails.
             with contextlib.suppress(HyperError):
                 await daemon.remove(pod.id, force=True)
-        raise FailedPrecondition(
-            f"failed to create task for container: unable to start container process: {exc.message}"
-        ) from exc
+        raise InvalidArgument(start_failure_message(exc.message)) from exc
     return web.Response(status=204 if started else 304)
 
 
@@ -109,12 +129,20 @@ async def stop(request: web.Request) -> web.StreamResponse:
     pod = container_of(request)
     if not pod.running and pod.status is not specs.ContainerState.RESTARTING:
         return web.Response(status=304)
-    await pod.stop(float(integer(request, "t", 10) or 0))
+    await pod.stop(*_stop_options(request))
     return web.Response(status=204)
 
 
+def _stop_options(request: web.Request) -> tuple[float | None, int | None]:
+    """`t` (seconds before SIGKILL; absent: the container's StopTimeout, else 10)
+    and `signal` (absent: the container's StopSignal, else SIGTERM)."""
+    timeout = integer(request, "t")
+    signal = request.query.get("signal")
+    return None if timeout is None else float(timeout), parse_signal(signal) if signal else None
+
+
 async def restart(request: web.Request) -> web.StreamResponse:
-    await container_of(request).restart(float(integer(request, "t", 10) or 0))
+    await container_of(request).restart(*_stop_options(request))
     return web.Response(status=204)
 
 
@@ -137,17 +165,24 @@ async def wait(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)
     waiting = asyncio.create_task(pod.wait(condition))
+    # A container removed meanwhile will not exit again: its last exit answers.
     removal = asyncio.create_task(pod.removed.wait())
+    # A client that went away (the docker CLI leaves its waits behind) or a
+    # stopping hyperd ends the wait with no answer.
+    abandoned = asyncio.create_task(_until_gone(request))
+    stopping = asyncio.create_task(daemon_of(request).stopping.wait())
     try:
-        # A container removed meanwhile will not exit again: its last exit answers.
-        await asyncio.wait({waiting, removal}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiting, removal, abandoned, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiting.cancel()
-        removal.cancel()
+        for task in (waiting, removal, abandoned, stopping):
+            task.cancel()
+    if not (waiting.done() or removal.done()):
+        return response
     code = pod.record.exit_code or 0
     error = {"Message": pod.record.reason} if pod.record.reason else None
-    await response.write(json.dumps({"StatusCode": code, "Error": error}).encode())
-    await response.write_eof()
+    with contextlib.suppress(ConnectionError):
+        await response.write(json.dumps({"StatusCode": code, "Error": error}).encode())
+        await response.write_eof()
     return response
 
 
@@ -271,6 +306,13 @@ def _gone(request: web.Request) -> Callable[[], bool]:
     return lambda: request.transport is None or request.transport.is_closing()
 
 
+async def _until_gone(request: web.Request) -> None:
+    """Returns once the client of `request` has gone."""
+    gone = _gone(request)
+    while not gone():
+        await asyncio.sleep(FOLLOW_POLL_SECONDS)
+
+
 async def _follow(
     pod: Pod, position: int, *, stop_at_exit: bool, client_gone: Callable[[], bool] = lambda: False
 ) -> AsyncIterator[LogRecord]:
@@ -364,6 +406,12 @@ async def _until_running(pod: Pod) -> None:
 # -- top, stats ----------------------------------------------------------------------
 async def top(request: web.Request) -> web.StreamResponse:
     pod = container_of(request)
+    ps_args = request.query.get("ps_args") or "-ef"
+    if ps_args != "-ef":
+        raise InvalidArgument(
+            f"Hyper's top does not take ps options ({ps_args!r})",
+            hint="its columns are UID, PID, PPID, STAT, TIME and CMD; leave the options out",
+        )
     reply = await pod.running_agent().request("top", container=pod.id[:12])
     return web.json_response({"Titles": reply.get("titles", []), "Processes": reply.get("processes", [])})
 
@@ -388,8 +436,12 @@ def _process_cpu_ns(pid: int | None) -> tuple[int, int]:
 
 
 async def _stats_sample(pod: Pod) -> dict[str, Any]:
-    agent = pod.running_agent()
-    guest = await agent.request("stats")
+    if pod.status is specs.ContainerState.PAUSED:
+        # A paused guest cannot answer: its memory and processes are as they were
+        # at the pause, and its CPU time (QEMU's, below) does not move, as Docker shows it.
+        guest = pod.figures_at_pause
+    else:
+        guest = await pod.running_agent().request("stats")
     blocks = await pod.vm.block_stats() if pod.vm is not None else {}
     user_ns, system_ns = _process_cpu_ns(pod.record.qemu_pid)
     memory = guest.get("memory") or {}

@@ -11,34 +11,24 @@ import shlex
 import time
 from typing import Any
 
+from hyper.api.docker import fields
 from hyper.api.docker.common import rfc3339
 from hyper.api.docker.labels import label_matches
-from hyper.daemon.pods import CreateRequest
+from hyper.daemon import health
 from hyper.daemon.policy import RestartPolicy
+from hyper.daemon.requests import CreateRequest
 from hyper.daemon.state import ContainerRecord
 from hyper.errors import InvalidArgument
 from hyper.humanize import human_duration
-from hyper.image import ImageConfig
+from hyper.image import Healthcheck, ImageConfig
+from hyper.image.model import parse_healthcheck
 from hyper.runtime import spec as specs
+from hyper.runtime.security import ulimit_from_api
+from hyper.runtime.settings import Settings
 
-# HostConfig fields whose non-empty value needs something Hyper does not do yet.
-UNSUPPORTED_HOST_CONFIG = {
-    "Binds": "bind mounts (-v/--mount)",
-    "Mounts": "mounts (--mount)",
-    "PortBindings": "published ports (-p)",
-    "PublishAllPorts": "published ports (-P)",
-    "Privileged": "privileged containers",
-    "Devices": "host devices (--device)",
-    "VolumesFrom": "--volumes-from",
-    "Links": "--link",
-    "ReadonlyRootfs": "read-only root file systems (--read-only)",
-    "Tmpfs": "--tmpfs",
-    "ExtraHosts": "--add-host",
-    "Dns": "--dns",
-    "CapAdd": "--cap-add",
-    "Init": "--init (a container's first process is PID 1 of its own PID namespace; see docs/docker-api.md)",
-}
-NETWORK_MODES = ("", "default", "bridge", "none")
+NETWORK_MODES = ("", "default", "none")
+DEFAULT_SHM_BYTES = 64 << 20
+NS = 1_000_000_000
 DOCKER_TYPE_BITS = {  # Go's os.FileMode type bits, which Docker's path stat uses
     0o040000: 1 << 31,  # directory
     0o120000: 1 << 27,  # symlink
@@ -67,26 +57,26 @@ def text(value: Any, what: str) -> str | None:
     return value
 
 
-def create_request(body: dict[str, Any], name: str | None) -> CreateRequest:
-    """POST /containers/create's body as Hyper's CreateRequest."""
+def number(value: Any, what: str, *, minimum: int = 0) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InvalidArgument(f"{what} must be an integer of at least {minimum}")
+    return value
+
+
+def create_request(body: dict[str, Any], name: str | None, settings: Settings | None = None) -> CreateRequest:
+    """POST /containers/create's body as Hyper's CreateRequest; what Hyper
+    cannot honour is refused by name (hyper.api.docker.fields). A VM size not
+    given is the configuration's (`settings`)."""
+    settings = settings or Settings()
     image = body.get("Image")
     if not isinstance(image, str) or not image:
         raise InvalidArgument("the container config has no Image", hint="give an image to run")
-    host = body.get("HostConfig")
-    host = {} if host is None else host
-    if not isinstance(host, dict):
-        raise InvalidArgument("HostConfig must be an object")
-    for key, what in UNSUPPORTED_HOST_CONFIG.items():
-        if host.get(key):
-            raise InvalidArgument(f"Hyper does not support {what} yet (HostConfig.{key})")
-    network = host.get("NetworkMode") or ""
-    if network not in NETWORK_MODES:
-        raise InvalidArgument(
-            f"Hyper does not support the network mode {network!r}",
-            hint="containers have loopback only for now; use the default network mode",
-        )
-    if body.get("Volumes"):
-        raise InvalidArgument("Hyper does not support volumes yet (Config.Volumes)")
+    fields.check_create_body(body)
+    host = body.get("HostConfig") or {}
+    _check_host(host)
+    _check_endpoints(body.get("NetworkingConfig"), host.get("NetworkMode") or "")
 
     entrypoint_parts = body.get("Entrypoint")
     entrypoint_list = strings(entrypoint_parts, "Entrypoint")
@@ -97,22 +87,28 @@ def create_request(body: dict[str, Any], name: str | None) -> CreateRequest:
         entrypoint = entrypoint_list[0] if entrypoint_list else ""
         command = entrypoint_list[1:] + command
 
-    memory_bytes = host.get("Memory") or 0
-    if not isinstance(memory_bytes, int) or memory_bytes < 0:
-        raise InvalidArgument("HostConfig.Memory must be a number of bytes")
-    memory = memory_bytes // (1 << 20) if memory_bytes else specs.DEFAULT_MEMORY_MIB
+    memory_bytes = number(host.get("Memory"), "HostConfig.Memory")
+    memory = memory_bytes // (1 << 20) if memory_bytes else settings.default_memory_mib
     if memory < specs.MIN_MEMORY_MIB:
         raise InvalidArgument(
             f"memory {memory_bytes} bytes is below the minimum of {specs.MIN_MEMORY_MIB}m for a VM"
         )
-    nano_cpus = host.get("NanoCpus") or 0
-    if not isinstance(nano_cpus, int) or nano_cpus < 0:
-        raise InvalidArgument("HostConfig.NanoCpus must be a non-negative integer")
-    cpus = max(1, -(-nano_cpus // 1_000_000_000)) if nano_cpus else 1
+    swap = host.get("MemorySwap") or 0
+    if swap not in (0, memory_bytes):
+        raise InvalidArgument(
+            f"Hyper does not support swap (HostConfig.MemorySwap {swap})",
+            hint="a VM has no swap: leave --memory-swap out, or make it equal to --memory",
+        )
+    nano_cpus = number(host.get("NanoCpus"), "HostConfig.NanoCpus")
+    cpus = max(1, -(-nano_cpus // 1_000_000_000)) if nano_cpus else settings.default_cpus
 
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise InvalidArgument("Labels must map names to strings")
+    stop_timeout = body.get("StopTimeout")
+    if stop_timeout is not None:
+        number(stop_timeout, "StopTimeout", minimum=-1)
+    healthcheck = _healthcheck(body.get("Healthcheck"))
     options = specs.RunOptions(
         image=image,
         command=command,
@@ -126,26 +122,146 @@ def create_request(body: dict[str, Any], name: str | None) -> CreateRequest:
         cpus=cpus,
         hostname=text(body.get("Hostname"), "Hostname"),
         name=name or None,
+        cap_add=strings(host.get("CapAdd"), "HostConfig.CapAdd"),
+        cap_drop=strings(host.get("CapDrop"), "HostConfig.CapDrop"),
+        privileged=bool(host.get("Privileged")),
+        security_opt=strings(host.get("SecurityOpt"), "HostConfig.SecurityOpt"),
+        ulimits=_ulimits(host.get("Ulimits")),
+        shm_size=number(host.get("ShmSize"), "HostConfig.ShmSize"),
+        init=bool(host.get("Init")),
+        stop_signal=text(body.get("StopSignal"), "StopSignal"),
+        stop_timeout=stop_timeout,
+        health_test=healthcheck.test,
+        health_interval=healthcheck.interval,
+        health_timeout=healthcheck.timeout,
+        health_start_period=healthcheck.start_period,
+        health_retries=healthcheck.retries,
     )
+    recorded = {key: body[key] for key in RECORDED_CONFIG if not fields.empty(body.get(key))}
+    if host.get("ContainerIDFile"):
+        recorded["ContainerIDFile"] = text(host["ContainerIDFile"], "HostConfig.ContainerIDFile")
     return CreateRequest(
         options=options,
         labels=dict(labels),
         restart=RestartPolicy.from_document(host.get("RestartPolicy")),
         auto_remove=bool(host.get("AutoRemove")),
         stdin_once=bool(body.get("StdinOnce")),
+        shell=strings(body.get("Shell"), "Shell"),
+        console_size=_console_size(host.get("ConsoleSize")),
+        recorded=recorded,
     )
+
+
+RECORDED_CONFIG = ("AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts")
+
+
+def _check_host(host: dict[str, Any]) -> None:
+    """The honoured HostConfig settings that take only some values."""
+    network = host.get("NetworkMode") or ""
+    if network not in NETWORK_MODES:
+        raise InvalidArgument(
+            f"Hyper does not support the network mode {network!r} yet (HostConfig.NetworkMode)",
+            hint="containers have loopback only for now: use the default network or none",
+        )
+    log = host.get("LogConfig") or {}
+    if not isinstance(log, dict):
+        raise InvalidArgument("HostConfig.LogConfig must be an object")
+    if (log.get("Type") or "json-file") != "json-file" or log.get("Config"):
+        raise InvalidArgument(
+            "Hyper does not support log drivers or log options yet (HostConfig.LogConfig)",
+            hint="hyperd keeps each container's log itself, read by `docker logs`",
+        )
+    for key, allowed in (("Runtime", ("", "hyper")), ("Isolation", ("", "default"))):
+        if (host.get(key) or "") not in allowed:
+            raise InvalidArgument(
+                f"Hyper does not support the {key.lower()} {host[key]!r} (HostConfig.{key})",
+                hint=f"every container is a VM: leave --{key.lower()} out",
+            )
+
+
+def _check_endpoints(networking: Any, mode: str) -> None:
+    """NetworkingConfig: an empty entry for the container's network is what the
+    docker CLI always sends; any address, alias or link needs networking."""
+    endpoints = (networking or {}).get("EndpointsConfig") or {}
+    if not isinstance(endpoints, dict):
+        raise InvalidArgument("NetworkingConfig.EndpointsConfig must be an object")
+    for network, endpoint in endpoints.items():
+        if network not in (mode, "default", "none") or not (
+            endpoint is None
+            or (isinstance(endpoint, dict) and all(fields.empty(v) for v in endpoint.values()))
+        ):
+            raise InvalidArgument(
+                f"Hyper does not support network settings yet (NetworkingConfig.EndpointsConfig.{network})",
+                hint="containers have loopback only for now: leave --ip, --network-alias and --link out",
+            )
+
+
+def _healthcheck(value: Any) -> Healthcheck:
+    """Docker's Healthcheck (durations in ns) in seconds; unset fields stay zero."""
+    if value is None:
+        return Healthcheck()
+    if not isinstance(value, dict):
+        raise InvalidArgument("Healthcheck must be an object")
+    if value.get("StartInterval"):
+        raise InvalidArgument(
+            "Hyper does not support the health check's start interval yet (Healthcheck.StartInterval)",
+            hint="it is an API 1.44 setting; Hyper serves API 1.43",
+        )
+
+    def seconds(key: str) -> float:
+        return number(value.get(key), f"Healthcheck.{key}") / NS
+
+    return Healthcheck(
+        test=strings(value.get("Test"), "Healthcheck.Test"),
+        interval=seconds("Interval"),
+        timeout=seconds("Timeout"),
+        start_period=seconds("StartPeriod"),
+        retries=number(value.get("Retries"), "Healthcheck.Retries"),
+    )
+
+
+def _ulimits(value: Any) -> tuple[str, ...]:
+    """Docker's [{"Name", "Soft", "Hard"}] in `--ulimit`'s NAME=SOFT:HARD form."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise InvalidArgument("HostConfig.Ulimits must be a list of {Name, Soft, Hard}")
+    limits = (ulimit_from_api(item) for item in value)
+    return tuple(f"{limit.name}={limit.soft}:{limit.hard}" for limit in limits)
+
+
+def _console_size(value: Any) -> tuple[int, int] | None:
+    if value is None or value == [0, 0]:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise InvalidArgument("HostConfig.ConsoleSize must be [height, width]")
+    rows, cols = (number(v, "HostConfig.ConsoleSize") for v in value)
+    return (rows, cols) if rows and cols else None
 
 
 def statustext(record: ContainerRecord, now: float) -> str:
     state = record.state
     if state in ("running", "paused"):
         text = f"Up {human_duration(now - (record.started_at or now))}"
-        return text + " (Paused)" if state == "paused" else text
+        if state == "paused":
+            return f"{text} (Paused)"
+        status = health_status(record)
+        if status is None:
+            return text
+        return f"{text} (health: starting)" if status == "starting" else f"{text} ({status})"
     if state == "restarting":
         return f"Restarting ({record.exit_code or 0}) {human_duration(now - (record.finished_at or now))} ago"
     if state == "exited":
         return f"Exited ({record.exit_code or 0}) {human_duration(now - (record.finished_at or now))} ago"
     return "Created"
+
+
+def health_status(record: ContainerRecord) -> str | None:
+    """starting, healthy or unhealthy for a container with a health check; else None."""
+    if health.active(parse_healthcheck(record.healthcheck, f"container {record.name}")) is None:
+        return None
+    state = health.from_record(record.health)
+    return state.status.value if state is not None else health.HealthStatus.STARTING.value
 
 
 def summary(record: ContainerRecord, now: float | None = None) -> dict[str, Any]:
@@ -210,7 +326,8 @@ def inspect(
             "Error": record.reason or "",
             "StartedAt": rfc3339(record.started_at),
             "FinishedAt": rfc3339(record.finished_at),
-        },
+        }
+        | health_state(record),
         "Image": record.image_id,
         "ResolvConfPath": "",
         "HostnamePath": "",
@@ -236,16 +353,19 @@ def inspect(
             "Binds": None,
             "PortBindings": {},
             "LogConfig": {"Type": "json-file", "Config": {}},
-        },
+            "ContainerIDFile": record.recorded.get("ContainerIDFile", ""),
+            "ConsoleSize": record.console_size or [0, 0],
+        }
+        | confinement(options),
         "GraphDriver": {"Name": "overlay-in-vm", "Data": None},
         "Mounts": [],
         "Config": {
             "Hostname": options.get("hostname") or record.id[:12],
             "Domainname": "",
             "User": user,
-            "AttachStdin": False,
-            "AttachStdout": False,
-            "AttachStderr": False,
+            "AttachStdin": bool(record.recorded.get("AttachStdin")),
+            "AttachStdout": bool(record.recorded.get("AttachStdout")),
+            "AttachStderr": bool(record.recorded.get("AttachStderr")),
             "Tty": bool(options.get("tty")),
             "OpenStdin": bool(options.get("interactive")),
             "StdinOnce": record.stdin_once,
@@ -257,9 +377,61 @@ def inspect(
             "Entrypoint": entrypoint,
             "OnBuild": None,
             "Labels": record.labels,
-        },
+        }
+        | optional_config(record),
         "NetworkSettings": {"Networks": {}, "Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": ""},
     }
+
+
+def health_state(record: ContainerRecord) -> dict[str, Any]:
+    """State.Health, for a container with a health check (Docker's shape)."""
+    state = health.from_record(record.health)
+    checked = health.active(parse_healthcheck(record.healthcheck, f"container {record.name}"))
+    if checked is None:
+        return {}
+    state = state or health.HealthState()
+    log = [
+        {"Start": rfc3339(r.start), "End": rfc3339(r.end), "ExitCode": r.exit_code, "Output": r.output}
+        for r in state.log
+    ]
+    return {"Health": {"Status": state.status.value, "FailingStreak": state.failing_streak, "Log": log}}
+
+
+def confinement(options: dict[str, Any]) -> dict[str, Any]:
+    """HostConfig's capabilities, privileges, security options, ulimits, shm size and init."""
+    limits = []
+    for text in options.get("ulimits") or ():
+        name, _, values = text.partition("=")
+        soft, _, hard = values.partition(":")
+        limits.append({"Name": name, "Soft": int(soft), "Hard": int(hard or soft)})
+    document: dict[str, Any] = {
+        "CapAdd": list(options.get("cap_add") or ()) or None,
+        "CapDrop": list(options.get("cap_drop") or ()) or None,
+        "Privileged": bool(options.get("privileged")),
+        "SecurityOpt": list(options.get("security_opt") or ()) or None,
+        "Ulimits": limits,
+        "ShmSize": int(options.get("shm_size") or DEFAULT_SHM_BYTES),
+    }
+    if options.get("init"):
+        document["Init"] = True
+    return document
+
+
+def optional_config(record: ContainerRecord) -> dict[str, Any]:
+    """The Config fields Docker shows only when set."""
+    options = record.options
+    document: dict[str, Any] = {}
+    if options.get("stop_signal"):
+        document["StopSignal"] = options["stop_signal"]
+    if options.get("stop_timeout") is not None:
+        document["StopTimeout"] = options["stop_timeout"]
+    if record.healthcheck:
+        document["Healthcheck"] = record.healthcheck
+    if record.shell:
+        document["Shell"] = record.shell
+    if record.recorded.get("ExposedPorts"):
+        document["ExposedPorts"] = record.recorded["ExposedPorts"]
+    return document
 
 
 def path_stat(stat: dict[str, Any]) -> dict[str, Any]:
@@ -297,10 +469,12 @@ def matches_filters(record: ContainerRecord, wanted: dict[str, list[str]]) -> bo
             ok = any(v in (record.image, record.image_id) or record.image_id.endswith(v) for v in values)
         elif key == "exited":
             ok = record.state == "exited" and str(record.exit_code) in values
+        elif key == "health":
+            ok = (health_status(record) or "none") in values
         else:
             raise InvalidArgument(
                 f"invalid filter {key!r}",
-                hint="Hyper filters containers by id, name, status, label, ancestor, exited",
+                hint="Hyper filters containers by id, name, status, label, ancestor, exited, health",
             )
         if not ok:
             return False

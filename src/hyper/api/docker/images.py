@@ -15,7 +15,6 @@ import collections
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,7 +45,7 @@ T = TypeVar("T")
 Message = dict[str, Any]
 
 STREAM_INTERVAL = 0.1  # seconds between batches of progress messages: bounds a fast pull's output
-UPLOAD_CHUNK = 1 << 20
+UPLOAD_CHUNK = 1 << 20  # and the size of the chunks of a saved archive sent
 _SHORT_ID_DIGITS = frozenset("0123456789abcdef")
 
 
@@ -453,15 +452,12 @@ async def save_images(request: web.Request) -> web.StreamResponse:
     if not names:
         raise InvalidArgument("no image to save", hint="give names=IMAGE")
     store = _store(request)
-    scratch = store.root / "ingest"
 
     def save() -> Path:
         for name in names:
             _find(store, name)
-        scratch.mkdir(parents=True, exist_ok=True)
-        handle, path = tempfile.mkstemp(prefix="docker-save-", suffix=".tar", dir=scratch)
+        handle, target = store.blobs.new_ingest_file("docker-save-")
         os.close(handle)
-        target = Path(path)
         try:
             write_archive(store, names, target)
         except BaseException:
@@ -471,10 +467,20 @@ async def save_images(request: web.Request) -> web.StreamResponse:
 
     archive = await asyncio.to_thread(save)
     try:
-        response = web.FileResponse(archive, headers={"Content-Type": "application/x-tar"})
-        await response.prepare(request)
+        source = await asyncio.to_thread(archive.open, "rb")
     finally:
-        archive.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)  # the open file keeps the content until it is sent
+    response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+    response.enable_chunked_encoding()
+    try:
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(source.read, UPLOAD_CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client went away: nothing to answer
+    finally:
+        source.close()
     return response
 
 
@@ -482,12 +488,7 @@ async def load_images(request: web.Request) -> web.StreamResponse:
     """POST /images/load: the body is a docker-archive or OCI-layout tar (`docker load`)."""
     store = _store(request)
     daemon = _daemon(request)
-    scratch = store.root / "ingest"
-    await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
-    handle, path = await asyncio.to_thread(
-        tempfile.mkstemp, prefix="docker-load-", suffix=".tar", dir=scratch
-    )
-    upload = Path(path)
+    handle, upload = await asyncio.to_thread(store.blobs.new_ingest_file, "docker-load-")
     try:
         with open(handle, "wb") as out:
             buffer = bytearray()
@@ -509,8 +510,16 @@ async def load_images(request: web.Request) -> web.StreamResponse:
         if not names:
             lines.append({"stream": f"Loaded image ID: {image.id}\n"})
             _publish(daemon, "load", image.id, image.id)
-    body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
-    return web.Response(body=body, content_type="application/json")
+    # A chunked stream of JSON lines, as dockerd sends it: docker-py decodes a
+    # chunked answer line by line, and a plain body as one JSON document.
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        for line in lines:
+            await response.write(json.dumps(line).encode() + b"\r\n")
+        await response.write_eof()
+    return response
 
 
 async def search_images(request: web.Request) -> web.StreamResponse:

@@ -16,7 +16,8 @@ import time
 from aiohttp import web
 
 from hyper import __version__
-from hyper.api.docker import archive, containers, execs, images
+from hyper.api.body import MAX_JSON_BODY, BodyTooLarge, refuse_at_once
+from hyper.api.docker import archive, containers, execs, images, system
 from hyper.api.docker.common import (
     API_VERSION,
     DAEMON,
@@ -57,8 +58,12 @@ async def docker_errors(request: web.Request, handler: Handler) -> web.StreamRes
             )
     try:
         response = await handler(request)
+    except BodyTooLarge as exc:
+        return await refuse_at_once(request, error_response(exc))
     except HyperError as exc:
         return error_response(exc)
+    except ConnectionError:
+        return _client_gone()
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
         # "not supported" in the text lets `docker inspect NAME` skip object kinds Hyper lacks.
         return docker_error(
@@ -69,6 +74,12 @@ async def docker_errors(request: web.Request, handler: Handler) -> web.StreamRes
     if not response.prepared:
         response.headers.setdefault("API-Version", API_VERSION)
     return response
+
+
+def _client_gone() -> web.Response:
+    """The answer to a client that went away mid-request: nobody reads it, and a
+    client leaving (the docker CLI drops its waits) is no error for the log."""
+    return web.Response(status=499)
 
 
 def _headers() -> dict[str, str]:
@@ -238,7 +249,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     until_ns = None if until is None else int(until * 1e9)
     subscription = daemon.events.subscribe(since_ns=None if since is None else int(since * 1e9))
     try:
-        while request.transport is not None and not request.transport.is_closing():
+        transport = request.transport
+        while not daemon.stopping.is_set() and transport is not None and not transport.is_closing():
             # The backlog (events since `since`) comes first, even when `until` is already past.
             wait = 1.0 if until is None else max(0.0, min(1.0, until - time.time()))
             event = await subscription.next(wait)
@@ -268,11 +280,13 @@ def _routes() -> list[Route]:
         *execs.ROUTES,
         *archive.ROUTES,
         *images.ROUTES,
+        *system.ROUTES,
     ]
 
 
 def make_docker_app(daemon: Daemon) -> web.Application:
-    app = web.Application(middlewares=[docker_errors], client_max_size=1 << 30)
+    # Bodies read whole are JSON, bounded; archives and image loads stream instead.
+    app = web.Application(middlewares=[docker_errors], client_max_size=MAX_JSON_BODY)
     app[DAEMON] = daemon
     for method, path, handler in _routes():
         for prefix in ("", "/v{api_version:[0-9]+[.][0-9]+}"):

@@ -13,12 +13,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import tempfile
 import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 from hyper.errors import DataLoss, FailedPrecondition, ResourceExhausted
@@ -133,9 +131,7 @@ def download_blob(
 ) -> Downloaded:
     """Fetch `descriptor` from the registry into the ingest area and verify it."""
     what = f"blob {descriptor.digest} of {client.name}/{repository_path}"
-    blobs.ingest_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="pull-", dir=blobs.ingest_dir)
-    path = Path(name)
+    fd, path = blobs.new_ingest_file("pull-")
     ident = short_id(descriptor.digest)
     failures = 0
     try:

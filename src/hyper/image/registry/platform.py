@@ -96,3 +96,34 @@ def select_manifest(index: dict[str, Any], wanted: Platform, source: str) -> Des
 
 def describe(platforms: Sequence[Platform]) -> str:
     return ", ".join(dict.fromkeys(str(p) for p in platforms if p.os != "unknown"))
+
+
+def image_platform(os_name: str, architecture: str, variant: str | None = None) -> Platform | None:
+    """An image's platform from its config; None when the config does not say."""
+    if not os_name or not architecture:
+        return None
+    return Platform(os_name, architecture, variant or None)
+
+
+def require_runnable(wanted: Platform) -> None:
+    """Hyper's VMs are the host's architecture (QEMU runs them without translating
+    instructions): refuse any other platform, as a mismatch that cannot run."""
+    host = host_platform()
+    if (wanted.os, wanted.architecture) != (host.os, host.architecture):
+        raise InvalidArgument(
+            f"Hyper cannot run {wanted} containers: its VMs are {host}",
+            hint=f"use an image for {host} (--platform {host}, or leave --platform out)",
+        )
+
+
+def require_image_runnable(image_name: str, platform: Platform | None) -> None:
+    """Refuse an image built for another platform than the VMs' (an image whose
+    config names no platform is let through)."""
+    if platform is None:
+        return
+    host = host_platform()
+    if (platform.os, platform.architecture) != (host.os, host.architecture):
+        raise InvalidArgument(
+            f"the image {image_name} is for {platform}, and Hyper's VMs are {host}",
+            hint=f"pull the {host} variant: pull --platform {host} {image_name}",
+        )

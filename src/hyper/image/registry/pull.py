@@ -103,6 +103,7 @@ def pull_image(
     credentials = (options.credentials or CredentialStore()).get(ref.domain)
     wanted = platform or host_platform()
     report = progress or ignore_progress
+    store.blobs.clean_ingest()  # what a killed pull left behind
     last_error: HyperError | None = None
     for client in connect(ref.domain, settings, credentials, **options.client_options()):
         try:

@@ -1,0 +1,286 @@
+"""Every field of the Engine API's container create body, and what Hyper does with it.
+
+Each field is honoured (it does what Docker's does), recorded (kept and shown
+by inspect; it has no effect in Docker either, or the client acts on it), or
+refused by name when set. A field not in this table is refused too when it
+carries a value, so a field a newer client sends cannot be silently ignored.
+docs/docker-api.md shows this table; a unit test keeps the two equal.
+
+The confinement options (capabilities, privileged, security options, ulimits,
+shm size, init) are parsed for every front end, and refused here while the
+runtime does not honour them yet (hyper.runtime.confinement says which).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hyper.errors import InvalidArgument
+from hyper.runtime.confinement import NOT_YET_HONOURED
+
+DOCS = "see docs/docker-api.md for what Hyper supports"
+
+
+class Decision(enum.Enum):
+    HONOURED = "honoured"
+    RECORDED = "recorded"
+    REFUSED = "refused"
+
+
+def empty(value: Any) -> bool:
+    """Go's zero values, as clients send them for what they do not ask for."""
+    return value is None or value is False or value == 0 or value in ("", [], {})
+
+
+def one_of(*allowed: Any) -> Callable[[Any], bool]:
+    return lambda value: empty(value) or value in allowed
+
+
+@dataclass(frozen=True)
+class Field:
+    path: str  # "HostConfig.CapAdd"; Config fields are top-level in the body
+    what: str  # what it asks for, with the flag that sets it
+    decision: Decision
+    note: str = ""
+    unset: Callable[[Any], bool] = empty  # a value that asks for nothing (accepted when refused)
+    option: str | None = None  # the RunOptions field of a confinement option
+    limit: Callable[[Any], bool] | None = None  # the values an honoured field takes; others are refused
+
+    @property
+    def effective(self) -> Decision:
+        """Refused while the runtime does not honour the option yet."""
+        if self.option is not None and self.option in NOT_YET_HONOURED:
+            return Decision.REFUSED
+        return self.decision
+
+
+H, R, X = Decision.HONOURED, Decision.RECORDED, Decision.REFUSED
+_NET = "networks come with Hyper's networking; containers have loopback only for now"
+_VOL = "volumes and mounts are not supported yet"
+_CGROUP = "a container's limits are its VM's size: use -m/--memory and --cpus"
+_WIN = "Windows containers only"
+
+FIELDS: tuple[Field, ...] = (
+    # -- Config (the body's top level) ------------------------------------------------------
+    Field("Image", "the image", H),
+    Field("Cmd", "the command", H),
+    Field(
+        "Entrypoint",
+        "--entrypoint",
+        H,
+        "several words: the first is the entrypoint, the rest lead the command",
+    ),
+    Field("Env", "-e/--env, --env-file", H),
+    Field("WorkingDir", "-w/--workdir", H),
+    Field("User", "-u/--user", H),
+    Field("Hostname", "-h/--hostname", H),
+    Field("Labels", "-l/--label, --label-file", H, "merged over the image's labels, as Docker does"),
+    Field("Tty", "-t/--tty", H),
+    Field("OpenStdin", "-i/--interactive", H),
+    Field("StdinOnce", "-i with -a stdin (docker run -i)", H),
+    Field("AttachStdin", "-a/--attach stdin", R, "the client attaches itself; shown by inspect"),
+    Field("AttachStdout", "-a/--attach stdout", R, "the client attaches itself; shown by inspect"),
+    Field("AttachStderr", "-a/--attach stderr", R, "the client attaches itself; shown by inspect"),
+    Field(
+        "ExposedPorts",
+        "--expose, the image's EXPOSE",
+        R,
+        "metadata, as in Docker; publishing (-p, -P) is refused",
+    ),
+    Field(
+        "StopSignal", "--stop-signal", H, "the signal `stop` and `restart` send first; the image's when unset"
+    ),
+    Field(
+        "StopTimeout",
+        "--stop-timeout",
+        H,
+        "seconds `stop` waits before SIGKILL when `t` is not given (-1: no limit)",
+    ),
+    Field(
+        "Healthcheck",
+        "--health-cmd, --health-interval/-timeout/-start-period/-retries, --no-healthcheck",
+        H,
+        "probes run by hyperd as execs in the container; StartInterval (API 1.44) is refused",
+    ),
+    Field("Shell", "the image's SHELL", H, "what CMD-SHELL health checks run in"),
+    Field("NetworkDisabled", "no network", H, "every Hyper container has loopback only for now"),
+    Field("Domainname", "--domainname", X, "the NIS domain name is not set in the VM yet"),
+    Field("MacAddress", "--mac-address", X, _NET),
+    Field("Volumes", "volumes (-v, the image's VOLUME)", X, _VOL),
+    Field("OnBuild", "ONBUILD", X, "ONBUILD applies to image builds, which Hyper does not do"),
+    Field("ArgsEscaped", "ArgsEscaped", X, _WIN),
+    # -- HostConfig ---------------------------------------------------------------------------------
+    Field("HostConfig.Memory", "-m/--memory", H, "the VM's RAM, at least 128 MiB; default 512 MiB"),
+    Field("HostConfig.NanoCpus", "--cpus", H, "the VM's vCPUs, rounded up to whole ones; default 1"),
+    Field("HostConfig.RestartPolicy", "--restart", H),
+    Field("HostConfig.AutoRemove", "--rm", H),
+    Field(
+        "HostConfig.ConsoleSize",
+        "the terminal's size with -t",
+        H,
+        "the TTY's size at start",
+        unset=lambda v: empty(v) or v == [0, 0],
+    ),
+    Field(
+        "HostConfig.NetworkMode",
+        "--network",
+        H,
+        "`none`, and the default network (loopback only for now); any other is refused",
+    ),
+    Field(
+        "HostConfig.LogConfig",
+        "--log-driver, --log-opt",
+        H,
+        "hyperd's json-lines log, read by `docker logs`; other drivers and log options are refused",
+    ),
+    Field("HostConfig.Runtime", "--runtime", H, "`hyper` (a VM per container); any other is refused"),
+    Field("HostConfig.Isolation", "--isolation", H, "`default` only, as on Linux"),
+    Field(
+        "HostConfig.IpcMode",
+        "--ipc",
+        H,
+        "`private`: the VM is the container's own; others refused",
+        limit=one_of("private"),
+    ),
+    Field(
+        "HostConfig.UsernsMode",
+        "--userns",
+        H,
+        "`host`: no user namespace remapping, as every Hyper container",
+        limit=one_of("host"),
+    ),
+    Field(
+        "HostConfig.MemorySwap",
+        "--memory-swap",
+        H,
+        "the VM has no swap: only 0, or equal to --memory, is accepted",
+    ),
+    Field("HostConfig.MemorySwappiness", "--memory-swappiness", X, "the VM has no swap", unset=one_of(-1)),
+    Field("HostConfig.ContainerIDFile", "--cidfile", R, "the client writes the file"),
+    Field(
+        "HostConfig.CapAdd", "--cap-add", H, "capabilities added to Docker's default set", option="cap_add"
+    ),
+    Field(
+        "HostConfig.CapDrop",
+        "--cap-drop",
+        H,
+        "capabilities removed from Docker's default set",
+        option="cap_drop",
+    ),
+    Field(
+        "HostConfig.Privileged",
+        "privileged containers (--privileged)",
+        H,
+        "every capability and the VM's devices",
+        option="privileged",
+    ),
+    Field(
+        "HostConfig.SecurityOpt",
+        "--security-opt",
+        H,
+        "no-new-privileges, seccomp profiles",
+        option="security_opt",
+    ),
+    Field(
+        "HostConfig.Ulimits", "--ulimit", H, "resource limits of the container's processes", option="ulimits"
+    ),
+    Field("HostConfig.ShmSize", "--shm-size", H, "the size of /dev/shm (default 64 MiB)", option="shm_size"),
+    Field("HostConfig.Init", "--init", H, "a minimal init as the container's PID 1", option="init"),
+    Field("HostConfig.Binds", "bind mounts (-v/--mount)", X, _VOL),
+    Field("HostConfig.Mounts", "mounts (--mount, --use-api-socket)", X, _VOL),
+    Field("HostConfig.VolumesFrom", "--volumes-from", X, _VOL),
+    Field("HostConfig.VolumeDriver", "--volume-driver", X, _VOL),
+    Field("HostConfig.Tmpfs", "--tmpfs", X, _VOL),
+    Field("HostConfig.PortBindings", "published ports (-p)", X, _NET),
+    Field("HostConfig.PublishAllPorts", "published ports (-P)", X, _NET),
+    Field("HostConfig.Links", "--link", X, _NET),
+    Field("HostConfig.Dns", "--dns", X, _NET),
+    Field("HostConfig.DnsOptions", "--dns-option", X, _NET),
+    Field("HostConfig.DnsSearch", "--dns-search", X, _NET),
+    Field("HostConfig.ExtraHosts", "--add-host", X, _NET),
+    Field("HostConfig.Devices", "host devices (--device)", X, "a VM has no host devices"),
+    Field("HostConfig.DeviceCgroupRules", "--device-cgroup-rule", X, "a VM has no host devices"),
+    Field("HostConfig.DeviceRequests", "--gpus", X, "a VM has no host devices"),
+    Field(
+        "HostConfig.ReadonlyRootfs",
+        "read-only root file systems (--read-only)",
+        X,
+        "the container's root is always writable for now",
+    ),
+    Field("HostConfig.GroupAdd", "--group-add", X, "supplementary groups are not set yet"),
+    Field("HostConfig.Sysctls", "--sysctl", X, "sysctls are not set in the VM yet"),
+    Field("HostConfig.OomScoreAdj", "--oom-score-adj", X, "not set in the VM yet"),
+    Field("HostConfig.OomKillDisable", "--oom-kill-disable", X, "the VM's kernel kills on OOM"),
+    Field("HostConfig.PidsLimit", "--pids-limit", X, "not enforced in the VM yet", unset=one_of(-1)),
+    Field("HostConfig.PidMode", "--pid", X, "a container sees its own VM only"),
+    Field("HostConfig.UTSMode", "--uts", X, "a container sees its own VM only"),
+    Field("HostConfig.CgroupnsMode", "--cgroupns", X, "cgroup namespaces are not chosen yet"),
+    Field("HostConfig.Cgroup", "Cgroup", X, _CGROUP),
+    Field("HostConfig.CgroupParent", "--cgroup-parent", X, _CGROUP),
+    Field("HostConfig.CpuShares", "-c/--cpu-shares", X, _CGROUP),
+    Field("HostConfig.CpuPeriod", "--cpu-period", X, _CGROUP),
+    Field("HostConfig.CpuQuota", "--cpu-quota", X, _CGROUP),
+    Field("HostConfig.CpuRealtimePeriod", "--cpu-rt-period", X, _CGROUP),
+    Field("HostConfig.CpuRealtimeRuntime", "--cpu-rt-runtime", X, _CGROUP),
+    Field("HostConfig.CpusetCpus", "--cpuset-cpus", X, _CGROUP),
+    Field("HostConfig.CpusetMems", "--cpuset-mems", X, _CGROUP),
+    Field("HostConfig.MemoryReservation", "--memory-reservation", X, _CGROUP),
+    Field("HostConfig.KernelMemory", "--kernel-memory", X, _CGROUP),
+    Field("HostConfig.KernelMemoryTCP", "KernelMemoryTCP", X, _CGROUP),
+    Field("HostConfig.BlkioWeight", "--blkio-weight", X, _CGROUP),
+    Field("HostConfig.BlkioWeightDevice", "--blkio-weight-device", X, _CGROUP),
+    Field("HostConfig.BlkioDeviceReadBps", "--device-read-bps", X, _CGROUP),
+    Field("HostConfig.BlkioDeviceWriteBps", "--device-write-bps", X, _CGROUP),
+    Field("HostConfig.BlkioDeviceReadIOps", "--device-read-iops", X, _CGROUP),
+    Field("HostConfig.BlkioDeviceWriteIOps", "--device-write-iops", X, _CGROUP),
+    Field("HostConfig.StorageOpt", "--storage-opt", X, "the writable disk's size is fixed for now"),
+    Field("HostConfig.Annotations", "--annotation", X, "there is no OCI runtime to pass them to"),
+    Field("HostConfig.MaskedPaths", "MaskedPaths", X, "the masked paths are the runtime's"),
+    Field("HostConfig.ReadonlyPaths", "ReadonlyPaths", X, "the read-only paths are the runtime's"),
+    Field("HostConfig.CpuCount", "--cpu-count", X, _WIN),
+    Field("HostConfig.CpuPercent", "--cpu-percent", X, _WIN),
+    Field("HostConfig.IOMaximumIOps", "--io-maxiops", X, _WIN),
+    Field("HostConfig.IOMaximumBandwidth", "--io-maxbandwidth", X, _WIN),
+    # -- NetworkingConfig ---------------------------------------------------------------------------
+    Field(
+        "NetworkingConfig.EndpointsConfig",
+        "--ip, --ip6, --network-alias, --link-local-ip",
+        H,
+        "an entry for the default network with nothing set is accepted; any setting is refused",
+    ),
+)
+BY_PATH: Mapping[str, Field] = {field.path: field for field in FIELDS}
+SECTIONS = ("HostConfig", "NetworkingConfig")
+
+
+def check_create_body(body: Mapping[str, Any]) -> None:
+    """Refuse, by name, every field of `body` that asks for what Hyper does not do."""
+    sections: list[tuple[str, Mapping[str, Any]]] = [("", body)]
+    for name in SECTIONS:
+        section = body.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise InvalidArgument(f"{name} must be an object")
+        sections.append((f"{name}.", section))
+    for prefix, section in sections:
+        for key, value in section.items():
+            path = prefix + key
+            if path in SECTIONS:
+                continue
+            field = BY_PATH.get(path)
+            if field is None:
+                if not empty(value):
+                    raise InvalidArgument(
+                        f"Hyper does not know the container setting {path}, so it refuses it rather "
+                        "than ignore it",
+                        hint=f"leave it out; {DOCS}",
+                    )
+                continue
+            refused = field.effective is Decision.REFUSED and not field.unset(value)
+            if refused or (field.limit is not None and not field.limit(value)):
+                hint = f"{field.note}; {DOCS}" if field.note else DOCS
+                raise InvalidArgument(f"Hyper does not support {field.what} yet ({path})", hint=hint)
