@@ -5,6 +5,7 @@ No test asserts a wall-clock time; timeouts only stop a test that hangs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -390,3 +391,37 @@ def _as_nobody(home: Path, command: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+def test_confinement_options_of_the_cli_reach_the_container(hyper_env: HyperEnv, tmp_path: Path) -> None:
+    # A profile file that the CLI reads and sends, as the docker CLI does: everything
+    # allowed but mkdir, which fails with EPERM.
+    profile = tmp_path / "profile.json"
+    profile.write_text(
+        json.dumps(
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}],
+            }
+        )
+    )
+    script = (
+        "grep -E '^(CapEff|Seccomp):' /proc/self/status | tr -d '\\t' | sed 's/:/=/'\n"
+        "echo nofile=$(ulimit -n)\n"
+        "echo shm=$(df -k /dev/shm | tail -1 | awk '{print $2}')\n"
+        "mkdir /tmp/x 2>/dev/null && echo mkdir=ok || echo mkdir=denied\n"
+        "echo pid=$$\n"
+    )
+    result = hyper_env.run(
+        "run", "--rm", "--cap-drop", "chown", "--cap-add", "SYS_PTRACE", "--ulimit", "nofile=256:512",
+        "--shm-size", "32m", "--security-opt", f"seccomp={profile}", "--init", BUSYBOX, "sh", "-c", script,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    seen = dict(line.split("=", 1) for line in result.stdout.decode().split())
+    caps = int(seen["CapEff"], 16)
+    assert not caps & (1 << 0) and caps & (1 << 19)  # CAP_CHOWN dropped, CAP_SYS_PTRACE added
+    assert (seen["Seccomp"], seen["mkdir"]) == ("2", "denied")  # the file's profile, not Docker's default
+    assert (seen["nofile"], seen["shm"]) == ("256", str(32 << 10))
+    assert seen["pid"] != "1"  # --init is PID 1
+    refused = hyper_env.run("run", "--rm", "--cap-add", "NO_SUCH_CAP", BUSYBOX, "true")
+    assert refused.returncode == 125 and b"unknown capability" in refused.stderr

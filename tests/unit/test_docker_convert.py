@@ -114,7 +114,7 @@ def test_a_docker_entrypoint_of_several_words_leads_the_command() -> None:
     [
         ({"Binds": ["/tmp:/x"]}, "bind mounts (-v/--mount)"),
         ({"PortBindings": {"80/tcp": [{"HostPort": "80"}]}}, "published ports (-p)"),
-        ({"Privileged": True}, "privileged containers"),
+        ({"Tmpfs": {"/run": ""}}, "--tmpfs"),
         ({"Devices": [{"PathOnHost": "/dev/kvm"}]}, "host devices (--device)"),
         ({"NetworkMode": "host"}, "network mode 'host'"),
     ],

@@ -99,14 +99,26 @@ def add_lifecycle_options(parser: argparse.ArgumentParser) -> None:
         "--health-retries", type=int, metavar="N", help="failures in a row that make it unhealthy"
     )
     group.add_argument("--no-healthcheck", action="store_true", help="disable the image's HEALTHCHECK")
-    confinement = parser.add_argument_group("confinement (not honoured yet: refused when given)")
-    confinement.add_argument("--cap-add", action="append", default=[], metavar="CAP")
-    confinement.add_argument("--cap-drop", action="append", default=[], metavar="CAP")
-    confinement.add_argument("--privileged", action="store_true")
-    confinement.add_argument("--security-opt", action="append", default=[], metavar="OPTION")
+    confinement = parser.add_argument_group(
+        "confinement (Docker's default capabilities and seccomp otherwise)"
+    )
+    confinement.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability")
+    confinement.add_argument(
+        "--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability"
+    )
+    confinement.add_argument(
+        "--privileged", action="store_true", help="every capability, no seccomp, the VM's devices"
+    )
+    confinement.add_argument(
+        "--security-opt",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="no-new-privileges, seccomp=unconfined or seccomp=PROFILE.json",
+    )
     confinement.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]")
-    confinement.add_argument("--shm-size", metavar="SIZE")
-    confinement.add_argument("--init", action="store_true")
+    confinement.add_argument("--shm-size", metavar="SIZE", help="the size of /dev/shm (default 64m)")
+    confinement.add_argument("--init", action="store_true", help="a minimal init as PID 1")
 
 
 def run_command(args: argparse.Namespace, ctx: CliContext) -> int:

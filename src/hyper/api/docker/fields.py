@@ -174,21 +174,28 @@ FIELDS: tuple[Field, ...] = (
         "HostConfig.Privileged",
         "privileged containers (--privileged)",
         H,
-        "every capability and the VM's devices",
+        "every capability, no seccomp filter, no masked paths, a writable /sys and the VM's devices "
+        "(not the agent's channel)",
         option="privileged",
     ),
     Field(
         "HostConfig.SecurityOpt",
         "--security-opt",
         H,
-        "no-new-privileges, seccomp profiles",
+        "no-new-privileges, seccomp=unconfined or a profile (Docker's default profile otherwise)",
         option="security_opt",
     ),
     Field(
         "HostConfig.Ulimits", "--ulimit", H, "resource limits of the container's processes", option="ulimits"
     ),
     Field("HostConfig.ShmSize", "--shm-size", H, "the size of /dev/shm (default 64 MiB)", option="shm_size"),
-    Field("HostConfig.Init", "--init", H, "a minimal init as the container's PID 1", option="init"),
+    Field(
+        "HostConfig.Init",
+        "--init",
+        H,
+        "the agent's minimal init as PID 1: it reaps orphans and passes signals on",
+        option="init",
+    ),
     Field("HostConfig.Binds", "bind mounts (-v/--mount)", X, _VOL),
     Field("HostConfig.Mounts", "mounts (--mount, --use-api-socket)", X, _VOL),
     Field("HostConfig.VolumesFrom", "--volumes-from", X, _VOL),
