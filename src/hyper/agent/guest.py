@@ -27,6 +27,7 @@ import time
 
 from hyper.agent import guest_boot
 from hyper.agent import guest_container as containers
+from hyper.agent import guest_net
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_process import Process, set_window_size
 from hyper.agent.guest_requests import ContainerRequests
@@ -347,6 +348,11 @@ class Agent(ContainerRequests):
             sys_.add_entropy(bytes.fromhex(require(message, "entropy", str))[:512])
         etc = require(message, "etc_files", dict)
         self.etc_files = {str(k): str(v) for k, v in etc.items() if k in ("hosts", "hostname", "resolv.conf")}
+        network = message.get("network")
+        if network is not None:
+            if not isinstance(network, dict):
+                raise ProtocolError("setup's network must be an object")
+            return {"interfaces": guest_net.configure(network)}
         return {}
 
     def _do_signal(self, message: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import os
 import time
 
 from hyper.agent import guest_archive as archive
-from hyper.agent import guest_container, guest_security
+from hyper.agent import guest_container, guest_net, guest_security
 from hyper.agent import guest_stats as stats
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_process import ContainerRoot, Process, spawn, spawn_call
@@ -162,7 +162,8 @@ class ContainerRequests:
         return stats.top(container.pid_ns, members, stats.clock_ticks())
 
     def _do_stats(self, message: dict[str, Any]) -> dict[str, Any]:
-        return stats.guest_stats()
+        # Link state beside the counters: a NIC that is down is why traffic stopped.
+        return {**stats.guest_stats(), "links": guest_net.link_states()}
 
     def _do_archive_stat(self, message: dict[str, Any]) -> dict[str, Any]:
         container = self._container(message)

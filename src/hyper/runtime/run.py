@@ -27,6 +27,7 @@ from pathlib import Path
 from hyper.agent.host import AgentClient, AgentRequestError, ProcessChannel
 from hyper.errors import Category, FailedPrecondition, HyperError, InvalidArgument
 from hyper.image import Image, ImageStore, LayerDisk
+from hyper.network.pod import PodNetwork, no_network
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
 from hyper.runtime import templates
@@ -152,6 +153,9 @@ class ContainerRun:
         self.record: dict[str, object] = {}
         self.fresh = True  # whether this run made the container's directory
         self.stop: ForegroundStop | None = None  # a foreground run's SIGINT/SIGTERM handling
+        # The pod's network for this run (hyperd's NetworkManager makes it); None: loopback only.
+        self.network: PodNetwork | None = None
+        self._device_macs: tuple[str, ...] = ()
 
     def save_record(self, **changes: object) -> None:
         self.record.update(changes)
@@ -245,7 +249,19 @@ class ContainerRun:
             memory_mib=self.options.memory_mib,
             cpus=self.options.cpus,
             run_dir=self.run_dir,
+            nics=self._pod_network().nics,
         )
+
+    def _pod_network(self) -> PodNetwork:
+        if self.network is not None:
+            return self.network
+        hostname = self.options.hostname or self.id[:12]
+        try:
+            resolv = Path("/etc/resolv.conf").read_text()
+        except OSError:
+            resolv = ""
+        files = specs.etc_files(hostname, resolv)
+        return no_network(files["hosts"], files["resolv.conf"])
 
     async def launch(self, prepared: Prepared) -> Launched:
         """Make the container's files and VM and start its process, for an owner
@@ -326,7 +342,8 @@ class ContainerRun:
                 console_tail="",
                 hint="install Debian's qemu-system-x86 (make demo does it), or set HYPER_QEMU",
             )
-        if self.settings.templates and len(layers) <= templates.LAYER_SLOTS:
+        fits_template = len(layers) <= templates.LAYER_SLOTS and len(base.nics) <= templates.NIC_SLOTS
+        if self.settings.templates and fits_template:
             fits = await asyncio.to_thread(lambda: all(templates.fits_slot(p) for p in layer_paths))
             if fits:
                 cache = templates.TemplateCache(self.paths.templates, self.settings.console_log_dir)
@@ -382,11 +399,14 @@ class ContainerRun:
             disks=templates.slot_disks(layer_paths, writable, cache.placeholder()),
             memory_file=template.memory,
             incoming_state=template.state,
+            nics=templates.template_nics(base.nics),
         )
         return await self._boot(spec)
 
     async def _boot(self, spec: VmSpec) -> tuple[QemuDriver, AgentClient]:
-        vm = QemuDriver(spec, self.settings.qemu_binary, detached=self.detached)
+        nic_fds = self.network.fds if self.network is not None else ()
+        vm = QemuDriver(spec, self.settings.qemu_binary, detached=self.detached, nic_fds=nic_fds)
+        self._device_macs = tuple(nic.mac for nic in spec.nics)
         if self.stop is not None:
             self.stop.kill_vm = vm.kill_now
         try:
@@ -420,14 +440,12 @@ class ContainerRun:
     async def _mount_container(self, agent: AgentClient, layers: list[LayerDisk]) -> None:
         """The guest's hostname, clock and entropy, and the container's root mounted."""
         hostname = self.options.hostname or self.id[:12]
-        try:
-            resolv = Path("/etc/resolv.conf").read_text()
-        except OSError:
-            resolv = ""
+        network = self._pod_network()
         await agent.request(
             "setup",
             hostname=hostname,
-            etc_files=specs.etc_files(hostname, resolv),
+            etc_files={"hostname": f"{hostname}\n", "hosts": network.hosts, "resolv.conf": network.resolv_conf},
+            network=network.guest_request(self._device_macs),
             # A VM resumed from a template has the template's clock and CRNG state.
             time_ns=time.time_ns(),
             entropy=secrets.token_hex(64),

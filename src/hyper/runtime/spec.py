@@ -84,6 +84,17 @@ class RunOptions:
     health_timeout: float = 0.0
     health_start_period: float = 0.0
     health_retries: int = 0
+    # Networking, in Docker's textual forms (hyper.network.request checks them).
+    network: str = "bridge"  # a network's name or ID, or "none"
+    network_aliases: tuple[str, ...] = ()
+    ip: str | None = None
+    publish: tuple[str, ...] = ()  # -p [IP:][HOSTPORT:]PORT[/PROTO]
+    publish_all: bool = False  # -P
+    expose: tuple[str, ...] = ()  # --expose and the image's EXPOSE, "80/tcp"
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    extra_hosts: tuple[str, ...] = ()  # --add-host NAME:IP
 
 
 @dataclass(frozen=True)

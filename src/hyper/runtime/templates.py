@@ -31,11 +31,17 @@ from pathlib import Path
 
 from hyper.runtime.boot import boot_agent
 from hyper.vm.accel import Accel
-from hyper.vm.driver import DiskSpec, VmSpec
+from hyper.network.pod import UNCONNECTED_MAC
+from hyper.vm.driver import DiskSpec, NicSpec, VmSpec
 from hyper.vm.qemu import QemuDriver
 
-TEMPLATE_VERSION = "1"
+TEMPLATE_VERSION = "2"  # 2: every template has one NIC
 LAYER_SLOTS = 12
+# A microvm cannot hot-plug a NIC either: a template has one, connected to
+# nothing; a pod's VM resumed from it gets its own backend behind that device
+# (QEMU migrates a device's state, never its backend), and its own MAC from
+# the agent. A pod on more networks boots the classic way.
+NIC_SLOTS = 1
 SLOT_BYTES = 10 << 30
 WRITABLE_SERIAL = "hw0"
 
@@ -88,6 +94,14 @@ def slot_disks(layers: list[Path], writable: Path, placeholder: Path) -> tuple[D
     ]
     disks.append(DiskSpec(writable, WRITABLE_SERIAL, False))
     return tuple(disks)
+
+
+def template_nics(nics: tuple[NicSpec, ...]) -> tuple[NicSpec, ...]:
+    """A pod's NICs as a VM resumed from a template has them: the template's
+    device (and MAC), the pod's backend."""
+    if len(nics) > NIC_SLOTS:
+        raise ValueError(f"{len(nics)} NICs do not fit {NIC_SLOTS} slot")
+    return tuple(NicSpec(UNCONNECTED_MAC, nic.backend) for nic in nics)
 
 
 def fits_slot(path: Path) -> bool:
@@ -182,6 +196,7 @@ class TemplateCache:
                 disks=slot_disks([], scratch, self.placeholder()),
                 memory_file=work / "memory",
                 memory_shared=True,
+                nics=(NicSpec(UNCONNECTED_MAC, "none"),),
             )
             driver = QemuDriver(spec, config.qemu_binary)
             try:

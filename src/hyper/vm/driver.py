@@ -24,6 +24,22 @@ class DiskSpec:
 
 
 @dataclass(frozen=True)
+class NicSpec:
+    """A virtio-net device and its host side.
+
+    `backend` is "tap" (a tap device the host opened: its descriptor is
+    passed to QEMU, see QemuDriver's `nic_fds`), "stream" (a connected
+    socket of a user-mode network such as passt, passed the same way) or
+    "none" (a device connected to nothing: a VM template's, or --network none).
+    `mac` is the device's address on QEMU's command line; the guest agent
+    sets the pod's own (a VM resumed from a template has the template's).
+    """
+
+    mac: str
+    backend: str = "none"
+
+
+@dataclass(frozen=True)
 class VmSpec:
     name: str
     kernel: Path
@@ -43,6 +59,7 @@ class VmSpec:
     # How its QEMU is confined: decided when it starts (hyper.vm.confine),
     # kept so that adoption and clean-up find its uid and cgroup again.
     jail: JailSpec | None = None
+    nics: tuple[NicSpec, ...] = ()
 
     @property
     def console_log(self) -> Path:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import shutil
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from qemu.qmp import QMPClient
@@ -80,8 +82,18 @@ class QemuDriver:
     process started.
     """
 
-    def __init__(self, spec: VmSpec, binary: str = QEMU_BINARY, *, detached: bool = False) -> None:
+    def __init__(
+        self,
+        spec: VmSpec,
+        binary: str = QEMU_BINARY,
+        *,
+        detached: bool = False,
+        nic_fds: Sequence[int] = (),
+    ) -> None:
         self._spec = spec
+        # The host sides of the NICs with a tap or stream backend, in order: the
+        # caller keeps (and closes) these; QEMU gets copies.
+        self._nic_fds = tuple(nic_fds)
         self._binary = binary
         self._state = VmState.CREATED
         self._process: asyncio.subprocess.Process | None = None
@@ -220,8 +232,15 @@ class QemuDriver:
         opened: list[int] = []
         try:
             pairs = []
+            nic_fds = iter(self._nic_fds)
             for passed in passed_files(self._spec):
-                opened.append(open_passed(passed))
+                if passed.kind == "nic":
+                    source = next(nic_fds, None)
+                    if source is None:
+                        raise FailedPrecondition(f"VM {self._spec.name}: no descriptor for {passed.path}")
+                    opened.append(fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, 3))
+                else:
+                    opened.append(open_passed(passed))
                 pairs.append((opened[-1], passed.fd))
             lease_fd = prepared.lease.fd if prepared.lease is not None else None
             document = jailer_document(

@@ -26,6 +26,7 @@ QEMU_BINARY = "qemu-system-x86_64"
 # fork or exec, no changing its own scheduling or resource limits.
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 QMP_FD, AGENT_FD, CONSOLE_FD, FIRST_DISK_FD = 3, 4, 5, 6
+NIC_FD_BACKENDS = ("tap", "stream")
 
 
 def _escape(value: str | Path) -> str:
@@ -39,7 +40,7 @@ class PassedFile:
 
     fd: int
     path: Path
-    kind: str  # "listener" (a bound, listening unix socket), "log" or "disk"
+    kind: str  # "listener" (a bound, listening unix socket), "log", "disk", or "nic" (opened by the caller)
     writable: bool
     fdset: int | None = None  # for `-add-fd`: files QEMU opens as /dev/fdset/N
 
@@ -57,7 +58,28 @@ def passed_files(spec: VmSpec) -> tuple[PassedFile, ...]:
         if key not in disks:
             number = len(disks)
             disks[key] = PassedFile(FIRST_DISK_FD + number, disk.path, "disk", key[1], fdset=2 + number)
-    return (*files, *disks.values())
+    nics = [
+        PassedFile(FIRST_DISK_FD + len(disks) + index, Path(f"nic{index}"), "nic", True)
+        for index, nic in enumerate(spec.nics)
+        if nic.backend in NIC_FD_BACKENDS
+    ]
+    return (*files, *disks.values(), *nics)
+
+
+def nic_arguments(spec: VmSpec, files: tuple[PassedFile, ...]) -> list[str]:
+    """-netdev and -device for each NIC: a passed tap or stream descriptor, or a
+    hub port with nothing else on its hub (a device connected to nothing)."""
+    fds = {int(str(f.path)[3:]): f.fd for f in files if f.kind == "nic"}
+    command: list[str] = []
+    for index, nic in enumerate(spec.nics):
+        if nic.backend == "tap":
+            netdev = f"tap,id=net{index},fd={fds[index]},vhost=off"
+        elif nic.backend == "stream":
+            netdev = f"stream,id=net{index},addr.type=fd,addr.str={fds[index]}"
+        else:
+            netdev = f"hubport,id=net{index},hubid={index}"
+        command += ["-netdev", netdev, "-device", f"virtio-net-device,netdev=net{index},mac={nic.mac}"]
+    return command
 
 
 def _disk_fdset(files: tuple[PassedFile, ...], path: Path, writable: bool) -> int:
@@ -148,7 +170,7 @@ def build_command(spec: VmSpec, binary: str = QEMU_BINARY) -> list[str]:
         ]
         command += ["-drive", ",".join(drive)]
         command += ["-device", f"virtio-blk-device,drive=disk{index},serial={_escape(disk.serial)}"]
-    return command
+    return command + nic_arguments(spec, files)
 
 
 def open_passed(passed: PassedFile) -> int:
@@ -164,6 +186,8 @@ def open_passed(passed: PassedFile) -> int:
             listener.close()
             raise
         return listener.detach()
+    if passed.kind == "nic":
+        raise ValueError("a NIC's descriptor is opened by the network, not by path")
     if passed.kind == "log":
         return os.open(passed.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     return os.open(passed.path, (os.O_RDWR if passed.writable else os.O_RDONLY) | os.O_CLOEXEC)

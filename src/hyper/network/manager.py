@@ -1,0 +1,521 @@
+"""hyperd's networks: records, addresses, bridges, taps, NAT, published ports and DNS.
+
+`NetworkManager` is the one door hyperd's pods and API go through:
+- networks: create, list, find, remove, prune (records in SQLite; Docker's
+  `bridge` is made at start-up);
+- a container's wishes (`configure` at create, `connect`/`disconnect` while
+  it is not running, `forget` at removal);
+- a pod's VM: `attach` before it boots (addresses from IPAM, host ports held,
+  bridges and rules made, taps opened, names served) and `release` after it
+  stops; `recover` at hyperd's start for whatever ran meanwhile.
+
+The kernel's state (bridges, Hyper's nftables table, the resolver's sockets)
+is derived from the records by `_sync`, which makes it match exactly: a
+network's bridge, rules and resolver exist while a running pod is on it.
+Taps are not in it: each lives as long as its QEMU (hyper.network.links).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
+from pathlib import Path
+
+from hyper.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from hyper.network import dns, links, nftables
+from hyper.network.model import (
+    BRIDGE_PREFIX,
+    DEFAULT_BRIDGE,
+    DEFAULT_NETWORK,
+    NO_NETWORK,
+    TAP_PREFIX,
+    Attachment,
+    Endpoint,
+    Network,
+    Publication,
+    check_dns_name,
+    check_in_subnet,
+    check_network_name,
+    choose_subnet,
+    etc_hosts,
+    mac_for,
+    overlapping,
+    parse_address,
+    parse_subnet,
+    resolv_conf,
+)
+from hyper.network.pod import GuestInterface, PodNetwork, no_network
+from hyper.network.ports import PortReservations
+from hyper.network.request import NetworkConfig, NetworkRequest
+from hyper.network.store import NetworkStore
+
+log = logging.getLogger("hyper.network")
+
+RESOLV_CONF = Path("/etc/resolv.conf")
+
+
+def mode_reason() -> tuple[str, str]:
+    """Which network mode this hyperd can give pods, and why."""
+    if os.geteuid() != 0:
+        return (
+            "none",
+            "not root: bridges, taps and nftables need root (user-mode networking is not built yet)",
+        )
+    return "bridge", "root: a bridge per network, a tap per pod, NAT and published ports with nftables"
+
+
+class NetworkManager:
+    def __init__(
+        self,
+        db_path: Path,
+        config: NetworkConfig | None = None,
+        *,
+        container_name: Callable[[str], str | None] = lambda container_id: None,
+    ) -> None:
+        self.store = NetworkStore(db_path)
+        self.config = config or NetworkConfig()
+        self.container_name = container_name
+        self.dns = dns.DnsServer()
+        self._reservations: dict[str, PortReservations] = {}
+        self._requests: dict[str, NetworkRequest] = {}
+        self._lock = asyncio.Lock()
+        self.enabled = os.geteuid() == 0
+
+    # -- networks ---------------------------------------------------------------
+    async def ensure_default(self) -> Network:
+        with contextlib.suppress(NotFound):
+            return self.store.resolve(DEFAULT_NETWORK)
+        subnet = self.config.bridge_subnet
+        if subnet is None:
+            taken = await asyncio.to_thread(self._taken_subnets)
+            subnet = choose_subnet(taken)
+        network = Network(
+            id=secrets.token_hex(32),
+            name=DEFAULT_NETWORK,
+            subnet=subnet,
+            gateway=subnet.network_address + 1,
+            created=time.time(),
+        )
+        self.store.insert_network(network)
+        return network
+
+    def _taken_subnets(self) -> list[IPv4Network]:
+        ours = {n.bridge for n in self.store.networks()}
+        routes = links.host_routes() if self.enabled else []
+        # Routes through Hyper's own bridges are its networks, counted below.
+        return [r for r in routes if not self._route_is_ours(r, ours)] + [
+            n.subnet for n in self.store.networks()
+        ]
+
+    def _route_is_ours(self, route: IPv4Network, bridges: set[str]) -> bool:
+        return any(route == n.subnet for n in self.store.networks() if n.bridge in bridges)
+
+    async def create(
+        self,
+        name: str,
+        *,
+        subnet: str | None = None,
+        gateway: str | None = None,
+        internal: bool = False,
+        labels: Mapping[str, str] | None = None,
+        driver: str = "bridge",
+    ) -> Network:
+        check_network_name(name)
+        if driver not in ("bridge", ""):
+            raise InvalidArgument(f"Hyper has no network driver {driver!r}", hint="use the bridge driver")
+        if name in (NO_NETWORK, "host", "default"):
+            raise InvalidArgument(f"{name!r} is a reserved network name", hint="choose another name")
+        existing = self.store.networks()
+        if any(n.name == name for n in existing):
+            raise AlreadyExists(f"a network named {name!r} already exists", hint="choose another name")
+        if subnet:
+            chosen = parse_subnet(subnet)
+            clash = overlapping(chosen, existing)
+            if clash is not None:
+                raise InvalidArgument(
+                    f"the subnet {chosen} overlaps the subnet {clash.subnet} of network {clash.name}",
+                    hint="choose a subnet that no other network uses",
+                )
+            routes = await asyncio.to_thread(self._taken_subnets)
+            route = next(
+                (r for r in routes if r.overlaps(chosen) and r not in [n.subnet for n in existing]), None
+            )
+            if route is not None:
+                raise InvalidArgument(
+                    f"the subnet {chosen} overlaps the host's route to {route}",
+                    hint="choose a subnet the host does not route elsewhere",
+                )
+        else:
+            if gateway:
+                raise InvalidArgument("--gateway needs --subnet", hint="give the subnet the gateway is in")
+            chosen = choose_subnet(await asyncio.to_thread(self._taken_subnets))
+        gateway_address = parse_address(gateway, "gateway") if gateway else chosen.network_address + 1
+        check_in_subnet(gateway_address, chosen, "gateway")
+        network = Network(
+            id=secrets.token_hex(32),
+            name=name,
+            subnet=chosen,
+            gateway=gateway_address,
+            internal=internal,
+            labels=dict(labels or {}),
+            created=time.time(),
+        )
+        self.store.insert_network(network)
+        return network
+
+    def networks(self) -> list[Network]:
+        return self.store.networks()
+
+    def find(self, ref: str) -> Network:
+        return self.store.resolve(ref)
+
+    def endpoints(self, network: Network) -> list[Endpoint]:
+        return self.store.endpoints(network_id=network.id)
+
+    async def remove(self, ref: str) -> Network:
+        network = self.store.resolve(ref)
+        if network.is_default:
+            raise FailedPrecondition(
+                "bridge is a pre-defined network and cannot be removed", hint="remove your own networks only"
+            )
+        users = self.store.attached_containers(network.id)
+        if users:
+            names = ", ".join(self.container_name(c) or c[:12] for c in users)
+            raise FailedPrecondition(
+                f"network {network.name} is in use by container(s) {names}",
+                hint="remove or disconnect those containers first",
+            )
+        self.store.delete_network(network.id)
+        return network
+
+    async def prune(self, keep: Callable[[Network], bool] = lambda n: False) -> list[Network]:
+        removed = []
+        for network in self.store.networks():
+            if network.is_default or keep(network) or self.store.attached_containers(network.id):
+                continue
+            self.store.delete_network(network.id)
+            removed.append(network)
+        return removed
+
+    # -- a container's wishes ------------------------------------------------------
+    def check_request(self, request: NetworkRequest) -> Network | None:
+        """The request's network (None for `none`), every field checked; nothing is written."""
+        if request.mode == "host":
+            raise InvalidArgument(
+                "the host network mode is not possible in a VM",
+                hint="a Hyper container has its own kernel; publish ports with -p instead",
+            )
+        if request.mode.startswith("container:"):
+            raise InvalidArgument(
+                "sharing another container's network (--network container:NAME) is not supported",
+                hint="put both on one user-defined network and use its names",
+            )
+        for alias in request.aliases:
+            check_dns_name(alias, "network alias")
+        for server in request.dns:
+            parse_address(server, "--dns server")
+        for domain in request.dns_search:
+            check_dns_name(domain, "--dns-search domain")
+        if request.mode == NO_NETWORK:
+            if request.ports:
+                raise InvalidArgument(
+                    "published ports need a network", hint="leave out --network none, or -p"
+                )
+            if request.aliases or request.ip:
+                raise InvalidArgument("--network none takes no alias or address")
+            return None
+        network = self.store.resolve(request.mode)
+        if request.aliases and network.is_default:
+            raise InvalidArgument(
+                "network aliases work on user-defined networks only, as in Docker",
+                hint="create a network with `hyper network create` and use --network",
+            )
+        if request.ip:
+            address = parse_address(request.ip, "--ip address")
+            if network.is_default:
+                raise InvalidArgument(
+                    "a chosen address (--ip) works on user-defined networks only, as in Docker",
+                    hint="create a network with --subnet and use --network",
+                )
+            check_in_subnet(address, network.subnet, "address")
+            if address == network.gateway:
+                raise InvalidArgument(
+                    f"the address {address} is the network's gateway", hint="choose another"
+                )
+        return network
+
+    def configure(self, container_id: str, request: NetworkRequest) -> None:
+        """Record the container's network at create; bad requests write nothing."""
+        network = self.check_request(request)
+        self._requests[container_id] = request
+        if network is not None:
+            ip = IPv4Address(request.ip) if request.ip else None
+            self.store.attach(container_id, Attachment(network.id, request.aliases, ip))
+
+    def remember(self, container_id: str, request: NetworkRequest) -> None:
+        """A container found again at hyperd's start: its request (ports, DNS) in memory."""
+        self._requests[container_id] = request
+
+    def forget(self, container_id: str) -> None:
+        self.store.detach(container_id)
+        self._requests.pop(container_id, None)
+
+    async def connect(
+        self,
+        container_id: str,
+        ref: str,
+        *,
+        aliases: tuple[str, ...] = (),
+        ip: str | None = None,
+        running: bool,
+    ) -> Network:
+        network = self.store.resolve(ref)
+        if running:
+            raise FailedPrecondition(
+                f"cannot connect a running container to network {network.name}: its VM cannot get a new NIC",
+                hint="stop the container, connect it, then start it again",
+            )
+        request = self._requests.get(container_id, NetworkRequest())
+        if request.mode == NO_NETWORK:
+            raise FailedPrecondition(
+                "the container has --network none", hint="create it on a network to connect it to others"
+            )
+        self.check_request(dataclasses.replace(request, mode=network.id, aliases=aliases, ip=ip, ports=()))
+        self.store.attach(container_id, Attachment(network.id, aliases, IPv4Address(ip) if ip else None))
+        return network
+
+    async def disconnect(self, container_id: str, ref: str, *, running: bool) -> Network:
+        network = self.store.resolve(ref)
+        if running:
+            raise FailedPrecondition(
+                f"cannot disconnect a running container from network {network.name}:"
+                " its VM cannot lose its NIC",
+                hint="stop the container first",
+            )
+        if network.id not in [a.network_id for a in self.store.attachments(container_id)]:
+            raise FailedPrecondition(f"the container is not connected to network {network.name}")
+        self.store.detach(container_id, network.id)
+        return network
+
+    def attachments(self, container_id: str) -> list[tuple[Network, Attachment]]:
+        by_id = {n.id: n for n in self.store.networks()}
+        return [
+            (by_id[a.network_id], a) for a in self.store.attachments(container_id) if a.network_id in by_id
+        ]
+
+    def publications(self, container_id: str) -> list[Publication]:
+        return self.store.publications(container_id)
+
+    def container_endpoints(self, container_id: str) -> list[Endpoint]:
+        return self.store.endpoints(container_id=container_id)
+
+    # -- a pod's VM -------------------------------------------------------------
+    async def attach(self, container_id: str, hostname: str) -> PodNetwork:
+        """Everything the pod's VM needs before it boots. On failure nothing is left."""
+        request = self._requests.get(container_id, NetworkRequest())
+        host_resolv = _read_resolv_conf()
+        attachments = self.attachments(container_id)
+        if request.mode == NO_NETWORK or not attachments:
+            return no_network(
+                etc_hosts(hostname, (), request.extra_hosts), _own_resolvers(host_resolv, request)
+            )
+        if not self.enabled:
+            raise FailedPrecondition(
+                "networks need root here (bridges, taps and nftables)",
+                hint="run the container with --network none, or run hyperd as root",
+            )
+        async with self._lock:
+            reservations = PortReservations()
+            pod: PodNetwork | None = None
+            try:
+                endpoints = [
+                    self.store.allocate(container_id, network, attachment.ip, attachment.aliases, mac_for)
+                    for network, attachment in attachments
+                ]
+                primary_network, _ = attachments[0]
+                held = await asyncio.to_thread(reservations.hold_all, request.ports)
+                self.store.publish(
+                    [Publication(container_id, primary_network.id, endpoints[0].ip, port) for port in held]
+                )
+                await self._sync(host_resolv)
+                interfaces = []
+                pod = PodNetwork((), "", "")
+                for index, ((network, _), endpoint) in enumerate(zip(attachments, endpoints, strict=True)):
+                    name = f"{TAP_PREFIX}{container_id[:10]}{index}"
+                    pod.fds.append(
+                        await asyncio.to_thread(links.open_tap, name, network.bridge, self.config.mtu)
+                    )
+                    interfaces.append(
+                        GuestInterface(
+                            mac=endpoint.mac,
+                            address=IPv4Interface(f"{endpoint.ip}/{network.subnet.prefixlen}"),
+                            mtu=self.config.mtu,
+                            gateway=network.gateway if index == 0 and not network.internal else None,
+                        )
+                    )
+                primary = attachments[0][0]
+                pod.interfaces = tuple(interfaces)
+                pod.hosts = etc_hosts(hostname, [endpoints[0].ip], request.extra_hosts)
+                pod.resolv_conf = self._pod_resolv_conf(primary, request, host_resolv)
+            except BaseException:
+                if pod is not None:
+                    pod.close()
+                reservations.close()
+                self.store.release(container_id)
+                with contextlib.suppress(Exception):
+                    await self._sync(host_resolv)
+                raise
+            self._reservations[container_id] = reservations
+            return pod
+
+    def _pod_resolv_conf(self, network: Network, request: NetworkRequest, host_resolv: str) -> str:
+        search = request.dns_search or _host_search(host_resolv)
+        if network.is_default and request.dns:
+            return resolv_conf(request.dns, search, request.dns_options)
+        # hyperd's resolver, on the gateway: names on the network, the rest forwarded.
+        return resolv_conf([str(network.gateway)], search, request.dns_options)
+
+    async def release(self, container_id: str) -> None:
+        """The pod's VM stopped (or never started): its addresses, ports and names go."""
+        reservations = self._reservations.pop(container_id, None)
+        if reservations is not None:
+            reservations.close()
+        if not self.store.endpoints(container_id=container_id):
+            return
+        self.store.release(container_id)
+        async with self._lock:
+            await self._sync(_read_resolv_conf())
+
+    async def recover(self, running: Iterable[str]) -> None:
+        """hyperd's start: endpoints of pods that no longer run are freed, the
+        ports of those that do are held again, and the kernel made to match."""
+        alive = set(running)
+        for endpoint in self.store.endpoints():
+            if endpoint.container_id not in alive:
+                self.store.release(endpoint.container_id)
+        for publication in self.store.publications():
+            if publication.container_id not in alive:
+                self.store.release(publication.container_id)
+        for container_id in alive:
+            ports = [p.port for p in self.store.publications(container_id)]
+            if not ports:
+                continue
+            reservations = PortReservations()
+            try:
+                await asyncio.to_thread(reservations.hold_all, ports)
+            except Exception as exc:
+                log.warning("container %s: cannot hold its published ports again: %s", container_id[:12], exc)
+                continue
+            self._reservations[container_id] = reservations
+        if self.enabled:
+            async with self._lock:
+                await self._sync(_read_resolv_conf())
+
+    async def shutdown(self) -> None:
+        """hyperd stops: the pods run on, and so do their rules; the resolver and
+        the port holds end (the next hyperd takes them again)."""
+        for reservations in self._reservations.values():
+            reservations.close()
+        self._reservations.clear()
+        await asyncio.to_thread(self.dns.stop)
+        self.store.close()
+
+    # -- the kernel's state ----------------------------------------------------------
+    async def _sync(self, host_resolv: str) -> None:
+        """Make bridges, Hyper's nftables table and the resolver match the records."""
+        networks = {n.id: n for n in self.store.networks()}
+        endpoints = self.store.endpoints()
+        active_ids = {e.network_id for e in endpoints if e.network_id in networks}
+        active = [nftables.ActiveNetwork(networks[i], networks[i].bridge) for i in sorted(active_ids)]
+        publications = self.store.publications()
+        await asyncio.to_thread(self._apply_kernel_state, active, publications)
+        self.dns.update(self._directory(networks, endpoints, host_resolv))
+        await asyncio.to_thread(self.dns.listen, [str(a.network.gateway) for a in active])
+
+    def _apply_kernel_state(
+        self, active: list[nftables.ActiveNetwork], publications: list[Publication]
+    ) -> None:
+        for item in active:
+            links.ensure_bridge(item.bridge, item.network.gateway_interface, self.config.mtu)
+        if any(not item.network.internal for item in active):
+            links.enable_forwarding()
+        nftables.apply(nftables.ruleset(active, publications))
+        wanted = {item.bridge for item in active}
+        for name in links.links_with_prefix(BRIDGE_PREFIX, DEFAULT_BRIDGE):
+            if name not in wanted and not name.startswith(TAP_PREFIX):
+                links.delete_link(name)
+
+    def _directory(
+        self, networks: Mapping[str, Network], endpoints: list[Endpoint], host_resolv: str
+    ) -> dns.Directory:
+        names: dict[tuple[str, str], tuple[str, ...]] = {}
+        reverse: dict[str, str] = {}
+        clients: dict[str, dns.Client] = {}
+        by_container: dict[str, list[Endpoint]] = {}
+        for endpoint in endpoints:
+            by_container.setdefault(endpoint.container_id, []).append(endpoint)
+        for container_id, owned in by_container.items():
+            request = self._requests.get(container_id, NetworkRequest())
+            container_name = self.container_name(container_id) or container_id[:12]
+            on = [networks[e.network_id] for e in owned if e.network_id in networks]
+            for endpoint in owned:
+                network = networks.get(endpoint.network_id)
+                if network is None:
+                    continue
+                if not network.is_default:  # Docker's default bridge has no names either
+                    for name in {container_name, container_id[:12], *endpoint.aliases}:
+                        key = (network.id, name.lower())
+                        names[key] = (*names.get(key, ()), str(endpoint.ip))
+                    reverse[str(endpoint.ip)] = f"{container_name}.{network.name}"
+                clients[str(endpoint.ip)] = dns.Client(
+                    container_id=container_id,
+                    networks=frozenset(n.id for n in on),
+                    upstreams=request.dns,
+                    forward=not all(n.internal for n in on),
+                )
+        return dns.Directory(clients, names, reverse, dns.host_resolvers(host_resolv))
+
+    # -- for `hyper info` and the tests --------------------------------------------
+    def kernel_state(self) -> dict[str, int]:
+        bridges = links.links_with_prefix(BRIDGE_PREFIX, DEFAULT_BRIDGE) if self.enabled else []
+        taps = links.links_with_prefix(TAP_PREFIX) if self.enabled else []
+        return {
+            "bridges": len(bridges),
+            "taps": len(taps),
+            "rules": nftables.count_rules(nftables.list_table()) if self.enabled else 0,
+        }
+
+
+def _read_resolv_conf() -> str:
+    try:
+        return RESOLV_CONF.read_text()
+    except OSError:
+        return ""
+
+
+def _host_search(text: str) -> list[str]:
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["search"]:
+            return words[1:]
+    return []
+
+
+def _own_resolvers(host_resolv: str, request: NetworkRequest) -> str:
+    """resolv.conf of a pod without a network: --dns, or the host's that a VM could reach."""
+    servers = request.dns or tuple(s for s in dns.host_resolvers(host_resolv) if not _loopback(s))
+    return resolv_conf(servers, request.dns_search or _host_search(host_resolv), request.dns_options)
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ip_address(address).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,109 @@
+"""What a container asks of the network, from Docker's texts; hyperd's network settings.
+
+Pure: `request_from_options` turns RunOptions' textual network options
+(`--network`, `-p`, `-P`, `--dns`, `--add-host`, …) into a checked
+NetworkRequest, so bad input is refused at create, before anything is made.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from hyper.errors import InvalidArgument
+from hyper.network.model import (
+    DEFAULT_MTU,
+    DEFAULT_NETWORK,
+    PortSpec,
+    parse_extra_host,
+    parse_port_key,
+    parse_publish,
+    parse_subnet,
+)
+
+
+@dataclass(frozen=True)
+class NetworkRequest:
+    """What a container asks of the network, from RunOptions' Docker texts."""
+
+    mode: str = DEFAULT_NETWORK  # a network's name or ID, or "none"
+    aliases: tuple[str, ...] = ()
+    ip: str | None = None
+    ports: tuple[PortSpec, ...] = ()
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """hyperd's network settings from the environment.
+
+    | variable | meaning | default |
+    |---|---|---|
+    | HYPER_BRIDGE_SUBNET | the default `bridge` network's subnet (made once, then kept) | see below |
+    | HYPER_NETWORK_MTU | the MTU of bridges, taps and the pods' NICs | 1500 |
+
+    Without HYPER_BRIDGE_SUBNET the default network takes the first of
+    172.17-31.0.0/16, then 192.168.N.0/20, that no host route overlaps.
+    """
+
+    bridge_subnet: IPv4Network | None = None
+    mtu: int = DEFAULT_MTU
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> NetworkConfig:
+        env = os.environ if environ is None else environ
+        subnet = env.get("HYPER_BRIDGE_SUBNET")
+        mtu_text = env.get("HYPER_NETWORK_MTU", str(DEFAULT_MTU))
+        if not mtu_text.isdigit() or not 576 <= int(mtu_text) <= 65535:
+            raise InvalidArgument(f"HYPER_NETWORK_MTU={mtu_text!r} is not an MTU", hint="give 576 to 65535")
+        return cls(parse_subnet(subnet) if subnet else None, int(mtu_text))
+
+
+def request_from_options(
+    network: str,
+    *,
+    aliases: Iterable[str] = (),
+    ip: str | None = None,
+    publish: Iterable[str] = (),
+    publish_all: bool = False,
+    exposed: Iterable[str] = (),
+    dns_servers: Iterable[str] = (),
+    dns_search: Iterable[str] = (),
+    dns_options: Iterable[str] = (),
+    extra_hosts: Iterable[str] = (),
+) -> NetworkRequest:
+    """RunOptions' textual network options as a checked NetworkRequest (pure)."""
+    ports: list[PortSpec] = []
+    for text in publish:
+        ports += parse_publish(text)
+    if publish_all:
+        published = {p.key for p in ports}
+        for key in exposed:
+            number, protocol = parse_port_key(key)
+            if f"{number}/{protocol}" not in published:
+                ports.append(PortSpec(number, protocol))
+    seen: set[tuple[str, str, int]] = set()
+    for port in ports:
+        if port.host_port:
+            where = (port.protocol, port.host_ip, port.host_port)
+            if where in seen:
+                raise InvalidArgument(
+                    f"the host port {port.host_port}/{port.protocol} is published twice",
+                    hint="give each -p its own host port",
+                )
+            seen.add(where)
+    return NetworkRequest(
+        mode=DEFAULT_NETWORK if network in ("", "default") else network,
+        aliases=tuple(aliases),
+        ip=ip or None,
+        ports=tuple(ports),
+        dns=tuple(dns_servers),
+        dns_search=tuple(dns_search),
+        dns_options=tuple(dns_options),
+        extra_hosts=tuple(parse_extra_host(h) for h in extra_hosts),
+    )
