@@ -56,6 +56,9 @@ class HyperEnv:
             HYPER_RUNTIME_DIR=str(self.runtime),
             HYPER_CACHE_DIR=str(self.cache),
             HYPER_CONSOLE_LOG_DIR=str(self.console_logs),
+            # No bridge or NAT in the machine's own network namespace (tests/integration/test_network*.py
+            # run hyperd in namespaces of their own).
+            HYPER_BRIDGE="none",
         )
         env.update(extra)
         return env

@@ -54,6 +54,7 @@ class DockerHyperd:
         state: Path | None = None,
         cache: Path | None = None,
         environ: dict[str, str] | None = None,
+        netns: str | None = None,
     ) -> None:
         # Unix socket paths are short (108 bytes): the root lives directly under /tmp.
         self.root = Path(tempfile.mkdtemp(prefix="hdk-", dir="/tmp"))
@@ -72,9 +73,14 @@ class DockerHyperd:
             "HYPER_REGISTRY_CONFIG": str(self.root / "no-registries.json"),
             "HYPER_CERTS_DIR": str(self.root / "certs.d"),
             "DOCKER_CONFIG": str(self.root / "hyperd-docker-config"),
+            # No bridge, NAT or resolver in the machine's own network namespace:
+            # only tests that make a namespace for hyperd (netns) get networks.
+            "HYPER_BRIDGE": "bridge" if netns else "none",
             **(environ or {}),
         }
+        self.netns = netns
         self._process: subprocess.Popen[bytes] | None = None
+        self.keep_root = False  # restart(): the next hyperd takes over this state
 
     @property
     def pid(self) -> int:
@@ -90,6 +96,7 @@ class DockerHyperd:
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
                 [
+                    *(["ip", "netns", "exec", self.netns] if self.netns else []),
                     sys.executable,
                     "-m",
                     "hyper.daemon",
@@ -159,6 +166,13 @@ class DockerHyperd:
         except FileNotFoundError:
             return "(no log)"
 
+    def kill9(self) -> None:
+        """SIGKILL hyperd (its VMs run on), as a crash would."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.wait(timeout=10)
+
     def close(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
@@ -168,7 +182,8 @@ class DockerHyperd:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not self.keep_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> DockerHyperd:
         return self.start()

@@ -113,10 +113,8 @@ def test_a_docker_entrypoint_of_several_words_leads_the_command() -> None:
     ("host_config", "named"),
     [
         ({"Binds": ["/tmp:/x"]}, "bind mounts (-v/--mount)"),
-        ({"PortBindings": {"80/tcp": [{"HostPort": "80"}]}}, "published ports (-p)"),
         ({"Tmpfs": {"/run": ""}}, "--tmpfs"),
         ({"Devices": [{"PathOnHost": "/dev/kvm"}]}, "host devices (--device)"),
-        ({"NetworkMode": "host"}, "network mode 'host'"),
     ],
 )
 def test_what_hyper_cannot_honour_is_refused_by_name(host_config: dict[str, Any], named: str) -> None:

@@ -316,14 +316,11 @@ def test_honoured_fields_with_limited_values_refuse_the_others() -> None:
     for path, value in (
         ("HostConfig.IpcMode", "host"),
         ("HostConfig.UsernsMode", "private"),
-        ("HostConfig.NetworkMode", "bridge"),
         ("HostConfig.LogConfig", {"Type": "syslog"}),
         ("HostConfig.LogConfig", {"Type": "json-file", "Config": {"max-size": "1m"}}),
         ("HostConfig.Runtime", "runc"),
         ("HostConfig.Isolation", "hyperv"),
         ("HostConfig.MemorySwap", -1),
-        ("NetworkingConfig.EndpointsConfig", {"default": {"IPAddress": "10.0.0.5"}}),
-        ("NetworkingConfig.EndpointsConfig", {"mynet": {}}),
         ("Healthcheck", {"Test": ["CMD", "true"], "StartInterval": 1_000_000_000}),
     ):
         with pytest.raises(InvalidArgument, match="Hyper does not support"):

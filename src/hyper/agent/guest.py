@@ -25,9 +25,8 @@ import socket
 import sys
 import time
 
-from hyper.agent import guest_boot
+from hyper.agent import guest_boot, guest_net
 from hyper.agent import guest_container as containers
-from hyper.agent import guest_net
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_process import Process, set_window_size
 from hyper.agent.guest_requests import ContainerRequests

@@ -15,6 +15,9 @@ from hyper.daemon.policy import RestartPolicy
 from hyper.daemon.requests import CreateRequest
 from hyper.daemon.state import StateStore, valid_name
 from hyper.errors import HyperError, InvalidArgument, NotFound
+from hyper.image import ImageStore
+from hyper.network.manager import NetworkManager
+from hyper.network.request import NetworkConfig, request_for
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
 from hyper.runtime.confinement import refuse_unhonoured
@@ -31,15 +34,25 @@ class Daemon:
         self.state = StateStore(paths.state / "hyperd.db")
         self.events = EventBus()
         self.pods: dict[str, Pod] = {}
+        self.network = NetworkManager(
+            paths.state / "hyperd.db", NetworkConfig.from_env(), container_name=self._container_name
+        )
         self.execs: dict[str, ExecSession] = {}
         self._background: set[asyncio.Task[None]] = set()
         # Set when hyperd begins to stop: requests that wait (wait, events) end
         # rather than hold the stop up.
         self.stopping = asyncio.Event()
 
+    def _container_name(self, container_id: str) -> str | None:
+        pod = self.pods.get(container_id)
+        return pod.record.name if pod is not None else None
+
     def _pod(self, record: Any) -> Pod:
         pod = Pod(self.paths, self.settings, self.state, record, self.events)
         pod.on_auto_remove = self._auto_remove
+        pod.network = self.network
+        with contextlib.suppress(HyperError):  # checked at create; a bad old record gets no network
+            self.network.remember(record.id, request_for(pod.options))
         self.pods[record.id] = pod
         return pod
 
@@ -47,6 +60,7 @@ class Daemon:
         """Every container of the state: running ones are adopted, the others listed,
         and those whose restart policy says so started again."""
         await asyncio.to_thread(confine.sweep)  # cgroups and uid leases of VMs that are gone
+        await self.network.ensure_default()
         adoptions, starts = [], []
         for record in self.state.all():
             pod = self._pod(record)
@@ -65,6 +79,8 @@ class Daemon:
                 ):
                     starts.append(pod)
         await asyncio.gather(*adoptions)
+        # Addresses and ports of pods that stopped meanwhile are freed; the kernel made to match.
+        await self.network.recover(pod.id for pod in self.pods.values() if pod.running)
         for pod in starts:
             self._in_background(self._start_quietly(pod))
 
@@ -88,8 +104,17 @@ class Daemon:
         refuse_unhonoured(request.options)
         if request.auto_remove and request.restart.name.value != "no":
             raise InvalidArgument("conflicting options: a restart policy and automatic removal (--rm)")
+        image = await asyncio.to_thread(ImageStore(self.paths.images).get, request.options.image)
+        network_request = request_for(request.options, image.config.exposed_ports)
+        self.network.check_request(network_request)  # bad network options create nothing
         pod = await Pod.create(self.paths, self.settings, self.state, self.events, request)
         pod.on_auto_remove = self._auto_remove
+        pod.network = self.network
+        try:
+            self.network.configure(pod.id, network_request)
+        except BaseException:
+            await pod.remove(force=True)
+            raise
         self.pods[pod.id] = pod
         return pod
 
@@ -141,6 +166,7 @@ class Daemon:
         for pod in self.pods.values():
             with contextlib.suppress(Exception):
                 await pod.release()
+        await self.network.shutdown()
         self.state.close()
 
 

@@ -38,6 +38,7 @@ from hyper.daemon.state import ContainerRecord, StateStore
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument
 from hyper.image import Healthcheck, ImageStore
 from hyper.image.model import parse_healthcheck
+from hyper.network.manager import NetworkManager
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
 from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun, start_process
@@ -75,6 +76,7 @@ class Pod:
         self.vm: QemuDriver | None = None
         self.agent: AgentClient | None = None
         self.on_auto_remove: Callable[[Pod], Awaitable[None]] | None = None
+        self.network: NetworkManager | None = None  # hyperd's; each VM run attaches to it
         self.exited = asyncio.Event()  # set while no VM runs the container
         if not self.running:
             self.exited.set()
@@ -173,8 +175,18 @@ class Pod:
         options = self.options
         run = ContainerRun(options, self.paths, self.settings, detached=True, container_id=self.id)
         try:
-            prepared = await run.prepare()
-            launched = await run.launch(prepared)
+            if self.network is not None:
+                run.network = await self.network.attach(self.id, options.hostname or self.id[:12])
+            try:
+                prepared = await run.prepare()
+                launched = await run.launch(prepared)
+            except BaseException:
+                if self.network is not None:
+                    await self.network.release(self.id)
+                raise
+            finally:
+                if run.network is not None:
+                    run.network.close()  # QEMU holds its own copies of the taps now
         except ContainerExit as exc:
             # Docker's answer to a command that cannot start: the container exits 126/127.
             self._move(State.EXITED, exit_code=exc.status, finished_at=time.time(), reason=exc.message)
@@ -381,6 +393,8 @@ class Pod:
         if vm is not None:
             await vm.stop(SHUTDOWN_SECONDS)
             await vm.close()
+        if self.network is not None:
+            await self.network.release(self.id)  # its taps went with QEMU
         if agent is not None:
             await agent.close()
         self.vm = self.agent = self._main_channel = None
@@ -627,6 +641,8 @@ class Pod:
         if self.log is not None:
             self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.network is not None:
+            self.network.forget(self.id)
         self.state.delete(self.id)
         self.removed.set()
         async with self._changed:

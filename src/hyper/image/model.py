@@ -55,6 +55,7 @@ class ImageConfig:
     labels: tuple[tuple[str, str], ...] = ()
     healthcheck: Healthcheck | None = None
     shell: tuple[str, ...] | None = None  # Dockerfile SHELL: what CMD-SHELL health checks run in
+    exposed_ports: tuple[str, ...] = ()  # EXPOSE, as "80/tcp": what -P publishes
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ def parse_config(data: bytes, source: str) -> ParsedConfig:
         labels=tuple(sorted(labels_value.items())),
         healthcheck=healthcheck,
         shell=_optional_strings(inner.get("Shell"), "Shell", source) or None,
+        exposed_ports=_exposed_ports(inner.get("ExposedPorts")),
     )
     return ParsedConfig(
         config=config,
@@ -279,3 +281,10 @@ def manifest_blob(manifest: Manifest) -> bytes:
             "layers": [descriptor(layer) for layer in manifest.layers],
         }
     )
+
+
+def _exposed_ports(value: object) -> tuple[str, ...]:
+    """The image config's ExposedPorts ({"80/tcp": {}}) as its keys; malformed is none."""
+    if not isinstance(value, dict):
+        return ()
+    return tuple(sorted(key for key in value if isinstance(key, str)))

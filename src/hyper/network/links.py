@@ -72,10 +72,17 @@ def delete_link(name: str) -> None:
                 ipr.link("del", index=index)
 
 
-def links_with_prefix(*prefixes: str) -> list[str]:
+def links_with_prefix(*prefixes: str, kind: str | None = None) -> list[str]:
+    """Names of the links starting with one of `prefixes` (of `kind`, e.g. "bridge", if given)."""
+    found = []
     with _ipr() as ipr:
-        names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
-    return [name for name in names if name and name.startswith(prefixes)]
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            info = link.get_attr("IFLA_LINKINFO")
+            link_kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+            if name and name.startswith(prefixes) and (kind is None or link_kind == kind):
+                found.append(name)
+    return found
 
 
 def open_tap(name: str, bridge: str, mtu: int) -> int:

@@ -205,8 +205,15 @@ class NetworkManager:
         return removed
 
     # -- a container's wishes ------------------------------------------------------
+    def default_mode(self) -> str:
+        """The network of a container that names none: `bridge`, unless this
+        hyperd cannot make bridges (not root) or was told not to (HYPER_BRIDGE=none)."""
+        return DEFAULT_NETWORK if self.enabled and self.config.default_bridge else NO_NETWORK
+
     def check_request(self, request: NetworkRequest) -> Network | None:
         """The request's network (None for `none`), every field checked; nothing is written."""
+        if not request.mode:
+            request = dataclasses.replace(request, mode=self.default_mode())
         if request.mode == "host":
             raise InvalidArgument(
                 "the host network mode is not possible in a VM",
@@ -255,6 +262,8 @@ class NetworkManager:
         """Record the container's network at create; bad requests write nothing."""
         network = self.check_request(request)
         self._requests[container_id] = request
+        if network is None and request.mode in ("", NO_NETWORK):
+            self._requests[container_id] = dataclasses.replace(request, mode=NO_NETWORK)
         if network is not None:
             ip = IPv4Address(request.ip) if request.ip else None
             self.store.attach(container_id, Attachment(network.id, request.aliases, ip))
@@ -282,7 +291,7 @@ class NetworkManager:
                 f"cannot connect a running container to network {network.name}: its VM cannot get a new NIC",
                 hint="stop the container, connect it, then start it again",
             )
-        request = self._requests.get(container_id, NetworkRequest())
+        request = self._requests.get(container_id, NetworkRequest(mode=NO_NETWORK))
         if request.mode == NO_NETWORK:
             raise FailedPrecondition(
                 "the container has --network none", hint="create it on a network to connect it to others"
@@ -319,7 +328,7 @@ class NetworkManager:
     # -- a pod's VM -------------------------------------------------------------
     async def attach(self, container_id: str, hostname: str) -> PodNetwork:
         """Everything the pod's VM needs before it boots. On failure nothing is left."""
-        request = self._requests.get(container_id, NetworkRequest())
+        request = self._requests.get(container_id, NetworkRequest(mode=NO_NETWORK))
         host_resolv = _read_resolv_conf()
         attachments = self.attachments(container_id)
         if request.mode == NO_NETWORK or not attachments:
@@ -446,10 +455,11 @@ class NetworkManager:
             links.ensure_bridge(item.bridge, item.network.gateway_interface, self.config.mtu)
         if any(not item.network.internal for item in active):
             links.enable_forwarding()
-        nftables.apply(nftables.ruleset(active, publications))
+        if active or nftables.list_table() is not None:
+            nftables.apply(nftables.ruleset(active, publications))
         wanted = {item.bridge for item in active}
-        for name in links.links_with_prefix(BRIDGE_PREFIX, DEFAULT_BRIDGE):
-            if name not in wanted and not name.startswith(TAP_PREFIX):
+        for name in links.links_with_prefix(BRIDGE_PREFIX, DEFAULT_BRIDGE, kind="bridge"):
+            if name not in wanted:
                 links.delete_link(name)
 
     def _directory(
@@ -481,16 +491,6 @@ class NetworkManager:
                     forward=not all(n.internal for n in on),
                 )
         return dns.Directory(clients, names, reverse, dns.host_resolvers(host_resolv))
-
-    # -- for `hyper info` and the tests --------------------------------------------
-    def kernel_state(self) -> dict[str, int]:
-        bridges = links.links_with_prefix(BRIDGE_PREFIX, DEFAULT_BRIDGE) if self.enabled else []
-        taps = links.links_with_prefix(TAP_PREFIX) if self.enabled else []
-        return {
-            "bridges": len(bridges),
-            "taps": len(taps),
-            "rules": nftables.count_rules(nftables.list_table()) if self.enabled else 0,
-        }
 
 
 def _read_resolv_conf() -> str:

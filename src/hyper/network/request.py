@@ -11,11 +11,11 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from typing import TYPE_CHECKING
 
 from hyper.errors import InvalidArgument
 from hyper.network.model import (
     DEFAULT_MTU,
-    DEFAULT_NETWORK,
     PortSpec,
     parse_extra_host,
     parse_port_key,
@@ -23,12 +23,15 @@ from hyper.network.model import (
     parse_subnet,
 )
 
+if TYPE_CHECKING:
+    from hyper.runtime.spec import RunOptions
+
 
 @dataclass(frozen=True)
 class NetworkRequest:
     """What a container asks of the network, from RunOptions' Docker texts."""
 
-    mode: str = DEFAULT_NETWORK  # a network's name or ID, or "none"
+    mode: str = ""  # a network's name or ID, "none", or "" for the default (bridge, or none)
     aliases: tuple[str, ...] = ()
     ip: str | None = None
     ports: tuple[PortSpec, ...] = ()
@@ -46,6 +49,7 @@ class NetworkConfig:
     |---|---|---|
     | HYPER_BRIDGE_SUBNET | the default `bridge` network's subnet (made once, then kept) | see below |
     | HYPER_NETWORK_MTU | the MTU of bridges, taps and the pods' NICs | 1500 |
+    | HYPER_BRIDGE | `none`: a container given no --network gets none (dockerd's --bridge=none) | bridge |
 
     Without HYPER_BRIDGE_SUBNET the default network takes the first of
     172.17-31.0.0/16, then 192.168.N.0/20, that no host route overlaps.
@@ -53,6 +57,9 @@ class NetworkConfig:
 
     bridge_subnet: IPv4Network | None = None
     mtu: int = DEFAULT_MTU
+    default_bridge: bool = (
+        True  # HYPER_BRIDGE=none: containers get no network unless asked (dockerd's --bridge=none)
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> NetworkConfig:
@@ -61,7 +68,10 @@ class NetworkConfig:
         mtu_text = env.get("HYPER_NETWORK_MTU", str(DEFAULT_MTU))
         if not mtu_text.isdigit() or not 576 <= int(mtu_text) <= 65535:
             raise InvalidArgument(f"HYPER_NETWORK_MTU={mtu_text!r} is not an MTU", hint="give 576 to 65535")
-        return cls(parse_subnet(subnet) if subnet else None, int(mtu_text))
+        bridge = env.get("HYPER_BRIDGE", "bridge")
+        if bridge not in ("bridge", "none"):
+            raise InvalidArgument(f"HYPER_BRIDGE={bridge!r}", hint="give bridge (the default) or none")
+        return cls(parse_subnet(subnet) if subnet else None, int(mtu_text), bridge == "bridge")
 
 
 def request_from_options(
@@ -98,7 +108,7 @@ def request_from_options(
                 )
             seen.add(where)
     return NetworkRequest(
-        mode=DEFAULT_NETWORK if network in ("", "default") else network,
+        mode="" if network == "default" else network,
         aliases=tuple(aliases),
         ip=ip or None,
         ports=tuple(ports),
@@ -106,4 +116,20 @@ def request_from_options(
         dns_search=tuple(dns_search),
         dns_options=tuple(dns_options),
         extra_hosts=tuple(parse_extra_host(h) for h in extra_hosts),
+    )
+
+
+def request_for(options: RunOptions, image_exposed: Iterable[str] = ()) -> NetworkRequest:
+    """A container's NetworkRequest from its RunOptions (and its image's EXPOSE, for -P)."""
+    return request_from_options(
+        options.network,
+        aliases=options.network_aliases,
+        ip=options.ip,
+        publish=options.publish,
+        publish_all=options.publish_all,
+        exposed=(*options.expose, *image_exposed),
+        dns_servers=options.dns,
+        dns_search=options.dns_search,
+        dns_options=options.dns_options,
+        extra_hosts=options.extra_hosts,
     )

@@ -444,7 +444,11 @@ class ContainerRun:
         await agent.request(
             "setup",
             hostname=hostname,
-            etc_files={"hostname": f"{hostname}\n", "hosts": network.hosts, "resolv.conf": network.resolv_conf},
+            etc_files={
+                "hostname": f"{hostname}\n",
+                "hosts": network.hosts,
+                "resolv.conf": network.resolv_conf,
+            },
             network=network.guest_request(self._device_macs),
             # A VM resumed from a template has the template's clock and CRNG state.
             time_ns=time.time_ns(),

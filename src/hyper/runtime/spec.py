@@ -85,7 +85,7 @@ class RunOptions:
     health_start_period: float = 0.0
     health_retries: int = 0
     # Networking, in Docker's textual forms (hyper.network.request checks them).
-    network: str = "bridge"  # a network's name or ID, or "none"
+    network: str = ""  # a network's name or ID, "none", or "" for the default
     network_aliases: tuple[str, ...] = ()
     ip: str | None = None
     publish: tuple[str, ...] = ()  # -p [IP:][HOSTPORT:]PORT[/PROTO]

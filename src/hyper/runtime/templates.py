@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hyper.network.pod import UNCONNECTED_MAC
 from hyper.runtime.boot import boot_agent
 from hyper.vm.accel import Accel
-from hyper.network.pod import UNCONNECTED_MAC
 from hyper.vm.driver import DiskSpec, NicSpec, VmSpec
 from hyper.vm.qemu import QemuDriver
 

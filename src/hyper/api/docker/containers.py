@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from hyper.agent.host import AgentRequestError
-from hyper.api.docker import convert
+from hyper.api.docker import convert, networks
 from hyper.api.docker.common import (
     MULTIPLEXED_STREAM,
     RAW_STREAM,
@@ -83,7 +83,15 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
     if limit is not None and limit > 0:
         records = records[:limit]
     now = time.time()
-    return web.json_response([convert.summary(r, now) for r in records])
+    summaries = []
+    for record in records:
+        summary = convert.summary(record, now)
+        view = networks.container_network(daemon.network, record.id, record.options)
+        summary["Ports"] = networks.summary_ports(daemon.network.publications(record.id))
+        summary["HostConfig"] = {"NetworkMode": view["host_config"]["NetworkMode"]}
+        summary["NetworkSettings"] = {"Networks": view["settings"]["Networks"]}
+        summaries.append(summary)
+    return web.json_response(summaries)
 
 
 async def inspect(request: web.Request) -> web.StreamResponse:
@@ -97,7 +105,11 @@ async def inspect(request: web.Request) -> web.StreamResponse:
         image_config = None  # removed since: inspect still answers, from the record alone
     else:
         image_config = image.config
-    return web.json_response(convert.inspect(pod.record, exec_ids, log_path, image_config))
+    document = convert.inspect(pod.record, exec_ids, log_path, image_config)
+    view = networks.container_network(daemon.network, pod.id, pod.record.options)
+    document["HostConfig"].update(view["host_config"])
+    document["NetworkSettings"] = view["settings"]
+    return web.json_response(document)
 
 
 # -- lifecycle --------------------------------------------------------------------

@@ -11,7 +11,7 @@ import shlex
 import time
 from typing import Any
 
-from hyper.api.docker import fields
+from hyper.api.docker import fields, networks
 from hyper.api.docker.common import rfc3339
 from hyper.api.docker.labels import label_matches
 from hyper.daemon import health
@@ -26,7 +26,6 @@ from hyper.runtime import spec as specs
 from hyper.runtime.security import ulimit_from_api
 from hyper.runtime.settings import Settings
 
-NETWORK_MODES = ("", "default", "none")
 DEFAULT_SHM_BYTES = 64 << 20
 NS = 1_000_000_000
 DOCKER_TYPE_BITS = {  # Go's os.FileMode type bits, which Docker's path stat uses
@@ -76,7 +75,6 @@ def create_request(body: dict[str, Any], name: str | None, settings: Settings | 
     fields.check_create_body(body)
     host = body.get("HostConfig") or {}
     _check_host(host)
-    _check_endpoints(body.get("NetworkingConfig"), host.get("NetworkMode") or "")
 
     entrypoint_parts = body.get("Entrypoint")
     entrypoint_list = strings(entrypoint_parts, "Entrypoint")
@@ -136,6 +134,7 @@ def create_request(body: dict[str, Any], name: str | None, settings: Settings | 
         health_timeout=healthcheck.timeout,
         health_start_period=healthcheck.start_period,
         health_retries=healthcheck.retries,
+        **networks.run_option_fields(body),
     )
     recorded = {key: body[key] for key in RECORDED_CONFIG if not fields.empty(body.get(key))}
     if host.get("ContainerIDFile"):
@@ -157,12 +156,6 @@ RECORDED_CONFIG = ("AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts"
 
 def _check_host(host: dict[str, Any]) -> None:
     """The honoured HostConfig settings that take only some values."""
-    network = host.get("NetworkMode") or ""
-    if network not in NETWORK_MODES:
-        raise InvalidArgument(
-            f"Hyper does not support the network mode {network!r} yet (HostConfig.NetworkMode)",
-            hint="containers have loopback only for now: use the default network or none",
-        )
     log = host.get("LogConfig") or {}
     if not isinstance(log, dict):
         raise InvalidArgument("HostConfig.LogConfig must be an object")
@@ -176,23 +169,6 @@ def _check_host(host: dict[str, Any]) -> None:
             raise InvalidArgument(
                 f"Hyper does not support the {key.lower()} {host[key]!r} (HostConfig.{key})",
                 hint=f"every container is a VM: leave --{key.lower()} out",
-            )
-
-
-def _check_endpoints(networking: Any, mode: str) -> None:
-    """NetworkingConfig: an empty entry for the container's network is what the
-    docker CLI always sends; any address, alias or link needs networking."""
-    endpoints = (networking or {}).get("EndpointsConfig") or {}
-    if not isinstance(endpoints, dict):
-        raise InvalidArgument("NetworkingConfig.EndpointsConfig must be an object")
-    for network, endpoint in endpoints.items():
-        if network not in (mode, "default", "none") or not (
-            endpoint is None
-            or (isinstance(endpoint, dict) and all(fields.empty(v) for v in endpoint.values()))
-        ):
-            raise InvalidArgument(
-                f"Hyper does not support network settings yet (NetworkingConfig.EndpointsConfig.{network})",
-                hint="containers have loopback only for now: leave --ip, --network-alias and --link out",
             )
 
 

@@ -58,7 +58,7 @@ class Field:
 
 
 H, R, X = Decision.HONOURED, Decision.RECORDED, Decision.REFUSED
-_NET = "networks come with Hyper's networking; containers have loopback only for now"
+_NET = "not supported by Hyper's networking (docs/networking.md)"
 _VOL = "volumes and mounts are not supported yet"
 _CGROUP = "a container's limits are its VM's size: use -m/--memory and --cpus"
 _WIN = "Windows containers only"
@@ -87,8 +87,8 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "ExposedPorts",
         "--expose, the image's EXPOSE",
-        R,
-        "metadata, as in Docker; publishing (-p, -P) is refused",
+        H,
+        "what -P publishes (with the image's EXPOSE); in inspect's Ports",
     ),
     Field(
         "StopSignal", "--stop-signal", H, "the signal `stop` and `restart` send first; the image's when unset"
@@ -106,7 +106,7 @@ FIELDS: tuple[Field, ...] = (
         "probes run by hyperd as execs in the container; StartInterval (API 1.44) is refused",
     ),
     Field("Shell", "the image's SHELL", H, "what CMD-SHELL health checks run in"),
-    Field("NetworkDisabled", "no network", H, "every Hyper container has loopback only for now"),
+    Field("NetworkDisabled", "no network", H, "the same as --network none"),
     Field("Domainname", "--domainname", X, "the NIS domain name is not set in the VM yet"),
     Field("MacAddress", "--mac-address", X, _NET),
     Field("Volumes", "volumes (-v, the image's VOLUME)", X, _VOL),
@@ -128,7 +128,7 @@ FIELDS: tuple[Field, ...] = (
         "HostConfig.NetworkMode",
         "--network",
         H,
-        "`none`, and the default network (loopback only for now); any other is refused",
+        "`bridge` (the default), `none`, or a network's name or ID; `host` is refused (a VM's own kernel)",
     ),
     Field(
         "HostConfig.LogConfig",
@@ -201,13 +201,13 @@ FIELDS: tuple[Field, ...] = (
     Field("HostConfig.VolumesFrom", "--volumes-from", X, _VOL),
     Field("HostConfig.VolumeDriver", "--volume-driver", X, _VOL),
     Field("HostConfig.Tmpfs", "--tmpfs", X, _VOL),
-    Field("HostConfig.PortBindings", "published ports (-p)", X, _NET),
-    Field("HostConfig.PublishAllPorts", "published ports (-P)", X, _NET),
+    Field("HostConfig.PortBindings", "published ports (-p)", H, "DNAT on the host's addresses and 127.0.0.1"),
+    Field("HostConfig.PublishAllPorts", "published ports (-P)", H, "every exposed port, to a free host port"),
     Field("HostConfig.Links", "--link", X, _NET),
-    Field("HostConfig.Dns", "--dns", X, _NET),
-    Field("HostConfig.DnsOptions", "--dns-option", X, _NET),
-    Field("HostConfig.DnsSearch", "--dns-search", X, _NET),
-    Field("HostConfig.ExtraHosts", "--add-host", X, _NET),
+    Field("HostConfig.Dns", "--dns", H, "hyperd's resolver forwards to them (default bridge: resolv.conf)"),
+    Field("HostConfig.DnsOptions", "--dns-option", H, "in resolv.conf"),
+    Field("HostConfig.DnsSearch", "--dns-search", H, "in resolv.conf"),
+    Field("HostConfig.ExtraHosts", "--add-host", H, "in /etc/hosts; host-gateway is refused"),
     Field("HostConfig.Devices", "host devices (--device)", X, "a VM has no host devices"),
     Field("HostConfig.DeviceCgroupRules", "--device-cgroup-rule", X, "a VM has no host devices"),
     Field("HostConfig.DeviceRequests", "--gpus", X, "a VM has no host devices"),
@@ -256,7 +256,7 @@ FIELDS: tuple[Field, ...] = (
         "NetworkingConfig.EndpointsConfig",
         "--ip, --ip6, --network-alias, --link-local-ip",
         H,
-        "an entry for the default network with nothing set is accepted; any setting is refused",
+        "one network per create: its --network-alias and --ip; --ip6 and --link are refused",
     ),
 )
 BY_PATH: Mapping[str, Field] = {field.path: field for field in FIELDS}

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from hyper import __version__
 from hyper.api.body import MAX_JSON_BODY, BodyTooLarge, refuse_at_once
-from hyper.api.docker import archive, containers, execs, images, system
+from hyper.api.docker import archive, containers, execs, images, networks, system
 from hyper.api.docker.common import (
     API_VERSION,
     DAEMON,
@@ -281,6 +281,7 @@ def _routes() -> list[Route]:
         *archive.ROUTES,
         *images.ROUTES,
         *system.ROUTES,
+        *networks.ROUTES,
     ]
 
 

@@ -1,5 +1,5 @@
 """Docker Engine API: disk usage (`docker system df`) and the prunes of object
-kinds Hyper does not have yet (networks, volumes, build cache).
+kinds Hyper does not have yet (volumes, build cache); networks prune in hyper.api.docker.networks.
 
 Sizes are what files take on disk (allocated blocks): a container's writable
 disk and the layer disks are sparse files whose apparent size (10 GiB for a
@@ -41,12 +41,6 @@ def check_prune_filters(kind: str, wanted: Mapping[str, Sequence[str]]) -> None:
             f"invalid filter {unknown[0]!r} for pruning {kind}",
             hint=f"use {', '.join(sorted(PRUNE_FILTERS[kind]))}",
         )
-
-
-async def prune_networks(request: web.Request) -> web.StreamResponse:
-    """No networks to prune: containers have loopback only for now."""
-    check_prune_filters("networks", filters(request))
-    return web.json_response({"NetworksDeleted": []})
 
 
 async def prune_volumes(request: web.Request) -> web.StreamResponse:
@@ -141,7 +135,6 @@ async def disk_usage(request: web.Request) -> web.StreamResponse:
 
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/system/df", disk_usage),
-    ("POST", "/networks/prune", prune_networks),
     ("POST", "/volumes/prune", prune_volumes),
     ("POST", "/build/prune", prune_build_cache),
 ]
