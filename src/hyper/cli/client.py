@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 from urllib.parse import quote
 
 from hyper import errors
@@ -346,6 +346,13 @@ class DaemonClient:
             content=chunks,
             timeout=httpx.Timeout(None, connect=_PING_TIMEOUT),
         )
+
+    def docker_document(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None, json: object = None
+    ) -> Any:
+        """A Docker API answer's JSON (None when empty): `hyper network` and `port` use these."""
+        response = self._docker(method, path, params=params, json=json)
+        return response.json() if response.content else None
 
     def _docker(
         self,

@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         image_commands,
         inspect_commands,
         lifecycle_commands,
+        network_commands,
         run_commands,
         session_commands,
     )
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     session_commands.register(subparsers)
     inspect_commands.register(subparsers)
     copy_commands.register(subparsers)
+    network_commands.register(subparsers)
     return parser
 
 

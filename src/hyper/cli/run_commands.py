@@ -335,6 +335,10 @@ def info_command(args: argparse.Namespace, ctx: CliContext) -> int:
     print(f"Confinement:  QEMU runs in a {jail_mode_for(facts).value} jail (docs/confinement.md)", file=out)
     for layer, in_effect, why in confinement_lines(facts):
         print(f"  {'yes' if in_effect else 'no ':3}  {layer}: {why}", file=out)
+    from hyper.network.manager import mode_reason
+
+    mode, why = mode_reason()
+    print(f"Network:      {mode} ({why}); foreground runs have loopback only", file=out)
     return 0
 
 

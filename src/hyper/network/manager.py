@@ -238,7 +238,11 @@ class NetworkManager:
             if request.aliases or request.ip:
                 raise InvalidArgument("--network none takes no alias or address")
             return None
-        network = self.store.resolve(request.mode)
+        try:
+            network = self.store.resolve(request.mode)
+        except NotFound as exc:
+            # A bad argument of the create (a 404 would send the docker CLI pulling the image).
+            raise InvalidArgument(exc.message, hint="`hyper network ls` lists the networks") from None
         if request.aliases and network.is_default:
             raise InvalidArgument(
                 "network aliases work on user-defined networks only, as in Docker",
