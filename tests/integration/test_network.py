@@ -51,7 +51,7 @@ def fails(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def fetch(lab: NetLab, ns: str, url: str, timeout: int = 10) -> subprocess.CompletedProcess[str]:
-    return lab.exec(ns, "busybox", "wget", "-T", str(timeout), "-qO-", url, check=False)
+    return lab.fetch(ns, url, timeout)
 
 
 def wait_for(condition: object, what: str, timeout: float = 120) -> None:
@@ -187,12 +187,7 @@ def test_published_ports_answer_on_loopback_and_host_address(hyperd: DockerHyper
         assert "80/tcp -> 0.0.0.0:8080" in ports
         loopback_port = next(line.rsplit(":", 1)[1] for line in ports.splitlines() if "127.0.0.1" in line)
         wait_for(
-            lambda: (
-                lab.exec(
-                    lab.host, "busybox", "wget", "-qO-", "http://127.0.0.1:8080/", check=False
-                ).returncode
-                == 0
-            ),
+            lambda: fetch(lab, lab.host, "http://127.0.0.1:8080/").returncode == 0,
             "the published port on 127.0.0.1",
         )
         assert "page of" in fetch(lab, lab.outside, f"http://{HOST_IP}:8080/").stdout
@@ -260,12 +255,7 @@ def test_docker_py_networks_and_ports(hyperd: DockerHyperd, lab: NetLab) -> None
         assert container.ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8090"}]}
         assert container.attrs["NetworkSettings"]["Networks"]["pynet"]["IPAddress"]
         wait_for(
-            lambda: (
-                lab.exec(
-                    lab.host, "busybox", "wget", "-qO-", "http://127.0.0.1:8090/", check=False
-                ).returncode
-                == 0
-            ),
+            lambda: fetch(lab, lab.host, "http://127.0.0.1:8090/").returncode == 0,
             "docker-py's published port",
         )
         network.reload()

@@ -49,6 +49,12 @@ while True:
 """
 
 
+FETCH = (
+    "import sys, urllib.request;"
+    " print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())"
+)
+
+
 def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=check, timeout=timeout)
 
@@ -101,9 +107,7 @@ class NetLab:
         self._serve("python3", "-m", "http.server", str(HTTP_PORT), "--bind", OUTSIDE_IP, "-d", str(self.www))
         self._serve(sys.executable, "-c", DNS_SERVER, OUTSIDE_IP, OUTSIDE_NAME)
         deadline = time.monotonic() + 30
-        while self.exec(
-            self.host, "busybox", "wget", "-qO-", f"http://{OUTSIDE_IP}:{HTTP_PORT}/", check=False
-        ).returncode:
+        while self.fetch(self.host, f"http://{OUTSIDE_IP}:{HTTP_PORT}/").returncode:
             if time.monotonic() > deadline:
                 raise RuntimeError("the outside HTTP server did not start")
             time.sleep(0.1)
@@ -122,6 +126,13 @@ class NetLab:
         self, ns: str, *command: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         return run("ip", "netns", "exec", ns, *command, check=check, timeout=timeout)
+
+    def fetch(self, ns: str, url: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+        """GET `url` from namespace `ns` (Python's urllib: busybox wget -T crashes on a timeout)."""
+        return run(
+            "ip", "netns", "exec", ns, sys.executable, "-c", FETCH, url, str(timeout),
+            check=False, timeout=timeout + 30,
+        )  # fmt: skip
 
     def tables(self) -> list[str]:
         listing = json.loads(self.exec(self.host, "nft", "-j", "list", "tables").stdout)
