@@ -89,7 +89,11 @@ class NetworkManager:
         self.enabled = os.geteuid() == 0
 
     # -- networks ---------------------------------------------------------------
-    async def ensure_default(self) -> Network:
+    async def ensure_default(self) -> Network | None:
+        """Docker's `bridge` network, made at the first start; none when this
+        hyperd has no default bridge (HYPER_BRIDGE=none, or not root)."""
+        if self.default_mode() == NO_NETWORK:
+            return None
         with contextlib.suppress(NotFound):
             return self.store.resolve(DEFAULT_NETWORK)
         subnet = self.config.bridge_subnet

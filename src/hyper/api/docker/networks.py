@@ -89,6 +89,8 @@ def run_option_fields(body: dict[str, Any]) -> dict[str, Any]:
         aliases = _strings(endpoint.get("Aliases"), "Aliases")
         ipam = endpoint.get("IPAMConfig") or {}
         ip = (ipam.get("IPv4Address") if isinstance(ipam, dict) else None) or None
+        if isinstance(ipam, dict) and ipam.get("LinkLocalIPs"):
+            raise InvalidArgument("--link-local-ip is not supported", hint="leave it out")
         if isinstance(ipam, dict) and ipam.get("IPv6Address"):
             raise InvalidArgument("IPv6 addresses are not supported", hint="leave out --ip6")
         if endpoint.get("Links"):
