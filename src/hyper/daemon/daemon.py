@@ -105,7 +105,11 @@ class Daemon:
         if request.auto_remove and request.restart.name.value != "no":
             raise InvalidArgument("conflicting options: a restart policy and automatic removal (--rm)")
         image = await asyncio.to_thread(ImageStore(self.paths.images).get, request.options.image)
-        network_request = request_for(request.options, image.config.exposed_ports)
+        # The image's EXPOSE joins the container's (as Docker merges them), so -P
+        # publishes the same ports after a hyperd restart.
+        exposed = tuple(dict.fromkeys((*request.options.expose, *image.config.exposed_ports)))
+        request = dataclasses.replace(request, options=dataclasses.replace(request.options, expose=exposed))
+        network_request = request_for(request.options)
         self.network.check_request(network_request)  # bad network options create nothing
         pod = await Pod.create(self.paths, self.settings, self.state, self.events, request)
         pod.on_auto_remove = self._auto_remove
