@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from hyper.daemon.logs import LogFile
+from hyper.daemon.logs import LogFile, LogLimits
 
 
 def test_records_keep_stream_data_and_offset(tmp_path: Path) -> None:
@@ -68,3 +68,43 @@ def test_tail_zero_shows_nothing_old(tmp_path: Path) -> None:
         return out
 
     assert asyncio.run(main()) == []
+
+
+def test_a_chatty_container_costs_a_bounded_disk_and_readers_keep_their_place(tmp_path: Path) -> None:
+    limits = LogLimits(max_size=4000, max_files=3)
+    log = LogFile(tmp_path / "log.jsonl", limits)
+    _, mid = log.read_from(0)
+    for i in range(200):
+        log.append("stdout", f"line {i:04d}\n".encode(), i)
+        if i == 100:
+            _, mid = log.read_from(0)  # a follower's place, before more rotations
+    log.sync()
+    files = sorted(p.name for p in tmp_path.glob("log.jsonl*"))
+    assert files == ["log.jsonl", "log.jsonl.1", "log.jsonl.2"]
+    assert sum(p.stat().st_size for p in tmp_path.glob("log.jsonl*")) <= 3 * 4000
+    kept = [r.data for r in log.records()]
+    assert kept[-1] == b"line 0199\n"
+    numbers = [int(d.split()[1]) for d in kept]
+    assert numbers == list(range(numbers[0], 200))  # oldest gone, the rest in order, none twice
+    assert log.last_offset() == 199
+    # A reader keeps its place across rotations; one whose place was rotated
+    # away goes on from the oldest line kept.
+    after, end = log.read_from(mid)
+    assert [int(r.data.split()[1]) for r in after] == list(range(101, 200))
+    assert end == log.size()
+    from_start, _ = log.read_from(0)
+    assert [int(r.data.split()[1]) for r in from_start] == numbers
+    log.close()
+    # A new hyperd finds the same logical positions.
+    again = LogFile(tmp_path / "log.jsonl", limits)
+    assert again.size() == end and [r.data for r in again.records()] == kept
+    again.close()
+
+
+def test_one_file_kept_means_the_current_one_only(tmp_path: Path) -> None:
+    log = LogFile(tmp_path / "log.jsonl", LogLimits(max_size=500, max_files=1))
+    for i in range(50):
+        log.append("stdout", f"{i}\n".encode(), i)
+    assert sorted(p.name for p in tmp_path.glob("log.jsonl*")) == ["log.jsonl"]
+    assert log.records()[-1].data == b"49\n"
+    log.close()

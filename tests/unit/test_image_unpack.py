@@ -297,3 +297,31 @@ def test_random_layers_never_write_outside_the_root(tmp_path: Path) -> None:
             assert resolved_parent == root.resolve() or root.resolve() in resolved_parent.parents
     assert sentinel.read_bytes() == b"untouched"
     assert outcomes["ok"] > 30 and outcomes["refused"] > 30, outcomes
+
+
+def test_a_layer_that_expands_past_its_bound_is_refused_before_it_fills_the_disk(tmp_path: Path) -> None:
+    """A small sparse tar declaring a huge file: refused from its header, not after writing it."""
+    from hyper.errors import ResourceExhausted
+    from hyper.image.unpack import UnpackLimits
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        small = tarfile.TarInfo("small")
+        small.size = 10
+        tar.addfile(small, io.BytesIO(b"0123456789"))
+        bomb = tarfile.TarInfo("bomb")
+        bomb.size = 3 << 20
+        tar.addfile(bomb, io.BytesIO(bytes(3 << 20)))
+    root = tmp_path / "root"
+    root.mkdir()
+    buffer.seek(0)
+    with pytest.raises(ResourceExhausted) as caught:
+        unpack_layer(buffer, root, limits=UnpackLimits(max_bytes=2 << 20))
+    assert "bomb" in caught.value.message
+    assert not (root / "bomb").exists()
+    buffer.seek(0)
+    root2 = tmp_path / "root2"
+    root2.mkdir()
+    with pytest.raises(ResourceExhausted) as full:
+        unpack_layer(buffer, root2, limits=UnpackLimits(reserve_bytes=1 << 60))  # no disk has that free
+    assert "free" in full.value.message

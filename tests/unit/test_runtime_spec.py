@@ -265,3 +265,16 @@ def test_bad_go_durations(text: str) -> None:
 )
 def test_docker_sizes(text: str, size: int) -> None:
     assert parse_size(text, "--shm-size") == size
+
+
+def test_a_vm_bigger_than_the_host_is_refused_before_it_costs_a_template() -> None:
+    from hyper.errors import ResourceExhausted
+    from hyper.runtime.spec import admit_vm_size, host_memory_mib
+
+    host = host_memory_mib("MemTotal:       24576000 kB\nMemFree: 1 kB\n")
+    assert host == 24000
+    admit_vm_size(512, 2, host, 2)
+    for memory, cpus in ((host + 1, 1), (64, 1), (512, 3), (512, 0)):
+        with pytest.raises(ResourceExhausted) as caught:
+            admit_vm_size(memory, cpus, host, 2)
+        assert caught.value.hint

@@ -118,3 +118,19 @@ def test_plain_vm_has_no_memory_backend(tmp_path: Path) -> None:
 def test_templates_setting(tmp_path: Path) -> None:
     assert Settings.from_env({}).templates
     assert not Settings.from_env({"HYPER_TEMPLATES": "0"}).templates
+
+
+def test_prune_keeps_the_most_recently_used_templates(tmp_path: Path) -> None:
+    import os
+
+    from hyper.runtime.templates import Template, TemplateCache
+
+    cache = TemplateCache(tmp_path)
+    for index in range(5):
+        directory = tmp_path / f"t{index}"
+        directory.mkdir()
+        (directory / "state").write_bytes(b"x")
+        os.utime(directory, (1000 + index, 1000 + index))
+    (tmp_path / ".build-x").mkdir()  # a build in progress is never pruned
+    cache.prune(keep=Template(tmp_path / "t0"), limit=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".build-x", "t0", "t3", "t4"]

@@ -3,6 +3,14 @@
 One JSON line per output frame: stream, time, data (base64) and the guest
 stream `offset` after it. The last offset says where to resume the agent's
 stream when hyperd adopts the pod again, so no output is lost or repeated.
+
+The log is bounded, as Docker's `--log-opt max-size=… max-file=…` bound
+json-file logs: past `max_size` bytes the file is rotated (`log.jsonl.1`
+holds the one before, and so on) and files beyond `max_files` are deleted,
+so a container printing without end costs a bounded disk. Readers address
+the log by *logical* positions (bytes since the container's first output),
+which stay valid across rotations; what was rotated away is simply gone, as
+with Docker. `log.start` records where the current file begins.
 """
 
 from __future__ import annotations
@@ -37,18 +45,87 @@ def _parse(line: str) -> LogRecord | None:
         return None  # a line cut short by a crash
 
 
+# Docker's `local` log driver defaults: 20 MB a file, 5 files.
+DEFAULT_MAX_SIZE = 20 * 1000 * 1000
+DEFAULT_MAX_FILES = 5
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    max_size: int = DEFAULT_MAX_SIZE  # bytes of one file before it is rotated; 0: never
+    max_files: int = DEFAULT_MAX_FILES  # files kept, the current one included
+
+
 class LogFile:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limits: LogLimits | None = None) -> None:
         self.path = path
+        self.limits = limits or LogLimits()
         self._changed = asyncio.Condition()
         self._generation = 0
         self._file = path.open("a")
+        self._start = self._read_start()
+        self._written = self._file.tell()
         self.closed = False  # set when the container has exited and everything is written
 
+    def _read_start(self) -> int:
+        try:
+            return int(self.path.with_name("log.start").read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
     def append(self, stream: str, data: bytes, offset: int | None) -> None:
-        line = json.dumps(LogRecord(stream, time.time(), data, offset).wire() | {"offset": offset})
-        self._file.write(line + "\n")
+        line = json.dumps(LogRecord(stream, time.time(), data, offset).wire() | {"offset": offset}) + "\n"
+        if self.limits.max_size and self._written and self._written + len(line) > self.limits.max_size:
+            self._rotate()
+        self._file.write(line)
         self._file.flush()
+        self._written += len(line)
+
+    def _rotate(self) -> None:
+        """The current file becomes `.1` (and `.1` `.2` …); the oldest beyond max_files goes."""
+        os.fsync(self._file.fileno())
+        self._file.close()
+        keep = max(self.limits.max_files, 1) - 1  # rotated files kept beside the current one
+        if keep:
+            for path in (self._segment(keep), self._starts_path(keep)):
+                path.unlink(missing_ok=True)
+            for index in range(keep - 1, 0, -1):
+                for old, new in (
+                    (self._segment(index), self._segment(index + 1)),
+                    (self._starts_path(index), self._starts_path(index + 1)),
+                ):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.replace(old, new)
+            self._starts_path(1).write_text(str(self._start))
+            os.replace(self.path, self._segment(1))
+        else:
+            self.path.unlink()
+        self._start += self._written
+        tmp = self.path.with_name("log.start.tmp")
+        tmp.write_text(str(self._start))
+        os.replace(tmp, self.path.with_name("log.start"))
+        self._file = self.path.open("a")
+        self._written = 0
+
+    def _segment(self, index: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{index}")
+
+    def _starts_path(self, index: int) -> Path:
+        return self.path.with_name(f"log.start.{index}")
+
+    def _segments(self) -> list[tuple[int, Path]]:
+        """(logical start, file), oldest first, the current file last."""
+        found = []
+        for index in range(max(self.limits.max_files, 1) - 1, 0, -1):
+            segment = self._segment(index)
+            try:
+                start = int(self._starts_path(index).read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            if segment.exists():
+                found.append((start, segment))
+        found.append((self._start, self.path))
+        return found
 
     def sync(self) -> None:
         """Make what was appended durable: only then is it acknowledged to the guest."""
@@ -81,16 +158,26 @@ class LogFile:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self._generation != seen), timeout)
 
     def _records_from(self, position: int) -> tuple[list[LogRecord], int]:
-        """Whole lines from byte `position` on, and where the next read starts."""
-        try:
-            with self.path.open("rb") as f:
-                f.seek(position)
-                data = f.read()
-        except FileNotFoundError:
-            return [], position
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
-        lines = data[:end].decode(errors="replace").splitlines()
-        return [record for line in lines if (record := _parse(line)) is not None], position + end
+        """Whole lines from logical `position` on (or from the oldest kept, if
+        that was rotated away), and where the next read starts."""
+        records: list[LogRecord] = []
+        for start, segment in self._segments():
+            try:
+                with segment.open("rb") as f:
+                    f.seek(max(position - start, 0))
+                    data = f.read()
+            except FileNotFoundError:
+                continue  # rotated meanwhile: the next read finds it under its new name
+            begin = max(position, start)
+            if segment != self.path:
+                records += [r for line in data.decode(errors="replace").splitlines() if (r := _parse(line))]
+                position = begin + len(data)
+                continue
+            end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
+            lines = data[:end].decode(errors="replace").splitlines()
+            records += [record for line in lines if (record := _parse(line)) is not None]
+            position = begin + end
+        return records, position
 
     def last_offset(self, since: int = 0) -> int | None:
         """The guest stream offset of the last record written from byte `since` on
@@ -99,10 +186,11 @@ class LogFile:
         return offsets[-1] if offsets else None
 
     def size(self) -> int:
+        """The logical end: every byte ever written, rotated away or not."""
         try:
-            return self.path.stat().st_size
+            return self._start + self.path.stat().st_size
         except FileNotFoundError:
-            return 0
+            return self._start
 
     def reopen(self) -> None:
         """The container starts again: more output will come."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from hyper.errors import DataLoss, FailedPrecondition, InvalidArgument
+from hyper.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
@@ -49,6 +49,12 @@ class UnpackLimits:
     max_name_bytes: int = 255
     max_entries: int = 1_000_000
     max_symlink_follows: int = 255
+    # Bytes of file data one layer may unpack to: a layer disk must fit a VM
+    # template's slot (10 GiB), and a 20 KB layer of sparse or zero-filled
+    # files must not fill the host's disk.
+    max_bytes: int = 10 << 30
+    # Unpacking stops before the state disk has less than this free.
+    reserve_bytes: int = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,7 @@ class _Extractor:
         self.opaque: set[str] = set()
         self.skipped_devices = 0
         self.deferred_dirs: dict[str, tarfile.TarInfo] = {}
+        self.data_bytes = 0
 
     # -- entries ---------------------------------------------------------------
 
@@ -317,6 +324,19 @@ class _Extractor:
             self.whiteouts.discard(target)
 
     def _write_file(self, archive: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:
+        self.data_bytes += max(member.size, 0)
+        if self.data_bytes > self.limits.max_bytes:
+            raise ResourceExhausted(
+                f"the layer unpacks to more than {self.limits.max_bytes >> 20} MiB (at {member.name!r})",
+                hint="a layer this large, or a compressed bomb, cannot become a layer disk",
+            )
+        free = os.statvfs(self.root)
+        if free.f_bavail * free.f_frsize - member.size < self.limits.reserve_bytes:
+            raise ResourceExhausted(
+                f"unpacking {member.name!r} would leave less than {self.limits.reserve_bytes >> 20} MiB"
+                f" free on the disk of {self.root}",
+                hint="free space there (hyper image prune) and try again",
+            )
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         source = archive.extractfile(member)
         fd = os.open(target, flags, 0o600)

@@ -44,6 +44,9 @@ from hyper.vm.qemu import QemuDriver, VmStartError
 
 WRITABLE_DISK_BYTES = templates.SLOT_BYTES  # sparse; Docker's classic base size, 10 GiB
 SHUTDOWN_TIMEOUT = 10.0
+# ext4 of the container's writable disk: `discard` hands freed blocks back to
+# the host file at once (the drive unmaps them), so deleting shrinks it.
+WRITABLE_MOUNT_OPTIONS = "noinit_itable,discard"
 MAX_SOCKET_PATH = 107
 MAIN_PROCESS = 1
 
@@ -226,6 +229,11 @@ class ContainerRun:
         image = await asyncio.to_thread(store.get, self.options.image)
         # `-e NAME` takes NAME from the environment of whoever asked: for hyperd's
         # pods that is the client, which resolves it before asking (as docker does).
+        with open("/proc/meminfo") as f:
+            meminfo = f.read()
+        specs.admit_vm_size(
+            self.options.memory_mib, self.options.cpus, specs.host_memory_mib(meminfo), os.cpu_count() or 1
+        )
         host_env = {} if self.detached else dict(os.environ)
         specs.process_spec(
             image.config, self.options, host_env
@@ -313,15 +321,21 @@ class ContainerRun:
                         agent, prepared.layers, prepared.process, attachment.terminal_size()
                     )
                     status = await self._attach(agent, channel, prepared.process, attachment)
-                    self.save_record(
-                        state=specs.ContainerState.EXITED.value, exit_code=status, finished=time.time()
-                    )
+                    try:
+                        self.save_record(
+                            state=specs.ContainerState.EXITED.value, exit_code=status, finished=time.time()
+                        )
+                    except OSError as exc:
+                        # The container's status still reaches the user; only its record is stale.
+                        notify_stderr(f"could not record the container's exit in {self.dir}: {exc.strerror}")
                     torn_down = self.stop is not None and self.stop.status is not None
                     if not self.options.remove and not torn_down:
                         # The writable disk is kept: unmount it cleanly before power-off.
                         with contextlib.suppress(HyperError):
                             await agent.request("shutdown", timeout=SHUTDOWN_TIMEOUT)
                         await vm.stop(SHUTDOWN_TIMEOUT)
+                    if vm.io_error is not None:
+                        notify_stderr(f"{vm.io_error}: the container's writes failed with I/O errors")
                     # With --rm every disk the VM wrote is about to be deleted; close() kills it.
                     return status
                 finally:
@@ -462,7 +476,11 @@ class ContainerRun:
                 {"serial": templates.layer_serial(i), "fstype": layer.fs_type}
                 for i, layer in enumerate(layers)
             ],
-            writable={"serial": templates.WRITABLE_SERIAL, "fstype": "ext4", "options": "noinit_itable"},
+            writable={
+                "serial": templates.WRITABLE_SERIAL,
+                "fstype": "ext4",
+                "options": WRITABLE_MOUNT_OPTIONS,
+            },
             privileged=self.options.privileged,
             shm_size=self.options.shm_size or None,
         )

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hyper.errors import FailedPrecondition, InvalidArgument
+from hyper.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from hyper.image import ImageConfig
 from hyper.runtime import security
 from hyper.vm.accel import Accel
@@ -122,6 +122,26 @@ def parse_memory(text: str) -> int:
     if mib < MIN_MEMORY_MIB:
         raise InvalidArgument(f"memory {text!r} is below the minimum of {MIN_MEMORY_MIB}m for a VM")
     return mib
+
+
+def admit_vm_size(memory_mib: int, cpus: int, host_memory_mib: int, host_cpus: int) -> None:
+    """A VM no bigger than the host: guest RAM below the host's memory and no
+    more vCPUs than it has (each new size also costs a VM template on disk)."""
+    if not MIN_MEMORY_MIB <= memory_mib <= host_memory_mib:
+        raise ResourceExhausted(
+            f"a VM of {memory_mib} MiB does not fit this host ({host_memory_mib} MiB of memory)",
+            hint=f"ask for between {MIN_MEMORY_MIB}m and {host_memory_mib}m with --memory",
+        )
+    if not 1 <= cpus <= host_cpus:
+        raise ResourceExhausted(
+            f"a VM of {cpus} vCPUs does not fit this host ({host_cpus} CPUs)",
+            hint=f"ask for 1 to {host_cpus} with --cpus",
+        )
+
+
+def host_memory_mib(meminfo: str) -> int:
+    match = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.MULTILINE)
+    return int(match.group(1)) // 1024 if match else 1 << 20
 
 
 def parse_cpus(text: str, host_cpus: int) -> int:

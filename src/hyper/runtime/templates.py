@@ -43,6 +43,9 @@ LAYER_SLOTS = 12
 # the agent. A pod on more networks boots the classic way.
 NIC_SLOTS = 1
 SLOT_BYTES = 10 << 30
+# Each shape (kernel, appliance, memory, vCPUs) makes a template of about its
+# guest's RAM on disk; past this many the least recently used go.
+MAX_TEMPLATES = 8
 WRITABLE_SERIAL = "hw0"
 
 
@@ -82,6 +85,13 @@ class Template:
     @property
     def state(self) -> Path:
         return self.directory / "state"
+
+
+def _last_used(directory: Path) -> float:
+    try:
+        return directory.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def slot_disks(layers: list[Path], writable: Path, placeholder: Path) -> tuple[DiskSpec, ...]:
@@ -151,9 +161,22 @@ class TemplateCache:
         """Remove a template that failed to start a VM; the next run makes a new one."""
         shutil.rmtree(template.directory, ignore_errors=True)
 
+    def prune(self, keep: Template, limit: int | None = None) -> None:
+        """At most `limit` templates (MAX_TEMPLATES): the least recently used
+        go. A VM started from one keeps its mapping; only new starts need it."""
+        limit = MAX_TEMPLATES if limit is None else limit
+        found = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        by_use = sorted(found, key=_last_used, reverse=True)
+        for stale in [p for p in by_use if p != keep.directory][max(limit - 1, 0) :]:
+            shutil.rmtree(stale, ignore_errors=True)
+
     def find(self, config: TemplateConfig) -> Template | None:
         template = Template(self.root / config.key())
-        return template if template.state.exists() else None
+        if not template.state.exists():
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(template.directory)  # its last use, for prune
+        return template
 
     async def ensure(
         self, config: TemplateConfig, boot_timeout: float, notify: Callable[[str], None] | None = None
@@ -211,6 +234,7 @@ class TemplateCache:
                 await driver.close()
             scratch.unlink()
             work.rename(final.directory)
+            self.prune(keep=final)
             return final
         finally:
             log = run_dir / "console.log"

@@ -25,7 +25,7 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from qemu.qmp import QMPClient
+from qemu.qmp import EventListener, QMPClient
 
 from hyper.errors import FailedPrecondition, HyperError, Unavailable
 from hyper.vm import confine
@@ -98,6 +98,8 @@ class QemuDriver:
         self._state = VmState.CREATED
         self._process: asyncio.subprocess.Process | None = None
         self._qmp: QMPClient | None = None
+        self.io_error: str | None = None  # the first BLOCK_IO_ERROR, in words
+        self._event_tasks: set[asyncio.Task[None]] = set()
         self._detached = detached
         self._pid: int | None = None
         self._pidfd: int | None = None
@@ -142,6 +144,8 @@ class QemuDriver:
 
     def release(self) -> None:
         """Let go of a detached VM without stopping it (hyperd shutting down)."""
+        for task in list(self._event_tasks):
+            task.cancel()
         if self._pidfd is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._pidfd)
@@ -426,6 +430,7 @@ class QemuDriver:
             client = QMPClient(f"hyper-{self._spec.name}")
             try:
                 await asyncio.wait_for(client.connect(str(self._spec.qmp_socket)), 5)
+                self._watch_io_errors(client)
                 return client
             except (TimeoutError, OSError, HyperError, Exception) as exc:
                 with contextlib.suppress(Exception):
@@ -437,6 +442,26 @@ class QemuDriver:
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._process.wait(), 0.02)
+
+    def _watch_io_errors(self, client: QMPClient) -> None:
+        """Remember the first disk error QEMU reports (a full host disk, say):
+        drives report errors to the guest instead of pausing the VM, and the
+        owner tells the user why the container failed."""
+        listener = EventListener("BLOCK_IO_ERROR")
+        client.register_listener(listener)
+
+        async def watch() -> None:
+            async for event in listener:
+                data = event.get("data") or {}
+                if self.io_error is None and isinstance(data, dict):
+                    reason = str(data.get("reason") or "I/O error")
+                    full = data.get("nospace") or "No space" in reason
+                    where = "the host's disk is full" if full else "the host's disk failed"
+                    self.io_error = f"{where} ({data.get('operation', 'write')}: {reason})"
+
+        task = asyncio.get_running_loop().create_task(watch())
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
 
     async def query_status(self) -> str:
         if self._qmp is None:
@@ -500,6 +525,8 @@ class QemuDriver:
     async def close(self) -> None:
         await self.kill()
         self._state = VmState.STOPPED
+        for task in list(self._event_tasks):
+            task.cancel()
         if self._qmp is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._qmp.disconnect(), 2)

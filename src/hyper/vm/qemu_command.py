@@ -167,7 +167,14 @@ def build_command(spec: VmSpec, binary: str = QEMU_BINARY) -> list[str]:
             "readonly=on" if disk.read_only else "readonly=off,auto-read-only=off",
             # Read-only layers go through the host page cache, shared by every VM.
             "cache=writeback",
+            # An error writing on the host (a full disk) is the guest's I/O error,
+            # not a VM paused without a word; QMP's BLOCK_IO_ERROR says which.
+            "werror=report,rerror=report",
         ]
+        if not disk.read_only:
+            # What the container deletes is given back to the host (the guest
+            # mounts with `discard`): its writable disk never stays grown.
+            drive += ["discard=unmap", "detect-zeroes=unmap"]
         command += ["-drive", ",".join(drive)]
         command += ["-device", f"virtio-blk-device,drive=disk{index},serial={_escape(disk.serial)}"]
     return command + nic_arguments(spec, files)
