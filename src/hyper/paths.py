@@ -41,6 +41,10 @@ class HyperPaths:
         return self.state / "containers"
 
     @property
+    def volumes(self) -> Path:
+        return self.state / "volumes"
+
+    @property
     def kernels(self) -> Path:
         return self.cache / "kernels"
 

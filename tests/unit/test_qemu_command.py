@@ -181,3 +181,14 @@ def test_console_tail_of_a_short_file_is_all_of_it(tmp_path: Path) -> None:
 
 def test_console_tail_of_a_missing_file_is_empty(tmp_path: Path) -> None:
     assert console_tail(tmp_path / "nope.log") == ""
+
+
+def test_file_share_is_a_passed_socket_after_the_disks() -> None:
+    spec = make_spec(file_share=True)
+    files = passed_files(spec)
+    share = files[-1] if files[-1].kind == "share" else next(f for f in files if f.kind == "share")
+    assert share.fd == FIRST_DISK_FD + 2 and share.fdset is None  # after the two disks' descriptors
+    command = build_command(spec)
+    assert option_values(command, "-fsdev") == [f"proxy,id=share,sock_fd={share.fd}"]
+    assert "virtio-9p-device,fsdev=share,mount_tag=hyper" in option_values(command, "-device")
+    assert "-fsdev" not in build_command(make_spec())

@@ -26,7 +26,7 @@ import stat
 # chroot, where the agent's standard library is out of reach: import it now.
 import warnings  # noqa: F401
 
-from hyper.agent import guest_security
+from hyper.agent import guest_security, guest_volumes
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_sys import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
 
@@ -238,8 +238,13 @@ def assemble_rootfs(
     *,
     privileged: bool = False,
     shm_bytes: int = DEFAULT_SHM_BYTES,
+    mounts: list[dict[str, object]] | None = None,
+    read_only: bool = False,
+    agent_mounts: list[str] | None = None,
 ) -> Container:
-    """Overlay the layers (bottom → top) under the writable dir; add /dev, /sys, /etc files.
+    """Overlay the layers (bottom → top) under the writable dir; add /dev, /sys, /etc
+    files, then the container's volumes, binds and tmpfs (guest_volumes; the VM's
+    share goes on `agent_mounts`), and with `read_only` make the root read-only.
 
     /sys is read-only and /dev holds only the basic nodes, unless `privileged`:
     then /sys is writable and /dev has every device of the VM but the agent's channel.
@@ -285,6 +290,17 @@ def assemble_rootfs(
         target = _ensure_file(rootfs, f"etc/{name}")
         sys_.mount(source, target, None, sys_.MS_BIND)
         container.mounts.append(target)
+    try:
+        shared = agent_mounts if agent_mounts is not None else []
+        guest_volumes.mount_all(rootfs, mounts or [], container.mounts, shared)
+    except guest_volumes.MountError as exc:
+        teardown(container)
+        raise StartError("mount", exc.errno, exc.message) from exc
+    except BaseException:
+        teardown(container)
+        raise
+    if read_only:
+        guest_volumes.read_only_root(rootfs)
     return container
 
 

@@ -15,7 +15,7 @@ import os
 import time
 
 from hyper.agent import guest_archive as archive
-from hyper.agent import guest_container, guest_net, guest_security
+from hyper.agent import guest_container, guest_net, guest_security, guest_volumes
 from hyper.agent import guest_stats as stats
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_process import ContainerRoot, Process, spawn, spawn_call
@@ -79,6 +79,7 @@ class ContainerRequests:
         shm = message.get("shm_size") or guest_container.DEFAULT_SHM_BYTES
         if not isinstance(shm, int) or isinstance(shm, bool) or shm <= 0:
             raise ValueError("shm_size must be a positive number of bytes")
+        mounts = guest_volumes.read_mounts(message.get("mounts"))
         self.containers[container_id] = guest_container.assemble_rootfs(
             container_id,
             layer_dirs,
@@ -86,6 +87,9 @@ class ContainerRequests:
             self.etc_files,
             privileged=message.get("privileged") is True,
             shm_bytes=shm,
+            mounts=mounts,
+            read_only=message.get("read_only") is True,
+            agent_mounts=self.other_mounts,
         )
         return {}
 

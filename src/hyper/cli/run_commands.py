@@ -22,6 +22,7 @@ from hyper.runtime.confinement import refuse_unhonoured
 from hyper.runtime.run import ContainerExit, run_foreground
 from hyper.runtime.settings import Settings
 from hyper.runtime.stdio import Attachment
+from hyper.storage import mounts
 from hyper.vm import confine
 from hyper.vm.accel import choose_accel, probe_host
 from hyper.vm.jail import confinement_lines, jail_mode_for
@@ -77,6 +78,7 @@ def add_container_options(parser: argparse.ArgumentParser) -> None:
         help="no, always, unless-stopped or on-failure[:N] (through hyperd; default: no)",
     )
     add_lifecycle_options(parser)
+    add_storage_options(parser)
 
 
 def add_lifecycle_options(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +121,21 @@ def add_lifecycle_options(parser: argparse.ArgumentParser) -> None:
     confinement.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]")
     confinement.add_argument("--shm-size", metavar="SIZE", help="the size of /dev/shm (default 64m)")
     confinement.add_argument("--init", action="store_true", help="a minimal init as PID 1")
+
+
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    """Volumes, bind mounts, tmpfs and the root's mode (hyper.storage parses them)."""
+    parser.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="SRC:DST[:ro]",
+        help="a volume or host directory",
+    )
+    parser.add_argument("--mount", action="append", default=[], metavar="type=…,source=…,target=…")
+    parser.add_argument("--tmpfs", action="append", default=[], metavar="DST[:size=…,mode=…]")
+    parser.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
 
 
 def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -218,6 +235,8 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
         health_timeout=check.timeout,
         health_start_period=check.start_period,
         health_retries=check.retries,
+        mounts=storage_mounts(args),
+        read_only=args.read_only,
     )
     refuse_unhonoured(options)
     return options
@@ -237,6 +256,17 @@ def security_options(values: Sequence[str]) -> list[str]:
         except OSError as exc:
             raise InvalidArgument(f"cannot read the seccomp profile {name}: {exc.strerror}") from exc
     return options
+
+
+def storage_mounts(args: argparse.Namespace) -> tuple[str, ...]:
+    """-v, --mount and --tmpfs, checked, as canonical --mount strings; a relative
+    -v host path (./dir, ../dir) is taken from here, as the docker CLI does."""
+    volumes = [
+        os.path.abspath(v.split(":", 1)[0]) + v[len(v.split(":", 1)[0]) :] if v.startswith(".") else v
+        for v in args.volume
+    ]
+    parsed = mounts.parse_all(volumes=volumes, mounts=args.mount, tmpfs=args.tmpfs)
+    return tuple(m.canonical() for m in parsed)
 
 
 def client_env(items: Sequence[str], local: Mapping[str, str]) -> tuple[str, ...]:

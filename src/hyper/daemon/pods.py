@@ -43,6 +43,7 @@ from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
 from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun, start_process
 from hyper.runtime.settings import Settings
+from hyper.storage.share import ProxyShare
 from hyper.vm.driver import VmState
 from hyper.vm.qemu import QemuDriver, VmStartError
 
@@ -281,7 +282,8 @@ class Pod:
             return
         spec = vm_spec_from(doc)
         try:
-            vm = await QemuDriver.adopt(spec, self.record.qemu_pid, self.settings.qemu_binary)
+            share = ProxyShare.adopt(spec.run_dir) if spec.file_share else None
+            vm = await QemuDriver.adopt(spec, self.record.qemu_pid, self.settings.qemu_binary, share=share)
         except VmStartError:
             await self._finish(EXIT_VM_DIED, "the VM stopped while hyperd was not running")
             return

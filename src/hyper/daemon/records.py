@@ -98,4 +98,5 @@ def vm_spec_from(doc: dict[str, Any]) -> VmSpec:
         memory_shared=bool(doc.get("memory_shared")),
         incoming_state=path(doc.get("incoming_state")),
         jail=JailSpec.from_document(doc.get("jail")),
+        file_share=bool(doc.get("file_share")),
     )

@@ -36,6 +36,9 @@ from hyper.runtime.seccomp import kernel_version
 from hyper.runtime.settings import Settings
 from hyper.runtime.stdio import FORWARDED_SIGNALS, Attachment, pump_output, raw_terminal, start_stdin_reader
 from hyper.runtime.teardown import STOP_SIGNALS, ForegroundStop
+from hyper.storage import plan as storage_plan
+from hyper.storage.share import ProxyShare, ShareEntry, share_mode, share_unavailable
+from hyper.storage.volumes import VolumeStore
 from hyper.vm.accel import AccelChoice, choose_accel, probe_host
 from hyper.vm.appliance import Appliance, ensure_appliance
 from hyper.vm.driver import DiskSpec, VmSpec
@@ -159,6 +162,10 @@ class ContainerRun:
         # The pod's network for this run (hyperd's NetworkManager makes it); None: loopback only.
         self.network: PodNetwork | None = None
         self._device_macs: tuple[str, ...] = ()
+        # The container's volumes and host directories in its VM's share, and
+        # the mounts the guest makes of them (hyper.storage).
+        self.share_entries: tuple[ShareEntry, ...] = ()
+        self.guest_mounts: list[dict[str, object]] = []
 
     def save_record(self, **changes: object) -> None:
         self.record.update(changes)
@@ -207,6 +214,17 @@ class ContainerRun:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         if remove:
             shutil.rmtree(self.dir, ignore_errors=True)
+            self.release_volumes(anonymous=True)
+
+    def release_volumes(self, *, anonymous: bool) -> None:
+        """The container no longer uses its volumes; with `anonymous` its anonymous
+        ones go too (Docker's --rm and rm -v). Blocking."""
+        if not self.paths.volumes.exists():
+            return
+        with VolumeStore(self.paths.volumes, self.paths.containers) as volumes:
+            used = volumes.release(self.id)
+            if anonymous:
+                volumes.remove_anonymous(used)
 
     @contextlib.asynccontextmanager
     async def _container_files(self, image: Image, process: specs.ProcessSpec) -> AsyncIterator[Path]:
@@ -242,7 +260,19 @@ class ContainerRun:
         kernel = kernel_version(inputs.kernel.release)
         process = specs.process_spec(image.config, self.options, host_env, kernel)
         layers = await asyncio.to_thread(store.layer_disks, image)
+        await asyncio.to_thread(self._plan_storage, image)
         return Prepared(image, process, inputs, layers)
+
+    def _plan_storage(self, image: Image) -> None:
+        """Volumes named and made, host paths checked, the share's entries and the
+        guest's mounts decided: before any VM boots. Blocking."""
+        with VolumeStore(self.paths.volumes, self.paths.containers) as volumes:
+            mounts = storage_plan.resolve_mounts(volumes, self.options.mounts, (), self.id)
+            self.options = dataclasses.replace(self.options, mounts=mounts)
+            plan = storage_plan.share_plan(volumes, mounts, self.id[:12])
+        if plan.needs_share and share_mode() is None:
+            raise FailedPrecondition(f"volumes cannot be shared with a VM here: {share_unavailable()}")
+        self.share_entries, self.guest_mounts = plan.entries, list(plan.guest)
 
     def _base_spec(self, inputs: VmInputs) -> VmSpec:
         with open("/proc/cpuinfo") as f:
@@ -258,6 +288,7 @@ class ContainerRun:
             cpus=self.options.cpus,
             run_dir=self.run_dir,
             nics=self._pod_network().nics,
+            file_share=share_mode() is not None,
         )
 
     def _pod_network(self) -> PodNetwork:
@@ -388,6 +419,7 @@ class ContainerRun:
             memory_mib=base.memory_mib,
             cpus=base.cpus,
             qemu_binary=self.settings.qemu_binary,
+            file_share=base.file_share,
         )
 
     async def _resume_template(
@@ -419,7 +451,8 @@ class ContainerRun:
 
     async def _boot(self, spec: VmSpec) -> tuple[QemuDriver, AgentClient]:
         nic_fds = self.network.fds if self.network is not None else ()
-        vm = QemuDriver(spec, self.settings.qemu_binary, detached=self.detached, nic_fds=nic_fds)
+        share = ProxyShare(spec.run_dir, self.share_entries) if spec.file_share else None
+        vm = QemuDriver(spec, self.settings.qemu_binary, detached=self.detached, nic_fds=nic_fds, share=share)
         self._device_macs = tuple(nic.mac for nic in spec.nics)
         if self.stop is not None:
             self.stop.kill_vm = vm.kill_now
@@ -483,6 +516,8 @@ class ContainerRun:
             },
             privileged=self.options.privileged,
             shm_size=self.options.shm_size or None,
+            mounts=self.guest_mounts,
+            read_only=self.options.read_only,
         )
 
     async def _attach(

@@ -95,6 +95,10 @@ class RunOptions:
     dns_search: tuple[str, ...] = ()
     dns_options: tuple[str, ...] = ()
     extra_hosts: tuple[str, ...] = ()  # --add-host NAME:IP
+    # Storage (hyper.storage): mounts in Docker's --mount form (volumes named,
+    # anonymous ones too, once the container is created), a read-only root.
+    mounts: tuple[str, ...] = ()
+    read_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from hyper.network.pod import UNCONNECTED_MAC
 from hyper.runtime.boot import boot_agent
+from hyper.storage.share import ProxyShare
 from hyper.vm.accel import Accel
 from hyper.vm.driver import DiskSpec, NicSpec, VmSpec
 from hyper.vm.qemu import QemuDriver
@@ -64,6 +65,7 @@ class TemplateConfig:
     memory_mib: int
     cpus: int
     qemu_binary: str
+    file_share: bool = False  # the virtio-9p device (hyper.storage.share)
 
     def key(self) -> str:
         digest = hashlib.sha256(f"template {TEMPLATE_VERSION} {LAYER_SLOTS} {SLOT_BYTES}\n".encode())
@@ -71,6 +73,8 @@ class TemplateConfig:
             st = path.stat()
             digest.update(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         digest.update(f"{self.cmdline}\n{self.accel.value} {self.memory_mib} {self.cpus}\n".encode())
+        if self.file_share:
+            digest.update(b"file share\n")
         return digest.hexdigest()
 
 
@@ -220,8 +224,12 @@ class TemplateCache:
                 memory_file=work / "memory",
                 memory_shared=True,
                 nics=(NicSpec(UNCONNECTED_MAC, "none"),),
+                file_share=config.file_share,
             )
-            driver = QemuDriver(spec, config.qemu_binary)
+            # The template's share is empty and never mounted: a mounted 9p export
+            # would block saving the VM (QEMU's migration blocker).
+            share = ProxyShare(run_dir) if config.file_share else None
+            driver = QemuDriver(spec, config.qemu_binary, share=share)
             try:
                 await driver.start()
                 agent = await boot_agent(driver, boot_timeout)

@@ -60,6 +60,9 @@ class VmSpec:
     # kept so that adoption and clean-up find its uid and cgroup again.
     jail: JailSpec | None = None
     nics: tuple[NicSpec, ...] = ()
+    # A virtio-9p device (tag "hyper") served by a FileShare: every VM has one
+    # where shares can run, templates too, since a microvm cannot hot-plug it.
+    file_share: bool = False
 
     @property
     def console_log(self) -> Path:
@@ -92,6 +95,17 @@ VM_TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     VmState.STOPPING: frozenset({VmState.STOPPED}),
     VmState.STOPPED: frozenset(),
 }
+
+
+class FileShare(Protocol):
+    """The server behind a VM's virtio-9p device; it runs before QEMU starts
+    (QEMU checks the share's root as it builds the device) and ends after it."""
+
+    def start(self) -> int:
+        """Start serving; returns QEMU's end of the server's socket, which the caller closes."""
+
+    def close(self) -> None:
+        """Stop serving, once QEMU is gone. Idempotent."""
 
 
 class VmDriver(Protocol):

@@ -29,7 +29,7 @@ from qemu.qmp import EventListener, QMPClient
 
 from hyper.errors import FailedPrecondition, HyperError, Unavailable
 from hyper.vm import confine
-from hyper.vm.driver import VM_TRANSITIONS, VmSpec, VmState
+from hyper.vm.driver import VM_TRANSITIONS, FileShare, VmSpec, VmState
 from hyper.vm.jail import JailMode, jail_mounts, jail_symlinks, jailer_document
 from hyper.vm.qemu_command import QEMU_BINARY, build_command, open_passed, passed_files
 
@@ -89,8 +89,13 @@ class QemuDriver:
         *,
         detached: bool = False,
         nic_fds: Sequence[int] = (),
+        share: FileShare | None = None,
     ) -> None:
+        if spec.file_share and share is None:
+            raise ValueError(f"VM {spec.name} has a file share device but no share to serve it")
         self._spec = spec
+        self._share = share
+        self._share_fd: int | None = None
         # The host sides of the NICs with a tap or stream backend, in order: the
         # caller keeps (and closes) these; QEMU gets copies.
         self._nic_fds = tuple(nic_fds)
@@ -108,9 +113,11 @@ class QemuDriver:
         self.command = build_command(spec, binary)
 
     @classmethod
-    async def adopt(cls, spec: VmSpec, pid: int, binary: str = QEMU_BINARY) -> QemuDriver:
-        """Take over the running detached VM `spec` whose QEMU is `pid`."""
-        driver = cls(spec, binary, detached=True)
+    async def adopt(
+        cls, spec: VmSpec, pid: int, binary: str = QEMU_BINARY, *, share: FileShare | None = None
+    ) -> QemuDriver:
+        """Take over the running detached VM `spec` whose QEMU is `pid` (and its file share)."""
+        driver = cls(spec, binary, detached=True, share=share)
         driver._state = VmState.STARTING
         if not confine.belongs_to(pid, spec.jail, str(spec.run_dir)):
             # Gone, or the pid now belongs to someone else: nothing to kill, only to clean.
@@ -206,6 +213,8 @@ class QemuDriver:
             raise
         self._spec = dataclasses.replace(self._spec, jail=prepared.spec)
         try:
+            if self._share is not None and self._spec.file_share:
+                self._share_fd = await asyncio.to_thread(self._share.start)
             await self._spawn(prepared)
             self._qmp = await self._connect_qmp()
             if self._spec.incoming_state is not None:
@@ -243,6 +252,10 @@ class QemuDriver:
                     if source is None:
                         raise FailedPrecondition(f"VM {self._spec.name}: no descriptor for {passed.path}")
                     opened.append(fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, 3))
+                elif passed.kind == "share":
+                    assert self._share_fd is not None
+                    opened.append(self._share_fd)
+                    self._share_fd = None
                 else:
                     opened.append(open_passed(passed))
                 pairs.append((opened[-1], passed.fd))
@@ -527,6 +540,11 @@ class QemuDriver:
         self._state = VmState.STOPPED
         for task in list(self._event_tasks):
             task.cancel()
+        if self._share_fd is not None:
+            os.close(self._share_fd)
+            self._share_fd = None
+        if self._share is not None:
+            await asyncio.shield(asyncio.to_thread(self._share.close))
         if self._qmp is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._qmp.disconnect(), 2)

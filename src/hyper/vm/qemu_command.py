@@ -27,6 +27,8 @@ QEMU_BINARY = "qemu-system-x86_64"
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 QMP_FD, AGENT_FD, CONSOLE_FD, FIRST_DISK_FD = 3, 4, 5, 6
 NIC_FD_BACKENDS = ("tap", "stream")
+# The guest mounts its file share by this tag (hyper.storage.share.MOUNT_TAG).
+SHARE_TAG = "hyper"
 
 
 def _escape(value: str | Path) -> str:
@@ -40,13 +42,16 @@ class PassedFile:
 
     fd: int
     path: Path
-    kind: str  # "listener" (a bound, listening unix socket), "log", "disk", or "nic" (opened by the caller)
+    # "listener" (a bound, listening unix socket), "log", "disk", "nic" (opened by the caller)
+    # or "share" (the 9p server's socket, given by the share)
+    kind: str
     writable: bool
     fdset: int | None = None  # for `-add-fd`: files QEMU opens as /dev/fdset/N
 
 
 def passed_files(spec: VmSpec) -> tuple[PassedFile, ...]:
-    """QMP and agent sockets, the console log, and one descriptor per distinct disk."""
+    """QMP and agent sockets, the console log, one descriptor per distinct disk,
+    and the file share's socket (given by the share, not opened here)."""
     files = [
         PassedFile(QMP_FD, spec.qmp_socket, "listener", True),
         PassedFile(AGENT_FD, spec.agent_socket, "listener", True),
@@ -63,6 +68,9 @@ def passed_files(spec: VmSpec) -> tuple[PassedFile, ...]:
         for index, nic in enumerate(spec.nics)
         if nic.backend in NIC_FD_BACKENDS
     ]
+    if spec.file_share:
+        share_fd = FIRST_DISK_FD + len(disks) + len(nics)
+        files.append(PassedFile(share_fd, spec.run_dir / "share", "share", True))
     return (*files, *disks.values(), *nics)
 
 
@@ -177,6 +185,16 @@ def build_command(spec: VmSpec, binary: str = QEMU_BINARY) -> list[str]:
             drive += ["discard=unmap", "detect-zeroes=unmap"]
         command += ["-drive", ",".join(drive)]
         command += ["-device", f"virtio-blk-device,drive=disk{index},serial={_escape(disk.serial)}"]
+    served = next((f for f in files if f.kind == "share"), None)
+    if served is not None:
+        # QEMU's proxy driver: the file work is done by a helper at the socket's
+        # other end (hyper.storage.share), so QEMU needs no right on the files.
+        command += [
+            "-fsdev",
+            f"proxy,id=share,sock_fd={served.fd}",
+            "-device",
+            f"virtio-9p-device,fsdev=share,mount_tag={SHARE_TAG}",
+        ]
     return command + nic_arguments(spec, files)
 
 
@@ -195,6 +213,8 @@ def open_passed(passed: PassedFile) -> int:
         return listener.detach()
     if passed.kind == "nic":
         raise ValueError("a NIC's descriptor is opened by the network, not by path")
+    if passed.kind == "share":
+        raise ValueError("the file share's socket comes from the share, not from a path")
     if passed.kind == "log":
         return os.open(passed.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     return os.open(passed.path, (os.O_RDWR if passed.writable else os.O_RDONLY) | os.O_CLOEXEC)

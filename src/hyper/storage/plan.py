@@ -1,0 +1,99 @@
+"""From a container's mounts to what its VM gets: volumes made, host paths checked, the share laid out.
+
+`resolve_mounts` runs when a container is created and again at each start
+(it is idempotent): it names anonymous volumes (the image's VOLUME paths
+among them), creates named volumes on first use, makes a missing `-v` host
+directory as Docker does, refuses a missing `--mount` bind source, and
+records the container as a user of its volumes. `share_plan` then says what
+goes into the VM's share (`CONTAINER/mN` entries) and what the guest mounts
+where (hyper.agent.guest_volumes reads that list).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hyper.errors import FailedPrecondition, InvalidArgument
+from hyper.storage.mounts import Mount, MountType, check_unique, parse_mount, with_image_volumes
+from hyper.storage.share import ShareEntry
+from hyper.storage.volumes import VolumeStore
+
+
+@dataclass(frozen=True)
+class SharePlan:
+    entries: tuple[ShareEntry, ...]  # into the VM's share, on the host
+    guest: tuple[dict[str, Any], ...]  # the agent's mount list
+
+    @property
+    def needs_share(self) -> bool:
+        return bool(self.entries)
+
+
+def parse_canonical(mounts: Iterable[str]) -> tuple[Mount, ...]:
+    return check_unique(parse_mount(text) for text in mounts)
+
+
+def resolve_mounts(
+    store: VolumeStore, mounts: Iterable[str], image_volumes: Iterable[str], container_id: str
+) -> tuple[str, ...]:
+    """The container's mounts with every volume named and made; canonical strings. Blocking."""
+    resolved = []
+    for mount in with_image_volumes(parse_canonical(mounts), image_volumes):
+        if mount.type is MountType.VOLUME:
+            resolved.append(replace(mount, source=store.create(mount.source or None).name))
+            continue
+        if mount.type is MountType.BIND:
+            check_bind_source(mount)
+        resolved.append(mount)
+    store.use((m.source for m in resolved if m.type is MountType.VOLUME), container_id)
+    return tuple(m.canonical() for m in resolved)
+
+
+def check_bind_source(mount: Mount) -> None:
+    if os.path.lexists(mount.source):
+        if not os.path.exists(mount.source):
+            raise InvalidArgument(f"bind source path {mount.source} is a dangling symlink")
+        return
+    if not mount.create_source:
+        raise InvalidArgument(
+            f"bind source path does not exist: {mount.source}",
+            hint="create it first (-v creates a missing directory, --mount does not)",
+        )
+    os.makedirs(mount.source, 0o755, exist_ok=True)
+
+
+def share_plan(store: VolumeStore, mounts: Iterable[str], container: str) -> SharePlan:
+    """What the VM's share holds for `container` (its short id) and what the guest mounts."""
+    entries: list[ShareEntry] = []
+    guest: list[dict[str, Any]] = []
+    for mount in parse_canonical(mounts):
+        if mount.type is MountType.TMPFS:
+            options = list(mount.tmpfs_flags) + (["ro"] if mount.read_only else [])
+            if mount.tmpfs_size is not None:
+                options.append(f"size={mount.tmpfs_size}")
+            if mount.tmpfs_mode is not None:
+                options.append(f"mode={mount.tmpfs_mode:o}")
+            guest.append({"type": "tmpfs", "target": mount.target, "options": options})
+            continue
+        if mount.type is MountType.VOLUME:
+            if not mount.source:
+                raise FailedPrecondition(f"the volume for {mount.target} has no name yet")
+            source = str(store.get(mount.source).mountpoint)
+        else:
+            check_bind_source(mount)
+            source = mount.source
+        place = f"{container}/m{len(entries)}"
+        entries.append(ShareEntry(source, place, mount.read_only))
+        guest.append(
+            {
+                "type": "bind",
+                "source": place,
+                "target": mount.target,
+                "read_only": mount.read_only,
+                "copy_up": mount.type is MountType.VOLUME and not mount.no_copy,
+            }
+        )
+    return SharePlan(tuple(entries), tuple(guest))

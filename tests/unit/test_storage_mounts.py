@@ -1,0 +1,143 @@
+"""The mount options of every front end: parsing, canonical forms, and the bad inputs refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from hyper.errors import InvalidArgument
+from hyper.storage.mounts import (
+    Mount,
+    MountType,
+    check_unique,
+    from_api_mount,
+    parse_all,
+    parse_mount,
+    parse_tmpfs,
+    parse_volume,
+    with_image_volumes,
+)
+
+
+def test_volume_flag_forms() -> None:
+    assert parse_volume("/srv/data:/data") == Mount(MountType.BIND, "/data", "/srv/data", create_source=True)
+    assert parse_volume("/srv/data:/data:ro").read_only
+    assert parse_volume("db:/var/lib/db") == Mount(MountType.VOLUME, "/var/lib/db", "db")
+    assert parse_volume("db:/var/lib/db:ro,nocopy") == Mount(
+        MountType.VOLUME, "/var/lib/db", "db", read_only=True, no_copy=True
+    )
+    assert parse_volume("/cache") == Mount(MountType.VOLUME, "/cache", anonymous=True)
+    assert parse_volume("/srv/x/../y:/a/./b/:z").source == "/srv/y"
+    assert parse_volume("/srv/x:/a/./b/").target == "/a/b"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("bad name!:/data", "invalid volume name"),
+        ("a:/data", "invalid volume name"),  # Docker's rule: two characters at least
+        ("db:data", "absolute path"),
+        ("db:/", "/ cannot be mounted over"),
+        ("db:/proc", "/proc cannot be mounted over"),
+        ("db:/proc/sys", "/proc cannot be mounted over"),
+        ("/srv:/x:rshared", "do not propagate"),
+        ("/srv:/x:bogus", "invalid volume option"),
+        ("/srv:/x:nocopy", "nocopy applies to volumes"),
+        ("a:b:c:d", "invalid volume specification"),
+        (":/x", "invalid volume specification"),
+    ],
+)
+def test_bad_volume_flags(text: str, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        parse_volume(text)
+
+
+def test_mount_flag_forms() -> None:
+    assert parse_mount("type=bind,source=/srv,target=/x,readonly") == Mount(
+        MountType.BIND, "/x", "/srv", read_only=True
+    )
+    assert parse_mount("type=volume,src=v1,dst=/x,ro=false") == Mount(MountType.VOLUME, "/x", "v1")
+    assert parse_mount("target=/x") == Mount(MountType.VOLUME, "/x", anonymous=True)
+    assert parse_mount("type=tmpfs,destination=/t,tmpfs-size=64m,tmpfs-mode=1770") == Mount(
+        MountType.TMPFS, "/t", tmpfs_size=64 << 20, tmpfs_mode=0o1770
+    )
+    assert parse_mount('type=bind,"source=/a,b",target=/x').source == "/a,b"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("type=nfs,target=/x", "invalid mount type"),
+        ("type=bind,source=/a", "has no target"),
+        ("type=bind,source=rel,target=/x", "absolute host path"),
+        ("type=bind,source=/a,target=/x,bind-propagation=shared", "do not propagate"),
+        ("type=volume,source=v!,target=/x", "invalid volume name"),
+        ("type=volume,target=/x,volume-driver=nfs", "driver"),
+        ("type=tmpfs,source=/a,target=/x", "takes no source"),
+        ("type=tmpfs,target=/x,tmpfs-size=lots", "invalid tmpfs-size"),
+        ("type=tmpfs,target=/x,tmpfs-mode=999", "invalid tmpfs mode"),
+        ("type=bind,source=/a,target=/x,colour=red", "unknown --mount key"),
+        ("type=bind,source=/a,target=/x,readonly=maybe", "use true or false"),
+        ("type=bind,source=/a,target=/x,target=/y", "twice"),
+    ],
+)
+def test_bad_mount_flags(text: str, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        parse_mount(text)
+
+
+def test_tmpfs_flag() -> None:
+    assert parse_tmpfs("/run") == Mount(MountType.TMPFS, "/run")
+    assert parse_tmpfs("/run:rw,size=65536k,mode=1777,exec") == Mount(
+        MountType.TMPFS, "/run", tmpfs_size=64 << 20, tmpfs_mode=0o1777, tmpfs_flags=("exec",)
+    )
+    assert parse_tmpfs("/run:ro").read_only
+    with pytest.raises(InvalidArgument, match="invalid tmpfs option"):
+        parse_tmpfs("/run:uid=evil,foo")
+    with pytest.raises(InvalidArgument, match="absolute path"):
+        parse_tmpfs("run")
+
+
+@pytest.mark.parametrize(
+    "mount",
+    [
+        Mount(MountType.BIND, "/x", '/a,b"c', read_only=True, create_source=True),
+        Mount(MountType.VOLUME, "/x", "0123abcd", no_copy=True, anonymous=True),
+        Mount(MountType.TMPFS, "/t", tmpfs_size=1024, tmpfs_mode=0o700, tmpfs_flags=("exec", "dev")),
+    ],
+)
+def test_canonical_round_trip(mount: Mount) -> None:
+    assert parse_mount(mount.canonical()) == mount
+
+
+def test_duplicates_and_image_volumes() -> None:
+    with pytest.raises(InvalidArgument, match="duplicate mount point: /x"):
+        parse_all(volumes=["/a:/x"], mounts=["type=volume,target=/x/"])
+    with pytest.raises(InvalidArgument, match="duplicate mount point"):
+        check_unique([parse_tmpfs("/t"), parse_volume("v1:/t")])
+    mounts = (parse_volume("v1:/data"),)
+    extended = with_image_volumes(mounts, ["/data", "/logs", "/logs/"])
+    assert extended == (*mounts, Mount(MountType.VOLUME, "/logs", anonymous=True))
+
+
+def test_api_mounts() -> None:
+    assert from_api_mount(
+        {
+            "Type": "bind",
+            "Source": "/srv",
+            "Target": "/x",
+            "ReadOnly": True,
+            "BindOptions": {"Propagation": "rprivate"},
+        }
+    ) == Mount(MountType.BIND, "/x", "/srv", read_only=True)
+    assert from_api_mount({"Type": "volume", "Target": "/v", "VolumeOptions": {"NoCopy": True}}) == Mount(
+        MountType.VOLUME, "/v", anonymous=True, no_copy=True
+    )
+    assert from_api_mount(
+        {"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 4096, "Mode": 0o755}}
+    ) == Mount(MountType.TMPFS, "/t", tmpfs_size=4096, tmpfs_mode=0o755)
+    with pytest.raises(InvalidArgument, match="do not propagate"):
+        from_api_mount(
+            {"Type": "bind", "Source": "/s", "Target": "/x", "BindOptions": {"Propagation": "shared"}}
+        )
+    with pytest.raises(InvalidArgument, match="must be an object"):
+        from_api_mount("nope")  # type: ignore[arg-type]

@@ -1,0 +1,114 @@
+"""The volume store (SQLite and directories) and the plan that turns mounts into a VM's share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hyper.errors import FailedPrecondition, InvalidArgument, NotFound
+from hyper.storage.mounts import parse_all
+from hyper.storage.plan import resolve_mounts, share_plan
+from hyper.storage.share import ShareEntry
+from hyper.storage.volumes import ANONYMOUS_LABEL, VolumeStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> VolumeStore:
+    (tmp_path / "containers").mkdir()
+    return VolumeStore(tmp_path / "volumes", tmp_path / "containers")
+
+
+def live(store: VolumeStore, container: str) -> str:
+    (store.containers / container).mkdir()
+    return container
+
+
+def test_create_is_idempotent_and_lists(store: VolumeStore) -> None:
+    first = store.create("data", labels={"a": "b"})
+    assert first.mountpoint == store.root / "data" / "_data" and first.mountpoint.is_dir()
+    (first.mountpoint / "f").write_text("kept")
+    again = store.create("data")
+    assert again == first and (again.mountpoint / "f").read_text() == "kept"
+    anonymous = store.create()
+    assert anonymous.anonymous and len(anonymous.name) == 64 and ANONYMOUS_LABEL in anonymous.labels
+    assert [v.name for v in store.all()] == sorted(["data", anonymous.name])
+    doc = first.document(usage=(4096, 0))
+    assert doc["Driver"] == "local" and doc["Labels"] == {"a": "b"} and doc["UsageData"]["RefCount"] == 0
+
+
+def test_bad_requests(store: VolumeStore) -> None:
+    with pytest.raises(InvalidArgument, match="invalid volume name"):
+        store.create("-x")
+    with pytest.raises(InvalidArgument, match="driver"):
+        store.create("x1", driver="nfs")
+    with pytest.raises(InvalidArgument, match="options"):
+        store.create("x1", options={"type": "tmpfs"})
+    with pytest.raises(NotFound):
+        store.get("nope")
+    with pytest.raises(NotFound):
+        store.remove("nope")
+
+
+def test_in_use_needs_force(store: VolumeStore) -> None:
+    store.create("data")
+    container = live(store, "c" * 64)
+    store.use(["data"], container)
+    with pytest.raises(FailedPrecondition, match="in use by container"):
+        store.remove("data")
+    store.remove("data", force=True)
+    with pytest.raises(NotFound):
+        store.get("data")
+    assert not (store.root / "data").exists()
+
+
+def test_users_whose_container_is_gone_do_not_count(store: VolumeStore) -> None:
+    store.create("data")
+    store.use(["data"], "gone")
+    assert store.users("data") == []
+    store.remove("data")
+
+
+def test_anonymous_removal_and_prune(store: VolumeStore) -> None:
+    named = store.create("keep")
+    anonymous = store.create()
+    other = store.create()
+    container = live(store, "c1")
+    store.use([named.name, anonymous.name], container)
+    assert store.prune() == ([other.name], 0)
+    assert store.remove_anonymous(store.release(container)) == [anonymous.name]
+    assert [v.name for v in store.all()] == ["keep"]
+    (named.mountpoint / "f").write_bytes(b"x" * 10000)
+    removed, freed = store.prune(all_volumes=True)
+    assert removed == ["keep"] and freed >= 10000
+
+
+def test_resolve_and_plan(store: VolumeStore, tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    missing = tmp_path / "made-by-v"
+    parsed = parse_all(
+        volumes=[f"{host}:/h:ro", "named:/n", "/anon", f"{missing}:/m"],
+        mounts=["type=tmpfs,target=/t,tmpfs-size=1m"],
+    )
+    host.mkdir()
+    container = live(store, "c" * 64)
+    resolved = resolve_mounts(store, [m.canonical() for m in parsed], ["/image-volume", "/n"], container)
+    assert missing.is_dir()  # -v makes a missing host directory, as Docker does
+    assert resolve_mounts(store, resolved, ["/image-volume"], container) == resolved  # idempotent
+    names = {v.name for v in store.all()}
+    assert "named" in names and len(names) == 3
+    assert set(store.release(container)) == names
+    plan = share_plan(store, resolved, "c" * 12)
+    assert plan.entries[0] == ShareEntry(str(host), "cccccccccccc/m0", True)
+    assert plan.entries[1] == ShareEntry(str(store.get("named").mountpoint), "cccccccccccc/m1", False)
+    targets = [m["target"] for m in plan.guest]
+    assert targets == ["/h", "/n", "/anon", "/m", "/t", "/image-volume"]
+    tmpfs = next(m for m in plan.guest if m["type"] == "tmpfs")
+    assert tmpfs["options"] == [f"size={1 << 20}"]
+    assert [m.get("copy_up") for m in plan.guest if m["type"] == "bind"] == [False, True, True, False, True]
+
+
+def test_mount_source_must_exist(store: VolumeStore, tmp_path: Path) -> None:
+    [mount] = parse_all(mounts=[f"type=bind,source={tmp_path}/absent,target=/x"])
+    with pytest.raises(InvalidArgument, match="bind source path does not exist"):
+        resolve_mounts(store, [mount.canonical()], [], "c1")
