@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         network_commands,
         run_commands,
         session_commands,
+        volume_commands,
     )
 
     parser = argparse.ArgumentParser(
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_commands.register(subparsers)
     copy_commands.register(subparsers)
     network_commands.register(subparsers)
+    volume_commands.register(subparsers)
     return parser
 
 

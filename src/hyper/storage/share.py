@@ -93,12 +93,13 @@ def _libraries() -> tuple[list[dict[str, str]], list[list[str]]]:
 
 
 def _start_time(pid: int) -> int | None:
-    """A process's start time in clock ticks: with its pid, names it uniquely."""
+    """A live process's start time in clock ticks: with its pid, names it uniquely.
+    None once it is gone or a zombie (its parent, init here, may reap it late)."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    return int(text.rpartition(")")[2].split()[19])
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 class ProxyShare:

@@ -1,0 +1,197 @@
+"""Volumes in real VMs: host directories, named volumes, tmpfs and read-only roots, through `hyper run`.
+
+What a program expects of a directory is checked inside the VM by a small
+static program (tests/support/fscheck.c: fsync, rename over a file, hard
+links, shared mmap, a unix socket), and on the host: owners and modes as the
+container set them, files kept across containers, nothing outside what the
+user named reachable from the guest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hyper.image import ImageConfig, ImageStore
+from tests.integration.conftest import HyperEnv
+from tests.support.images import busybox_rootfs_tar
+
+FSCHECK = Path(__file__).resolve().parents[1] / "support" / "fscheck.c"
+IMAGE = "localhost/fscheck:latest"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the 9p share gives files their owners as root")
+
+
+@pytest.fixture(scope="module")
+def env(
+    image_state: Path, shared_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HyperEnv]:
+    """One state for the module, with busybox plus /bin/fscheck (built here, static)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the in-VM file system check")
+    scratch = tmp_path_factory.mktemp("fscheck")
+    binary = scratch / "fscheck"
+    subprocess.run(["gcc", "-O1", "-static", "-o", str(binary), str(FSCHECK)], check=True)
+    state = Path(tempfile.mkdtemp(prefix="hyper-state-"))
+    shutil.copytree(image_state, state, dirs_exist_ok=True, symlinks=True)
+    rootfs = busybox_rootfs_tar(scratch / "rootfs.tar")
+    with tarfile.open(rootfs, "a") as archive:
+        info = archive.gettarinfo(str(binary), "bin/fscheck")
+        info.uid = info.gid = 0
+        with binary.open("rb") as f:
+            archive.addfile(info, f)
+    store = ImageStore(state / "images")
+    store.import_rootfs(rootfs, IMAGE, ImageConfig(cmd=("sh",)))
+    store.layer_disks(store.get(IMAGE))
+    runtime = Path(tempfile.mkdtemp(prefix="hy-", dir="/tmp"))
+    logs = Path(__file__).resolve().parents[2] / "test-results" / "test_volumes"
+    hyper = HyperEnv(state=state, runtime=runtime, cache=shared_cache, console_logs=logs)
+    try:
+        yield hyper
+    finally:
+        leftovers = hyper.qemu_processes()
+        for line in leftovers:
+            subprocess.run(["kill", "-9", line.split()[0]], check=False)
+        shutil.rmtree(runtime, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+        assert not leftovers, f"QEMU processes left behind: {leftovers}"
+
+
+def run(env: HyperEnv, *args: str) -> subprocess.CompletedProcess[str]:
+    done = env.run("run", "--rm", *args)
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+    )
+
+
+def test_a_host_directory_behaves_as_programs_expect(env: HyperEnv, tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    host.mkdir()
+    owned = host / "owned"
+    owned.write_text("theirs")
+    os.chown(owned, 1234, 5678)
+    os.chmod(owned, 0o640)
+    secret = tmp_path / "outside-secret"
+    secret.write_text("host secret")
+    (host / "leak").symlink_to(secret)  # absolute, made on the host
+    (host / "up").symlink_to("../..")
+    script = (
+        "fscheck /data && stat -c '%u:%g:%a' /data/owned && "
+        "echo made > /data/byroot && chown 4321:8765 /data/byroot && chmod 4755 /data/byroot && "
+        "mkdir /data/dir && chmod 1770 /data/dir && "
+        "(cat /data/leak || echo leak-unreadable) && (ls /data/up/ | tr '\\n' ' '; echo) && "
+        "(ln /data/b /hardlink-out 2>&1 || true)"
+    )
+    done = run(env, "-v", f"{host}:/data", IMAGE, "sh", "-c", script)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for line in ("fsync ok", "rename ok", "link ok", "mmap ok", "unix socket ok", "1234:5678:640"):
+        assert line in out, out
+    # The host's symlinks are resolved in the guest: its own /, where that path does not exist.
+    assert "host secret" not in out and "leak-unreadable" in out
+    assert "outside-secret" not in out  # `..` from the volume's root stays in the guest's tree
+    assert "Invalid cross-device link" in out
+    # On the host: what the container made, with the owners and modes it gave.
+    assert (host / "b").read_text() == "MAP" and (host / "h").stat().st_nlink == 2
+    assert stat.S_ISSOCK((host / "sock").lstat().st_mode)
+    made = (host / "byroot").stat()
+    assert (made.st_uid, made.st_gid, stat.S_IMODE(made.st_mode)) == (4321, 8765, 0o4755)
+    assert stat.S_IMODE((host / "dir").stat().st_mode) == 0o1770
+    assert (host / "a").exists() is False and secret.read_text() == "host secret"
+
+
+def test_another_user_in_the_container_owns_what_it_makes(env: HyperEnv, tmp_path: Path) -> None:
+    host = tmp_path / "shared"
+    host.mkdir(mode=0o777)
+    os.chmod(host, 0o777)
+    (host / "roots").write_text("root only")
+    os.chmod(host / "roots", 0o600)
+    done = run(
+        env,
+        "-u",
+        "1000:1000",
+        "-v",
+        f"{host}:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "id -u; echo mine > /data/mine; (cat /data/roots 2>&1 || true); (echo x > /data/roots) 2>&1 || true",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Permission denied" in done.stdout and "root only" not in done.stdout
+    st = (host / "mine").stat()
+    assert (st.st_uid, st.st_gid) == (1000, 1000)
+    assert (host / "roots").read_text() == "root only"
+
+
+def test_named_volumes_read_only_mounts_tmpfs_and_a_read_only_root(env: HyperEnv, tmp_path: Path) -> None:
+    host = tmp_path / "ro-source"
+    host.mkdir()
+    (host / "f").write_text("keep")
+    script = (
+        "ls /etc-volume/passwd && echo one > /etc-volume/marker && "
+        "(echo x > /ro/f) 2>&1; (touch /rootfile) 2>&1; "
+        "echo fine > /scratch/t && df -k /scratch | tail -1 && grep ' /scratch ' /proc/mounts"
+    )
+    first = run(
+        env,
+        "-v",
+        "vol1:/etc-volume",
+        "--mount",
+        "type=volume,source=etcvol,target=/etc",
+        "--mount",
+        f"type=bind,source={host},target=/ro,readonly",
+        "--tmpfs",
+        "/scratch:size=1m",
+        "--read-only",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    said = first.stdout + first.stderr
+    assert "/ro/f: Read-only file system" in said and "/rootfile: Read-only file system" in said
+    assert " 1024 " in first.stdout and "noexec" in first.stdout
+    assert (host / "f").read_text() == "keep"
+    volumes = env.state / "volumes"
+    # Copy-up: the new volume over the image's /etc started with its files.
+    assert (volumes / "etcvol" / "_data" / "passwd").exists()
+    assert (volumes / "vol1" / "_data" / "marker").read_text() == "one\n"
+    second = run(env, "-v", "vol1:/again", IMAGE, "cat", "/again/marker")
+    assert second.returncode == 0 and second.stdout == "one\n", second.stderr
+
+
+def test_anonymous_volumes_go_with_rm(env: HyperEnv) -> None:
+    before = set((env.state / "volumes").iterdir()) if (env.state / "volumes").exists() else set()
+    done = run(env, "-v", "/anon", IMAGE, "sh", "-c", "echo x > /anon/f && grep ' /anon ' /proc/mounts")
+    assert done.returncode == 0 and "9p" in done.stdout, done.stderr
+    after = set((env.state / "volumes").iterdir())
+    assert {p.name for p in after - before} <= {"volumes.db-wal", "volumes.db-shm"}
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["-v", "bad name!:/x"], "invalid volume name"),
+        (["-v", "v1:relative"], "must be an absolute path"),
+        (["-v", "v1:/"], "/ cannot be mounted over"),
+        (["-v", "v1:/proc"], "/proc cannot be mounted over"),
+        (["-v", "v1:/x", "--tmpfs", "/x"], "duplicate mount point: /x"),
+        (["--mount", "type=bind,source=/nonexistent-hyper,target=/x"], "bind source path does not exist"),
+        (["--mount", "type=tmpfs,target=/t,tmpfs-size=huge"], "invalid tmpfs-size"),
+    ],
+)
+def test_bad_mounts_fail_before_a_vm_boots(env: HyperEnv, args: list[str], words: str) -> None:
+    done = run(env, *args, IMAGE, "true")
+    assert done.returncode == 125, done.stderr
+    assert words in done.stderr
+    assert not env.qemu_processes()
