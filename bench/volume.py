@@ -39,7 +39,7 @@ from hyper.paths import default_paths
 from hyper.vm.accel import choose_accel, probe_host
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.podman import Podman, podman_available  # noqa: E402
+from tests.support.podman import Podman, podman_available
 
 IMAGE = "localhost/volbench:latest"
 SOURCE = Path(__file__).with_name("volbench.c")
@@ -111,7 +111,8 @@ def main() -> int:
             return measure
 
         def host() -> dict[str, float]:
-            done = subprocess.run([str(binary), str(host_dir), *sizes], capture_output=True, text=True, check=True)
+            command = [str(binary), str(host_dir), *sizes]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
             return parse(done.stdout)
 
         places: dict[str, Callable[[], dict[str, float]]] = {
@@ -134,8 +135,8 @@ def main() -> int:
                 def measure() -> dict[str, float]:
                     assert podman is not None
                     done = podman(
-                        "--runtime", "crun", "run", "--rm", "--network", "none", *mount, IMAGE, "sh", "-c", script,
-                        timeout=1200,
+                        "--runtime", "crun", "run", "--rm", "--network", "none", *mount,
+                        IMAGE, "sh", "-c", script, timeout=1200,
                     )  # fmt: skip
                     if done.returncode != 0:
                         raise RuntimeError(f"podman run failed: {done.stderr.strip()[-500:]}")
@@ -154,7 +155,9 @@ def main() -> int:
         accel = choose_accel("auto", probe_host(), False)
         print(f"accelerator: {accel.accel.value} ({accel.reason}); {args.n} runs each; medians")
         print(f"{'':34}" + "".join(f"{LABELS[m]:>24}" for m in MEASURES))
-        medians = {name: {m: statistics.median(r[m] for r in runs) for m in MEASURES} for name, runs in results.items()}
+        medians = {}
+        for name, runs in results.items():
+            medians[name] = {m: statistics.median(r[m] for r in runs) for m in MEASURES}
         for name, values in medians.items():
             row = "".join(f"{values[m]:>24.1f}" for m in MEASURES)
             print(f"{name:34}{row}")
