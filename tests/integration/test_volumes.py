@@ -15,13 +15,14 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hyper.image import ImageConfig, ImageStore
-from tests.integration.conftest import HyperEnv
+from tests.integration.conftest import HyperEnv, stop_hyperd
 from tests.support.images import busybox_rootfs_tar
 
 FSCHECK = Path(__file__).resolve().parents[1] / "support" / "fscheck.c"
@@ -57,6 +58,7 @@ def env(
     try:
         yield hyper
     finally:
+        stop_hyperd(hyper)
         leftovers = hyper.qemu_processes()
         for line in leftovers:
             subprocess.run(["kill", "-9", line.split()[0]], check=False)
@@ -137,7 +139,7 @@ def test_named_volumes_read_only_mounts_tmpfs_and_a_read_only_root(env: HyperEnv
     host.mkdir()
     (host / "f").write_text("keep")
     script = (
-        "ls /etc-volume/passwd && echo one > /etc-volume/marker && "
+        "ls /etc/passwd && echo one > /etc-volume/marker && "
         "(echo x > /ro/f) 2>&1; (touch /rootfile) 2>&1; "
         "echo fine > /scratch/t && df -k /scratch | tail -1 && grep ' /scratch ' /proc/mounts"
     )
@@ -195,3 +197,30 @@ def test_bad_mounts_fail_before_a_vm_boots(env: HyperEnv, args: list[str], words
     assert done.returncode == 125, done.stderr
     assert words in done.stderr
     assert not env.qemu_processes()
+
+
+def test_hyperd_containers_keep_named_volumes_and_rm_v_takes_anonymous_ones(env: HyperEnv) -> None:
+    started = env.run(
+        "run", "-d", "-v", "dvol:/data", "-v", "/anon", IMAGE,
+        "sh", "-c", "echo d > /data/f; echo a > /anon/g; sleep 1000",
+    )  # fmt: skip
+    container = started.stdout.decode().strip()
+    assert started.returncode == 0, started.stderr
+    try:
+        volumes = env.state / "volumes"
+        until_file = volumes / "dvol" / "_data" / "f"
+        deadline = time.monotonic() + 120
+        while not until_file.exists():
+            assert time.monotonic() < deadline, "the container did not write its volume"
+            time.sleep(0.1)
+        anonymous = [p for p in volumes.iterdir() if p.is_dir() and len(p.name) == 64]
+        assert len(anonymous) == 1
+        busy = env.run("volume", "rm", "dvol")
+        assert busy.returncode != 0 and b"in use" in busy.stderr
+    finally:
+        removed = env.run("rm", "-f", "-v", container)
+    assert removed.returncode == 0, removed.stderr
+    assert until_file.read_text() == "d\n"
+    assert not anonymous[0].exists()
+    assert env.run("volume", "rm", "dvol").returncode == 0
+    assert not (volumes / "dvol").exists()

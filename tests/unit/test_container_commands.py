@@ -320,7 +320,7 @@ class FakeClient:
         self._act("wait", ref)
         return 7
 
-    def remove(self, ref: str, *, force: bool = False) -> None:
+    def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
         self._act("remove", ref, str(force))
 
     def create_container(self, request: ContainerCreate) -> str:

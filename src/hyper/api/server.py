@@ -151,7 +151,9 @@ async def rename(request: web.Request) -> web.StreamResponse:
 
 
 async def remove(request: web.Request) -> web.StreamResponse:
-    await request.app[DAEMON].remove(request.match_info["ref"], force=_flag(request, "force"))
+    await request.app[DAEMON].remove(
+        request.match_info["ref"], force=_flag(request, "force"), volumes=_flag(request, "v")
+    )
     return web.Response(status=204)
 
 

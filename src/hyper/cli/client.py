@@ -233,8 +233,10 @@ class DaemonClient:
         except ValueError as exc:
             raise InternalError(f"hyperd's answer to a wait has no exit code: {exc}") from exc
 
-    def remove(self, ref: str, *, force: bool = False) -> None:
+    def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
         params = {"force": "1"} if force else {}
+        if volumes:
+            params["v"] = "1"
         self._request("DELETE", _container_path(ref), params=params)
 
     def start(self, ref: str) -> bool:

@@ -78,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     rm = subparsers.add_parser("rm", help="remove containers")
     rm.add_argument("-f", "--force", action="store_true", help="stop and remove running containers")
+    rm.add_argument("-v", "--volumes", action="store_true", help="remove their anonymous volumes too")
     rm.add_argument("containers", nargs="+", metavar="CONTAINER")
     rm.set_defaults(func=rm_command)
 
@@ -156,7 +157,7 @@ def wait_command(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def rm_command(args: argparse.Namespace, ctx: CliContext) -> int:
     def remove(client: DaemonClient, ref: str) -> str:
-        client.remove(ref, force=args.force)
+        client.remove(ref, force=args.force, volumes=args.volumes)
         return ref
 
     return for_each(args.containers, remove, ctx)

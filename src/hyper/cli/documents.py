@@ -166,6 +166,8 @@ SETTINGS = (
     "ulimits",
     "shm_size",
     "init",
+    "mounts",
+    "read_only",
 )
 _DEFAULT_OPTIONS = RunOptions(image="")
 

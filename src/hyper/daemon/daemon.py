@@ -22,6 +22,7 @@ from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
 from hyper.runtime.confinement import refuse_unhonoured
 from hyper.runtime.settings import Settings
+from hyper.storage import mounts as storage_mounts
 from hyper.vm import confine
 
 ADOPTED_STATES = (specs.ContainerState.RUNNING.value, specs.ContainerState.PAUSED.value)
@@ -95,7 +96,7 @@ class Daemon:
 
     async def _auto_remove(self, pod: Pod) -> None:
         with contextlib.suppress(HyperError):
-            await self.remove(pod.id, force=True)
+            await self.remove(pod.id, force=True, volumes=True)  # --rm takes anonymous volumes too
 
     async def create(self, request: CreateRequest) -> Pod:
         if request.options.name is not None:
@@ -155,9 +156,9 @@ class Daemon:
             session = matches[0]
         return session
 
-    async def remove(self, ref: str, *, force: bool) -> None:
+    async def remove(self, ref: str, *, force: bool, volumes: bool = False) -> None:
         pod = self.find(ref)
-        await pod.remove(force=force)
+        await pod.remove(force=force, volumes=volumes)
         self.pods.pop(pod.id, None)
         for key in [key for key, session in self.execs.items() if session.pod is pod]:
             del self.execs[key]
@@ -180,7 +181,7 @@ BODY_KEYS = frozenset(
         "name", "labels", "tty", "interactive", "stdin_once", "restart", "remove", "start", "stop_signal",
         "stop_timeout", "health_test", "health_interval", "health_timeout", "health_start_period",
         "health_retries", "cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size",
-        "init",
+        "init", "mounts", "read_only",
     }
 )  # fmt: skip
 
@@ -269,4 +270,13 @@ def run_options(body: dict[str, Any], settings: Settings) -> specs.RunOptions:
         ulimits=strings("ulimits"),
         shm_size=number("shm_size", 0, minimum=0),
         init=bool(body.get("init")),
+        mounts=container_mounts(strings("mounts")),
+        read_only=bool(body.get("read_only")),
+    )
+
+
+def container_mounts(texts: tuple[str, ...]) -> tuple[str, ...]:
+    """The API's mounts (Docker's --mount form), checked and in canonical form."""
+    return tuple(
+        m.canonical() for m in storage_mounts.check_unique(storage_mounts.parse_mount(t) for t in texts)
     )

@@ -43,7 +43,9 @@ from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
 from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun, start_process
 from hyper.runtime.settings import Settings
+from hyper.storage import plan as storage_plan
 from hyper.storage.share import ProxyShare
+from hyper.storage.volumes import VolumeStore
 from hyper.vm.driver import VmState
 from hyper.vm.qemu import QemuDriver, VmStartError
 
@@ -153,10 +155,24 @@ class Pod:
     ) -> Pod:
         """Record a container and make its directory; no VM runs until `start`."""
         image = await asyncio.to_thread(ImageStore(paths.images).get, request.options.image)
-        record = new_record(request, image, secrets.token_hex(32), time.time())
-        state.insert(record)
+        container_id = secrets.token_hex(32)
+        directory = paths.containers / container_id
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            # Volumes named (anonymous ones too) and made once, before any VM boots.
+            mounts = await asyncio.to_thread(
+                resolve_container_mounts, paths, request.options.mounts, container_id
+            )
+            options = dataclasses.replace(request.options, mounts=mounts)
+            record = new_record(
+                dataclasses.replace(request, options=options), image, container_id, time.time()
+            )
+            state.insert(record)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            await asyncio.to_thread(release_container_volumes, paths, container_id, anonymous=True)
+            raise
         pod = cls(paths, settings, state, record, events)
-        pod.dir.mkdir(parents=True, exist_ok=True)
         pod.log = LogFile(pod.dir / "log.jsonl")
         pod._publish("create")
         return pod
@@ -620,7 +636,8 @@ class Pod:
                 await self._changed.wait_for(lambda: self._exits > seen or self.removed.is_set())
         return self.record.exit_code if self.record.exit_code is not None else 0
 
-    async def remove(self, *, force: bool) -> None:
+    async def remove(self, *, force: bool, volumes: bool = False) -> None:
+        """Docker's rm: `force` a running one; `volumes` removes its anonymous volumes too."""
         if self.running and not force:
             raise FailedPrecondition(
                 f"container {self.record.name} is running", hint="stop it first, or remove it with -f"
@@ -646,6 +663,7 @@ class Pod:
         if self.network is not None:
             self.network.forget(self.id)
         self.state.delete(self.id)
+        await asyncio.to_thread(release_container_volumes, self.paths, self.id, anonymous=volumes)
         self.removed.set()
         async with self._changed:
             self._changed.notify_all()
@@ -661,3 +679,17 @@ class Pod:
             self.vm.release()
         if self.log is not None:
             self.log.close()
+
+
+def resolve_container_mounts(
+    paths: HyperPaths, mounts: tuple[str, ...], container_id: str
+) -> tuple[str, ...]:
+    """A new container's mounts with its volumes named and made (hyper.storage). Blocking."""
+    with VolumeStore(paths.volumes, paths.containers) as store:
+        return storage_plan.resolve_mounts(store, mounts, (), container_id)
+
+
+def release_container_volumes(paths: HyperPaths, container_id: str, *, anonymous: bool) -> None:
+    if paths.volumes.exists():
+        with VolumeStore(paths.volumes, paths.containers) as store:
+            storage_plan.release_volumes(store, container_id, anonymous=anonymous)

@@ -222,9 +222,7 @@ class ContainerRun:
         if not self.paths.volumes.exists():
             return
         with VolumeStore(self.paths.volumes, self.paths.containers) as volumes:
-            used = volumes.release(self.id)
-            if anonymous:
-                volumes.remove_anonymous(used)
+            storage_plan.release_volumes(volumes, self.id, anonymous=anonymous)
 
     @contextlib.asynccontextmanager
     async def _container_files(self, image: Image, process: specs.ProcessSpec) -> AsyncIterator[Path]:

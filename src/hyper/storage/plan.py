@@ -52,6 +52,13 @@ def resolve_mounts(
     return tuple(m.canonical() for m in resolved)
 
 
+def release_volumes(store: VolumeStore, container_id: str, *, anonymous: bool) -> list[str]:
+    """The container no longer uses its volumes; with `anonymous` its anonymous
+    ones are removed too (Docker's --rm and rm -v). Returns those removed."""
+    used = store.release(container_id)
+    return store.remove_anonymous(used) if anonymous else []
+
+
 def check_bind_source(mount: Mount) -> None:
     if os.path.lexists(mount.source):
         if not os.path.exists(mount.source):

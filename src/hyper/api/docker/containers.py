@@ -202,7 +202,11 @@ async def remove(request: web.Request) -> web.StreamResponse:
     if flag(request, "link"):
         raise InvalidArgument("Hyper has no container links to remove")
     daemon = daemon_of(request)
-    await daemon.remove(find_container(daemon, request.match_info["id"]).id, force=flag(request, "force"))
+    await daemon.remove(
+        find_container(daemon, request.match_info["id"]).id,
+        force=flag(request, "force"),
+        volumes=flag(request, "v"),
+    )
     return web.Response(status=204)
 
 
