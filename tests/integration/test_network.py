@@ -10,7 +10,9 @@ removes what it made, and the last one checks that nothing is left.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -298,3 +300,53 @@ def test_faults_leave_no_tap_rule_or_port(hyperd: DockerHyperd, lab: NetLab) -> 
     ok(hyperd.docker("rm", "-f", "victim"))
     assert lab.rules() == 0 and "hyper" not in lab.tables()
     assert not [name for name in lab.links() if name.startswith(("hyt-", "hyper0", "hy-"))]
+
+
+def test_hyper_cli_networks_and_ports(hyperd: DockerHyperd, lab: NetLab) -> None:
+    env = {
+        **os.environ,
+        "HYPER_STATE_DIR": str(hyperd.state),
+        "HYPER_RUNTIME_DIR": str(hyperd.runtime),
+        "HYPER_CACHE_DIR": str(hyperd.cache),
+    }
+
+    def hyper(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hyper.cli.main", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=240,
+            check=False,
+        )
+
+    ok(hyper("network", "create", "--subnet", "10.93.0.0/24", "clinet"))
+    try:
+        assert "clinet" in ok(hyper("network", "ls"))
+        ok(
+            hyper(
+                "run",
+                "-d",
+                "--name",
+                "cliweb",
+                "--network",
+                "clinet",
+                "-p",
+                "8095:80",
+                BUSYBOX,
+                "sh",
+                "-c",
+                SERVE,
+            )
+        )
+        assert ok(hyper("port", "cliweb")).strip() == "80/tcp -> 0.0.0.0:8095"
+        wait_for(lambda: fetch(lab, lab.host, "http://127.0.0.1:8095/").returncode == 0, "the CLI's port")
+        assert (
+            json.loads(ok(hyper("network", "inspect", "clinet")))[0]["IPAM"]["Config"][0]["Subnet"]
+            == "10.93.0.0/24"
+        )
+        assert "needs -d" in fails(hyper("run", "--rm", "-p", "8096:80", BUSYBOX, "true"))
+    finally:
+        hyper("rm", "-f", "cliweb")
+        ok(hyper("network", "rm", "clinet"))
+    assert lab.rules() == 0

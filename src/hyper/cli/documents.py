@@ -168,6 +168,16 @@ SETTINGS = (
     "init",
     "mounts",
     "read_only",
+    "network",
+    "network_aliases",
+    "ip",
+    "publish",
+    "publish_all",
+    "expose",
+    "dns",
+    "dns_search",
+    "dns_options",
+    "extra_hosts",
 )
 _DEFAULT_OPTIONS = RunOptions(image="")
 

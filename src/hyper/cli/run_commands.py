@@ -53,6 +53,21 @@ def add_container_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-w", "--workdir", metavar="DIR")
     parser.add_argument("-u", "--user", metavar="USER[:GROUP]")
     parser.add_argument("--entrypoint", metavar="CMD")
+    network = parser.add_argument_group("network (through hyperd: with -d, or `create`)")
+    network.add_argument(
+        "--network", "--net", default="", metavar="NETWORK", help="bridge, none, or a network"
+    )
+    network.add_argument("--network-alias", action="append", default=[], metavar="NAME")
+    network.add_argument("--ip", metavar="IPv4")
+    network.add_argument(
+        "-p", "--publish", action="append", default=[], metavar="[IP:][HOSTPORT:]PORT[/PROTO]"
+    )
+    network.add_argument("-P", "--publish-all", action="store_true", help="publish every exposed port")
+    network.add_argument("--expose", action="append", default=[], metavar="PORT[/PROTO]")
+    network.add_argument("--dns", action="append", default=[], metavar="IP")
+    network.add_argument("--dns-search", action="append", default=[], metavar="DOMAIN")
+    network.add_argument("--dns-option", action="append", default=[], metavar="OPTION")
+    network.add_argument("--add-host", action="append", default=[], metavar="NAME:IP")
     parser.add_argument(
         "-m", "--memory", metavar="SIZE", help="the VM's RAM (default: the configuration's, else 512m)"
     )
@@ -145,6 +160,12 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
         raise InvalidArgument(
             "--name, --label and --restart need -d for now", hint="add -d to run it through hyperd"
         )
+    networked = [flag for flag, given in _network_options(args) if given]
+    if networked:
+        raise InvalidArgument(
+            f"{networked[0]} needs -d: a foreground run has loopback only (docs/networking.md)",
+            hint="add -d to run it through hyperd",
+        )
     daemon_only = [flag for flag, given in _daemon_options(args) if given]
     if daemon_only:
         raise InvalidArgument(
@@ -167,6 +188,21 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
     except asyncio.CancelledError:
         print("hyper: interrupted; the VM and its files were removed", file=ctx.stderr)
         return 130
+
+
+def _network_options(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """The network options (only hyperd's pods have networks), and whether each was given."""
+    return [
+        ("--network", bool(args.network) and args.network != "none"),
+        ("--network-alias", bool(args.network_alias)),
+        ("--ip", args.ip is not None),
+        ("-p", bool(args.publish)),
+        ("-P", args.publish_all),
+        ("--dns", bool(args.dns)),
+        ("--dns-search", bool(args.dns_search)),
+        ("--dns-option", bool(args.dns_option)),
+        ("--add-host", bool(args.add_host)),
+    ]
 
 
 def _daemon_options(args: argparse.Namespace) -> list[tuple[str, bool]]:
@@ -237,6 +273,16 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
         health_retries=check.retries,
         mounts=storage_mounts(args),
         read_only=args.read_only,
+        network=args.network,
+        network_aliases=tuple(args.network_alias),
+        ip=args.ip,
+        publish=tuple(args.publish),
+        publish_all=args.publish_all,
+        expose=tuple(e if "/" in e else f"{e}/tcp" for e in args.expose),
+        dns=tuple(args.dns),
+        dns_search=tuple(args.dns_search),
+        dns_options=tuple(args.dns_option),
+        extra_hosts=tuple(args.add_host),
     )
     refuse_unhonoured(options)
     return options

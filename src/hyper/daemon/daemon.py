@@ -181,7 +181,8 @@ BODY_KEYS = frozenset(
         "name", "labels", "tty", "interactive", "stdin_once", "restart", "remove", "start", "stop_signal",
         "stop_timeout", "health_test", "health_interval", "health_timeout", "health_start_period",
         "health_retries", "cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size",
-        "init", "mounts", "read_only",
+        "init", "mounts", "read_only", "network", "network_aliases", "ip", "publish", "publish_all", "expose", "dns", "dns_search",
+        "dns_options", "extra_hosts",
     }
 )  # fmt: skip
 
@@ -272,6 +273,16 @@ def run_options(body: dict[str, Any], settings: Settings) -> specs.RunOptions:
         init=bool(body.get("init")),
         mounts=container_mounts(strings("mounts")),
         read_only=bool(body.get("read_only")),
+        network=text("network") or "",
+        network_aliases=strings("network_aliases"),
+        ip=text("ip"),
+        publish=strings("publish"),
+        publish_all=bool(body.get("publish_all")),
+        expose=strings("expose"),
+        dns=strings("dns"),
+        dns_search=strings("dns_search"),
+        dns_options=strings("dns_options"),
+        extra_hosts=strings("extra_hosts"),
     )
 
 
