@@ -181,8 +181,8 @@ BODY_KEYS = frozenset(
         "name", "labels", "tty", "interactive", "stdin_once", "restart", "remove", "start", "stop_signal",
         "stop_timeout", "health_test", "health_interval", "health_timeout", "health_start_period",
         "health_retries", "cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size",
-        "init", "mounts", "read_only", "network", "network_aliases", "ip", "publish", "publish_all", "expose", "dns", "dns_search",
-        "dns_options", "extra_hosts",
+        "init", "mounts", "read_only", "network", "network_aliases", "ip", "publish", "publish_all",
+        "expose", "dns", "dns_search", "dns_options", "extra_hosts",
     }
 )  # fmt: skip
 
