@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,26 @@ def test_a_full_host_disk_fails_the_write_and_says_why(small_state: HyperEnv) ->
     assert 0 < int(done.stdout.decode().split("=")[1]) < 96  # the guest saw the write fail
     assert b"the host's disk is full" in done.stderr
     assert small_state.qemu_processes() == []
+
+
+def test_a_chatty_containers_log_is_rotated_within_its_bound(hyper_env: HyperEnv) -> None:
+    started = hyper_env.run(
+        "run", "-d", "--name", "chatty", "--log-opt", "max-size=100k", "--log-opt", "max-file=2",
+        BUSYBOX, "sh", "-c", "seq 1 40000; sleep 600",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        deadline = time.monotonic() + 240
+        while hyper_env.run("logs", "--tail", "1", "chatty").stdout != b"40000\n":
+            assert time.monotonic() < deadline, "the last line never reached the log"
+            time.sleep(0.2)
+        (directory,) = (hyper_env.state / "containers").glob("*/")
+        logs = sorted(p.name for p in directory.glob("log.jsonl*"))
+        assert logs == ["log.jsonl", "log.jsonl.1"]
+        assert sum(p.stat().st_size for p in directory.glob("log.jsonl*")) <= 2 * 100_000
+        shown = hyper_env.run("logs", "chatty").stdout.split()
+        assert shown[-1] == b"40000"
+        first = int(shown[0])
+        assert first > 1 and shown == [str(n).encode() for n in range(first, 40001)]  # the oldest went
+    finally:
+        hyper_env.run("rm", "-f", "chatty")

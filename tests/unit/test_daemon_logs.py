@@ -108,3 +108,20 @@ def test_one_file_kept_means_the_current_one_only(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("log.jsonl*")) == ["log.jsonl"]
     assert log.records()[-1].data == b"49\n"
     log.close()
+
+
+def test_docker_log_options() -> None:
+    import pytest
+
+    from hyper.daemon.logs import log_driver, log_limits
+    from hyper.errors import InvalidArgument
+
+    assert log_limits(()) == LogLimits(20_000_000, 5)
+    assert log_limits(("max-size=10m", "max-file=3")) == LogLimits(10_000_000, 3)
+    assert log_limits(("max-size=512k",)).max_size == 512_000
+    for bad in ("max-size=0", "max-size=ten", "max-file=0", "compress=true", "max-size"):
+        with pytest.raises(InvalidArgument):
+            log_limits((bad,))
+    log_driver("local")
+    with pytest.raises(InvalidArgument):
+        log_driver("syslog")

@@ -178,6 +178,7 @@ SETTINGS = (
     "dns_search",
     "dns_options",
     "extra_hosts",
+    "log_opts",
 )
 _DEFAULT_OPTIONS = RunOptions(image="")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hyper.cli.context import CliContext
 from hyper.cli.registry_commands import pull_with_display
+from hyper.daemon.logs import log_driver, log_limits
 from hyper.errors import InvalidArgument, NotFound
 from hyper.humanize import parse_duration, parse_size
 from hyper.image import Healthcheck, ImageStore
@@ -134,6 +135,12 @@ def add_lifecycle_options(parser: argparse.ArgumentParser) -> None:
         help="no-new-privileges, seccomp=unconfined or seccomp=PROFILE.json",
     )
     confinement.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]")
+    parser.add_argument(
+        "--log-driver", metavar="DRIVER", help="json-file or local: hyperd's bounded log (through hyperd)"
+    )
+    parser.add_argument(
+        "--log-opt", action="append", default=[], metavar="KEY=VALUE", help="max-size=20m, max-file=5"
+    )
     confinement.add_argument("--shm-size", metavar="SIZE", help="the size of /dev/shm (default 64m)")
     confinement.add_argument("--init", action="store_true", help="a minimal init as PID 1")
 
@@ -169,7 +176,7 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
     daemon_only = [flag for flag, given in _daemon_options(args) if given]
     if daemon_only:
         raise InvalidArgument(
-            f"{daemon_only[0]} needs -d: hyperd stops containers and runs their health checks",
+            f"{daemon_only[0]} needs -d: hyperd stops containers, checks their health, keeps their logs",
             hint="add -d to run it through hyperd",
         )
     settings = Settings.from_env()
@@ -216,6 +223,8 @@ def _daemon_options(args: argparse.Namespace) -> list[tuple[str, bool]]:
         ("--health-start-period", args.health_start_period is not None),
         ("--health-retries", args.health_retries is not None),
         ("--no-healthcheck", args.no_healthcheck),
+        ("--log-driver", args.log_driver is not None),
+        ("--log-opt", bool(args.log_opt)),
     ]
 
 
@@ -244,6 +253,8 @@ def _healthcheck(args: argparse.Namespace) -> Healthcheck:
 def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptions:
     """The options as given; the VM's size, when not given, is the configuration's."""
     check = _healthcheck(args)
+    log_driver(args.log_driver)
+    log_limits(args.log_opt)
     options = specs.RunOptions(
         image=args.image,
         command=tuple(args.command),
@@ -264,6 +275,7 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
         privileged=args.privileged,
         security_opt=tuple(security_options(args.security_opt)),
         ulimits=tuple(args.ulimit),
+        log_opts=tuple(args.log_opt),
         shm_size=0 if args.shm_size is None else parse_size(args.shm_size, "--shm-size"),
         init=args.init,
         health_test=check.test,

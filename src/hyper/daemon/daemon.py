@@ -182,7 +182,7 @@ BODY_KEYS = frozenset(
         "stop_timeout", "health_test", "health_interval", "health_timeout", "health_start_period",
         "health_retries", "cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size",
         "init", "mounts", "read_only", "network", "network_aliases", "ip", "publish", "publish_all",
-        "expose", "dns", "dns_search", "dns_options", "extra_hosts",
+        "expose", "dns", "dns_search", "dns_options", "extra_hosts", "log_opts",
     }
 )  # fmt: skip
 
@@ -283,6 +283,7 @@ def run_options(body: dict[str, Any], settings: Settings) -> specs.RunOptions:
         dns_search=strings("dns_search"),
         dns_options=strings("dns_options"),
         extra_hosts=strings("extra_hosts"),
+        log_opts=strings("log_opts"),
     )
 
 

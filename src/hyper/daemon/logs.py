@@ -18,12 +18,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import os
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from hyper.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,15 @@ class LogRecord:
 
     def wire(self) -> dict[str, object]:
         return {"stream": self.stream, "time": self.time, "data": base64.b64encode(self.data).decode()}
+
+
+def split_lines(records: list[LogRecord]) -> list[LogRecord]:
+    """Records cut at newlines, so that `tail` counts lines as Docker does."""
+    lines = []
+    for record in records:
+        for line in record.data.splitlines(keepends=True):
+            lines.append(LogRecord(record.stream, record.time, line, record.offset))
+    return lines
 
 
 def _parse(line: str) -> LogRecord | None:
@@ -54,6 +67,47 @@ DEFAULT_MAX_FILES = 5
 class LogLimits:
     max_size: int = DEFAULT_MAX_SIZE  # bytes of one file before it is rotated; 0: never
     max_files: int = DEFAULT_MAX_FILES  # files kept, the current one included
+
+
+LOG_DRIVERS = ("json-file", "local")  # both are hyperd's own bounded log
+_LOG_SIZE = re.compile(r"^(\d+)([kmg]?)b?$", re.IGNORECASE)
+
+
+def log_limits(options: Sequence[str]) -> LogLimits:
+    """Docker's `--log-opt max-size=10m --log-opt max-file=3` (the json-file and
+    local drivers' options); any other option is refused by name."""
+    limits = LogLimits()
+    for option in options:
+        key, sep, value = option.partition("=")
+        if key == "max-size" and sep and (match := _LOG_SIZE.match(value)):
+            size = (
+                int(match.group(1)) * {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}[match.group(2).lower()]
+            )
+            if size <= 0:
+                raise InvalidArgument(
+                    f"invalid log option {option!r}", hint="max-size must be positive, e.g. 10m"
+                )
+            limits = dataclasses.replace(limits, max_size=size)
+        elif key == "max-file" and sep and value.isdigit() and int(value) >= 1:
+            limits = dataclasses.replace(limits, max_files=int(value))
+        elif key in ("max-size", "max-file"):
+            raise InvalidArgument(
+                f"invalid log option {option!r}", hint="use e.g. max-size=10m or max-file=3"
+            )
+        else:
+            raise InvalidArgument(
+                f"Hyper does not support the log option {key!r}",
+                hint="hyperd's log takes max-size and max-file",
+            )
+    return limits
+
+
+def log_driver(name: str | None) -> None:
+    if (name or "json-file") not in LOG_DRIVERS:
+        raise InvalidArgument(
+            f"Hyper does not support the log driver {name!r}",
+            hint="hyperd keeps each container's log itself (json-file or local, read by `docker logs`)",
+        )
 
 
 class LogFile:
@@ -199,7 +253,10 @@ class LogFile:
     async def read(self, *, tail: int | None, follow: bool) -> AsyncIterator[LogRecord]:
         seen = self._generation
         records, position = self._records_from(0)
-        shown = records if tail is None else records[len(records) - max(tail, 0) :]
+        if tail is not None:
+            lines = split_lines(records)
+            records = lines[len(lines) - max(tail, 0) :] if tail > 0 else []
+        shown = records
         for record in shown:
             yield record
         while follow:

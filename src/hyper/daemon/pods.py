@@ -30,7 +30,7 @@ from hyper.agent.host import AgentClient, AgentConnectionLost, ProcessChannel
 from hyper.agent.protocol import FrameKind
 from hyper.daemon import health
 from hyper.daemon.events import Event, EventBus
-from hyper.daemon.logs import LogFile
+from hyper.daemon.logs import LogFile, LogLimits, log_limits
 from hyper.daemon.policy import RestartPolicy, next_delay
 from hyper.daemon.records import new_record, vm_document, vm_spec_from
 from hyper.daemon.requests import CreateRequest, parse_signal, run_options_from
@@ -75,7 +75,7 @@ class Pod:
         self.record = record
         self.events = events
         self.dir = paths.containers / record.id
-        self.log = LogFile(self.dir / "log.jsonl") if self.dir.exists() else None
+        self.log = LogFile(self.dir / "log.jsonl", self._log_limits()) if self.dir.exists() else None
         self.vm: QemuDriver | None = None
         self.agent: AgentClient | None = None
         self.on_auto_remove: Callable[[Pod], Awaitable[None]] | None = None
@@ -121,6 +121,9 @@ class Pod:
     @property
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy.from_document(self.record.restart_policy)
+
+    def _log_limits(self) -> LogLimits:
+        return log_limits(self.options.log_opts)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -173,7 +176,7 @@ class Pod:
             await asyncio.to_thread(release_container_volumes, paths, container_id, anonymous=True)
             raise
         pod = cls(paths, settings, state, record, events)
-        pod.log = LogFile(pod.dir / "log.jsonl")
+        pod.log = LogFile(pod.dir / "log.jsonl", pod._log_limits())
         pod._publish("create")
         return pod
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hyper.daemon import health
+from hyper.daemon.logs import log_limits
 from hyper.daemon.requests import CreateRequest, parse_signal
 from hyper.daemon.state import ContainerRecord
 from hyper.errors import InvalidArgument
@@ -40,6 +41,7 @@ def new_record(request: CreateRequest, image: Image, container_id: str, now: flo
         health.validate(check)
     shell = request.shell or image.config.shell or ()
     process = specs.process_spec(image.config, options, {})
+    log_limits(options.log_opts)  # refused at create, not at the first output
     return ContainerRecord(
         id=container_id,
         name=options.name or container_id[:12],

@@ -84,6 +84,7 @@ class RunOptions:
     health_timeout: float = 0.0
     health_start_period: float = 0.0
     health_retries: int = 0
+    log_opts: tuple[str, ...] = ()  # Docker's --log-opt KEY=VALUE: max-size, max-file
     # Networking, in Docker's textual forms (hyper.network.request checks them).
     network: str = ""  # a network's name or ID, "none", or "" for the default
     network_aliases: tuple[str, ...] = ()

@@ -35,7 +35,7 @@ from hyper.api.docker.common import (
     parse_time,
     rfc3339,
 )
-from hyper.daemon.logs import LogRecord
+from hyper.daemon.logs import LogRecord, split_lines
 from hyper.daemon.pods import Pod
 from hyper.daemon.requests import parse_signal
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument, NotFound
@@ -268,15 +268,6 @@ def _encode(record: LogRecord, tty: bool, timestamps: bool) -> bytes:
     return frame(STDERR if record.stream == "stderr" else STDOUT, data)
 
 
-def _lines(records: list[LogRecord]) -> list[LogRecord]:
-    """Records cut at newlines, so that `tail` counts lines as Docker does."""
-    lines = []
-    for record in records:
-        for line in record.data.splitlines(keepends=True):
-            lines.append(LogRecord(record.stream, record.time, line, record.offset))
-    return lines
-
-
 async def logs(request: web.Request) -> web.StreamResponse:
     pod = container_of(request)
     want_out, want_err = flag(request, "stdout"), flag(request, "stderr")
@@ -300,7 +291,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
         return response
     records, position = pod.log.read_from(0)
-    shown = [r for r in _lines(records) if wanted(r)]
+    shown = [r for r in split_lines(records) if wanted(r)]
     if tail is not None:
         shown = shown[len(shown) - max(tail, 0) :] if tail > 0 else []
     try:

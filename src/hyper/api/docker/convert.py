@@ -15,6 +15,7 @@ from hyper.api.docker import fields, networks
 from hyper.api.docker.common import rfc3339
 from hyper.api.docker.labels import label_matches
 from hyper.daemon import health
+from hyper.daemon.logs import log_driver, log_limits
 from hyper.daemon.policy import RestartPolicy
 from hyper.daemon.requests import CreateRequest
 from hyper.daemon.state import ContainerRecord
@@ -125,6 +126,7 @@ def create_request(body: dict[str, Any], name: str | None, settings: Settings | 
         privileged=bool(host.get("Privileged")),
         security_opt=strings(host.get("SecurityOpt"), "HostConfig.SecurityOpt"),
         ulimits=_ulimits(host.get("Ulimits")),
+        log_opts=log_options(host),
         shm_size=number(host.get("ShmSize"), "HostConfig.ShmSize"),
         init=bool(host.get("Init")),
         stop_signal=text(body.get("StopSignal"), "StopSignal"),
@@ -154,16 +156,26 @@ def create_request(body: dict[str, Any], name: str | None, settings: Settings | 
 RECORDED_CONFIG = ("AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts")
 
 
-def _check_host(host: dict[str, Any]) -> None:
-    """The honoured HostConfig settings that take only some values."""
+def log_options(host: dict[str, Any]) -> tuple[str, ...]:
+    """HostConfig.LogConfig as --log-opt words: json-file or local, max-size and max-file."""
     log = host.get("LogConfig") or {}
     if not isinstance(log, dict):
         raise InvalidArgument("HostConfig.LogConfig must be an object")
-    if (log.get("Type") or "json-file") != "json-file" or log.get("Config"):
-        raise InvalidArgument(
-            "Hyper does not support log drivers or log options yet (HostConfig.LogConfig)",
-            hint="hyperd keeps each container's log itself, read by `docker logs`",
-        )
+    driver = log.get("Type") or None
+    if driver is not None and not isinstance(driver, str):
+        raise InvalidArgument("HostConfig.LogConfig.Type must be a string")
+    log_driver(driver)
+    config = log.get("Config") or {}
+    if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
+        raise InvalidArgument("HostConfig.LogConfig.Config must map option names to strings")
+    options = tuple(f"{key}={value}" for key, value in sorted(config.items()))
+    log_limits(options)
+    return options
+
+
+def _check_host(host: dict[str, Any]) -> None:
+    """The honoured HostConfig settings that take only some values."""
+    log_options(host)
     for key, allowed in (("Runtime", ("", "hyper")), ("Isolation", ("", "default"))):
         if (host.get(key) or "") not in allowed:
             raise InvalidArgument(
@@ -328,7 +340,10 @@ def inspect(
             "Isolation": "",
             "Binds": None,
             "PortBindings": {},
-            "LogConfig": {"Type": "json-file", "Config": {}},
+            "LogConfig": {
+                "Type": "json-file",
+                "Config": dict(o.partition("=")[::2] for o in options.get("log_opts") or ()),
+            },
             "ContainerIDFile": record.recorded.get("ContainerIDFile", ""),
             "ConsoleSize": record.console_size or [0, 0],
         }

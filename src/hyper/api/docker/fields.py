@@ -134,7 +134,8 @@ FIELDS: tuple[Field, ...] = (
         "HostConfig.LogConfig",
         "--log-driver, --log-opt",
         H,
-        "hyperd's json-lines log, read by `docker logs`; other drivers and log options are refused",
+        "hyperd's json-lines log, read by `docker logs`, rotated by max-size (20m) and max-file (5);"
+        " json-file and local drivers; others refused",
     ),
     Field("HostConfig.Runtime", "--runtime", H, "`hyper` (a VM per container); any other is refused"),
     Field("HostConfig.Isolation", "--isolation", H, "`default` only, as on Linux"),
