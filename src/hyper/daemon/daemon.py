@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import sys
 from typing import Any
 
 from hyper.daemon.events import EventBus
@@ -23,7 +24,7 @@ from hyper.runtime import spec as specs
 from hyper.runtime.confinement import refuse_unhonoured
 from hyper.runtime.settings import Settings
 from hyper.storage import mounts as storage_mounts
-from hyper.vm import confine
+from hyper.vm import confine, orphans
 
 ADOPTED_STATES = (specs.ContainerState.RUNNING.value, specs.ContainerState.PAUSED.value)
 
@@ -80,6 +81,12 @@ class Daemon:
                 ):
                     starts.append(pod)
         await asyncio.gather(*adoptions)
+        # QEMUs a killed hyperd started but had not recorded yet: nobody's, so gone.
+        owned = [pod.id[:12] for pod in self.pods.values() if pod.running]
+        reaped = await asyncio.to_thread(orphans.reap_orphans, self.paths.runtime, owned)
+        if reaped:
+            print(f"hyperd: stopped {len(reaped)} VMs an earlier hyperd left unrecorded", file=sys.stderr)
+        await asyncio.to_thread(confine.sweep)  # and their cgroups and uid leases
         # Addresses and ports of pods that stopped meanwhile are freed; the kernel made to match.
         await self.network.recover(pod.id for pod in self.pods.values() if pod.running)
         for pod in starts:

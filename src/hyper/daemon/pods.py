@@ -56,6 +56,7 @@ KILL_GRACE_SECONDS = 10.0
 SIGNAL_SECONDS = 5.0  # for the guest to take a signal; a stalled one gets its VM's plug pulled
 DEFAULT_STOP_SECONDS = 10.0
 EXIT_VM_DIED = 137
+CHANNEL_LOSS_GRACE_SECONDS = 5.0  # a VM powering off closes its channel just before it exits
 
 State = specs.ContainerState
 
@@ -352,8 +353,17 @@ class Pod:
         self._sync(last, channel)
         try:
             status = await channel.exit_status
-        except AgentConnectionLost:
-            return  # hyperd is shutting down, or the VM died: _watch_vm or the next hyperd decides
+        except AgentConnectionLost as lost:
+            # The VM died (_watch_vm records it), or the guest broke its channel
+            # (a forged or malformed frame): then the pod is failed, not left "Up".
+            vm = self.vm
+            if vm is not None and await vm.wait(CHANNEL_LOSS_GRACE_SECONDS) is None:
+                self._spawn(
+                    self._finish(
+                        EXIT_VM_DIED, f"the guest broke its agent channel: {lost.message}", generation
+                    )
+                )
+            return
         self._spawn(self._finish(status, None, generation))
 
     def _sync(self, offset: int | None, channel: ProcessChannel) -> None:

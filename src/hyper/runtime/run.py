@@ -155,7 +155,10 @@ class ContainerRun:
         self.settings = settings
         self.id = container_id or new_container_id()
         self.dir = paths.containers / self.id
-        self.run_dir = paths.runtime / self.id[:12]
+        # hyperd's VMs have their run directories at the runtime directory's
+        # top (it reaps those it does not own at start-up); the CLI's own
+        # foreground VMs, which die with it, are kept apart from them.
+        self.run_dir = paths.runtime / (self.id[:12] if detached else f"foreground/{self.id[:12]}")
         self.record: dict[str, object] = {}
         self.fresh = True  # whether this run made the container's directory
         self.stop: ForegroundStop | None = None  # a foreground run's SIGINT/SIGTERM handling
