@@ -90,3 +90,35 @@ def test_a_hyperd_killed_mid_burst_leaves_no_orphan_vm(image_state: Path, shared
             for pid in strays:
                 os.kill(pid, signal.SIGKILL)
             assert not strays, f"QEMU left running: {strays}\n{log}"
+
+
+ATTACK = (
+    "d=/sys/bus/virtio/drivers/virtio_console; echo virtio0 > $d/unbind; echo virtio0 > $d/bind;"
+    " n=$(cat /sys/class/virtio-ports/vport*/dev); mknod /tmp/port c ${n%:*} ${n#*:};"
+    " printf '\\377forged exit frame' > /tmp/port"
+)
+
+
+def test_a_guest_that_forges_frames_fails_its_pod(image_state: Path, shared_cache: Path) -> None:
+    """A privileged container owns its VM: it takes the agent's port from the
+    agent (unbind and rebind the driver) and writes a forged frame. hyperd
+    fails the pod with the reason and powers the VM off; it does not stay Up."""
+    with tempfile.TemporaryDirectory(prefix="breach-") as scratch:
+        state = Path(scratch) / "state"
+        shutil.copytree(image_state, state, symlinks=True)
+        ImageStore(state / "images").tag(BUSYBOX, "busybox:latest")
+        with DockerHyperd(state=state, cache=shared_cache) as daemon:
+            started = daemon.docker("run", "-d", "--privileged", "--name", "owner", "busybox", "sleep", "600")
+            assert started.returncode == 0, started.stderr
+            attacked = daemon.docker("exec", "-d", "owner", "sh", "-c", ATTACK)
+            assert attacked.returncode == 0, attacked.stderr
+
+            def failed() -> bool:
+                state = daemon.docker("inspect", "-f", "{{.State.Status}}", "owner").stdout.strip()
+                return state == "exited"
+
+            _until(failed, "the pod whose channel was forged stayed up")
+            error = daemon.docker("inspect", "-f", "{{.State.ExitCode}} {{.State.Error}}", "owner").stdout
+            assert error.startswith("137 the guest broke its agent channel"), error
+            _until(lambda: not _qemus(daemon.runtime), "its VM was not powered off")
+            daemon.docker("rm", "-f", "owner")
