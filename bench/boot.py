@@ -2,7 +2,8 @@
 
 In one run, alternating, N times each (default 5):
   (a) floor: QEMU boots the same kernel, same machine and flags, with a trivial
-      busybox init that powers off at once;
+      busybox init that powers off at once (started by the jailer, whose fds
+      the command line names, but with no jail);
   (b) appliance: QEMU boots Hyper's appliance until the agent answers hello;
   (c) `hyper run --rm localhost/busybox true`, the whole CLI, end to end, as
       users get it: each VM resumed from a VM template;
@@ -34,9 +35,11 @@ from hyper.paths import default_paths
 from hyper.runtime.run import VmInputs, prepare_vm_inputs
 from hyper.runtime.settings import Settings
 from hyper.runtime.spec import host_tsc_khz, kernel_cmdline
-from hyper.vm import cpio
+from hyper.vm import confine, cpio
 from hyper.vm.driver import VmSpec
+from hyper.vm.jail import JailMode, JailSpec, jailer_document
 from hyper.vm.qemu import QemuDriver, build_command
+from hyper.vm.qemu_command import open_passed, passed_files
 
 IMAGE = "localhost/busybox:latest"
 FLOOR_INIT = b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n"
@@ -72,9 +75,35 @@ def spec_for(name: str, run_dir: Path, initrd: Path, cmdline: str, inputs: VmInp
 async def time_floor(spec: VmSpec) -> float:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    process = await asyncio.create_subprocess_exec(
-        *build_command(spec), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    files = passed_files(spec)
+    opened = [open_passed(f) for f in files]
+    report = os.open(os.devnull, os.O_WRONLY)  # what the jailer reports is not needed here
+    document = jailer_document(
+        jail=JailSpec(JailMode.MINIMAL),
+        argv=build_command(spec),
+        binary=shutil.which("qemu-system-x86_64") or "qemu-system-x86_64",
+        fds=list(zip(opened, [f.fd for f in files], strict=True)),
+        root="/",
+        mounts=(),
+        symlinks=(),
+        report_fd=report,
+        lease_fd=None,
+        detach=False,
+        die_with_parent=True,
+        host_uid=os.getuid(),
+        host_gid=os.getgid(),
     )
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *confine.jailer_command(document),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=[*opened, report],
+        )
+    finally:
+        for fd in (*opened, report):
+            os.close(fd)
     await asyncio.wait_for(process.wait(), 120)
     elapsed = time.perf_counter() - start
     if b"Power down" not in spec.console_log.read_bytes():
