@@ -60,8 +60,8 @@ def hyperd(image_state: Path, shared_cache: Path) -> Iterator[DockerHyperd]:
             try:
                 remove_all(daemon)
             finally:
-                log = daemon.log_tail(1 << 20)
                 daemon.close()
+                log = daemon.final_log  # its shutdown included
                 leftovers = qemu_processes(marker)
                 for line in leftovers:
                     subprocess.run(["kill", "-9", line.split()[0]], check=False)

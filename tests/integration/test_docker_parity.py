@@ -14,9 +14,11 @@ ordinary use, clients that go away included, must leave it clean.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -76,8 +78,8 @@ def hyperd(image_state: Path, shared_cache: Path) -> Iterator[DockerHyperd]:
             try:
                 remove_all(daemon)
             finally:
-                log = daemon.log_tail(1 << 20)
                 daemon.close()
+                log = daemon.final_log  # its shutdown included
                 leftovers = qemu_processes(marker)
                 for line in leftovers:
                     subprocess.run(["kill", "-9", line.split()[0]], check=False)
@@ -216,6 +218,25 @@ def test_an_honoured_option_shows_in_inspect_as_dockers_does(hyperd: DockerHyper
     assert host["ContainerIDFile"] == str(cid_file) and cid_file.read_text() == doc["Id"]
     assert (host["CapAdd"], host["Privileged"], host["ShmSize"]) == (None, False, 64 << 20)
     assert doc["State"]["Health"]["Status"] == "starting"  # created: not started yet, not checked
+
+
+def test_the_default_vm_size_is_hyperds_configuration(image_state: Path, tmp_path: Path) -> None:
+    config = tmp_path / "hyperd.json"
+    config.write_text(json.dumps({"default-memory": "768m", "default-cpus": 2}))
+    with DockerHyperd(state=image_state, environ={"HYPER_CONFIG": str(config)}) as configured:
+        ok(configured.docker("create", "--name", "sized", BUSYBOX, "true"))
+        ok(configured.docker("create", "--name", "asked", "-m", "256m", "--cpus", "1", BUSYBOX, "true"))
+        size = "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}"
+        assert ok(configured.docker("inspect", "-f", size, "sized")).strip() == f"{768 << 20} 2000000000"
+        assert ok(configured.docker("inspect", "-f", size, "asked")).strip() == f"{256 << 20} 1000000000"
+    config.write_text('{"default-memory": "lots"}')
+    refused = subprocess.run(
+        [sys.executable, "-m", "hyper.daemon", "--state-dir", str(tmp_path / "s"), "--runtime-dir",
+         str(tmp_path / "r"), "--socket", str(tmp_path / "r" / "h.sock")],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "HYPER_CONFIG": str(config)},
+    )  # fmt: skip
+    assert refused.returncode == 1 and "invalid memory size 'lots'" in refused.stderr, refused.stderr
 
 
 def test_container_names_follow_dockers_rule(hyperd: DockerHyperd) -> None:

@@ -81,6 +81,7 @@ class DockerHyperd:
         self.netns = netns
         self._process: subprocess.Popen[bytes] | None = None
         self.keep_root = False  # restart(): the next hyperd takes over this state
+        self.final_log = ""
 
     @property
     def pid(self) -> int:
@@ -182,6 +183,8 @@ class DockerHyperd:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+        if self.log.exists():
+            self.final_log = self.log.read_text(errors="replace")  # what it said up to its exit
         if not self.keep_root:
             shutil.rmtree(self.root, ignore_errors=True)
 

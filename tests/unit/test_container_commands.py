@@ -97,6 +97,15 @@ def test_status_strings() -> None:
     assert format_status(replace(EXITED, finished_at=NOW), NOW) == "Exited (3) Less than a second ago"
     assert format_status(CREATED, NOW) == "Created"
     assert format_status(replace(RUNNING, started_at=None), NOW) == "Up"
+    assert format_status(replace(RUNNING, health="starting"), NOW) == "Up 5 seconds (health: starting)"
+    assert format_status(replace(RUNNING, health="unhealthy"), NOW) == "Up 5 seconds (unhealthy)"
+    record = {
+        "id": "c" * 64, "name": "web", "image": "busybox", "image_id": "sha256:" + "1" * 64,
+        "command": ["sh"], "created": NOW, "state": "running",
+        "health": {"status": "healthy", "failing_streak": 0, "log": []},
+    }  # fmt: skip
+    assert ContainerInfo.from_json(record).health == "healthy"
+    assert ContainerInfo.from_json({**record, "health": None}).health is None
 
 
 @pytest.mark.parametrize(

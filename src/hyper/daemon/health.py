@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hyper.agent.host import ProcessChannel
+from hyper.daemon.state import ContainerRecord
 from hyper.errors import HyperError, InvalidArgument
 from hyper.image import Healthcheck
+from hyper.image.model import parse_healthcheck
 from hyper.runtime import spec as specs
 
 DEFAULT_INTERVAL = 30.0
@@ -261,8 +263,67 @@ class HealthMonitor:
             self._changed(new, changed)
 
 
-async def stop_monitor(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+class HealthChecks:
+    """A container's health checks: begun with each run of it (or its adoption by a
+    new hyperd), ended with the run; their state saved with the container's record."""
+
+    def __init__(
+        self,
+        target: ProbeTarget,
+        save: Callable[[dict[str, Any] | None], None],
+        announce: Callable[[str], None],
+    ) -> None:
+        self._target = target
+        self._save = save  # the state, into the record
+        self._announce = announce  # an event's action
+        self._task: asyncio.Task[None] | None = None
+        self._state: HealthState | None = None
+
+    def start(self, record: ContainerRecord, spawn: Callable[[Any], asyncio.Task[None]]) -> None:
+        """Check `record`'s container from now on, if it has a health check; the
+        loop runs as one of its owner's tasks (`spawn`)."""
+        check = configured(record)
+        if check is None:
+            return
+        process = record.process or {}
+        env, cwd, user = tuple(process.get("env", ())), process.get("cwd") or "/", process.get("user") or "0"
+
+        async def probe(command: tuple[str, ...], timeout: float) -> ProbeResult:
+            spec = specs.ProcessSpec(args=command, env=env, cwd=cwd, user=user, tty=False, stdin=False)
+            return await run_probe(self._target, spec, timeout)
+
+        monitor = HealthMonitor(
+            check,
+            probe,
+            self._changed,
+            record.started_at or time.time(),
+            tuple(record.shell or DEFAULT_SHELL),
+        )
+        # An adopted container keeps the health it had; a new run starts at `starting`.
+        monitor.state = from_record(record.health) or HealthState()
+        self._state = monitor.state
+        self._save(to_record(monitor.state))
+        self._task = spawn(monitor.run())
+
+    def _changed(self, state: HealthState, status_changed: bool) -> None:
+        self._state = state
+        self._save(to_record(state))
+        if status_changed:
+            self._announce(f"health_status: {state.status.value}")
+
+    async def stop(self) -> None:
+        """The run ended: no more probes, and (Docker's choice, which scripts see)
+        the health of a stopped container reads unhealthy."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._state is not None:
+            self._save(to_record(dataclasses.replace(self._state, status=HealthStatus.UNHEALTHY)))
+            self._state = None
+
+
+def configured(record: ContainerRecord) -> Healthcheck | None:
+    """The health check a container's record asks for, with Docker's defaults (None: none, or NONE)."""
+    return active(parse_healthcheck(record.healthcheck, f"container {record.name}"))

@@ -36,8 +36,7 @@ from hyper.daemon.records import new_record, vm_document, vm_spec_from
 from hyper.daemon.requests import CreateRequest, parse_signal, run_options_from
 from hyper.daemon.state import ContainerRecord, StateStore
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument
-from hyper.image import Healthcheck, ImageStore
-from hyper.image.model import parse_healthcheck
+from hyper.image import ImageStore
 from hyper.network.manager import NetworkManager
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
@@ -91,7 +90,7 @@ class Pod:
         self._lock = asyncio.Lock()  # one start, stop or finish at a time
         self._restart_task: asyncio.Task[None] | None = None
         self._restart_delay: float | None = None
-        self._health_task: asyncio.Task[None] | None = None
+        self.health_checks = health.HealthChecks(self, self._save_health, self._publish)
         self._unsynced = 0
         self._generation = 0  # one per VM run: late news of an earlier run is ignored
         self._removing = False
@@ -142,6 +141,9 @@ class Pod:
                 f"container {self.record.name} cannot go from {self.status.value} to {new.value}"
             )
         self.record = self.state.update(self.record, state=new.value, **changes)
+
+    def _save_health(self, state: dict[str, Any] | None) -> None:
+        self.record = self.state.update(self.record, health=state)
 
     def new_stream(self) -> int:
         stream, self._next_stream = self._next_stream, self._next_stream + 1
@@ -244,55 +246,7 @@ class Pod:
         self.vm, self.agent, self._main_channel = vm, agent, channel
         self._spawn(self._pump(channel, self._generation))
         self._spawn(self._watch_vm(vm, self._generation))
-        self._start_health_checks()
-
-    # -- health checks ------------------------------------------------------------
-    @property
-    def healthcheck(self) -> Healthcheck | None:
-        """The health check that runs while the container does (None: none, or NONE)."""
-        return health.active(parse_healthcheck(self.record.healthcheck, f"container {self.record.name}"))
-
-    def _start_health_checks(self) -> None:
-        check = self.healthcheck
-        if check is None:
-            return
-        monitor = health.HealthMonitor(
-            check,
-            self._probe,
-            self._health_changed,
-            self.record.started_at or time.time(),
-            tuple(self.record.shell or health.DEFAULT_SHELL),
-        )
-        # An adopted pod keeps the health it had; a new run starts at `starting`.
-        monitor.state = health.from_record(self.record.health) or health.HealthState()
-        self.record = self.state.update(self.record, health=health.to_record(monitor.state))
-        self._health_task = self._spawn(monitor.run())
-
-    async def _probe(self, command: tuple[str, ...], timeout: float) -> health.ProbeResult:
-        doc = self.record.process or {}
-        process = specs.ProcessSpec(
-            args=command,
-            env=tuple(doc.get("env", ())),
-            cwd=doc.get("cwd") or "/",
-            user=doc.get("user") or "0",
-            tty=False,
-            stdin=False,
-        )
-        return await health.run_probe(self, process, timeout)
-
-    def _health_changed(self, state: health.HealthState, status_changed: bool) -> None:
-        self.record = self.state.update(self.record, health=health.to_record(state))
-        if status_changed:
-            self._publish(f"health_status: {state.status.value}")
-
-    async def _stop_health_checks(self) -> None:
-        task, self._health_task = self._health_task, None
-        await health.stop_monitor(task)
-        last = health.from_record(self.record.health)
-        if last is not None:
-            # Docker's choice, which scripts see: a stopped container's health is unhealthy.
-            stopped = dataclasses.replace(last, status=health.HealthStatus.UNHEALTHY)
-            self.record = self.state.update(self.record, health=health.to_record(stopped))
+        self.health_checks.start(self.record, self._spawn)
 
     async def adopt(self) -> None:
         """Take over a pod an earlier hyperd started, continuing its log where it stopped."""
@@ -411,7 +365,7 @@ class Pod:
 
     async def _power_off(self, status: int, reason: str | None) -> None:
         vm, agent = self.vm, self.agent
-        await self._stop_health_checks()
+        await self.health_checks.stop()
         self._move(State.EXITED, exit_code=status, finished_at=time.time(), reason=reason)
         if agent is not None and agent.received_offset is not None:
             agent.acknowledge(agent.received_offset)

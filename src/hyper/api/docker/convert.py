@@ -22,7 +22,6 @@ from hyper.daemon.state import ContainerRecord
 from hyper.errors import InvalidArgument
 from hyper.humanize import human_duration
 from hyper.image import Healthcheck, ImageConfig
-from hyper.image.model import parse_healthcheck
 from hyper.runtime import spec as specs
 from hyper.runtime.security import ulimit_from_api
 from hyper.runtime.settings import Settings
@@ -246,7 +245,7 @@ def statustext(record: ContainerRecord, now: float) -> str:
 
 def health_status(record: ContainerRecord) -> str | None:
     """starting, healthy or unhealthy for a container with a health check; else None."""
-    if health.active(parse_healthcheck(record.healthcheck, f"container {record.name}")) is None:
+    if health.configured(record) is None:
         return None
     state = health.from_record(record.health)
     return state.status.value if state is not None else health.HealthStatus.STARTING.value
@@ -377,8 +376,7 @@ def inspect(
 def health_state(record: ContainerRecord) -> dict[str, Any]:
     """State.Health, for a container with a health check (Docker's shape)."""
     state = health.from_record(record.health)
-    checked = health.active(parse_healthcheck(record.healthcheck, f"container {record.name}"))
-    if checked is None:
+    if health.configured(record) is None:
         return {}
     state = state or health.HealthState()
     log = [
