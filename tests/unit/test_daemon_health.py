@@ -258,3 +258,28 @@ def test_valid_container_names(name: str) -> None:
 def test_invalid_container_names(name: str) -> None:
     with pytest.raises(InvalidArgument):
         valid_name(name)
+
+
+def test_stopping_ends_the_checks_even_when_probes_end_as_it_comes() -> None:
+    """A probe every millisecond: the stop meets a probe ending again and again
+    (where Python 3.11's wait_for can swallow a cancel), and still ends the loop."""
+    from hyper.daemon.state import ContainerRecord
+
+    record = ContainerRecord(
+        id="c" * 64, name="web", image="b", image_id="sha256:" + "1" * 64, command=["sh"], created=0.0,
+        state="running", options={}, started_at=0.0,
+        healthcheck={"Test": ["CMD", "true"], "Interval": 1_000_000, "Timeout": 1_000_000_000},
+    )  # fmt: skip
+    saved: list[dict[str, object] | None] = []
+
+    async def run() -> None:
+        for attempt in range(50):
+            checks = health.HealthChecks(FakeTarget(0), saved.append, lambda action: None)
+            checks.start(record, asyncio.ensure_future)
+            await asyncio.sleep(0.003)
+            stopping = asyncio.ensure_future(checks.stop())
+            done, _ = await asyncio.wait({stopping}, timeout=5)  # bounds a hang, which a lost cancel was
+            assert done, f"the checks did not stop (attempt {attempt})"
+
+    asyncio.run(run())
+    assert saved[-1] is not None and saved[-1]["status"] == "unhealthy"  # a stopped container's

@@ -241,7 +241,7 @@ Changed = Callable[[HealthState, bool], None]  # the new state, and whether its 
 
 
 class HealthMonitor:
-    """Runs a container's probes until cancelled (the container stopped)."""
+    """Runs a container's probes until stopped (the container stopped)."""
 
     def __init__(
         self, check: Healthcheck, probe: Probe, changed: Changed, started_at: float, shell: tuple[str, ...]
@@ -252,11 +252,14 @@ class HealthMonitor:
         self._changed = changed
         self._started_at = started_at
         self._command = probe_command(check, shell)
+        self.stopped = False
 
     async def run(self) -> None:
-        while True:
+        while not self.stopped:
             await asyncio.sleep(next_delay(self.state, self.check, self._started_at, time.time()))
             result = await self._probe(self._command, self.check.timeout)
+            if self.stopped:
+                return
             new = record_probe(self.state, result, self.check, self._started_at)
             changed = new.status is not self.state.status
             self.state = new
@@ -277,6 +280,7 @@ class HealthChecks:
         self._save = save  # the state, into the record
         self._announce = announce  # an event's action
         self._task: asyncio.Task[None] | None = None
+        self._monitor: HealthMonitor | None = None
         self._state: HealthState | None = None
 
     def start(self, record: ContainerRecord, spawn: Callable[[Any], asyncio.Task[None]]) -> None:
@@ -303,9 +307,12 @@ class HealthChecks:
         monitor.state = from_record(record.health) or HealthState()
         self._state = monitor.state
         self._save(to_record(monitor.state))
+        self._monitor = monitor
         self._task = spawn(monitor.run())
 
     def _changed(self, state: HealthState, status_changed: bool) -> None:
+        if self._monitor is None:
+            return  # stopped meanwhile: the run is over
         self._state = state
         self._save(to_record(state))
         if status_changed:
@@ -315,10 +322,14 @@ class HealthChecks:
         """The run ended: no more probes, and (Docker's choice, which scripts see)
         the health of a stopped container reads unhealthy."""
         task, self._task = self._task, None
-        if task is not None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.stopped = True
+        # Python 3.11's wait_for can swallow a cancel that meets a probe ending (a
+        # probe every fraction of a second meets it often): cancel until it ends.
+        while task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=1.0)
         if self._state is not None:
             self._save(to_record(dataclasses.replace(self._state, status=HealthStatus.UNHEALTHY)))
             self._state = None
