@@ -75,6 +75,10 @@ class HyperEnv:
             check=False,
         )
 
+    def runtime_leftovers(self) -> list[Path]:
+        """What runs left in the runtime directory; the directory foreground runs share may stay, empty."""
+        return sorted(p for p in self.runtime.rglob("*") if p != self.runtime / "foreground")
+
     def qemu_processes(self) -> list[str]:
         """QEMU processes whose command line names this test's runtime directory."""
         found = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True, check=False)

@@ -123,7 +123,7 @@ def test_rm_leaves_nothing_behind(hyper_env: HyperEnv) -> None:
     result = hyper_env.run("run", "--rm", BUSYBOX, "sh", "-c", "echo data > /root/file")
     assert result.returncode == 0, result.stderr
     assert list((hyper_env.state / "containers").iterdir()) == []
-    assert list(hyper_env.runtime.iterdir()) == []
+    assert hyper_env.runtime_leftovers() == []
     assert hyper_env.qemu_processes() == []
 
 
@@ -134,7 +134,7 @@ def test_without_rm_the_container_is_kept_as_exited(hyper_env: HyperEnv) -> None
     record = (container / "config.json").read_text()
     assert '"state": "exited"' in record and '"exit_code": 5' in record
     assert (container / "writable.ext4").exists()
-    assert list(hyper_env.runtime.iterdir()) == []
+    assert hyper_env.runtime_leftovers() == []
 
 
 def test_writable_layer_is_per_container(hyper_env: HyperEnv) -> None:
@@ -191,7 +191,7 @@ def test_ctrl_c_while_booting_cleans_up(hyper_env: HyperEnv) -> None:
     assert process.returncode == 130, err
     assert hyper_env.qemu_processes() == []
     assert list((hyper_env.state / "containers").iterdir()) == []
-    assert list(hyper_env.runtime.iterdir()) == []
+    assert hyper_env.runtime_leftovers() == []
 
 
 def test_tty_session(hyper_env: HyperEnv) -> None:
@@ -302,7 +302,7 @@ def test_guest_that_never_answers_times_out(hyper_env: HyperEnv) -> None:
     assert result.returncode == 125
     assert b"did not answer within 20s" in result.stderr
     assert hyper_env.qemu_processes() == []
-    assert list(hyper_env.runtime.iterdir()) == []
+    assert hyper_env.runtime_leftovers() == []
 
 
 def test_info_names_accelerator_and_reason(hyper_env: HyperEnv) -> None:
