@@ -20,6 +20,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pexpect
@@ -51,29 +52,36 @@ def hyperd(image_state: Path, shared_cache: Path) -> Iterator[DockerHyperd]:
         state = Path(scratch) / "state"
         shutil.copytree(image_state, state, symlinks=True)
         ImageStore(state / "images").tag(BUSYBOX, "busybox:latest")
-        daemon = DockerHyperd(state=state, cache=shared_cache)
-        marker = str(daemon.root)
-        daemon.start()
-        try:
+        with serving(DockerHyperd(state=state, cache=shared_cache)) as daemon:
             yield daemon
-        finally:
-            try:
-                remove_all(daemon)
-            finally:
-                daemon.close()
-                log = daemon.final_log  # its shutdown included
-                leftovers = qemu_processes(marker)
-                for line in leftovers:
-                    subprocess.run(["kill", "-9", line.split()[0]], check=False)
-            assert not leftovers, f"QEMU left running after hyperd closed: {leftovers}\n{log[-4000:]}"
-            # Ordinary use (clients that leave their waits, cp, save) must leave the log clean.
-            assert not log_problems(log), log[-8000:]
 
 
 def log_problems(log: str) -> list[str]:
     """Lines of hyperd's log that show an error nobody handled."""
     markers = ("Traceback", "exception was never retrieved", "Error handling request")
     return [line for line in log.splitlines() if any(marker in line for marker in markers)]
+
+
+@contextmanager
+def serving(daemon: DockerHyperd) -> Iterator[DockerHyperd]:
+    """Start hyperd; at the end remove its containers, stop it, and check that
+    no QEMU outlived it and that ordinary use (clients that leave their waits,
+    cp, save) left its log clean."""
+    marker = str(daemon.root)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        try:
+            remove_all(daemon)
+        finally:
+            daemon.close()
+            log = daemon.final_log  # its shutdown included
+            leftovers = qemu_processes(marker)
+            for line in leftovers:
+                subprocess.run(["kill", "-9", line.split()[0]], check=False)
+        assert not leftovers, f"QEMU left running after hyperd closed: {leftovers}\n{log[-4000:]}"
+        assert not log_problems(log), log[-8000:]
 
 
 def remove_all(hyperd: DockerHyperd, keep: frozenset[str] = frozenset()) -> None:

@@ -33,10 +33,9 @@ from tests.integration.test_docker_containers import (
     eventually,
     failed,
     inspect,
-    log_problems,
     ok,
-    qemu_processes,
     remove_all,
+    serving,
 )
 from tests.support.docker_env import DOCKER_CLI, DockerHyperd, docker_cli_available, docker_py_available
 from tests.support.images import docker_archive, file, image_config, layer_tar, make_busybox_image
@@ -69,22 +68,8 @@ def hyperd(image_state: Path, shared_cache: Path) -> Iterator[DockerHyperd]:
         arm = Path(scratch) / "arm.tar"
         docker_archive(arm, [layer], image_config([layer], architecture="arm64"), "armish:latest")
         store.load(arm)
-        daemon = DockerHyperd(state=state, cache=shared_cache)
-        marker = str(daemon.root)
-        daemon.start()
-        try:
+        with serving(DockerHyperd(state=state, cache=shared_cache)) as daemon:
             yield daemon
-        finally:
-            try:
-                remove_all(daemon)
-            finally:
-                daemon.close()
-                log = daemon.final_log  # its shutdown included
-                leftovers = qemu_processes(marker)
-                for line in leftovers:
-                    subprocess.run(["kill", "-9", line.split()[0]], check=False)
-            assert not leftovers, f"QEMU left running after hyperd closed: {leftovers}\n{log[-4000:]}"
-            assert not log_problems(log), log[-8000:]
 
 
 @pytest.fixture(autouse=True)
