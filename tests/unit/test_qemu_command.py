@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hyper.agent.protocol import PORT_NAME
 from hyper.vm.accel import Accel
-from hyper.vm.driver import DiskSpec, VmSpec
+from hyper.vm.driver import DiskSpec, HotDisk, VmSpec
 from hyper.vm.qemu import build_command, console_tail
 from hyper.vm.qemu_command import AGENT_FD, CONSOLE_FD, FIRST_DISK_FD, QMP_FD, SANDBOX, passed_files
 
@@ -192,3 +192,15 @@ def test_file_share_is_a_passed_socket_after_the_disks() -> None:
     assert option_values(command, "-fsdev") == [f"proxy,id=share,sock_fd={share.fd}"]
     assert "virtio-9p-device,fsdev=share,mount_tag=hyper" in option_values(command, "-device")
     assert "-fsdev" not in build_command(make_spec())
+
+
+def test_a_scsi_controller_takes_disks_hot_added_later() -> None:
+    assert "virtio-scsi-device,id=scsi0" not in build_command(make_spec())
+    command = build_command(make_spec(scsi=True))
+    assert command[command.index("virtio-scsi-device,id=scsi0") - 1] == "-device"
+    disk = HotDisk(Path("/disks/w"), "hs3", False, 3)
+    assert (disk.node, disk.device, disk.fdset) == (
+        "hot3",
+        "hotdev3",
+        1003,
+    )  # clear of the fixed sets

@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 
-from hyper.agent import guest_boot, guest_net
+from hyper.agent import guest_boot, guest_cgroups, guest_net
 from hyper.agent import guest_container as containers
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_process import Process, set_window_size
@@ -414,6 +414,12 @@ class Agent(ContainerRequests):
                 continue  # an orphan reparented to PID 1, or a start that failed
             code = os.waitstatus_to_exitcode(status)
             process.status = code if code >= 0 else 128 - code
+            owner = process.owner
+            if owner is not None and owner.cgroup is not None:
+                process.oom_killed = guest_cgroups.oom_kills(owner.cgroup) > owner.oom_base
+                # Nothing of a container outlives its main process (a PID
+                # namespace shared with other containers would keep them).
+                guest_cgroups.kill_all(owner.cgroup)
             self._maybe_report_exit(process)
 
     def _maybe_report_exit(self, process: Process) -> None:
@@ -423,7 +429,10 @@ class Agent(ContainerRequests):
             self._close_fd(process.stdin_fd)
             process.stdin_fd = None
         self.processes.pop(process.stream, None)
-        self.send({"type": "exited", "process": process.stream, "status": process.status})
+        exited: dict[str, Any] = {"type": "exited", "process": process.stream, "status": process.status}
+        if process.oom_killed:
+            exited["oom_killed"] = True
+        self.send(exited)
 
     def _close_fd(self, fd: int) -> None:
         self._watch(fd, 0)

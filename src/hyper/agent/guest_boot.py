@@ -22,6 +22,7 @@ import os
 import stat
 import time
 
+from hyper.agent import guest_cgroups
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_sys import MS_MOVE, MS_NODEV, MS_NOSUID
 from hyper.agent.protocol import PORT_NAME
@@ -134,6 +135,7 @@ def boot() -> tuple[int, list[str]]:
     log.append(f"{time.monotonic():.3f} modules loaded")
     copied = leave_initramfs()
     log.append(f"{time.monotonic():.3f} left the initramfs ({copied >> 10} KiB copied)")
+    guest_cgroups.mount_hierarchy(log)  # each container's limits (guest_cgroups)
     for name, value in HARDENING_SYSCTLS:
         try:
             write_sysctl(name, value)

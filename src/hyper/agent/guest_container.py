@@ -26,7 +26,7 @@ import stat
 # chroot, where the agent's standard library is out of reach: import it now.
 import warnings  # noqa: F401
 
-from hyper.agent import guest_security, guest_volumes
+from hyper.agent import guest_cgroups, guest_security, guest_volumes
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_sys import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
 
@@ -97,12 +97,28 @@ def not_running(container_id: str) -> StartError:
 # Plain classes rather than dataclasses: importing dataclasses pulls in
 # inspect, ast and tokenize, a quarter of a second of the guest's boot under TCG.
 class Container:
-    __slots__ = ("confinement", "id", "main", "mounts", "pid_ns", "privileged", "rootfs")
+    __slots__ = (
+        "cgroup",
+        "confinement",
+        "id",
+        "main",
+        "mounts",
+        "oom_base",
+        "pid_ns",
+        "privileged",
+        "rootfs",
+        "writable",
+    )
 
     def __init__(self, container_id: str, rootfs: str, *, privileged: bool = False) -> None:
         self.id = container_id
         self.rootfs = rootfs
         self.privileged = privileged
+        # Its cgroup's path (guest_cgroups), None where the kernel has none;
+        # and the cgroup's OOM kill count when the main process started.
+        self.cgroup: str | None = None
+        self.oom_base = 0
+        self.writable: str | None = None  # where its writable disk is mounted
         # What the main process was confined with (guest_security's message):
         # an exec takes the same, as in Docker.
         self.confinement: dict[str, object] | None = None
@@ -124,6 +140,8 @@ class ProcessRequest:
 
     __slots__ = (
         "args",
+        "cgroup_fd",
+        "cgroupns_fd",
         "cols",
         "confinement",
         "cwd",
@@ -156,6 +174,8 @@ class ProcessRequest:
         confinement: dict[str, object] | None = None,
         privileged: bool = False,
         init: bool = False,
+        cgroup_fd: int | None = None,
+        cgroupns_fd: int | None = None,
     ) -> None:
         self.rootfs, self.args, self.env, self.cwd, self.user = rootfs, args, env, cwd, user
         self.hostname, self.tty, self.stdin, self.rows, self.cols = hostname, tty, stdin, rows, cols
@@ -167,6 +187,10 @@ class ProcessRequest:
         # Docker creates a missing working directory for a container's main
         # process, but an exec's must exist.
         self.make_cwd = make_cwd
+        # The container's cgroup.procs, which the child joins first; an exec
+        # also joins the main process's cgroup namespace (`cgroupns_fd`).
+        self.cgroup_fd = cgroup_fd
+        self.cgroupns_fd = cgroupns_fd
 
 
 class Identity:
@@ -431,9 +455,15 @@ def exec_in_container(
                 os.dup2(tty_fd, target)
             if tty_fd > 2:
                 os.close(tty_fd)
+        if request.cgroup_fd is not None:
+            if request.cgroupns_fd is None:
+                guest_cgroups.join(request.cgroup_fd)
+            else:
+                os.write(request.cgroup_fd, b"0")
+                sys_.setns(request.cgroupns_fd, guest_cgroups.CLONE_NEWCGROUP)
         if not in_root:
             stage = "mount"
-            enter_root(rootfs, masked=not request.privileged)
+            enter_root(rootfs, masked=not request.privileged, cgroup=request.cgroup_fd is not None)
         stage = "user"
         identity = resolve_identity(request.user, "/etc/passwd", "/etc/group")
         full_env = complete_env(request.env, identity, request.hostname, tty_fd is not None)
@@ -465,11 +495,16 @@ def exec_in_container(
     os._exit(127)
 
 
-def enter_root(rootfs: str, *, masked: bool) -> None:
-    """In a new mount namespace: this PID namespace's /proc, runc's masked and
-    read-only paths, then pivot_root into `rootfs` with the old root detached."""
+def enter_root(rootfs: str, *, masked: bool, cgroup: bool = False) -> None:
+    """In a new mount namespace: this PID namespace's /proc, with `cgroup` this
+    cgroup namespace's hierarchy at /sys/fs/cgroup (read-only unless privileged,
+    as Docker mounts it), runc's masked and read-only paths, then pivot_root
+    into `rootfs` with the old root detached."""
     sys_.mount(None, "/", None, MS_REC | sys_.MS_PRIVATE)
     sys_.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if cgroup and os.path.isdir(f"{rootfs}/sys/fs/cgroup"):
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (MS_RDONLY if masked else 0)
+        sys_.mount("cgroup2", f"{rootfs}/sys/fs/cgroup", "cgroup2", flags)
     if masked:
         for path in MASKED_PATHS:
             _mask(rootfs + path)

@@ -40,7 +40,9 @@ class Process:
 
     __slots__ = (
         "init_pid",
+        "oom_killed",
         "outputs",
+        "owner",
         "shim_pid",
         "status",
         "stdin_buffer",
@@ -62,6 +64,9 @@ class Process:
         self.stdin_eof = False
         self.stdin_owed = 0  # stdin bytes taken and not yet credited to the host
         self.status = status
+        # The container whose main process this is (its exit ends the container); None for execs.
+        self.owner: containers.Container | None = None
+        self.oom_killed = False  # an OOM killer killed a process of its container during its run
 
 
 class ContainerRoot:
@@ -73,10 +78,16 @@ class ContainerRoot:
     rootfs as the agent sees it.
     """
 
-    __slots__ = ("mnt_fd", "pid_fd", "root_fd")
+    __slots__ = ("cgroupns_fd", "mnt_fd", "pid_fd", "root_fd")
 
-    def __init__(self, root_fd: int, mnt_fd: int | None = None, pid_fd: int | None = None) -> None:
-        self.root_fd, self.mnt_fd, self.pid_fd = root_fd, mnt_fd, pid_fd
+    def __init__(
+        self,
+        root_fd: int,
+        mnt_fd: int | None = None,
+        pid_fd: int | None = None,
+        cgroupns_fd: int | None = None,
+    ) -> None:
+        self.root_fd, self.mnt_fd, self.pid_fd, self.cgroupns_fd = root_fd, mnt_fd, pid_fd, cgroupns_fd
 
     @classmethod
     def open(cls, container: containers.Container, *, need_running: bool) -> ContainerRoot:
@@ -93,6 +104,8 @@ class ContainerRoot:
                 raise ProcessLookupError(errno.ESRCH, "PID recycled")
             fds.append(os.open(f"{proc}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
             fds.append(_open_dir(f"{proc}/root"))
+            if container.cgroup is not None:
+                fds.append(os.open(f"{proc}/ns/cgroup", os.O_RDONLY | os.O_CLOEXEC))
         except OSError:
             # The main process exited and is not reaped yet (or its PID was reused).
             for fd in fds:
@@ -100,11 +113,16 @@ class ContainerRoot:
             if need_running:
                 raise containers.not_running(container.id) from None
             return cls(_open_dir(container.rootfs))
-        return cls(fds[2], fds[1], fds[0])
+        return cls(fds[2], fds[1], fds[0], fds[3] if len(fds) > 3 else None)
 
     @property
     def fds(self) -> list[int]:
         return [fd for fd in (self.root_fd, self.mnt_fd, self.pid_fd) if fd is not None and fd >= 0]
+
+    @property
+    def all_fds(self) -> list[int]:
+        """`fds` and the cgroup namespace's, which only an exec's process joins."""
+        return [*self.fds, *([self.cgroupns_fd] if self.cgroupns_fd is not None else [])]
 
     def enter(self, *, pid_namespace: bool) -> None:
         """In a forked child: join the mount namespace, chroot, and with
@@ -118,13 +136,17 @@ class ContainerRoot:
         os.chroot(".")
         if pid_namespace and self.pid_fd is not None:
             sys_.setns(self.pid_fd, sys_.CLONE_NEWPID)
-        self.close()
-
-    def close(self) -> None:
-        for fd in self.fds:
+        for fd in self.fds:  # the cgroup namespace's stays: the next fork's child joins it
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.mnt_fd = self.pid_fd = None
+        self.root_fd = -1
+
+    def close(self) -> None:
+        for fd in self.all_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.mnt_fd = self.pid_fd = self.cgroupns_fd = None
         self.root_fd = -1
 
     def __enter__(self) -> ContainerRoot:
@@ -163,10 +185,18 @@ def spawn(stream: int, request: containers.ProcessRequest, join: ContainerRoot |
         stdio = (stdin_r, out_w, err_w)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+    # The cgroup's descriptors are the agent's (it closes them); the child joins through them.
+    cgroup_fds = [fd for fd in (request.cgroup_fd, request.cgroupns_fd) if fd is not None]
     shim = os.fork()
     if shim == 0:
         _run_shim(
-            request, tty_fd, stdio, join, keep=[*child_fds, report_w, pid_w], report_w=report_w, pid_w=pid_w
+            request,
+            tty_fd,
+            stdio,
+            join,
+            keep=[*child_fds, *cgroup_fds, report_w, pid_w],
+            report_w=report_w,
+            pid_w=pid_w,
         )
     for fd in (*child_fds, report_w, pid_w):
         os.close(fd)

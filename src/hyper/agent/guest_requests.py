@@ -10,12 +10,14 @@ host asks of containers.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import time
 
 from hyper.agent import guest_archive as archive
-from hyper.agent import guest_container, guest_net, guest_security, guest_volumes
+from hyper.agent import guest_cgroups, guest_container, guest_net, guest_security, guest_volumes
 from hyper.agent import guest_stats as stats
 from hyper.agent import guest_sys as sys_
 from hyper.agent.guest_process import ContainerRoot, Process, spawn, spawn_call
@@ -80,7 +82,8 @@ class ContainerRequests:
         if not isinstance(shm, int) or isinstance(shm, bool) or shm <= 0:
             raise ValueError("shm_size must be a positive number of bytes")
         mounts = guest_volumes.read_mounts(message.get("mounts"))
-        self.containers[container_id] = guest_container.assemble_rootfs(
+        limits = guest_cgroups.read_limits(message.get("resources"))
+        container = guest_container.assemble_rootfs(
             container_id,
             layer_dirs,
             target,
@@ -91,6 +94,40 @@ class ContainerRequests:
             read_only=message.get("read_only") is True,
             agent_mounts=self.other_mounts,
         )
+        container.writable = target
+        if guest_cgroups.available():
+            try:
+                container.cgroup = guest_cgroups.create(container_id, limits)
+            except OSError as exc:
+                guest_container.teardown(container)
+                raise guest_container.StartError(
+                    "cgroup", exc.errno or 0, f"cannot set the container's limits: {exc.strerror}"
+                ) from exc
+        self.containers[container_id] = container
+        return {"cgroup": container.cgroup is not None}
+
+    def _do_remove_container(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Take a container out of the VM: its processes killed, its root, volumes
+        and writable disk unmounted, its cgroup removed (the VM's other
+        containers go on). Its layers stay mounted: another container may use them."""
+        container = self._container(message)
+        if container.cgroup is not None:
+            guest_cgroups.kill_all(container.cgroup)
+        main = container.running_main()
+        if main is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(main.init_pid, signal.SIGKILL)
+        guest_container.teardown(container)
+        if container.writable is not None:
+            try:
+                sys_.umount(container.writable)
+            except OSError:
+                sys_.umount(container.writable, sys_.MNT_DETACH)
+            if container.writable in self.other_mounts:
+                self.other_mounts.remove(container.writable)
+        if container.cgroup is not None:
+            guest_cgroups.remove(container.cgroup)
+        del self.containers[container.id]
         return {}
 
     def _container(self, message: dict[str, Any]) -> guest_container.Container:
@@ -135,12 +172,33 @@ class ContainerRequests:
             init=message.get("init") is True and message["type"] == "start",
         )
 
+    def _spawn_main_or_exec(
+        self,
+        stream: int,
+        request: guest_container.ProcessRequest,
+        container: guest_container.Container,
+        root: ContainerRoot | None,
+    ) -> Process:
+        """Start the process, in the container's cgroup when it has one."""
+        procs = guest_cgroups.procs_fd(container.cgroup) if container.cgroup is not None else None
+        try:
+            request.cgroup_fd = procs
+            request.cgroupns_fd = root.cgroupns_fd if root is not None and procs is not None else None
+            return self._register(spawn(stream, request, join=root))
+        finally:
+            if procs is not None:
+                os.close(procs)
+
     def _do_start(self, message: dict[str, Any]) -> dict[str, Any]:
         container = self._container(message)
         stream = self._new_stream(message)
         request = self._process_request(message, container)
-        process = self._register(spawn(stream, request))
-        if container.running_main() is None:
+        first = container.running_main() is None
+        if first and container.cgroup is not None:
+            container.oom_base = guest_cgroups.oom_kills(container.cgroup)
+        process = self._spawn_main_or_exec(stream, request, container, None)
+        if first:
+            process.owner = container
             container.confinement = request.confinement
             try:
                 container.pid_ns = os.stat(f"/proc/{process.init_pid}/ns/pid").st_ino
@@ -155,13 +213,19 @@ class ContainerRequests:
         stream = self._new_stream(message)
         with ContainerRoot.open(container, need_running=True) as root:
             request = self._process_request(message, container)
-            process = self._register(spawn(stream, request, join=root))
+            process = self._spawn_main_or_exec(stream, request, container, root)
         return {"pid": process.init_pid}
 
     def _do_top(self, message: dict[str, Any]) -> dict[str, Any]:
         container = self._container(message)
         if container.running_main() is None:
             raise guest_container.not_running(container.id)
+        if container.cgroup is not None:
+            # Its cgroup says which processes are the container's (a PID
+            # namespace a pod's containers share holds others too).
+            pids = guest_cgroups.members(container.cgroup)
+            members = [e for e in stats.all_processes() if e.pid in pids]
+            return stats.top(container.pid_ns, members, stats.clock_ticks(), members_only=True)
         members = stats.all_processes(pid_ns=container.pid_ns)
         return stats.top(container.pid_ns, members, stats.clock_ticks())
 

@@ -158,16 +158,22 @@ def all_processes(proc: str = "/proc", pid_ns: int | None = None) -> list[ProcEn
 
 
 def top(
-    pid_ns: int, entries: list[ProcEntry], hz: int = 100, users: dict[int, str] | None = None
+    pid_ns: int,
+    entries: list[ProcEntry],
+    hz: int = 100,
+    users: dict[int, str] | None = None,
+    *,
+    members_only: bool = False,
 ) -> dict[str, Any]:
     """The processes of PID namespace `pid_ns`, with PIDs as its members see them
     and users by the names the container's /etc/passwd gives (`users`; read
     through the members' root when not given), as `docker top` shows them.
 
     A parent outside the namespace (the agent's shim) shows as PPID 0, as the
-    container's PID 1 sees its own parent.
+    container's PID 1 sees its own parent. With `members_only` every entry is
+    the container's (its cgroup said so), whatever its PID namespace.
     """
-    members = sorted((e for e in entries if e.pid_ns == pid_ns), key=lambda e: e.nspid)
+    members = sorted((e for e in entries if members_only or e.pid_ns == pid_ns), key=lambda e: e.nspid)
     inside = {e.pid: e.nspid for e in members}
     names = container_users(members) if users is None else users
     rows = [

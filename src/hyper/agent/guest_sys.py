@@ -228,5 +228,24 @@ def find_port(name: str) -> str | None:
 
 
 def find_disk(serial: str) -> str | None:
-    """The /dev path of the virtio-blk disk whose serial is `serial`."""
-    return _find_device("/sys/block", "serial", serial)
+    """The /dev path of the disk whose serial is `serial`: a virtio-blk disk
+    (its `serial`), or a SCSI disk hot-added to a pod's VM (the unit serial
+    number page of its VPD, SPC's 0x80: four bytes of header, then the serial)."""
+    found = _find_device("/sys/block", "serial", serial)
+    if found is not None:
+        return found
+    try:
+        entries = os.listdir("/sys/block")
+    except FileNotFoundError:
+        return None
+    for entry in entries:
+        if not entry.startswith("sd"):
+            continue
+        try:
+            with open(f"/sys/block/{entry}/device/vpd_pg80", "rb") as f:
+                page = f.read(260)
+        except OSError:
+            continue
+        if page[4:].rstrip(b"\0 ").decode(errors="replace") == serial:
+            return f"/dev/{entry}"
+    return None

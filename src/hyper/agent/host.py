@@ -69,6 +69,9 @@ class ProcessChannel:
     # wait on `credit_changed` when it is spent.
     stdin_credit: int = STDIN_WINDOW
     credit_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set with the exit status of a container's main process that an OOM
+    # killer ended (the kernel counted a kill in its cgroup during the run).
+    oom_killed: bool = False
 
 
 class AgentClient:
@@ -170,6 +173,7 @@ class AgentClient:
             if self._auto_ack:
                 self._maybe_acknowledge(force=True)
             if exited is not None:
+                exited.oom_killed = message.get("oom_killed") is True
                 exited.credit_changed.set()  # a waiting stdin writer learns nobody reads any more
                 await exited.output.put(None)
                 if not exited.exit_status.done():

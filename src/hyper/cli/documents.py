@@ -152,6 +152,11 @@ class ContainerInfo:
 
 
 SETTINGS = (
+    "nano_cpus",
+    "cpuset_cpus",
+    "pids_limit",
+    "memory_swap",
+    "pod",
     "stop_signal",
     "stop_timeout",
     "health_test",

@@ -18,6 +18,7 @@ from hyper.errors import InvalidArgument, NotFound
 from hyper.humanize import parse_duration, parse_size
 from hyper.image import Healthcheck, ImageStore
 from hyper.image.registry.platform import image_platform, parse_platform, platform_matches, require_runnable
+from hyper.runtime import resources
 from hyper.runtime import spec as specs
 from hyper.runtime.confinement import refuse_unhonoured
 from hyper.runtime.run import ContainerExit, run_foreground
@@ -72,7 +73,14 @@ def add_container_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-m", "--memory", metavar="SIZE", help="the VM's RAM (default: the configuration's, else 512m)"
     )
-    parser.add_argument("--cpus", metavar="N", help="the VM's vCPUs (default: the configuration's, else 1)")
+    parser.add_argument(
+        "--cpus", metavar="N", help="CPUs (the VM's vCPUs, rounded up; default: the configuration's, else 1)"
+    )
+    parser.add_argument("--cpuset-cpus", metavar="CPUS", help="the VM's vCPUs it may run on (0-1,3)")
+    parser.add_argument("--pids-limit", type=int, metavar="N", help="at most N processes (-1: no limit)")
+    parser.add_argument(
+        "--memory-swap", metavar="SIZE", help="memory and swap together (-1: unlimited); the VM has no swap"
+    )
     parser.add_argument("--hostname", metavar="NAME")
     parser.add_argument(
         "--pull",
@@ -267,6 +275,10 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
         remove=args.rm,
         memory_mib=settings.default_memory_mib if args.memory is None else specs.parse_memory(args.memory),
         cpus=settings.default_cpus if args.cpus is None else specs.parse_cpus(args.cpus, os.cpu_count() or 1),
+        nano_cpus=0 if args.cpus is None else resources.parse_nano_cpus(args.cpus, os.cpu_count() or 1),
+        cpuset_cpus=args.cpuset_cpus or "",
+        pids_limit=max(args.pids_limit or 0, 0),
+        memory_swap=_memory_swap(args),
         hostname=args.hostname,
         stop_signal=args.stop_signal,
         stop_timeout=args.stop_timeout,
@@ -297,7 +309,22 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
         extra_hosts=tuple(args.add_host),
     )
     refuse_unhonoured(options)
+    specs.container_resources(options, os.cpu_count() or 1)
     return options
+
+
+def _memory_swap(args: argparse.Namespace) -> int:
+    """--memory-swap in bytes, -1 for unlimited, 0 when not given; a size needs --memory, as in Docker."""
+    if args.memory_swap is None:
+        return 0
+    if args.memory_swap.strip() == "-1":
+        return -1
+    if args.memory is None:
+        raise InvalidArgument(
+            "You should always set the Memory limit when using Memoryswap limit, see usage",
+            hint="add --memory",
+        )
+    return parse_size(args.memory_swap, "--memory-swap")
 
 
 def security_options(values: Sequence[str]) -> list[str]:

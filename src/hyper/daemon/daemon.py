@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import os
 import sys
 from typing import Any
 
@@ -110,6 +111,7 @@ class Daemon:
             name = valid_name(request.options.name)
             request = dataclasses.replace(request, options=dataclasses.replace(request.options, name=name))
         refuse_unhonoured(request.options)
+        specs.container_resources(request.options, os.cpu_count() or 1)
         if request.auto_remove and request.restart.name.value != "no":
             raise InvalidArgument("conflicting options: a restart policy and automatic removal (--rm)")
         image = await asyncio.to_thread(ImageStore(self.paths.images).get, request.options.image)
@@ -189,7 +191,8 @@ BODY_KEYS = frozenset(
         "stop_timeout", "health_test", "health_interval", "health_timeout", "health_start_period",
         "health_retries", "cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size",
         "init", "mounts", "read_only", "network", "network_aliases", "ip", "publish", "publish_all",
-        "expose", "dns", "dns_search", "dns_options", "extra_hosts", "log_opts",
+        "expose", "dns", "dns_search", "dns_options", "extra_hosts", "log_opts", "nano_cpus", "cpuset_cpus",
+        "pids_limit", "memory_swap", "pod",
     }
 )  # fmt: skip
 
@@ -291,6 +294,11 @@ def run_options(body: dict[str, Any], settings: Settings) -> specs.RunOptions:
         dns_options=strings("dns_options"),
         extra_hosts=strings("extra_hosts"),
         log_opts=strings("log_opts"),
+        nano_cpus=number("nano_cpus", 0, minimum=0),
+        cpuset_cpus=text("cpuset_cpus") or "",
+        pids_limit=number("pids_limit", 0, minimum=-1),
+        memory_swap=number("memory_swap", 0, minimum=-1),
+        pod=text("pod") or "",
     )
 
 

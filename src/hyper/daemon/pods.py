@@ -56,6 +56,7 @@ SIGNAL_SECONDS = 5.0  # for the guest to take a signal; a stalled one gets its V
 DEFAULT_STOP_SECONDS = 10.0
 EXIT_VM_DIED = 137
 CHANNEL_LOSS_GRACE_SECONDS = 5.0  # a VM powering off closes its channel just before it exits
+OOM_REASON = "OOMKilled"  # Kubernetes' reason; Docker's State.OOMKilled
 
 State = specs.ContainerState
 
@@ -227,6 +228,7 @@ class Pod:
             finished_at=None,
             exit_code=None,
             reason=None,
+            oom_killed=False,
             health=None,  # a new run's health starts at `starting`
             qemu_pid=launched.vm.pid,
             vm=vm_document(launched.vm.spec)
@@ -318,7 +320,7 @@ class Pod:
                     )
                 )
             return
-        self._spawn(self._finish(status, None, generation))
+        self._spawn(self._finish(status, None, generation, oom_killed=channel.oom_killed))
 
     def _sync(self, offset: int | None, channel: ProcessChannel) -> None:
         """Make the log durable, then let the guest forget what it holds."""
@@ -346,11 +348,13 @@ class Pod:
         await vm.wait()
         await self._finish(EXIT_VM_DIED, "the VM's QEMU process exited unexpectedly", generation)
 
-    async def _finish(self, status: int, reason: str | None, generation: int | None = None) -> None:
+    async def _finish(
+        self, status: int, reason: str | None, generation: int | None = None, *, oom_killed: bool = False
+    ) -> None:
         async with self._lock:
             if self.exited.is_set() or generation not in (None, self._generation):
                 return
-            await self._power_off(status, reason)
+            await self._power_off(status, reason, oom_killed=oom_killed)
         self._publish("die", exitCode=str(status))
         policy = self.restart_policy
         if policy.should_restart(
@@ -363,10 +367,18 @@ class Pod:
         elif self.record.auto_remove and self.on_auto_remove is not None and not self._removing:
             self._spawn(self.on_auto_remove(self))
 
-    async def _power_off(self, status: int, reason: str | None) -> None:
+    async def _power_off(self, status: int, reason: str | None, *, oom_killed: bool = False) -> None:
+        """`reason` says why the VM was lost (no clean shutdown then); an OOM
+        kill of the container is its own exit, recorded as Docker's OOMKilled."""
         vm, agent = self.vm, self.agent
         await self.health_checks.stop()
-        self._move(State.EXITED, exit_code=status, finished_at=time.time(), reason=reason)
+        self._move(
+            State.EXITED,
+            exit_code=status,
+            finished_at=time.time(),
+            reason=OOM_REASON if oom_killed else reason,
+            oom_killed=oom_killed,
+        )
         if agent is not None and agent.received_offset is not None:
             agent.acknowledge(agent.received_offset)
         if vm is not None and vm.state is VmState.PAUSED:

@@ -101,4 +101,5 @@ def vm_spec_from(doc: dict[str, Any]) -> VmSpec:
         incoming_state=path(doc.get("incoming_state")),
         jail=JailSpec.from_document(doc.get("jail")),
         file_share=bool(doc.get("file_share")),
+        scsi=bool(doc.get("scsi")),
     )

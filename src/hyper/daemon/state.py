@@ -74,6 +74,7 @@ class ContainerRecord:
     console_size: list[int] | None = None  # rows and columns a TTY starts with
     recorded: dict[str, Any] = field(default_factory=dict)  # Docker fields kept for inspect only
     paused_stats: dict[str, Any] | None = None  # the guest's figures as it was paused, for `stats`
+    oom_killed: bool = False  # its last run ended in an OOM kill (reason "OOMKilled")
 
     def public(self) -> dict[str, Any]:
         """The API's view (docs/hyperd-api.md)."""

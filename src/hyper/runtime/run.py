@@ -29,8 +29,8 @@ from hyper.errors import Category, FailedPrecondition, HyperError, InvalidArgume
 from hyper.image import Image, ImageStore, LayerDisk
 from hyper.network.pod import PodNetwork, no_network
 from hyper.paths import HyperPaths
+from hyper.runtime import resources, templates
 from hyper.runtime import spec as specs
-from hyper.runtime import templates
 from hyper.runtime.boot import boot_agent
 from hyper.runtime.seccomp import kernel_version
 from hyper.runtime.settings import Settings
@@ -251,7 +251,7 @@ class ContainerRun:
         with open("/proc/meminfo") as f:
             meminfo = f.read()
         specs.admit_vm_size(
-            self.options.memory_mib, self.options.cpus, specs.host_memory_mib(meminfo), os.cpu_count() or 1
+            self.options.memory_mib, self.vm_cpus(), specs.host_memory_mib(meminfo), os.cpu_count() or 1
         )
         host_env = {} if self.detached else dict(os.environ)
         specs.process_spec(
@@ -263,6 +263,10 @@ class ContainerRun:
         layers = await asyncio.to_thread(store.layer_disks, image)
         await asyncio.to_thread(self._plan_storage, image)
         return Prepared(image, process, inputs, layers)
+
+    def vm_cpus(self) -> int:
+        """A pod of one's vCPUs: its --cpus, enough for its --cpuset-cpus (hyper.runtime.resources)."""
+        return resources.single_vm_cpus(specs.container_resources(self.options), self.options.cpus)
 
     def _plan_storage(self, image: Image) -> None:
         """Volumes named and made, host paths checked, the share's entries and the
@@ -286,10 +290,11 @@ class ContainerRun:
             cmdline=cmdline,
             accel=inputs.accel.accel,
             memory_mib=self.options.memory_mib,
-            cpus=self.options.cpus,
+            cpus=self.vm_cpus(),
             run_dir=self.run_dir,
             nics=self._pod_network().nics,
             file_share=share_mode() is not None,
+            scsi=True,
         )
 
     def _pod_network(self) -> PodNetwork:
@@ -421,6 +426,7 @@ class ContainerRun:
             cpus=base.cpus,
             qemu_binary=self.settings.qemu_binary,
             file_share=base.file_share,
+            scsi=base.scsi,
         )
 
     async def _resume_template(
@@ -519,6 +525,7 @@ class ContainerRun:
             shm_size=self.options.shm_size or None,
             mounts=self.guest_mounts,
             read_only=self.options.read_only,
+            resources=specs.container_resources(self.options).message(),
         )
 
     async def _attach(

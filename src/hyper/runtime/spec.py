@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from hyper.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from hyper.image import ImageConfig
-from hyper.runtime import security
+from hyper.runtime import resources, security
 from hyper.vm.accel import Accel
 from hyper.vm.appliance import Appliance
 
@@ -100,6 +100,15 @@ class RunOptions:
     # anonymous ones too, once the container is created), a read-only root.
     mounts: tuple[str, ...] = ()
     read_only: bool = False
+    # A container's own limits in the guest (hyper.runtime.resources): exact
+    # --cpus (memory_mib and cpus above also size a pod of one's VM),
+    # --cpuset-cpus, --pids-limit (0: none), --memory-swap in bytes (0: unset, -1: unlimited).
+    nano_cpus: int = 0
+    cpuset_cpus: str = ""
+    pids_limit: int = 0
+    memory_swap: int = 0
+    # The pod it belongs to (hyperd's pods; "" is a pod of its own).
+    pod: str = ""
 
 
 @dataclass(frozen=True)
@@ -285,3 +294,19 @@ def start_failure_status(stage: str | None, errno: int | None) -> int:
     if stage == "exec" and errno == 2:
         return 127
     return 126
+
+
+def container_resources(options: RunOptions, host_cpus: int | None = None) -> resources.Resources:
+    """The container's own limits, checked as Docker checks them (and, given
+    `host_cpus`, that a pod of one's VM can hold them)."""
+    found = resources.Resources(
+        memory_mib=options.memory_mib,
+        memory_swap=options.memory_swap,
+        nano_cpus=options.nano_cpus,
+        cpuset_cpus=options.cpuset_cpus,
+        pids_limit=options.pids_limit,
+    )
+    found.check()
+    if host_cpus is not None and not options.pod:
+        resources.check_single_vm(found, options.cpus, host_cpus)
+    return found

@@ -66,6 +66,7 @@ class TemplateConfig:
     cpus: int
     qemu_binary: str
     file_share: bool = False  # the virtio-9p device (hyper.storage.share)
+    scsi: bool = False  # the virtio-SCSI controller for hot-added disks
 
     def key(self) -> str:
         digest = hashlib.sha256(f"template {TEMPLATE_VERSION} {LAYER_SLOTS} {SLOT_BYTES}\n".encode())
@@ -75,6 +76,8 @@ class TemplateConfig:
         digest.update(f"{self.cmdline}\n{self.accel.value} {self.memory_mib} {self.cpus}\n".encode())
         if self.file_share:
             digest.update(b"file share\n")
+        if self.scsi:
+            digest.update(b"scsi\n")
         return digest.hexdigest()
 
 
@@ -225,6 +228,7 @@ class TemplateCache:
                 memory_shared=True,
                 nics=(NicSpec(UNCONNECTED_MAC, "none"),),
                 file_share=config.file_share,
+                scsi=config.scsi,
             )
             # The template's share is empty and never mounted: a mounted 9p export
             # would block saving the VM (QEMU's migration blocker).

@@ -23,6 +23,38 @@ class DiskSpec:
     read_only: bool
 
 
+SCSI_CONTROLLER = "scsi0"
+
+
+@dataclass(frozen=True)
+class HotDisk:
+    """A disk hot-added to a running VM on its SCSI controller: the file, how the
+    guest finds it (`serial`), and QEMU's names for it (its fd set, block node,
+    device and SCSI target), kept so that it can be removed again, also by a
+    later process that adopted the VM."""
+
+    path: Path
+    serial: str
+    read_only: bool
+    target: int  # SCSI target id on the controller (LUN 0); also numbers node, device and fd set
+
+    @property
+    def node(self) -> str:
+        return f"hot{self.target}"
+
+    @property
+    def device(self) -> str:
+        return f"hotdev{self.target}"
+
+    @property
+    def fdset(self) -> int:
+        return HOT_FDSET_BASE + self.target
+
+
+# Fd sets of hot-added disks: above those the command line uses (1 for the console, 2.. for disks).
+HOT_FDSET_BASE = 1000
+
+
 @dataclass(frozen=True)
 class NicSpec:
     """A virtio-net device and its host side.
@@ -63,6 +95,9 @@ class VmSpec:
     # A virtio-9p device (tag "hyper") served by a FileShare: every VM has one
     # where shares can run, templates too, since a microvm cannot hot-plug it.
     file_share: bool = False
+    # A virtio-SCSI controller (id SCSI_CONTROLLER) that takes disks hot-added
+    # over QMP while the VM runs: the disks of containers that join a pod.
+    scsi: bool = False
 
     @property
     def console_log(self) -> Path:

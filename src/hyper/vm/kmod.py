@@ -24,6 +24,9 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     "boot": ("virtio_mmio", "virtio_blk", "virtio_console", "overlay", "erofs", "ext4"),
     "9p": ("9p", "9pnet_virtio"),
     "net": ("virtio_net",),
+    # Disks hot-added to a running pod's VM (a container joining it): a
+    # microvm cannot hot-plug virtio-blk, but a SCSI controller takes disks.
+    "scsi": ("virtio_scsi", "sd_mod"),
 }
 GUEST_MODULES = tuple(name for group in MODULE_GROUPS.values() for name in group)
 

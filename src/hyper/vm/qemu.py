@@ -29,7 +29,7 @@ from qemu.qmp import EventListener, QMPClient
 
 from hyper.errors import FailedPrecondition, HyperError, Unavailable
 from hyper.vm import confine
-from hyper.vm.driver import VM_TRANSITIONS, FileShare, VmSpec, VmState
+from hyper.vm.driver import SCSI_CONTROLLER, VM_TRANSITIONS, FileShare, HotDisk, VmSpec, VmState
 from hyper.vm.jail import JailMode, jail_mounts, jail_symlinks, jailer_document
 from hyper.vm.qemu_command import QEMU_BINARY, build_command, open_passed, passed_files
 
@@ -371,6 +371,69 @@ class QemuDriver:
             await self._execute("getfd", {"fdname": name})
         finally:
             os.close(fd)
+
+    async def attach_disk(self, disk: HotDisk) -> None:
+        """Hot-add `disk` on the VM's SCSI controller (the guest sees a new
+        sd device with the disk's serial). QEMU opens nothing: the file's
+        descriptor is passed over QMP into an fd set it opens as /dev/fdset/N."""
+        if self._qmp is None or not self._spec.scsi:
+            raise FailedPrecondition(f"VM {self._spec.name} cannot take disks while it runs")
+        try:
+            fd = os.open(disk.path, (os.O_RDONLY if disk.read_only else os.O_RDWR) | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self.start_error(f"cannot open {disk.path}: {exc.strerror}") from exc
+        try:
+            self._qmp.send_fd_scm(fd)
+            await self._execute("add-fd", {"fdset-id": disk.fdset, "opaque": str(disk.path)})
+        finally:
+            os.close(fd)
+        node: dict[str, object] = {
+            "driver": "raw",
+            "node-name": disk.node,
+            "read-only": disk.read_only,
+            # As the command line's drives: through the host page cache, shared by every VM.
+            "cache": {"direct": False, "no-flush": False},
+            "file": {"driver": "file", "filename": f"/dev/fdset/{disk.fdset}"},
+        }
+        if not disk.read_only:
+            node |= {"discard": "unmap", "detect-zeroes": "unmap"}
+        device = {
+            "driver": "scsi-hd",
+            "id": disk.device,
+            "bus": f"{SCSI_CONTROLLER}.0",
+            "drive": disk.node,
+            "serial": disk.serial,
+            "scsi-id": disk.target,
+            "lun": 0,
+            "werror": "report",
+            "rerror": "report",
+        }
+        try:
+            await self._execute("blockdev-add", node)
+            await self._execute("device_add", device)
+        except BaseException:
+            with contextlib.suppress(HyperError):
+                await self._execute("blockdev-del", {"node-name": disk.node})
+            with contextlib.suppress(HyperError):
+                await self._execute("remove-fd", {"fdset-id": disk.fdset})
+            raise
+
+    async def detach_disk(self, disk: HotDisk) -> None:
+        """Remove a hot-added disk (the guest has unmounted it). The device goes
+        first; QEMU lets go of its block node a moment later, so deleting the
+        node is tried until it is free."""
+        await self._execute("device_del", {"id": disk.device})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + QMP_COMMAND_TIMEOUT
+        while True:
+            try:
+                await self._execute("blockdev-del", {"node-name": disk.node})
+                break
+            except VmStartError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
+        await self._execute("remove-fd", {"fdset-id": disk.fdset})
 
     async def pause(self) -> None:
         """Stop every vCPU: the whole VM, guest kernel included, is frozen."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hyper.agent.protocol import PORT_NAME
 from hyper.vm.accel import Accel
-from hyper.vm.driver import VmSpec
+from hyper.vm.driver import SCSI_CONTROLLER, VmSpec
 from hyper.vm.jail import TCG_TB_MIB
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -185,6 +185,8 @@ def build_command(spec: VmSpec, binary: str = QEMU_BINARY) -> list[str]:
             drive += ["discard=unmap", "detect-zeroes=unmap"]
         command += ["-drive", ",".join(drive)]
         command += ["-device", f"virtio-blk-device,drive=disk{index},serial={_escape(disk.serial)}"]
+    if spec.scsi:
+        command += ["-device", f"virtio-scsi-device,id={SCSI_CONTROLLER}"]
     served = next((f for f in files if f.kind == "share"), None)
     if served is not None:
         # QEMU's proxy driver: the file work is done by a helper at the socket's

@@ -191,7 +191,8 @@ async def wait(request: web.Request) -> web.StreamResponse:
     if not (waiting.done() or removal.done()):
         return response
     code = pod.record.exit_code or 0
-    error = {"Message": pod.record.reason} if pod.record.reason else None
+    # An OOM kill is the container's own exit (State.OOMKilled), not an error of the wait.
+    error = {"Message": pod.record.reason} if pod.record.reason and not pod.record.oom_killed else None
     with contextlib.suppress(ConnectionError):
         await response.write(json.dumps({"StatusCode": code, "Error": error}).encode())
         await response.write_eof()

@@ -92,13 +92,18 @@ def create_request(body: dict[str, Any], name: str | None, settings: Settings | 
             f"memory {memory_bytes} bytes is below the minimum of {specs.MIN_MEMORY_MIB}m for a VM"
         )
     swap = host.get("MemorySwap") or 0
-    if swap not in (0, memory_bytes):
+    if not isinstance(swap, int) or isinstance(swap, bool) or swap < -1:
+        raise InvalidArgument("HostConfig.MemorySwap must be a number of bytes, or -1")
+    if swap > 0 and not memory_bytes:
         raise InvalidArgument(
-            f"Hyper does not support swap (HostConfig.MemorySwap {swap})",
-            hint="a VM has no swap: leave --memory-swap out, or make it equal to --memory",
+            "You should always set the Memory limit when using Memoryswap limit, see usage",
+            hint="add --memory",
         )
     nano_cpus = number(host.get("NanoCpus"), "HostConfig.NanoCpus")
     cpus = max(1, -(-nano_cpus // 1_000_000_000)) if nano_cpus else settings.default_cpus
+    pids_limit = host.get("PidsLimit") or 0
+    if not isinstance(pids_limit, int) or isinstance(pids_limit, bool):
+        raise InvalidArgument("HostConfig.PidsLimit must be an integer")
 
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
@@ -118,6 +123,10 @@ def create_request(body: dict[str, Any], name: str | None, settings: Settings | 
         interactive=bool(body.get("OpenStdin")),
         memory_mib=memory,
         cpus=cpus,
+        nano_cpus=nano_cpus,
+        cpuset_cpus=text(host.get("CpusetCpus"), "HostConfig.CpusetCpus") or "",
+        pids_limit=max(pids_limit, 0),
+        memory_swap=swap,
         hostname=text(body.get("Hostname"), "Hostname"),
         name=name or None,
         cap_add=strings(host.get("CapAdd"), "HostConfig.CapAdd"),
@@ -306,11 +315,11 @@ def inspect(
             "Running": running,
             "Paused": record.state == "paused",
             "Restarting": record.state == "restarting",
-            "OOMKilled": False,
+            "OOMKilled": record.oom_killed,
             "Dead": False,
             "Pid": record.qemu_pid if running and record.qemu_pid else 0,
             "ExitCode": record.exit_code or 0,
-            "Error": record.reason or "",
+            "Error": "" if record.oom_killed else record.reason or "",
             "StartedAt": rfc3339(record.started_at),
             "FinishedAt": rfc3339(record.finished_at),
         }
@@ -334,7 +343,10 @@ def inspect(
             "RestartPolicy": policy | {"Name": policy["Name"] or "no"},
             "AutoRemove": record.auto_remove,
             "Memory": int(options.get("memory_mib") or specs.DEFAULT_MEMORY_MIB) << 20,
-            "NanoCpus": int(options.get("cpus") or 1) * 1_000_000_000,
+            "NanoCpus": int(options.get("nano_cpus") or 0) or int(options.get("cpus") or 1) * 1_000_000_000,
+            "MemorySwap": int(options.get("memory_swap") or 0),
+            "CpusetCpus": options.get("cpuset_cpus") or "",
+            "PidsLimit": int(options.get("pids_limit") or 0) or None,
             "Runtime": "hyper",
             "Isolation": "",
             "Binds": None,

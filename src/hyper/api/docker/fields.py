@@ -113,8 +113,19 @@ FIELDS: tuple[Field, ...] = (
     Field("OnBuild", "ONBUILD", X, "ONBUILD applies to image builds, which Hyper does not do"),
     Field("ArgsEscaped", "ArgsEscaped", X, _WIN),
     # -- HostConfig ---------------------------------------------------------------------------------
-    Field("HostConfig.Memory", "-m/--memory", H, "the VM's RAM, at least 128 MiB; default 512 MiB"),
-    Field("HostConfig.NanoCpus", "--cpus", H, "the VM's vCPUs, rounded up to whole ones; default 1"),
+    Field(
+        "HostConfig.Memory",
+        "-m/--memory",
+        H,
+        "memory.max of the container's cgroup in the guest; a pod of one's VM has that much RAM"
+        " (at least 128 MiB; default 512 MiB)",
+    ),
+    Field(
+        "HostConfig.NanoCpus",
+        "--cpus",
+        H,
+        "cpu.max of the container's cgroup; a pod of one's VM has that many vCPUs, rounded up; default 1",
+    ),
     Field("HostConfig.RestartPolicy", "--restart", H),
     Field("HostConfig.AutoRemove", "--rm", H),
     Field(
@@ -157,7 +168,7 @@ FIELDS: tuple[Field, ...] = (
         "HostConfig.MemorySwap",
         "--memory-swap",
         H,
-        "the VM has no swap: only 0, or equal to --memory, is accepted",
+        "the container's cgroup's memory.swap.max in the guest (-1: unlimited); the VM has no swap device",
     ),
     Field("HostConfig.MemorySwappiness", "--memory-swappiness", X, "the VM has no swap", unset=one_of(-1)),
     Field("HostConfig.ContainerIDFile", "--cidfile", R, "the client writes the file"),
@@ -222,7 +233,7 @@ FIELDS: tuple[Field, ...] = (
     Field("HostConfig.Sysctls", "--sysctl", X, "sysctls are not set in the VM yet"),
     Field("HostConfig.OomScoreAdj", "--oom-score-adj", X, "not set in the VM yet"),
     Field("HostConfig.OomKillDisable", "--oom-kill-disable", X, "the VM's kernel kills on OOM"),
-    Field("HostConfig.PidsLimit", "--pids-limit", X, "not enforced in the VM yet", unset=one_of(-1)),
+    Field("HostConfig.PidsLimit", "--pids-limit", H, "pids.max of the container's cgroup in the guest"),
     Field("HostConfig.PidMode", "--pid", X, "a container sees its own VM only"),
     Field("HostConfig.UTSMode", "--uts", X, "a container sees its own VM only"),
     Field("HostConfig.CgroupnsMode", "--cgroupns", X, "cgroup namespaces are not chosen yet"),
@@ -233,7 +244,12 @@ FIELDS: tuple[Field, ...] = (
     Field("HostConfig.CpuQuota", "--cpu-quota", X, _CGROUP),
     Field("HostConfig.CpuRealtimePeriod", "--cpu-rt-period", X, _CGROUP),
     Field("HostConfig.CpuRealtimeRuntime", "--cpu-rt-runtime", X, _CGROUP),
-    Field("HostConfig.CpusetCpus", "--cpuset-cpus", X, _CGROUP),
+    Field(
+        "HostConfig.CpusetCpus",
+        "--cpuset-cpus",
+        H,
+        "cpuset.cpus of the container's cgroup: the VM's vCPUs (a pod of one gets enough of them)",
+    ),
     Field("HostConfig.CpusetMems", "--cpuset-mems", X, _CGROUP),
     Field("HostConfig.MemoryReservation", "--memory-reservation", X, _CGROUP),
     Field("HostConfig.KernelMemory", "--kernel-memory", X, _CGROUP),
