@@ -55,6 +55,7 @@ class DockerHyperd:
         cache: Path | None = None,
         environ: dict[str, str] | None = None,
         netns: str | None = None,
+        user: int | None = None,
     ) -> None:
         # Unix socket paths are short (108 bytes): the root lives directly under /tmp.
         self.root = Path(tempfile.mkdtemp(prefix="hdk-", dir="/tmp"))
@@ -79,6 +80,7 @@ class DockerHyperd:
             **(environ or {}),
         }
         self.netns = netns
+        self.user = user  # hyperd runs as this uid (and gid), its directories made its own
         self._process: subprocess.Popen[bytes] | None = None
         self.keep_root = False  # restart(): the next hyperd takes over this state
         self.final_log = ""
@@ -94,10 +96,17 @@ class DockerHyperd:
 
     def start(self) -> DockerHyperd:
         env = {**os.environ, **self.environ}
+        as_user: list[str] = []
+        if self.user is not None:
+            as_user = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--clear-groups"]
+            env["HOME"] = str(self.root)
+            for path in (self.root, *self.root.rglob("*")):
+                os.lchown(path, self.user, self.user)
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
                 [
                     *(["ip", "netns", "exec", self.netns] if self.netns else []),
+                    *as_user,
                     sys.executable,
                     "-m",
                     "hyper.daemon",

@@ -38,7 +38,10 @@ class Daemon:
         self.events = EventBus()
         self.pods: dict[str, Pod] = {}
         self.network = NetworkManager(
-            paths.state / "hyperd.db", NetworkConfig.from_env(), container_name=self._container_name
+            paths.state / "hyperd.db",
+            NetworkConfig.from_env(),
+            container_name=self._container_name,
+            runtime=paths.runtime,
         )
         self.execs: dict[str, ExecSession] = {}
         self._background: set[asyncio.Task[None]] = set()

@@ -9,6 +9,10 @@
   bridges and rules made, taps opened, names served) and `release` after it
   stops; `recover` at hyperd's start for whatever ran meanwhile.
 
+Without root the same records are kept, but a pod's NIC is connected to a
+passt of its own instead of a tap on a bridge (hyper.network.passt), which
+also forwards its published ports; there are no user-defined networks then.
+
 The kernel's state (bridges, Hyper's nftables table, the resolver's sockets)
 is derived from the records by `_sync`, which makes it match exactly: a
 network's bridge, rules and resolver exist while a running pod is on it.
@@ -25,11 +29,11 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 from hyper.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from hyper.network import dns, links, nftables
+from hyper.network import dns, links, nftables, usermode
 from hyper.network.model import (
     BRIDGE_PREFIX,
     DEFAULT_BRIDGE,
@@ -51,6 +55,7 @@ from hyper.network.model import (
     parse_subnet,
     resolv_conf,
 )
+from hyper.network.passt import PasstProcess, find_passt, passt_processes, reap
 from hyper.network.pod import GuestInterface, PodNetwork, no_network
 from hyper.network.ports import PortReservations
 from hyper.network.request import NetworkConfig, NetworkRequest
@@ -58,17 +63,26 @@ from hyper.network.store import NetworkStore
 
 log = logging.getLogger("hyper.network")
 
-RESOLV_CONF = Path("/etc/resolv.conf")
+
+BRIDGE_MODE = "bridge"
+USER_MODE = "user"
+NO_MODE = "none"
 
 
 def mode_reason() -> tuple[str, str]:
     """Which network mode this hyperd can give pods, and why."""
-    if os.geteuid() != 0:
+    if os.geteuid() == 0:
         return (
-            "none",
-            "not root: bridges, taps and nftables need root (user-mode networking is not built yet)",
+            BRIDGE_MODE,
+            "root: a bridge per network, a tap per pod, NAT and published ports with nftables",
         )
-    return "bridge", "root: a bridge per network, a tap per pod, NAT and published ports with nftables"
+    if find_passt() is not None:
+        return (
+            USER_MODE,
+            "not root, so no bridges or nftables: each pod gets user-mode networking from a passt"
+            " of its own, which also forwards -p; no user-defined networks",
+        )
+    return NO_MODE, "not root and passt is not installed: install Debian's passt for user-mode networking"
 
 
 class NetworkManager:
@@ -78,6 +92,7 @@ class NetworkManager:
         config: NetworkConfig | None = None,
         *,
         container_name: Callable[[str], str | None] = lambda container_id: None,
+        runtime: Path | None = None,
     ) -> None:
         self.store = NetworkStore(db_path)
         self.config = config or NetworkConfig()
@@ -86,7 +101,11 @@ class NetworkManager:
         self._reservations: dict[str, PortReservations] = {}
         self._requests: dict[str, NetworkRequest] = {}
         self._lock = asyncio.Lock()
-        self.enabled = os.geteuid() == 0
+        self.mode = mode_reason()[0]
+        self.enabled = self.mode == BRIDGE_MODE  # bridges, taps, nftables and the resolver
+        # Without root: each running pod's passt, and where their pid files are.
+        self.passt_dir = runtime / "passt" if runtime is not None else None
+        self._passt: dict[str, PasstProcess] = {}
 
     # -- networks ---------------------------------------------------------------
     async def ensure_default(self) -> Network | None:
@@ -112,7 +131,7 @@ class NetworkManager:
 
     def _taken_subnets(self) -> list[IPv4Network]:
         ours = {n.bridge for n in self.store.networks()}
-        routes = links.host_routes() if self.enabled else []
+        routes = links.host_routes() if self.mode != NO_MODE else []
         # Routes through Hyper's own bridges are its networks, counted below.
         return [r for r in routes if not self._route_is_ours(r, ours)] + [
             n.subnet for n in self.store.networks()
@@ -132,6 +151,11 @@ class NetworkManager:
         driver: str = "bridge",
     ) -> Network:
         check_network_name(name)
+        if not self.enabled:
+            raise FailedPrecondition(
+                "user-defined networks need root here (a bridge per network, and nftables)",
+                hint="without root each container gets user-mode networking on the default network",
+            )
         if driver not in ("bridge", ""):
             raise InvalidArgument(f"Hyper has no network driver {driver!r}", hint="use the bridge driver")
         if name in (NO_NETWORK, "host", "default"):
@@ -212,7 +236,7 @@ class NetworkManager:
     def default_mode(self) -> str:
         """The network of a container that names none: `bridge`, unless this
         hyperd cannot make bridges (not root) or was told not to (HYPER_BRIDGE=none)."""
-        return DEFAULT_NETWORK if self.enabled and self.config.default_bridge else NO_NETWORK
+        return DEFAULT_NETWORK if self.mode != NO_MODE and self.config.default_bridge else NO_NETWORK
 
     def check_request(self, request: NetworkRequest) -> Network | None:
         """The request's network (None for `none`), every field checked; nothing is written."""
@@ -337,16 +361,18 @@ class NetworkManager:
     async def attach(self, container_id: str, hostname: str) -> PodNetwork:
         """Everything the pod's VM needs before it boots. On failure nothing is left."""
         request = self._requests.get(container_id, NetworkRequest(mode=NO_NETWORK))
-        host_resolv = _read_resolv_conf()
+        host_resolv = usermode.read_resolv_conf()
         attachments = self.attachments(container_id)
         if request.mode == NO_NETWORK or not attachments:
             return no_network(
-                etc_hosts(hostname, (), request.extra_hosts), _own_resolvers(host_resolv, request)
+                etc_hosts(hostname, (), request.extra_hosts), usermode.own_resolvers(host_resolv, request)
             )
+        if self.mode == USER_MODE:
+            return await self._attach_user(container_id, hostname, request, attachments, host_resolv)
         if not self.enabled:
             raise FailedPrecondition(
-                "networks need root here (bridges, taps and nftables)",
-                hint="run the container with --network none, or run hyperd as root",
+                "networks need root here (bridges, taps and nftables), or passt without it",
+                hint="run the container with --network none, install Debian's passt, or run hyperd as root",
             )
         async with self._lock:
             reservations = PortReservations()
@@ -392,8 +418,41 @@ class NetworkManager:
             self._reservations[container_id] = reservations
             return pod
 
+    async def _attach_user(
+        self,
+        container_id: str,
+        hostname: str,
+        request: NetworkRequest,
+        attachments: list[tuple[Network, Attachment]],
+        host_resolv: str,
+    ) -> PodNetwork:
+        """Without root: the pod's one NIC on a passt of its own, which forwards
+        its published ports. On failure nothing is left."""
+        if self.passt_dir is None:
+            raise FailedPrecondition("user-mode networking needs hyperd's runtime directory")
+        network, attachment = attachments[0]
+        try:
+            endpoint = self.store.allocate(container_id, network, attachment.ip, attachment.aliases, mac_for)
+            ports = await asyncio.to_thread(usermode.choose_ports, request.ports)
+            self.store.publish([Publication(container_id, network.id, endpoint.ip, port) for port in ports])
+            pod, process = await usermode.start_user_network(
+                address=IPv4Interface(f"{endpoint.ip}/{network.subnet.prefixlen}"),
+                gateway=network.gateway,
+                hostname=hostname,
+                request=request,
+                ports=ports,
+                passt_dir=self.passt_dir,
+                name=container_id[:12],
+                host_resolv=host_resolv,
+            )
+        except BaseException:
+            self.store.release(container_id)
+            raise
+        self._passt[container_id] = process
+        return pod
+
     def _pod_resolv_conf(self, network: Network, request: NetworkRequest, host_resolv: str) -> str:
-        search = request.dns_search or _host_search(host_resolv)
+        search = request.dns_search or usermode.host_search(host_resolv)
         if network.is_default and request.dns:
             return resolv_conf(request.dns, search, request.dns_options)
         # hyperd's resolver, on the gateway: names on the network, the rest forwarded.
@@ -404,11 +463,15 @@ class NetworkManager:
         reservations = self._reservations.pop(container_id, None)
         if reservations is not None:
             reservations.close()
+        passt = self._passt.pop(container_id, None)
+        if passt is not None:
+            await asyncio.shield(asyncio.to_thread(passt.stop))
         if not self.store.endpoints(container_id=container_id):
             return
         self.store.release(container_id)
-        async with self._lock:
-            await self._sync(_read_resolv_conf())
+        if self.enabled:
+            async with self._lock:
+                await self._sync(usermode.read_resolv_conf())
 
     async def recover(self, running: Iterable[str]) -> None:
         """hyperd's start: endpoints of pods that no longer run are freed, the
@@ -420,7 +483,10 @@ class NetworkManager:
         for publication in self.store.publications():
             if publication.container_id not in alive:
                 self.store.release(publication.container_id)
-        for container_id in alive:
+        if self.passt_dir is not None:
+            await asyncio.to_thread(self._recover_passt, alive)
+        # As root hyperd holds the published ports; without root each pod's passt does.
+        for container_id in alive if self.enabled else ():
             ports = [p.port for p in self.store.publications(container_id)]
             if not ports:
                 continue
@@ -433,7 +499,19 @@ class NetworkManager:
             self._reservations[container_id] = reservations
         if self.enabled:
             async with self._lock:
-                await self._sync(_read_resolv_conf())
+                await self._sync(usermode.read_resolv_conf())
+
+    def _recover_passt(self, alive: set[str]) -> None:
+        """A running pod's passt is found again by the pid file on its command
+        line; every other passt of this hyperd is killed, its files removed."""
+        assert self.passt_dir is not None
+        by_name = {container_id[:12]: container_id for container_id in alive}
+        for name, pid in passt_processes(self.passt_dir).items():
+            if name in by_name:
+                self._passt[by_name[name]] = PasstProcess(pid, self.passt_dir / f"{name}.pid")
+        reaped = reap(self.passt_dir, [c[:12] for c in self._passt])
+        if reaped:
+            log.warning("stopped %d passt processes of pods that no longer run", len(reaped))
 
     async def shutdown(self) -> None:
         """hyperd stops: the pods run on, and so do their rules; the resolver and
@@ -499,31 +577,3 @@ class NetworkManager:
                     forward=not all(n.internal for n in on),
                 )
         return dns.Directory(clients, names, reverse, dns.host_resolvers(host_resolv))
-
-
-def _read_resolv_conf() -> str:
-    try:
-        return RESOLV_CONF.read_text()
-    except OSError:
-        return ""
-
-
-def _host_search(text: str) -> list[str]:
-    for line in text.splitlines():
-        words = line.split()
-        if words[:1] == ["search"]:
-            return words[1:]
-    return []
-
-
-def _own_resolvers(host_resolv: str, request: NetworkRequest) -> str:
-    """resolv.conf of a pod without a network: --dns, or the host's that a VM could reach."""
-    servers = request.dns or tuple(s for s in dns.host_resolvers(host_resolv) if not _loopback(s))
-    return resolv_conf(servers, request.dns_search or _host_search(host_resolv), request.dns_options)
-
-
-def _loopback(address: str) -> bool:
-    try:
-        return ip_address(address).is_loopback
-    except ValueError:
-        return False

@@ -7,6 +7,10 @@ for as long as the pod runs, so that:
 - a port another program uses is found before the VM boots, and named;
 - no other program can take the port while DNAT sends its traffic elsewhere;
 - `-p 80` (no host port) gets a free port from the kernel, as Docker does.
+
+Without root a pod's passt listens on its ports itself: hyperd binds them only
+to check and choose them first, with SO_REUSEADDR as passt does, so that
+connections of an earlier run still in TIME_WAIT do not refuse the port.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ from hyper.network.model import PortSpec
 class PortReservations:
     """The sockets that hold one pod's host ports; close() lets them go."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reuse_address: bool = False) -> None:
         self._sockets: list[socket.socket] = []
+        self._reuse_address = reuse_address
 
     def hold(self, port: PortSpec) -> PortSpec:
         """Bind `port` on the host; returns it with the host port the kernel chose for 0."""
         kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
         sock = socket.socket(socket.AF_INET, kind)
+        if self._reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((port.host_ip or "0.0.0.0", port.host_port))
         except OSError as exc:
