@@ -49,9 +49,11 @@ async def _serve_app(app: web.Application, socket: Path) -> web.AppRunner:
     return runner
 
 
-async def serve(paths: HyperPaths, socket: Path, docker_socket: Path | None = None) -> None:
+async def serve(
+    paths: HyperPaths, socket: Path, docker_socket: Path | None = None, cri_socket: Path | None = None
+) -> None:
     prepare_paths(paths)
-    sockets = [socket] if docker_socket is None else [socket, docker_socket]
+    sockets = [path for path in (socket, docker_socket, cri_socket) if path is not None]
     for path in sockets:
         await _claim(path)
     daemon = Daemon(paths, Settings.from_env())
@@ -63,7 +65,15 @@ async def serve(paths: HyperPaths, socket: Path, docker_socket: Path | None = No
     runners = [await _serve_app(app, socket)]
     if docker_socket is not None:
         runners.append(await _serve_app(make_docker_app(daemon), docker_socket))
-    served = " and the Docker Engine API on ".join(str(path) for path in sockets)
+    served = str(socket)
+    if docker_socket is not None:
+        served += f" and the Docker Engine API on {docker_socket}"
+    cri = None
+    if cri_socket is not None:
+        from hyper.cri import start_cri_server  # grpc loads only where the CRI is served
+
+        cri = await start_cri_server(daemon, cri_socket)
+        served += f" and the CRI on {cri_socket}"
     print(f"hyperd: serving {served} (pid {os.getpid()}, state {paths.state})", file=sys.stderr, flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,6 +83,8 @@ async def serve(paths: HyperPaths, socket: Path, docker_socket: Path | None = No
         await stopping.wait()
     finally:
         daemon.stopping.set()  # waiting requests end, so the runners' cleanup does not wait on them
+        if cri is not None:
+            await cri.stop(SHUTDOWN_GRACE_SECONDS)
         for runner in runners:
             await runner.cleanup()
         await daemon.shutdown()
@@ -110,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="also serve the Docker Engine API on this socket (e.g. DOCKER_HOST=unix:///run/hyper/docker.sock)",
     )
+    parser.add_argument(
+        "--cri-socket",
+        type=Path,
+        help="also serve the Kubernetes CRI (v1) on this socket, for a kubelet or crictl (docs/cri.md)",
+    )
     args = parser.parse_args(argv)
     defaults = default_paths()
     paths = HyperPaths(
@@ -119,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.umask(0o077)  # containers' environments, logs and disks are hyperd's user's alone
     try:
-        asyncio.run(serve(paths, args.socket or socket_path(paths), args.docker_socket))
+        asyncio.run(serve(paths, args.socket or socket_path(paths), args.docker_socket, args.cri_socket))
     except HyperError as exc:
         print(f"hyperd: {exc}", file=sys.stderr)
         return 1
