@@ -135,7 +135,7 @@ def main() -> int:
                 def measure() -> dict[str, float]:
                     assert podman is not None
                     done = podman(
-                        "--runtime", "crun", "run", "--rm", "--network", "none", *mount,
+                        "--runtime", "crun", "run", "--rm", "--network", "none", "--ulimit", "host", *mount,
                         IMAGE, "sh", "-c", script, timeout=1200,
                     )  # fmt: skip
                     if done.returncode != 0:

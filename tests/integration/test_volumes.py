@@ -9,6 +9,7 @@ user named reachable from the guest.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -190,6 +191,8 @@ def test_anonymous_volumes_go_with_rm(env: HyperEnv) -> None:
         (["-v", "v1:/x", "--tmpfs", "/x"], "duplicate mount point: /x"),
         (["--mount", "type=bind,source=/nonexistent-hyper,target=/x"], "bind source path does not exist"),
         (["--mount", "type=tmpfs,target=/t,tmpfs-size=huge"], "invalid tmpfs-size"),
+        (["--volumes-from", "other"], "--volumes-from needs -d"),
+        (["-d", "--volumes-from", "other:rx"], "invalid --volumes-from"),
     ],
 )
 def test_bad_mounts_fail_before_a_vm_boots(env: HyperEnv, args: list[str], words: str) -> None:
@@ -224,3 +227,24 @@ def test_hyperd_containers_keep_named_volumes_and_rm_v_takes_anonymous_ones(env:
     assert not anonymous[0].exists()
     assert env.run("volume", "rm", "dvol").returncode == 0
     assert not (volumes / "dvol").exists()
+
+
+def test_hyper_create_volumes_from_takes_the_other_containers_volumes(env: HyperEnv) -> None:
+    source = env.run("create", "--name", "vsource", "-v", "hvol:/data", "-v", "/anon", IMAGE)
+    assert source.returncode == 0, source.stderr
+    taker = env.run("create", "--volumes-from", "vsource:ro", IMAGE)
+    assert taker.returncode == 0, taker.stderr
+    taker_id = taker.stdout.decode().strip()
+    try:
+        shown = env.run("inspect", taker_id)
+        assert shown.returncode == 0, shown.stderr
+        [document] = json.loads(shown.stdout)
+        mounts = document["Mounts"]
+        assert {(m["Destination"], m["RW"]) for m in mounts} == {("/data", False), ("/anon", False)}
+        assert next(m["Name"] for m in mounts if m["Destination"] == "/data") == "hvol"
+        missing = env.run("create", "--volumes-from", "ghost", IMAGE)
+        assert missing.returncode != 0 and b"no such container for --volumes-from: ghost" in missing.stderr
+    finally:
+        for ref in (taker_id, "vsource"):
+            env.run("rm", "-v", ref)
+    assert env.run("volume", "rm", "hvol").returncode == 0

@@ -7,6 +7,7 @@ import asyncio
 import json
 import struct
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from hyper.errors import InvalidArgument, NotFound
 from hyper.humanize import human_duration
 from hyper.image import ImageConfig
 from hyper.runtime import spec as specs
+from hyper.storage import mounts as storage_mounts
 
 ID = "0123456789ab" + "c" * 52
 IMAGE_ID = "sha256:" + "1" * 64
@@ -112,14 +114,64 @@ def test_a_docker_entrypoint_of_several_words_leads_the_command() -> None:
 @pytest.mark.parametrize(
     ("host_config", "named"),
     [
-        ({"Binds": ["/tmp:/x"]}, "bind mounts (-v/--mount)"),
-        ({"Tmpfs": {"/run": ""}}, "--tmpfs"),
+        ({"Sysctls": {"net.core.somaxconn": "1024"}}, "--sysctl"),
+        ({"VolumeDriver": "nfs"}, "--volume-driver"),
         ({"Devices": [{"PathOnHost": "/dev/kvm"}]}, "host devices (--device)"),
     ],
 )
 def test_what_hyper_cannot_honour_is_refused_by_name(host_config: dict[str, Any], named: str) -> None:
     with pytest.raises(InvalidArgument, match=named.replace("(", r"\(").replace(")", r"\)")):
         convert.create_request({"Image": "busybox", "HostConfig": host_config}, None)
+
+
+def test_mounts_of_the_create_body_become_canonical_mounts() -> None:
+    body = {
+        "Image": "b",
+        "Volumes": {"/anon": {}, "/data": {}},
+        "HostConfig": {
+            "Binds": ["/srv/site:/site:ro", "db:/data"],
+            "Mounts": [{"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 1 << 20}}],
+            "Tmpfs": {"/run": "size=16m,mode=1777"},
+            "ReadonlyRootfs": True,
+            "VolumesFrom": ["other:ro"],
+            "VolumeDriver": "local",
+        },
+    }
+    request = convert.create_request(body, None)
+    mounts = [storage_mounts.parse_mount(m) for m in request.options.mounts]
+    assert [(m.type.value, m.source, m.target, m.read_only) for m in mounts] == [
+        ("bind", "/srv/site", "/site", True),
+        ("volume", "db", "/data", False),
+        ("tmpfs", "", "/scratch", False),
+        ("tmpfs", "", "/run", False),
+        ("volume", "", "/anon", False),  # Config.Volumes where nothing else is mounted
+    ]
+    assert mounts[2].tmpfs_size == 1 << 20 and mounts[3].tmpfs_mode == 0o1777 and mounts[4].anonymous
+    assert request.options.read_only and request.options.volumes_from == ("other:ro",)
+    assert request.recorded["Binds"] == ["/srv/site:/site:ro", "db:/data"]
+    documents = convert.mount_documents({"mounts": list(request.options.mounts)}, Path("/state/volumes"))
+    assert documents[1] == {
+        "Type": "volume", "Name": "db", "Source": "/state/volumes/db/_data", "Destination": "/data",
+        "Driver": "local", "Mode": "", "RW": True, "Propagation": "",
+    }  # fmt: skip
+    assert documents[0]["Source"] == "/srv/site" and documents[0]["RW"] is False
+
+
+@pytest.mark.parametrize(
+    ("host_config", "message"),
+    [
+        ({"Binds": ["/a:/x", "v1:/x"]}, "duplicate mount point: /x"),
+        ({"Binds": ["bad name:/x"]}, "invalid volume name"),
+        ({"Binds": ["/a:relative"]}, "must be an absolute path"),
+        ({"Mounts": [{"Type": "volume", "Target": "/proc"}]}, "cannot be mounted over"),
+        ({"Mounts": [{"Type": "npipe", "Target": "/x"}]}, "invalid mount type"),
+        ({"Tmpfs": {"/run": "size=lots"}}, "invalid tmpfs size"),
+        ({"VolumesFrom": ["c:rx"]}, "invalid --volumes-from"),
+    ],
+)
+def test_bad_mounts_in_the_create_body_are_refused(host_config: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        convert.create_request({"Image": "b", "HostConfig": host_config}, None)
 
 
 def test_empty_unsupported_fields_are_no_request_for_them() -> None:
@@ -143,7 +195,7 @@ def test_empty_unsupported_fields_are_no_request_for_them() -> None:
         ({"Image": "b", "HostConfig": {"Memory": 1 << 20}}, "below the minimum"),
         ({"Image": "b", "HostConfig": {"Memory": -1}}, "HostConfig.Memory must be an integer"),
         ({"Image": "b", "Labels": {"a": 1}}, "Labels must map names to strings"),
-        ({"Image": "b", "Volumes": {"/data": {}}}, "volumes"),
+        ({"Image": "b", "Volumes": ["/data"]}, "Volumes must be an object"),
         ({"Image": "b", "HostConfig": []}, "HostConfig must be an object"),
     ],
 )

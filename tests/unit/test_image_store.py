@@ -221,8 +221,10 @@ def test_missing_archive_is_not_found(store: ImageStore, tmp_path: Path) -> None
 def test_import_rootfs(store: ImageStore, tmp_path: Path) -> None:
     rootfs = tmp_path / "rootfs.tar.gz"
     rootfs.write_bytes(gzip.compress(BASE))
-    image = store.import_rootfs(rootfs, "localhost/mine", ImageConfig(cmd=("sh",)))
+    config = ImageConfig(cmd=("sh",), volumes=("/data",), exposed_ports=("80/tcp",))
+    image = store.import_rootfs(rootfs, "localhost/mine", config)
     assert image.repo_tags == ("localhost/mine:latest",)
+    assert (image.config.volumes, image.config.exposed_ports) == (("/data",), ("80/tcp",))  # VOLUME, EXPOSE
     assert image.diff_ids == (sha256(BASE),)
     assert image.layers == (sha256(rootfs.read_bytes()),)
     assert image.config.cmd == ("sh",)

@@ -9,11 +9,15 @@ from hyper.storage.mounts import (
     Mount,
     MountType,
     check_unique,
+    check_volumes_from,
     from_api_mount,
+    inherited_mounts,
+    merge_mounts,
     parse_all,
     parse_mount,
     parse_tmpfs,
     parse_volume,
+    parse_volumes_from,
     with_image_volumes,
 )
 
@@ -141,3 +145,43 @@ def test_api_mounts() -> None:
         )
     with pytest.raises(InvalidArgument, match="must be an object"):
         from_api_mount("nope")  # type: ignore[arg-type]
+
+
+def test_volumes_from_forms() -> None:
+    assert parse_volumes_from("db") == ("db", None)
+    assert parse_volumes_from("db:ro") == ("db", True)
+    assert parse_volumes_from("db:rw") == ("db", False)
+    for bad in ("", ":ro", "db:rx", "db:ro:rw"):
+        with pytest.raises(InvalidArgument, match="--volumes-from"):
+            check_volumes_from(["ok", bad])
+
+
+def test_inherited_mounts_keep_volumes_and_binds_not_tmpfs_nor_anonymity() -> None:
+    source = [
+        "type=volume,source=db,target=/db",
+        "type=volume,source=abc123,target=/cache,volume-anonymous",
+        "type=bind,source=/srv,target=/srv,readonly,bind-create-src",
+        "type=tmpfs,target=/run",
+    ]
+    kept = inherited_mounts(source, None)
+    assert [(m.type, m.source, m.target, m.read_only) for m in kept] == [
+        (MountType.VOLUME, "db", "/db", False),
+        (MountType.VOLUME, "abc123", "/cache", False),
+        (MountType.BIND, "/srv", "/srv", True),
+    ]
+    assert not any(m.anonymous or m.create_source for m in kept)  # rm -v of the taker leaves them
+    assert all(m.read_only for m in inherited_mounts(source, True))
+    assert not any(m.read_only for m in inherited_mounts(source, False))
+    with pytest.raises(InvalidArgument, match="no name yet"):
+        inherited_mounts(["type=volume,target=/x"], None)
+
+
+def test_own_mounts_win_over_inherited_ones_and_two_inherited_conflict() -> None:
+    own = [parse_volume("mine:/db")]
+    inherited = inherited_mounts(
+        ["type=volume,source=db,target=/db", "type=volume,source=ll,target=/l"], None
+    )
+    merged = merge_mounts(own, inherited)
+    assert [(m.source, m.target) for m in merged] == [("mine", "/db"), ("ll", "/l")]
+    with pytest.raises(InvalidArgument, match="duplicate mount point: /l"):
+        merge_mounts(own, (*inherited, *inherited_mounts(["type=volume,source=mm,target=/l"], None)))

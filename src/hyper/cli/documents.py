@@ -173,6 +173,7 @@ SETTINGS = (
     "init",
     "mounts",
     "read_only",
+    "volumes_from",
     "network",
     "network_aliases",
     "ip",

@@ -166,6 +166,13 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mount", action="append", default=[], metavar="type=…,source=…,target=…")
     parser.add_argument("--tmpfs", action="append", default=[], metavar="DST[:size=…,mode=…]")
     parser.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
+    parser.add_argument(
+        "--volumes-from",
+        action="append",
+        default=[],
+        metavar="CONTAINER[:ro|rw]",
+        help="another container's volumes (through hyperd: with -d, or `create`)",
+    )
 
 
 def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -179,6 +186,11 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
     if networked:
         raise InvalidArgument(
             f"{networked[0]} needs -d: a foreground run has loopback only (docs/networking.md)",
+            hint="add -d to run it through hyperd",
+        )
+    if args.volumes_from:
+        raise InvalidArgument(
+            "--volumes-from needs -d: hyperd knows the other containers' volumes",
             hint="add -d to run it through hyperd",
         )
     daemon_only = [flag for flag, given in _daemon_options(args) if given]
@@ -297,6 +309,7 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
         health_retries=check.retries,
         mounts=storage_mounts(args),
         read_only=args.read_only,
+        volumes_from=mounts.check_volumes_from(args.volumes_from),
         network=args.network,
         network_aliases=tuple(args.network_alias),
         ip=args.ip,

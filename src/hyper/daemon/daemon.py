@@ -117,6 +117,11 @@ class Daemon:
         specs.container_resources(request.options, os.cpu_count() or 1)
         if request.auto_remove and request.restart.name.value != "no":
             raise InvalidArgument("conflicting options: a restart policy and automatic removal (--rm)")
+        if request.options.volumes_from:
+            mounts = self.with_volumes_from(request.options.mounts, request.options.volumes_from)
+            request = dataclasses.replace(
+                request, options=dataclasses.replace(request.options, mounts=mounts)
+            )
         image = await asyncio.to_thread(ImageStore(self.paths.images).get, request.options.image)
         # The image's EXPOSE joins the container's (as Docker merges them), so -P
         # publishes the same ports after a hyperd restart.
@@ -152,6 +157,23 @@ class Daemon:
         if pod is None:
             raise NotFound(f"no such container: {ref}")
         return pod
+
+    def with_volumes_from(self, mounts: tuple[str, ...], sources: tuple[str, ...]) -> tuple[str, ...]:
+        """`mounts` with the volumes and bind mounts of the containers `sources`
+        names (--volumes-from), taken once, at create, as Docker does."""
+        inherited: list[storage_mounts.Mount] = []
+        for text in sources:
+            ref, read_only = storage_mounts.parse_volumes_from(text)
+            try:
+                source = self.find(ref)
+            except NotFound:
+                # Not a 404: the docker CLI answers a 404 from create by pulling the image.
+                raise InvalidArgument(
+                    f"no such container for --volumes-from: {ref}", hint="`hyper ps -a` lists them"
+                ) from None
+            inherited += storage_mounts.inherited_mounts(source.options.mounts, read_only)
+        own = [storage_mounts.parse_mount(text) for text in mounts]
+        return tuple(m.canonical() for m in storage_mounts.merge_mounts(own, inherited))
 
     def exec_create(self, pod: Pod, process: specs.ProcessSpec) -> ExecSession:
         pod.running_agent()
@@ -193,9 +215,9 @@ BODY_KEYS = frozenset(
         "name", "labels", "tty", "interactive", "stdin_once", "restart", "remove", "start", "stop_signal",
         "stop_timeout", "health_test", "health_interval", "health_timeout", "health_start_period",
         "health_retries", "cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size",
-        "init", "mounts", "read_only", "network", "network_aliases", "ip", "publish", "publish_all",
-        "expose", "dns", "dns_search", "dns_options", "extra_hosts", "log_opts", "nano_cpus", "cpuset_cpus",
-        "pids_limit", "memory_swap", "pod",
+        "init", "mounts", "read_only", "volumes_from", "network", "network_aliases", "ip", "publish",
+        "publish_all", "expose", "dns", "dns_search", "dns_options", "extra_hosts", "log_opts", "nano_cpus",
+        "cpuset_cpus", "pids_limit", "memory_swap", "pod",
     }
 )  # fmt: skip
 
@@ -286,6 +308,7 @@ def run_options(body: dict[str, Any], settings: Settings) -> specs.RunOptions:
         init=bool(body.get("init")),
         mounts=container_mounts(strings("mounts")),
         read_only=bool(body.get("read_only")),
+        volumes_from=storage_mounts.check_volumes_from(strings("volumes_from")),
         network=text("network") or "",
         network_aliases=strings("network_aliases"),
         ip=text("ip"),

@@ -56,6 +56,7 @@ class ImageConfig:
     healthcheck: Healthcheck | None = None
     shell: tuple[str, ...] | None = None  # Dockerfile SHELL: what CMD-SHELL health checks run in
     exposed_ports: tuple[str, ...] = ()  # EXPOSE, as "80/tcp": what -P publishes
+    volumes: tuple[str, ...] = ()  # VOLUME: each path an anonymous volume unless mounted otherwise
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ def parse_config(data: bytes, source: str) -> ParsedConfig:
         healthcheck=healthcheck,
         shell=_optional_strings(inner.get("Shell"), "Shell", source) or None,
         exposed_ports=_exposed_ports(inner.get("ExposedPorts")),
+        volumes=_exposed_ports(inner.get("Volumes")),
     )
     return ParsedConfig(
         config=config,
@@ -228,6 +230,10 @@ def config_to_json(config: ImageConfig) -> dict[str, Any]:
         result["Healthcheck"] = healthcheck_to_json(config.healthcheck)
     if config.shell:
         result["Shell"] = list(config.shell)
+    if config.exposed_ports:
+        result["ExposedPorts"] = {port: {} for port in config.exposed_ports}
+    if config.volumes:
+        result["Volumes"] = {path: {} for path in config.volumes}
     return result
 
 
@@ -284,7 +290,8 @@ def manifest_blob(manifest: Manifest) -> bytes:
 
 
 def _exposed_ports(value: object) -> tuple[str, ...]:
-    """The image config's ExposedPorts ({"80/tcp": {}}) as its keys; malformed is none."""
+    """The image config's ExposedPorts ({"80/tcp": {}}) or Volumes ({"/data": {}})
+    as its keys; malformed is none."""
     if not isinstance(value, dict):
         return ()
     return tuple(sorted(key for key in value if isinstance(key, str)))

@@ -100,6 +100,9 @@ class RunOptions:
     # anonymous ones too, once the container is created), a read-only root.
     mounts: tuple[str, ...] = ()
     read_only: bool = False
+    # --volumes-from CONTAINER[:ro|rw]: hyperd adds those containers' mounts to
+    # `mounts` at create; kept to show them (HostConfig.VolumesFrom).
+    volumes_from: tuple[str, ...] = ()
     # A container's own limits in the guest (hyper.runtime.resources): exact
     # --cpus (memory_mib and cpus above also size a pod of one's VM),
     # --cpuset-cpus, --pids-limit (0: none), --memory-swap in bytes (0: unset, -1: unlimited).

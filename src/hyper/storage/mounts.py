@@ -343,6 +343,48 @@ def with_image_volumes(mounts: tuple[Mount, ...], image_volumes: Iterable[str]) 
     return (*mounts, *extra)
 
 
+def parse_volumes_from(text: str) -> tuple[str, bool | None]:
+    """`--volumes-from CONTAINER[:ro|rw]`: the container, and whether its mounts
+    become read-only (True), writable (False) or keep their own mode (None)."""
+    container, sep, mode = text.partition(":")
+    if not container or (sep and mode not in ("ro", "rw")):
+        raise InvalidArgument(
+            f"invalid --volumes-from {text!r}", hint="use CONTAINER, CONTAINER:ro or CONTAINER:rw"
+        )
+    return container, None if not sep else mode == "ro"
+
+
+def check_volumes_from(texts: Iterable[str]) -> tuple[str, ...]:
+    """The --volumes-from values, each checked (the containers are looked up at create)."""
+    texts = tuple(texts)
+    for text in texts:
+        parse_volumes_from(text)
+    return texts
+
+
+def inherited_mounts(mounts: Iterable[str], read_only: bool | None) -> tuple[Mount, ...]:
+    """Another container's volumes and bind mounts (canonical strings), as
+    `--volumes-from` gives them: its tmpfs mounts are its own, as in Docker, and
+    its anonymous volumes stay its own (its `rm -v` takes them once unused)."""
+    result = []
+    for mount in (parse_mount(text) for text in mounts):
+        if mount.type is MountType.TMPFS:
+            continue
+        if mount.type is MountType.VOLUME and not mount.source:
+            raise InvalidArgument(f"the volume at {mount.target} has no name yet")
+        mode = mount.read_only if read_only is None else read_only
+        result.append(replace(mount, read_only=mode, anonymous=False, create_source=False))
+    return tuple(result)
+
+
+def merge_mounts(own: Iterable[Mount], inherited: Iterable[Mount]) -> tuple[Mount, ...]:
+    """A container's own mounts over those it inherits: at one destination its own
+    wins, as Docker's binds do over --volumes-from; two inherited ones conflict."""
+    own = check_unique(own)
+    taken = {m.target for m in own}
+    return check_unique((*own, *(m for m in inherited if m.target not in taken)))
+
+
 def parse_all(
     *, volumes: Iterable[str] = (), mounts: Iterable[str] = (), tmpfs: Iterable[str] = ()
 ) -> tuple[Mount, ...]:

@@ -90,6 +90,7 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
         summary["Ports"] = networks.summary_ports(daemon.network.publications(record.id))
         summary["HostConfig"] = {"NetworkMode": view["host_config"]["NetworkMode"]}
         summary["NetworkSettings"] = {"Networks": view["settings"]["Networks"]}
+        summary["Mounts"] = convert.mount_documents(record.options, daemon.paths.volumes)
         summaries.append(summary)
     return web.json_response(summaries)
 
@@ -106,6 +107,7 @@ async def inspect(request: web.Request) -> web.StreamResponse:
     else:
         image_config = image.config
     document = convert.inspect(pod.record, exec_ids, log_path, image_config)
+    document["Mounts"] = convert.mount_documents(pod.record.options, daemon.paths.volumes)
     view = networks.container_network(daemon.network, pod.id, pod.record.options)
     document["HostConfig"].update(view["host_config"])
     document["NetworkSettings"] = view["settings"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 from hyper.api.docker import fields, networks
@@ -25,6 +26,7 @@ from hyper.image import Healthcheck, ImageConfig
 from hyper.runtime import spec as specs
 from hyper.runtime.security import ulimit_from_api
 from hyper.runtime.settings import Settings
+from hyper.storage import mounts as storage_mounts
 
 DEFAULT_SHM_BYTES = 64 << 20
 NS = 1_000_000_000
@@ -144,9 +146,17 @@ def create_request(body: dict[str, Any], name: str | None, settings: Settings | 
         health_timeout=healthcheck.timeout,
         health_start_period=healthcheck.start_period,
         health_retries=healthcheck.retries,
+        mounts=api_mounts(body, host),
+        read_only=bool(host.get("ReadonlyRootfs")),
+        volumes_from=storage_mounts.check_volumes_from(
+            strings(host.get("VolumesFrom"), "HostConfig.VolumesFrom")
+        ),
         **networks.run_option_fields(body),
     )
     recorded = {key: body[key] for key in RECORDED_CONFIG if not fields.empty(body.get(key))}
+    for key in ("Binds", "Mounts", "Tmpfs"):  # as given, for inspect's HostConfig
+        if not fields.empty(host.get(key)):
+            recorded[key] = host[key]
     if host.get("ContainerIDFile"):
         recorded["ContainerIDFile"] = text(host["ContainerIDFile"], "HostConfig.ContainerIDFile")
     return CreateRequest(
@@ -159,6 +169,25 @@ def create_request(body: dict[str, Any], name: str | None, settings: Settings | 
         console_size=_console_size(host.get("ConsoleSize")),
         recorded=recorded,
     )
+
+
+def api_mounts(body: dict[str, Any], host: dict[str, Any]) -> tuple[str, ...]:
+    """HostConfig's Binds, Mounts and Tmpfs, then Config.Volumes (anonymous
+    volumes where nothing else is mounted), as canonical --mount strings."""
+    tmpfs = host.get("Tmpfs") or {}
+    volumes = body.get("Volumes") or {}
+    if not isinstance(tmpfs, dict) or not all(isinstance(v, str) for v in tmpfs.values()):
+        raise InvalidArgument("HostConfig.Tmpfs must map paths to option strings")
+    if not isinstance(volumes, dict):
+        raise InvalidArgument("Volumes must be an object of paths")
+    mounts = host.get("Mounts") or []
+    if not isinstance(mounts, list):
+        raise InvalidArgument("HostConfig.Mounts must be a list")
+    parsed = [storage_mounts.parse_volume(b) for b in strings(host.get("Binds"), "HostConfig.Binds")]
+    parsed += [storage_mounts.from_api_mount(m) for m in mounts]
+    parsed += [storage_mounts.tmpfs_mount(target, options) for target, options in tmpfs.items()]
+    resolved = storage_mounts.with_image_volumes(storage_mounts.check_unique(parsed), volumes)
+    return tuple(m.canonical() for m in resolved)
 
 
 RECORDED_CONFIG = ("AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts")
@@ -349,7 +378,11 @@ def inspect(
             "PidsLimit": int(options.get("pids_limit") or 0) or None,
             "Runtime": "hyper",
             "Isolation": "",
-            "Binds": None,
+            "Binds": record.recorded.get("Binds"),
+            "Mounts": record.recorded.get("Mounts"),
+            "Tmpfs": record.recorded.get("Tmpfs"),
+            "ReadonlyRootfs": bool(options.get("read_only")),
+            "VolumesFrom": list(options.get("volumes_from") or ()) or None,
             "PortBindings": {},
             "LogConfig": {
                 "Type": "json-file",
@@ -383,6 +416,22 @@ def inspect(
         | optional_config(record),
         "NetworkSettings": {"Networks": {}, "Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": ""},
     }
+
+
+def mount_documents(options: dict[str, Any], volumes_root: Path) -> list[dict[str, Any]]:
+    """Inspect's `Mounts`: each bind, volume and tmpfs (volumes with their name and
+    their directory under `volumes_root`, STATE/volumes)."""
+    documents = []
+    for text in options.get("mounts") or ():
+        mount = storage_mounts.parse_mount(text)
+        document = mount.document()
+        if mount.type is storage_mounts.MountType.VOLUME:
+            source = str(volumes_root / mount.source / "_data") if mount.source else ""
+            document |= {"Name": mount.source, "Source": source, "Driver": "local"}
+        else:
+            document["Source"] = mount.source
+        documents.append(document)
+    return documents
 
 
 def health_state(record: ContainerRecord) -> dict[str, Any]:

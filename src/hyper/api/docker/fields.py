@@ -59,7 +59,6 @@ class Field:
 
 H, R, X = Decision.HONOURED, Decision.RECORDED, Decision.REFUSED
 _NET = "not supported by Hyper's networking (docs/networking.md)"
-_VOL = "volumes and mounts are not supported yet"
 _CGROUP = "a container's limits are its VM's size: use -m/--memory and --cpus"
 _WIN = "Windows containers only"
 
@@ -109,7 +108,12 @@ FIELDS: tuple[Field, ...] = (
     Field("NetworkDisabled", "no network", H, "the same as --network none"),
     Field("Domainname", "--domainname", X, "the NIS domain name is not set in the VM yet"),
     Field("MacAddress", "--mac-address", X, _NET),
-    Field("Volumes", "volumes (-v, the image's VOLUME)", X, _VOL),
+    Field(
+        "Volumes",
+        "anonymous volumes (-v DST)",
+        H,
+        "an anonymous volume at each path nothing else is mounted at, as the image's VOLUME",
+    ),
     Field("OnBuild", "ONBUILD", X, "ONBUILD applies to image builds, which Hyper does not do"),
     Field("ArgsEscaped", "ArgsEscaped", X, _WIN),
     # -- HostConfig ---------------------------------------------------------------------------------
@@ -208,11 +212,34 @@ FIELDS: tuple[Field, ...] = (
         "the agent's minimal init as PID 1: it reaps orphans and passes signals on",
         option="init",
     ),
-    Field("HostConfig.Binds", "bind mounts (-v/--mount)", X, _VOL),
-    Field("HostConfig.Mounts", "mounts (--mount, --use-api-socket)", X, _VOL),
-    Field("HostConfig.VolumesFrom", "--volumes-from", X, _VOL),
-    Field("HostConfig.VolumeDriver", "--volume-driver", X, _VOL),
-    Field("HostConfig.Tmpfs", "--tmpfs", X, _VOL),
+    Field(
+        "HostConfig.Binds",
+        "-v SRC:DST[:OPTS]",
+        H,
+        "host directories and named volumes over virtio-9p; ro/rw/nocopy (z, Z ignored); "
+        "propagation other than rprivate refused",
+    ),
+    Field(
+        "HostConfig.Mounts",
+        "--mount",
+        H,
+        "bind, volume and tmpfs with Docker's options; other types, volume drivers and "
+        "propagation other than rprivate refused",
+    ),
+    Field(
+        "HostConfig.VolumesFrom",
+        "--volumes-from",
+        H,
+        "the volumes and bind mounts of other containers, taken at create (:ro, :rw)",
+    ),
+    Field(
+        "HostConfig.VolumeDriver",
+        "--volume-driver",
+        H,
+        "`local` only: Hyper's volumes are directories under its state directory",
+        limit=one_of("local"),
+    ),
+    Field("HostConfig.Tmpfs", "--tmpfs", H, "a tmpfs in the VM; size=, mode= and mount flags"),
     Field("HostConfig.PortBindings", "published ports (-p)", H, "DNAT on the host's addresses and 127.0.0.1"),
     Field("HostConfig.PublishAllPorts", "published ports (-P)", H, "every exposed port, to a free host port"),
     Field("HostConfig.Links", "--link", X, _NET),
@@ -225,9 +252,9 @@ FIELDS: tuple[Field, ...] = (
     Field("HostConfig.DeviceRequests", "--gpus", X, "a VM has no host devices"),
     Field(
         "HostConfig.ReadonlyRootfs",
-        "read-only root file systems (--read-only)",
-        X,
-        "the container's root is always writable for now",
+        "--read-only",
+        H,
+        "the container's root mounted read-only; its volumes, tmpfs and /dev keep their own modes",
     ),
     Field("HostConfig.GroupAdd", "--group-add", X, "supplementary groups are not set yet"),
     Field("HostConfig.Sysctls", "--sysctl", X, "sysctls are not set in the VM yet"),

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from hyper import __version__
 from hyper.api.body import MAX_JSON_BODY, BodyTooLarge, refuse_at_once
-from hyper.api.docker import archive, containers, execs, images, networks, system
+from hyper.api.docker import archive, containers, execs, images, networks, system, volumes
 from hyper.api.docker.common import (
     API_VERSION,
     DAEMON,
@@ -282,6 +282,7 @@ def _routes() -> list[Route]:
         *images.ROUTES,
         *system.ROUTES,
         *networks.ROUTES,
+        *volumes.ROUTES,
     ]
 
 

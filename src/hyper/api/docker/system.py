@@ -1,11 +1,12 @@
-"""Docker Engine API: disk usage (`docker system df`) and the prunes of object
-kinds Hyper does not have yet (volumes, build cache); networks prune in hyper.api.docker.networks.
+"""Docker Engine API: disk usage (`docker system df`) and the build cache's prune
+(volumes prune in hyper.api.docker.volumes, networks prune in hyper.api.docker.networks).
 
 Sizes are what files take on disk (allocated blocks): a container's writable
 disk and the layer disks are sparse files whose apparent size (10 GiB for a
 writable disk) says nothing of their use. `docker system prune` prunes every
-kind in turn and fails as a whole if one fails, so the kinds Hyper lacks
-answer as Docker does when there is nothing to prune.
+kind in turn and fails as a whole if one fails; Hyper does not build images,
+so its build cache is always empty and answers as Docker's does when there is
+nothing to prune.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hyper.daemon.state import ContainerRecord
 from hyper.errors import InvalidArgument
 from hyper.image import Image, ImageStore
 from hyper.image.store import allocated_bytes
+from hyper.storage.volumes import VolumeStore, directory_size
 
 DF_TYPES = frozenset({"container", "image", "volume", "build-cache"})
 PRUNE_FILTERS = {
@@ -41,12 +43,6 @@ def check_prune_filters(kind: str, wanted: Mapping[str, Sequence[str]]) -> None:
             f"invalid filter {unknown[0]!r} for pruning {kind}",
             hint=f"use {', '.join(sorted(PRUNE_FILTERS[kind]))}",
         )
-
-
-async def prune_volumes(request: web.Request) -> web.StreamResponse:
-    """No volumes to prune: Hyper has none yet."""
-    check_prune_filters("volumes", filters(request))
-    return web.json_response({"VolumesDeleted": [], "SpaceReclaimed": 0})
 
 
 async def prune_build_cache(request: web.Request) -> web.StreamResponse:
@@ -108,13 +104,20 @@ async def disk_usage(request: web.Request) -> web.StreamResponse:
         users[record.image_id] = users.get(record.image_id, 0) + 1
     store = ImageStore(daemon.paths.images)
 
-    def measure() -> tuple[int, list[Image], dict[str, dict[str, int]], dict[str, int]]:
+    def measure() -> tuple[int, list[Image], dict[str, dict[str, int]], dict[str, int], list[dict[str, Any]]]:
         images = store.images()
         usage = {image.id: store.image_usage(image) for image in images}
         writable = {r.id: _writable_bytes(daemon.paths.containers / r.id) for r in records}
-        return store.disk_usage(), images, usage, writable
+        volumes = []
+        if "volume" in kinds:
+            with VolumeStore(daemon.paths.volumes, daemon.paths.containers) as volume_store:
+                volumes = [
+                    v.document(usage=(directory_size(v.mountpoint), len(volume_store.users(v.name))))
+                    for v in volume_store.all()
+                ]
+        return store.disk_usage(), images, usage, writable, volumes
 
-    layers_size, images, usage, writable = await asyncio.to_thread(measure)
+    layers_size, images, usage, writable, volumes = await asyncio.to_thread(measure)
     document: dict[str, Any] = {}
     if "image" in kinds:
         document["LayersSize"] = layers_size
@@ -127,7 +130,7 @@ async def disk_usage(request: web.Request) -> web.StreamResponse:
             for r in records
         ]
     if "volume" in kinds:
-        document["Volumes"] = []
+        document["Volumes"] = volumes
     if "build-cache" in kinds:
         document["BuildCache"] = []
     return web.json_response(document)
@@ -135,6 +138,5 @@ async def disk_usage(request: web.Request) -> web.StreamResponse:
 
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/system/df", disk_usage),
-    ("POST", "/volumes/prune", prune_volumes),
     ("POST", "/build/prune", prune_build_cache),
 ]

@@ -1,0 +1,192 @@
+"""Docker Engine API: volumes (`docker volume create|ls|inspect|rm|prune`).
+
+The handlers are thin over hyper.storage.volumes, the same local store the
+`hyper volume` commands and foreground runs use, so a volume made by one
+front end is every front end's. The store is SQLite: each request opens it
+in a thread and closes it. Filters are Docker's, and one Docker does not
+know for an endpoint is refused rather than ignored (a prune with a filter
+it did not apply would remove what the user meant to keep).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from hyper.api.docker.common import Handler, daemon_of, filters, flag, json_body
+from hyper.api.docker.labels import label_matches
+from hyper.api.docker.system import check_prune_filters
+from hyper.errors import FailedPrecondition, InvalidArgument, NotFound
+from hyper.storage.volumes import Volume, VolumeStore, directory_size
+
+LIST_FILTERS = frozenset({"dangling", "driver", "label", "name"})
+T = TypeVar("T")
+
+
+def _boolean(values: Sequence[str], what: str) -> bool | None:
+    """The last of a boolean filter's values (Docker's), or None when not given."""
+    if not values:
+        return None
+    value = values[-1].lower()
+    if value not in ("true", "1", "false", "0"):
+        raise InvalidArgument(f"invalid filter '{what}={values[-1]}'", hint="use true or false")
+    return value in ("true", "1")
+
+
+def _check_filters(wanted: Mapping[str, Sequence[str]], allowed: frozenset[str], what: str) -> None:
+    unknown = sorted(set(wanted) - allowed)
+    if unknown:
+        raise InvalidArgument(
+            f"invalid filter {unknown[0]!r} for {what}", hint=f"use {', '.join(sorted(allowed))}"
+        )
+
+
+def labels_match(volume: Volume, wanted: Mapping[str, Sequence[str]]) -> bool:
+    """The `label` and `label!` filters."""
+    labels = volume.labels
+    return all(label_matches(labels, v) for v in wanted.get("label", ())) and not any(
+        label_matches(labels, v) for v in wanted.get("label!", ())
+    )
+
+
+def list_matches(volume: Volume, in_use: bool, wanted: Mapping[str, Sequence[str]]) -> bool:
+    """GET /volumes' filters: name (a substring), driver, label, dangling (used by no container)."""
+    names = wanted.get("name", ())
+    if names and not any(n in volume.name for n in names):
+        return False
+    drivers = wanted.get("driver", ())
+    if drivers and "local" not in drivers:
+        return False
+    dangling = _boolean(wanted.get("dangling", ()), "dangling")
+    if dangling is not None and dangling == in_use:
+        return False
+    return labels_match(volume, wanted)
+
+
+async def _with_store(request: web.Request, work: Callable[[VolumeStore], T]) -> T:
+    daemon = daemon_of(request)
+
+    def run() -> T:
+        with VolumeStore(daemon.paths.volumes, daemon.paths.containers) as store:
+            return work(store)
+
+    return await asyncio.to_thread(run)
+
+
+def _docker_not_found(name: str) -> NotFound:
+    # Docker's words: the docker CLI's users and scripts match on them.
+    return NotFound(f"get {name}: no such volume")
+
+
+async def list_volumes(request: web.Request) -> web.StreamResponse:
+    wanted = filters(request)
+    _check_filters(wanted, LIST_FILTERS, "volumes")
+    _boolean(wanted.get("dangling", ()), "dangling")
+
+    def listing(store: VolumeStore) -> list[dict[str, Any]]:
+        return [v.document() for v in store.all() if list_matches(v, bool(store.users(v.name)), wanted)]
+
+    return web.json_response({"Volumes": await _with_store(request, listing), "Warnings": []})
+
+
+def _string_map(value: Any, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise InvalidArgument(f"{what} must map names to strings")
+    return dict(value)
+
+
+async def create_volume(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    name = body.get("Name") or None
+    if name is not None and not isinstance(name, str):
+        raise InvalidArgument("Name must be a string")
+    driver = body.get("Driver")
+    if driver is not None and not isinstance(driver, str):
+        raise InvalidArgument("Driver must be a string")
+    labels = _string_map(body.get("Labels"), "Labels")
+    options = _string_map(body.get("DriverOpts"), "DriverOpts")
+    if body.get("ClusterVolumeSpec"):
+        raise InvalidArgument("cluster volumes are not supported", hint="Hyper has no swarm")
+
+    def create(store: VolumeStore) -> dict[str, Any]:
+        # `docker volume create` without a name makes a named volume with a random
+        # name (not an anonymous one, which a plain prune would take).
+        chosen = name if name is not None else secrets.token_hex(32)
+        return store.create(chosen, labels=labels, options=options, driver=driver).document()
+
+    return web.json_response(await _with_store(request, create), status=201)
+
+
+async def inspect_volume(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+
+    def inspect(store: VolumeStore) -> dict[str, Any]:
+        try:
+            return store.get(name).document()
+        except NotFound:
+            raise _docker_not_found(name) from None
+
+    return web.json_response(await _with_store(request, inspect))
+
+
+async def remove_volume(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    force = flag(request, "force")
+
+    def remove(store: VolumeStore) -> None:
+        try:
+            store.get(name)
+        except NotFound:
+            if force:
+                return  # Docker: -f of a missing volume is not an error
+            raise _docker_not_found(name) from None
+        users = store.users(name)
+        if users and not force:
+            raise FailedPrecondition(
+                f"remove {name}: volume is in use - [{', '.join(users)}]",
+                hint="remove those containers first, or use -f",
+            )
+        store.remove(name, force=force)
+
+    await _with_store(request, remove)
+    return web.Response(status=204)
+
+
+async def prune_volumes(request: web.Request) -> web.StreamResponse:
+    """Unused volumes: anonymous ones, or every one with `all=true` (Docker 23+)."""
+    wanted = filters(request)
+    check_prune_filters("volumes", wanted)
+    every = bool(_boolean(wanted.get("all", ()), "all"))
+
+    def prune(store: VolumeStore) -> tuple[list[str], int]:
+        removed, reclaimed = [], 0
+        for volume in store.all():
+            if not (volume.anonymous or every) or store.users(volume.name):
+                continue
+            if not labels_match(volume, wanted):
+                continue
+            size = directory_size(volume.mountpoint)
+            with contextlib.suppress(NotFound, FailedPrecondition):  # gone, or used meanwhile
+                store.remove(volume.name)
+                removed.append(volume.name)
+                reclaimed += size
+        return removed, reclaimed
+
+    removed, reclaimed = await _with_store(request, prune)
+    return web.json_response({"VolumesDeleted": removed or None, "SpaceReclaimed": reclaimed})
+
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/volumes", list_volumes),
+    ("POST", "/volumes/create", create_volume),
+    ("POST", "/volumes/prune", prune_volumes),
+    ("GET", "/volumes/{name}", inspect_volume),
+    ("DELETE", "/volumes/{name}", remove_volume),
+]
