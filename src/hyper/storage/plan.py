@@ -12,6 +12,7 @@ where (hyper.agent.guest_volumes reads that list).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -63,6 +64,12 @@ def check_bind_source(mount: Mount) -> None:
     if os.path.lexists(mount.source):
         if not os.path.exists(mount.source):
             raise InvalidArgument(f"bind source path {mount.source} is a dangling symlink")
+        if stat.S_ISSOCK(os.stat(mount.source).st_mode):
+            # Over 9p the guest would see a socket file that connects nowhere.
+            raise InvalidArgument(
+                f"bind source path {mount.source} is a unix socket, which a VM cannot reach",
+                hint="publish the service on a port, or share a directory",
+            )
         return
     if not mount.create_source:
         raise InvalidArgument(
