@@ -1,14 +1,19 @@
-"""The pure parts of user-mode networking (hyper.network.passt): passt's
-command line, the reading of its refusals and of the host's routes."""
+"""The pure parts of user-mode networking (hyper.network.passt, .usermode): passt's
+command line, the reading of its refusals and of the host's routes, what a
+foreground run's network is."""
 
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
-from hyper.errors import AlreadyExists, Unavailable
+import pytest
+
+from hyper.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from hyper.network.model import PortSpec
 from hyper.network.passt import PASST_MTU, PasstPlan, explain_failure, has_default_route, port_option
+from hyper.network.request import NetworkRequest
+from hyper.network.usermode import foreground_mode
 
 ROUTES_WITH_DEFAULT = """\
 Iface	Destination	Gateway 	Flags	RefCnt	Use	Metric	Mask		MTU	Window	IRTT
@@ -78,3 +83,29 @@ def test_refusals_are_one_line_and_name_the_port() -> None:
     other = explain_failure("syslog: whatever\nNo routable interface for IPv4\n", 1)
     assert isinstance(other, Unavailable) and "No routable interface" in str(other)
     assert "exit status 2" in str(explain_failure("", 2))
+
+
+def test_foreground_runs_get_the_default_network_or_none() -> None:
+    def mode(request: NetworkRequest, *, bridge: bool = True, passt: bool = True) -> str:
+        return foreground_mode(request, default_bridge=bridge, passt=passt)
+
+    assert mode(NetworkRequest()) == "bridge"
+    assert mode(NetworkRequest(mode="bridge", ports=(PortSpec(80),))) == "bridge"
+    assert mode(NetworkRequest(), bridge=False) == "none"  # HYPER_BRIDGE=none
+    assert mode(NetworkRequest(mode="bridge"), bridge=False) == "bridge"  # unless asked
+    assert mode(NetworkRequest(), passt=False) == "none"  # nothing to serve it: loopback only
+    with pytest.raises(FailedPrecondition, match="needs passt"):
+        mode(NetworkRequest(ports=(PortSpec(80),)), passt=False)
+    with pytest.raises(InvalidArgument, match="without a network"):
+        mode(NetworkRequest(ports=(PortSpec(80),)), bridge=False)
+    with pytest.raises(InvalidArgument, match="needs hyperd"):
+        mode(NetworkRequest(mode="front"))
+    with pytest.raises(InvalidArgument, match="--network-alias"):
+        mode(NetworkRequest(aliases=("www",)))
+    with pytest.raises(InvalidArgument, match="--ip"):
+        mode(NetworkRequest(ip="172.17.0.9"))
+
+
+def test_passt_started_as_root_has_no_files_on_its_command_line() -> None:
+    command = plan(pid_file=None, log_file=None).command("passt", 3)
+    assert "--pid" not in command and "--log-file" not in command

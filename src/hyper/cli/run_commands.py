@@ -18,6 +18,9 @@ from hyper.errors import InvalidArgument, NotFound
 from hyper.humanize import parse_duration, parse_size
 from hyper.image import Healthcheck, ImageStore
 from hyper.image.registry.platform import image_platform, parse_platform, platform_matches, require_runnable
+from hyper.network import usermode
+from hyper.network.passt import find_passt
+from hyper.network.request import NetworkConfig, request_for
 from hyper.runtime import resources
 from hyper.runtime import spec as specs
 from hyper.runtime.confinement import refuse_unhonoured
@@ -55,7 +58,7 @@ def add_container_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-w", "--workdir", metavar="DIR")
     parser.add_argument("-u", "--user", metavar="USER[:GROUP]")
     parser.add_argument("--entrypoint", metavar="CMD")
-    network = parser.add_argument_group("network (through hyperd: with -d, or `create`)")
+    network = parser.add_argument_group("network (in the foreground: the default network or none)")
     network.add_argument(
         "--network", "--net", default="", metavar="NETWORK", help="bridge, none, or a network"
     )
@@ -182,12 +185,6 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
         raise InvalidArgument(
             "--name, --label and --restart need -d for now", hint="add -d to run it through hyperd"
         )
-    networked = [flag for flag, given in _network_options(args) if given]
-    if networked:
-        raise InvalidArgument(
-            f"{networked[0]} needs -d: a foreground run has loopback only (docs/networking.md)",
-            hint="add -d to run it through hyperd",
-        )
     if args.volumes_from:
         raise InvalidArgument(
             "--volumes-from needs -d: hyperd knows the other containers' volumes",
@@ -206,6 +203,12 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.tty and args.interactive and not attachment.stdin_is_tty():
         raise InvalidArgument("the input device is not a TTY", hint="drop -t, or run from a terminal")
     options = _run_options(args, settings)
+    # Network options a foreground run cannot honour are refused before the image is pulled.
+    usermode.foreground_mode(
+        request_for(options),
+        default_bridge=NetworkConfig.from_env().default_bridge,
+        passt=find_passt() is not None,
+    )
     ensure_image(args.image, args.pull, ctx, quiet=args.quiet, platform=args.platform)
     try:
         return asyncio.run(run_foreground(options, ctx.paths, settings, attachment))
@@ -215,21 +218,6 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
     except asyncio.CancelledError:
         print("hyper: interrupted; the VM and its files were removed", file=ctx.stderr)
         return 130
-
-
-def _network_options(args: argparse.Namespace) -> list[tuple[str, bool]]:
-    """The network options (only hyperd's pods have networks), and whether each was given."""
-    return [
-        ("--network", bool(args.network) and args.network != "none"),
-        ("--network-alias", bool(args.network_alias)),
-        ("--ip", args.ip is not None),
-        ("-p", bool(args.publish)),
-        ("-P", args.publish_all),
-        ("--dns", bool(args.dns)),
-        ("--dns-search", bool(args.dns_search)),
-        ("--dns-option", bool(args.dns_option)),
-        ("--add-host", bool(args.add_host)),
-    ]
 
 
 def _daemon_options(args: argparse.Namespace) -> list[tuple[str, bool]]:
@@ -466,8 +454,17 @@ def info_command(args: argparse.Namespace, ctx: CliContext) -> int:
     from hyper.network.manager import mode_reason
 
     mode, why = mode_reason()
-    print(f"Network:      {mode} ({why}); foreground runs have loopback only", file=out)
+    print(f"Network:      {mode} ({why})", file=out)
+    print(f"  foreground runs: {_foreground_summary()}", file=out)
     return 0
+
+
+def _foreground_summary() -> str:
+    if not NetworkConfig.from_env().default_bridge:
+        return "loopback only unless --network bridge is given (HYPER_BRIDGE=none)"
+    if find_passt() is None:
+        return "loopback only: install Debian's passt for a network"
+    return "user mode, through a passt of the run's own (outbound, DNS, -p), gone with the run"
 
 
 def _kernel_summary(settings: Settings, ctx: CliContext) -> tuple[str, bool]:

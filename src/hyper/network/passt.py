@@ -92,8 +92,10 @@ class PasstPlan:
     address: IPv4Interface
     gateway: IPv4Address
     ports: tuple[PortSpec, ...]
-    pid_file: Path
-    log_file: Path
+    # Where passt writes its pid and log: None for a passt started as root,
+    # which becomes `nobody` before it opens them (see PasstProcess).
+    pid_file: Path | None
+    log_file: Path | None
     default_route: bool = True
 
     def command(self, binary: str, fd: int) -> list[str]:
@@ -102,10 +104,8 @@ class PasstPlan:
             binary,
             "--fd",
             str(fd),
-            "--pid",
-            str(self.pid_file),
-            "--log-file",
-            str(self.log_file),
+            *(["--pid", str(self.pid_file)] if self.pid_file is not None else []),
+            *(["--log-file", str(self.log_file)] if self.log_file is not None else []),
             "--quiet",
             "--ipv4-only",
             "--address",
@@ -153,10 +153,13 @@ def explain_failure(stderr: str, status: int) -> Exception:
 
 @dataclass
 class PasstProcess:
-    """One pod's running passt, found by its pid and the pid file on its command line."""
+    """One pod's running passt: its pid, known by the pid file on its command
+    line, or (passt started as root, which writes no file) by its end of the
+    socket pair, `socket:[INODE]` among its descriptors."""
 
     pid: int
-    pid_file: Path
+    pid_file: Path | None
+    peer: str = ""
 
     @classmethod
     def start(cls, plan: PasstPlan) -> tuple[PasstProcess, int]:
@@ -165,14 +168,16 @@ class PasstProcess:
         binary = find_passt()
         if binary is None:
             raise FailedPrecondition(
-                "passt is not installed: a hyperd without root networks its pods with it",
+                "passt is not installed: user-mode networking needs it",
                 hint="install Debian's passt, or run containers with --network none",
             )
-        plan.pid_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         for stale in (plan.pid_file, plan.log_file):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
+            if stale is not None:
+                stale.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer = f"socket:[{os.fstat(theirs.fileno()).st_ino}]"
         try:
             with theirs:
                 launcher = subprocess.run(
@@ -190,11 +195,7 @@ class PasstProcess:
             # passt forked its daemon and exited once the ports were bound.
             if launcher.returncode != 0:
                 raise explain_failure(launcher.stderr.decode(errors="replace"), launcher.returncode)
-            try:
-                pid = int(plan.pid_file.read_text().strip())
-            except (OSError, ValueError) as exc:
-                raise Unavailable(f"passt started but left no pid in {plan.pid_file}") from exc
-            process = cls(pid, plan.pid_file)
+            process = cls(_started_pid(plan.pid_file, peer), plan.pid_file, peer)
             fd = ours.detach()
         except subprocess.TimeoutExpired as exc:
             ours.close()
@@ -205,7 +206,9 @@ class PasstProcess:
         return process, fd
 
     def alive(self) -> bool:
-        """Whether this pid is still this passt (its command line names our pid file)."""
+        """Whether this pid is still this passt."""
+        if self.pid_file is None:
+            return self.peer in _descriptors(self.pid)
         return _names_pid_file(self.pid, self.pid_file)
 
     def stop(self) -> None:
@@ -213,9 +216,38 @@ class PasstProcess:
         sure) and remove its files. Idempotent; blocking."""
         if self.alive():
             _kill_and_wait(self.pid)
+        if self.pid_file is None:
+            return
         for path in (self.pid_file, self.pid_file.with_suffix(".log")):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def _started_pid(pid_file: Path | None, peer: str) -> int:
+    """The pid of the passt daemon just started: from its pid file, or the
+    process holding its end of the socket pair (root reads every /proc/PID/fd)."""
+    if pid_file is not None:
+        try:
+            return int(pid_file.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise Unavailable(f"passt started but left no pid in {pid_file}") from exc
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and peer in _descriptors(int(entry)):
+            return int(entry)
+    raise Unavailable("passt started but no process holds its socket")
+
+
+def _descriptors(pid: int) -> set[str]:
+    """What the open descriptors of `pid` point to (empty when it is gone)."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    targets = set()
+    for name in names:
+        with contextlib.suppress(OSError):
+            targets.add(os.readlink(f"/proc/{pid}/fd/{name}"))
+    return targets
 
 
 def _cmdline(pid: int) -> list[str]:

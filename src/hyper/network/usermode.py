@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Interface, ip_address
 from pathlib import Path
 
-from hyper.errors import InvalidArgument
+from hyper.errors import FailedPrecondition, InvalidArgument
 from hyper.network import dns, links
 from hyper.network.model import (
     DEFAULT_NETWORK,
@@ -33,7 +33,7 @@ from hyper.network.model import (
     mac_for,
     resolv_conf,
 )
-from hyper.network.passt import PASST_MTU, PasstPlan, PasstProcess, has_default_route
+from hyper.network.passt import PASST_MTU, PasstPlan, PasstProcess, find_passt, has_default_route
 from hyper.network.pod import GuestInterface, PodNetwork, no_network
 from hyper.network.ports import PortReservations
 from hyper.network.request import NetworkRequest
@@ -79,8 +79,9 @@ async def start_user_network(
         address=address,
         gateway=gateway,
         ports=tuple(ports),
-        pid_file=passt_dir / f"{name}.pid",
-        log_file=passt_dir / f"{name}.log",
+        # passt started as root becomes `nobody` before it opens its files.
+        pid_file=passt_dir / f"{name}.pid" if os.geteuid() != 0 else None,
+        log_file=passt_dir / f"{name}.log" if os.geteuid() != 0 else None,
         default_route=await asyncio.to_thread(host_has_default_route),
     )
     process, fd = await _start_passt(plan)
@@ -97,28 +98,21 @@ async def start_user_network(
     return pod, process
 
 
-async def foreground_network(
-    request: NetworkRequest,
-    *,
-    hostname: str,
-    run_dir: Path,
-    name: str,
-    default_bridge: bool,
-) -> tuple[PodNetwork, PasstProcess | None]:
-    """A foreground run's network: user-mode through a passt of its own for
-    Docker's `bridge` (the default unless HYPER_BRIDGE=none), loopback only
-    for `none`. Other networks, aliases and fixed addresses need hyperd."""
-    host_resolv = read_resolv_conf()
+def foreground_mode(request: NetworkRequest, *, default_bridge: bool, passt: bool) -> str:
+    """A foreground run's network (pure): Docker's `bridge` (the default unless
+    HYPER_BRIDGE=none), served in user mode by a passt of the run's own, or
+    `none` (loopback only; also the default where passt is not installed).
+    Other networks, aliases and fixed addresses need hyperd: refused."""
     mode = request.mode or (DEFAULT_NETWORK if default_bridge else NO_NETWORK)
+    if not request.mode and not request.ports and not passt:
+        mode = NO_NETWORK  # no passt to serve the default network: loopback, as before
     if mode == NO_NETWORK:
         if request.ports:
             raise InvalidArgument(
                 "a port cannot be published from a container without a network",
-                hint="drop --network none (or HYPER_BRIDGE=none), or -p",
+                hint="drop -p, or --network none (HYPER_BRIDGE=none also means none)",
             )
-        return no_network(
-            etc_hosts(hostname, (), request.extra_hosts), own_resolvers(host_resolv, request)
-        ), None
+        return mode
     if mode != DEFAULT_NETWORK:
         raise InvalidArgument(
             f"--network {mode} needs hyperd: a foreground run has the default network only",
@@ -127,9 +121,27 @@ async def foreground_network(
     for flag, given in (("--network-alias", request.aliases), ("--ip", request.ip)):
         if given:
             raise InvalidArgument(
-                f"{flag} needs a user-defined network, which a foreground run cannot join",
+                f"{flag} needs a user-defined network, which only hyperd's containers join",
                 hint="add -d and --network NAME to run it through hyperd",
             )
+    if not passt:
+        raise FailedPrecondition(
+            "a foreground run's network needs passt, which is not installed",
+            hint="install Debian's passt, or run with --network none",
+        )
+    return mode
+
+
+async def foreground_network(
+    request: NetworkRequest, *, hostname: str, run_dir: Path, name: str, default_bridge: bool
+) -> tuple[PodNetwork, PasstProcess | None]:
+    """A foreground run's network (see foreground_mode): its passt's pid file
+    and log in the run's directory. A taken port is an error before the VM boots."""
+    host_resolv = read_resolv_conf()
+    mode = foreground_mode(request, default_bridge=default_bridge, passt=find_passt() is not None)
+    if mode == NO_NETWORK:
+        files = etc_hosts(hostname, (), request.extra_hosts), own_resolvers(host_resolv, request)
+        return no_network(*files), None
     ports = await asyncio.to_thread(choose_ports, request.ports)
     subnet = choose_subnet(await asyncio.to_thread(links.host_routes))
     gateway = subnet.network_address + 1

@@ -28,6 +28,8 @@ from hyper.agent.host import AgentClient, AgentRequestError, ProcessChannel
 from hyper.errors import Category, FailedPrecondition, HyperError, InvalidArgument
 from hyper.image import Image, ImageStore, LayerDisk
 from hyper.network.pod import PodNetwork, no_network
+from hyper.network.request import NetworkConfig, request_for
+from hyper.network.usermode import foreground_network
 from hyper.paths import HyperPaths
 from hyper.runtime import resources, templates
 from hyper.runtime import spec as specs
@@ -235,6 +237,24 @@ class ContainerRun:
         finally:
             self.release_files(remove=self.options.remove)
 
+    @contextlib.asynccontextmanager
+    async def _own_network(self, image: Image) -> AsyncIterator[None]:
+        """A foreground run's network, which ends with the run (hyper.network.usermode);
+        hyperd's pods get theirs from hyperd."""
+        self.network, passt = await foreground_network(
+            request_for(self.options, image.config.exposed_ports),
+            hostname=self.options.hostname or self.id[:12],
+            run_dir=self.run_dir,
+            name=self.id[:12],
+            default_bridge=NetworkConfig.from_env().default_bridge,
+        )
+        try:
+            yield
+        finally:
+            self.network.close()
+            if passt is not None:
+                await asyncio.shield(asyncio.to_thread(passt.stop))
+
     def _keep_console_log(self) -> None:
         target_dir = self.settings.console_log_dir
         log = self.run_dir / "console.log"
@@ -349,7 +369,10 @@ class ContainerRun:
 
     async def execute(self, attachment: Attachment) -> int:
         prepared = await self.prepare()
-        async with self._container_files(prepared.image, prepared.process) as writable:
+        async with (
+            self._container_files(prepared.image, prepared.process) as writable,
+            self._own_network(prepared.image),
+        ):
             base = self._base_spec(prepared.inputs)
             vm, agent = await self._start_vm(base, prepared.layers, writable)
             try:
