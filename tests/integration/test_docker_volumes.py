@@ -94,6 +94,10 @@ def mountpoint(hyperd: DockerHyperd, name: str) -> Path:
     return Path(json.loads(ok(hyperd.docker("volume", "inspect", name)))[0]["Mountpoint"])
 
 
+def inspect_id(hyperd: DockerHyperd, ref: str) -> str:
+    return str(json.loads(ok(hyperd.docker("inspect", ref)))[0]["Id"])
+
+
 def mounts_of(hyperd: DockerHyperd, ref: str) -> dict[str, dict[str, object]]:
     document = json.loads(ok(hyperd.docker("inspect", ref)))[0]
     return {m["Destination"]: m for m in document["Mounts"]}
@@ -248,3 +252,23 @@ def test_an_images_volume_is_anonymous_and_a_new_named_volume_gets_its_files(hyp
         client.volumes.get("py-seed").remove()
     finally:
         client.close()
+
+
+def test_storage_opt_size_bounds_the_writable_disk(hyperd: DockerHyperd) -> None:
+    # 300 MB into a 128 MiB root: ENOSPC inside, and the host file stays at its bound.
+    script = "df -k / | tail -1; dd if=/dev/zero of=/big bs=1M count=300 2>&1 | grep -o 'No space left'; sync"
+    output = ok(
+        hyperd.docker("run", "--name", "small", "--storage-opt", "size=128m", "busybox", "sh", "-c", script)
+    )
+    size_kib = int(output.split()[1])
+    assert 100_000 < size_kib <= 128 * 1024 and "No space left" in output, output
+    container = inspect_id(hyperd, "small")
+    disk = hyperd.state / "containers" / container / "writable.ext4"
+    assert disk.stat().st_size == 128 << 20 and disk.stat().st_blocks * 512 <= 128 << 20
+    host_config = json.loads(ok(hyperd.docker("inspect", "small")))[0]["HostConfig"]
+    assert host_config["StorageOpt"] == {"size": "128m"}
+    assert "invalid --storage-opt" in failed(
+        hyperd.docker("create", "--storage-opt", "dm.basesize=1G", "busybox")
+    )
+    assert "out of range" in failed(hyperd.docker("create", "--storage-opt", "size=1m", "busybox"))
+    ok(hyperd.docker("rm", "small"))

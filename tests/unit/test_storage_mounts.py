@@ -18,6 +18,7 @@ from hyper.storage.mounts import (
     parse_tmpfs,
     parse_volume,
     parse_volumes_from,
+    storage_size,
     with_image_volumes,
 )
 
@@ -185,3 +186,21 @@ def test_own_mounts_win_over_inherited_ones_and_two_inherited_conflict() -> None
     assert [(m.source, m.target) for m in merged] == [("mine", "/db"), ("ll", "/l")]
     with pytest.raises(InvalidArgument, match="duplicate mount point: /l"):
         merge_mounts(own, (*inherited, *inherited_mounts(["type=volume,source=mm,target=/l"], None)))
+
+
+def test_storage_opt_size() -> None:
+    assert storage_size([]) is None
+    assert storage_size(["size=512m"]) == 512 << 20
+    assert storage_size(["size=20G"]) == 20 << 30
+    assert storage_size(["size=1gb", "size=2GB"]) == 2 << 30  # the last one, as Docker
+    assert storage_size([f"size={64 << 20}"]) == 64 << 20
+    for bad, words in (
+        ("dm.basesize=1G", "invalid --storage-opt"),
+        ("size", "invalid --storage-opt"),
+        ("size=lots", "invalid storage size"),
+        ("size=1.5g", "invalid storage size"),
+        ("size=63m", "out of range"),
+        ("size=2t", "out of range"),
+    ):
+        with pytest.raises(InvalidArgument, match=words):
+            storage_size([bad])

@@ -174,6 +174,7 @@ SETTINGS = (
     "mounts",
     "read_only",
     "volumes_from",
+    "storage_opt",
     "network",
     "network_aliases",
     "ip",

@@ -170,6 +170,13 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tmpfs", action="append", default=[], metavar="DST[:size=…,mode=…]")
     parser.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
     parser.add_argument(
+        "--storage-opt",
+        action="append",
+        default=[],
+        metavar="size=SIZE",
+        help="the writable disk's size (default 10g)",
+    )
+    parser.add_argument(
         "--volumes-from",
         action="append",
         default=[],
@@ -298,6 +305,7 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
         mounts=storage_mounts(args),
         read_only=args.read_only,
         volumes_from=mounts.check_volumes_from(args.volumes_from),
+        storage_opt=checked_storage_opt(args.storage_opt),
         network=args.network,
         network_aliases=tuple(args.network_alias),
         ip=args.ip,
@@ -342,6 +350,11 @@ def security_options(values: Sequence[str]) -> list[str]:
         except OSError as exc:
             raise InvalidArgument(f"cannot read the seccomp profile {name}: {exc.strerror}") from exc
     return options
+
+
+def checked_storage_opt(options: Sequence[str]) -> tuple[str, ...]:
+    mounts.storage_size(options)
+    return tuple(options)
 
 
 def storage_mounts(args: argparse.Namespace) -> tuple[str, ...]:

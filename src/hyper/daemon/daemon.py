@@ -215,9 +215,9 @@ BODY_KEYS = frozenset(
         "name", "labels", "tty", "interactive", "stdin_once", "restart", "remove", "start", "stop_signal",
         "stop_timeout", "health_test", "health_interval", "health_timeout", "health_start_period",
         "health_retries", "cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size",
-        "init", "mounts", "read_only", "volumes_from", "network", "network_aliases", "ip", "publish",
-        "publish_all", "expose", "dns", "dns_search", "dns_options", "extra_hosts", "log_opts", "nano_cpus",
-        "cpuset_cpus", "pids_limit", "memory_swap", "pod",
+        "init", "mounts", "read_only", "volumes_from", "storage_opt", "network", "network_aliases", "ip",
+        "publish", "publish_all", "expose", "dns", "dns_search", "dns_options", "extra_hosts", "log_opts",
+        "nano_cpus", "cpuset_cpus", "pids_limit", "memory_swap", "pod",
     }
 )  # fmt: skip
 
@@ -279,6 +279,8 @@ def run_options(body: dict[str, Any], settings: Settings) -> specs.RunOptions:
     if memory < specs.MIN_MEMORY_MIB:
         raise InvalidArgument(f"memory_mib must be at least {specs.MIN_MEMORY_MIB}")
     stop_timeout = body.get("stop_timeout")
+    storage_opt = strings("storage_opt")
+    storage_mounts.storage_size(storage_opt)  # checked before anything is made
     return specs.RunOptions(
         image=text("image", required=True) or "",
         command=strings("command"),
@@ -309,6 +311,7 @@ def run_options(body: dict[str, Any], settings: Settings) -> specs.RunOptions:
         mounts=container_mounts(strings("mounts")),
         read_only=bool(body.get("read_only")),
         volumes_from=storage_mounts.check_volumes_from(strings("volumes_from")),
+        storage_opt=storage_opt,
         network=text("network") or "",
         network_aliases=strings("network_aliases"),
         ip=text("ip"),

@@ -38,6 +38,7 @@ from hyper.runtime.seccomp import kernel_version
 from hyper.runtime.settings import Settings
 from hyper.runtime.stdio import FORWARDED_SIGNALS, Attachment, pump_output, raw_terminal, start_stdin_reader
 from hyper.runtime.teardown import STOP_SIGNALS, ForegroundStop
+from hyper.storage import mounts as storage_mounts
 from hyper.storage import plan as storage_plan
 from hyper.storage.share import ProxyShare, ShareEntry, share_mode, share_unavailable
 from hyper.storage.volumes import VolumeStore
@@ -206,7 +207,8 @@ class ContainerRun:
             writable = self.dir / "writable.ext4"
             if not writable.exists():
                 partial = self.dir / "writable.ext4.partial"
-                await asyncio.to_thread(make_writable_disk, partial)
+                size = storage_mounts.storage_size(self.options.storage_opt) or WRITABLE_DISK_BYTES
+                await asyncio.to_thread(make_writable_disk, partial, size)
                 partial.rename(writable)
             return writable
         except BaseException:
@@ -418,7 +420,15 @@ class ContainerRun:
             )
         fits_template = len(layers) <= templates.LAYER_SLOTS and len(base.nics) <= templates.NIC_SLOTS
         if self.settings.templates and fits_template:
-            fits = await asyncio.to_thread(lambda: all(templates.fits_slot(p) for p in layer_paths))
+            # A template's guest knows its writable disk as SLOT_BYTES long; a
+            # disk of another size (--storage-opt) boots, so the guest sees its
+            # real end and the host file cannot grow past it.
+            fits = await asyncio.to_thread(
+                lambda: (
+                    all(templates.fits_slot(p) for p in layer_paths)
+                    and writable.stat().st_size == templates.SLOT_BYTES
+                )
+            )
             if fits:
                 cache = templates.TemplateCache(self.paths.templates, self.settings.console_log_dir)
                 # A template that cannot be made means a guest that cannot boot:

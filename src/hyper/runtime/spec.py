@@ -103,6 +103,9 @@ class RunOptions:
     # --volumes-from CONTAINER[:ro|rw]: hyperd adds those containers' mounts to
     # `mounts` at create; kept to show them (HostConfig.VolumesFrom).
     volumes_from: tuple[str, ...] = ()
+    # --storage-opt size=SIZE: the writable disk's size (hyper.storage.mounts.storage_size);
+    # none: WRITABLE_DISK_BYTES.
+    storage_opt: tuple[str, ...] = ()
     # A container's own limits in the guest (hyper.runtime.resources): exact
     # --cpus (memory_mib and cpus above also size a pod of one's VM),
     # --cpuset-cpus, --pids-limit (0: none), --memory-swap in bytes (0: unset, -1: unlimited).

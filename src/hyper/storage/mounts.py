@@ -343,6 +343,32 @@ def with_image_volumes(mounts: tuple[Mount, ...], image_volumes: Iterable[str]) 
     return (*mounts, *extra)
 
 
+# The writable disk's bounds: below, ext4 and its journal leave no room; above,
+# the host's disk is the limit, which Hyper does not guess.
+MIN_STORAGE_BYTES = 64 << 20
+MAX_STORAGE_BYTES = 1 << 40
+_STORAGE_SIZE = re.compile(r"^(\d+)([kmgtKMGT]?)[bB]?$")
+
+
+def storage_size(options: Iterable[str]) -> int | None:
+    """`--storage-opt size=SIZE` (Docker's only per-container option for a
+    writable layer): its bytes, or None when not given. Other keys are refused."""
+    size = None
+    for option in options:
+        key, sep, value = option.partition("=")
+        if key.strip().lower() != "size" or not sep:
+            raise InvalidArgument(
+                f"invalid --storage-opt {option!r}", hint="Hyper takes size=SIZE (the writable disk's size)"
+            )
+        match = _STORAGE_SIZE.match(value.strip())
+        if not match:
+            raise InvalidArgument(f"invalid storage size {value!r}", hint="a size such as 512m or 20g")
+        size = int(match.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[match.group(2).lower()]
+        if not MIN_STORAGE_BYTES <= size <= MAX_STORAGE_BYTES:
+            raise InvalidArgument(f"storage size {value} is out of range", hint="give between 64m and 1t")
+    return size
+
+
 def parse_volumes_from(text: str) -> tuple[str, bool | None]:
     """`--volumes-from CONTAINER[:ro|rw]`: the container, and whether its mounts
     become read-only (True), writable (False) or keep their own mode (None)."""

@@ -151,6 +151,7 @@ def create_request(body: dict[str, Any], name: str | None, settings: Settings | 
         volumes_from=storage_mounts.check_volumes_from(
             strings(host.get("VolumesFrom"), "HostConfig.VolumesFrom")
         ),
+        storage_opt=storage_options(host.get("StorageOpt")),
         **networks.run_option_fields(body),
     )
     recorded = {key: body[key] for key in RECORDED_CONFIG if not fields.empty(body.get(key))}
@@ -169,6 +170,17 @@ def create_request(body: dict[str, Any], name: str | None, settings: Settings | 
         console_size=_console_size(host.get("ConsoleSize")),
         recorded=recorded,
     )
+
+
+def storage_options(value: Any) -> tuple[str, ...]:
+    """HostConfig.StorageOpt ({"size": "1G"}) as --storage-opt texts, checked."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise InvalidArgument("HostConfig.StorageOpt must map names to strings")
+    options = tuple(f"{key}={text}" for key, text in value.items())
+    storage_mounts.storage_size(options)
+    return options
 
 
 def api_mounts(body: dict[str, Any], host: dict[str, Any]) -> tuple[str, ...]:
@@ -383,6 +395,7 @@ def inspect(
             "Tmpfs": record.recorded.get("Tmpfs"),
             "ReadonlyRootfs": bool(options.get("read_only")),
             "VolumesFrom": list(options.get("volumes_from") or ()) or None,
+            "StorageOpt": dict(o.partition("=")[::2] for o in options.get("storage_opt") or ()) or None,
             "PortBindings": {},
             "LogConfig": {
                 "Type": "json-file",

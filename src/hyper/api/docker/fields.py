@@ -287,7 +287,12 @@ FIELDS: tuple[Field, ...] = (
     Field("HostConfig.BlkioDeviceWriteBps", "--device-write-bps", X, _CGROUP),
     Field("HostConfig.BlkioDeviceReadIOps", "--device-read-iops", X, _CGROUP),
     Field("HostConfig.BlkioDeviceWriteIOps", "--device-write-iops", X, _CGROUP),
-    Field("HostConfig.StorageOpt", "--storage-opt", X, "the writable disk's size is fixed for now"),
+    Field(
+        "HostConfig.StorageOpt",
+        "--storage-opt",
+        H,
+        "`size`: the writable disk's size (64m to 1t; default 10g); other keys refused",
+    ),
     Field("HostConfig.Annotations", "--annotation", X, "there is no OCI runtime to pass them to"),
     Field("HostConfig.MaskedPaths", "MaskedPaths", X, "the masked paths are the runtime's"),
     Field("HostConfig.ReadonlyPaths", "ReadonlyPaths", X, "the read-only paths are the runtime's"),
