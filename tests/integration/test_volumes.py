@@ -192,6 +192,8 @@ def test_anonymous_volumes_go_with_rm(env: HyperEnv) -> None:
         (["--mount", "type=bind,source=/nonexistent-hyper,target=/x"], "bind source path does not exist"),
         (["--mount", "type=tmpfs,target=/t,tmpfs-size=huge"], "invalid tmpfs-size"),
         (["--volumes-from", "other"], "--volumes-from needs -d"),
+        (["--storage-opt", "size=1m"], "storage size 1m is out of range"),
+        (["-d", "--storage-opt", "quota=1g"], "invalid --storage-opt"),
         (["-d", "--volumes-from", "other:rx"], "invalid --volumes-from"),
     ],
 )
