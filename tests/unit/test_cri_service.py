@@ -18,7 +18,7 @@ from hyper.paths import HyperPaths
 
 
 def test_every_rpc_of_both_services_is_served_or_says_what_is_missing(tmp_path: Path) -> None:
-    assert unanswered(RUNTIME_SERVICE, runtime.RuntimeService(), runtime.MISSING) == []
+    assert unanswered(RUNTIME_SERVICE, runtime.RuntimeService, runtime.MISSING) == []
     paths = HyperPaths(state=tmp_path, cache=tmp_path, runtime=tmp_path)
     assert unanswered(IMAGE_SERVICE, images.ImageService(paths), {}) == []
     # A reason for an RPC that is served, or for one the API lacks, is a stale entry.

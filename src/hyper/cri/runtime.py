@@ -10,27 +10,14 @@ from __future__ import annotations
 from cri_api.v1 import api_pb2
 
 import hyper
+from hyper.cri.sandboxes import RUNTIME_HANDLERS, PodSandboxes
 
 RUNTIME_NAME = "hyper"
 CRI_VERSION = "0.1.0"  # the kubelet's "version of the kubelet runtime API" (containerd's too)
 RUNTIME_API_VERSION = "v1"
-RUNTIME_HANDLERS = ("", "hyper")  # the default handler and a RuntimeClass named `hyper`
 
 MISSING: dict[str, str] = {
-    "RunPodSandbox": "pod sandboxes are not served yet",
-    "StopPodSandbox": "pod sandboxes are not served yet",
-    "RemovePodSandbox": "pod sandboxes are not served yet",
-    "PodSandboxStatus": "pod sandboxes are not served yet",
-    "ListPodSandbox": "pod sandboxes are not served yet",
-    "CreateContainer": "containers are not served yet",
-    "StartContainer": "containers are not served yet",
-    "StopContainer": "containers are not served yet",
-    "RemoveContainer": "containers are not served yet",
-    "ListContainers": "containers are not served yet",
-    "ContainerStatus": "containers are not served yet",
     "UpdateContainerResources": "a running VM's memory and CPUs cannot be changed yet (no hotplug)",
-    "ReopenContainerLog": "log rotation by the kubelet is not supported yet",
-    "ExecSync": "exec is not served over the CRI yet",
     "Exec": "the streaming server (remotecommand over SPDY and WebSocket) is not built yet",
     "Attach": "the streaming server (remotecommand over SPDY and WebSocket) is not built yet",
     "PortForward": "the streaming server (the portforward protocol) is not built yet",
@@ -47,7 +34,7 @@ MISSING: dict[str, str] = {
 }
 
 
-class RuntimeService:
+class RuntimeService(PodSandboxes):
     async def version(self, request: api_pb2.VersionRequest) -> api_pb2.VersionResponse:
         del request
         return api_pb2.VersionResponse(

@@ -19,13 +19,15 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class CriServer:
-    def __init__(self, server: grpc.aio.Server, socket: Path) -> None:
+    def __init__(self, server: grpc.aio.Server, socket: Path, runtime: runtime.RuntimeService) -> None:
         self.server = server
         self.socket = socket
+        self.runtime = runtime
 
     async def stop(self, grace: float) -> None:
         """Stop taking calls; those under way get `grace` seconds, then are cancelled."""
         await self.server.stop(grace)
+        await self.runtime.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
 
@@ -35,10 +37,12 @@ async def start_cri_server(daemon: Daemon, socket: Path) -> CriServer:
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
+    service = runtime.RuntimeService(daemon)
+    service.resume()  # sandboxes and containers of an earlier hyperd: their logs are copied on
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers(
         (
-            generic_handler(RUNTIME_SERVICE, runtime.RuntimeService(), runtime.MISSING),
+            generic_handler(RUNTIME_SERVICE, service, runtime.MISSING),
             generic_handler(IMAGE_SERVICE, images.ImageService(daemon.paths), {}),
         )
     )
@@ -50,4 +54,4 @@ async def start_cri_server(daemon: Daemon, socket: Path) -> CriServer:
         ) from exc
     await server.start()
     os.chmod(socket, 0o600)  # the CRI runs VMs: only hyperd's user may use it
-    return CriServer(server, socket)
+    return CriServer(server, socket, service)
