@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tarfile
@@ -91,7 +92,9 @@ def test_a_host_directory_behaves_as_programs_expect(env: HyperEnv, tmp_path: Pa
         "echo made > /data/byroot && chown 4321:8765 /data/byroot && chmod 4755 /data/byroot && "
         "mkdir /data/dir && chmod 1770 /data/dir && "
         "(cat /data/leak || echo leak-unreadable) && (ls /data/up/ | tr '\\n' ' '; echo) && "
-        "(ln /data/b /hardlink-out 2>&1 || true)"
+        "(ln /data/b /hardlink-out 2>&1 || true) && "
+        "ln -s /etc/hostname /data/glink && readlink /data/glink && cat /data/glink >/dev/null && "
+        "echo glink ok"
     )
     done = run(env, "-v", f"{host}:/data", IMAGE, "sh", "-c", script)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -109,6 +112,8 @@ def test_a_host_directory_behaves_as_programs_expect(env: HyperEnv, tmp_path: Pa
     assert (made.st_uid, made.st_gid, stat.S_IMODE(made.st_mode)) == (4321, 8765, 0o4755)
     assert stat.S_IMODE((host / "dir").stat().st_mode) == 0o1770
     assert (host / "a").exists() is False and secret.read_text() == "host secret"
+    # A symlink the guest makes is a symlink on the host, with the guest's target, never followed there.
+    assert "glink ok" in out and os.readlink(host / "glink") == "/etc/hostname"
 
 
 def test_another_user_in_the_container_owns_what_it_makes(env: HyperEnv, tmp_path: Path) -> None:
@@ -250,3 +255,31 @@ def test_hyper_create_volumes_from_takes_the_other_containers_volumes(env: Hyper
         for ref in (taker_id, "vsource"):
             env.run("rm", "-v", ref)
     assert env.run("volume", "rm", "hvol").returncode == 0
+
+
+def test_volumes_outlive_a_killed_hyperd_and_its_adopted_containers_keep_using_them(env: HyperEnv) -> None:
+    from hyper.cli.client import DaemonClient
+
+    started = env.run("run", "-d", "-v", "kept:/data", IMAGE, "sh", "-c", "echo one > /data/f; sleep 1000")
+    assert started.returncode == 0, started.stderr
+    container = started.stdout.decode().strip()
+    data = env.state / "volumes" / "kept" / "_data"
+    try:
+        deadline = time.monotonic() + 120
+        while not (data / "f").exists():
+            assert time.monotonic() < deadline, "the container did not write its volume"
+            time.sleep(0.1)
+        with DaemonClient(env.runtime / "hyperd.sock") as client:
+            pid = client.ping().pid
+        os.kill(pid, signal.SIGKILL)  # the VM and its share go on without hyperd
+        busy = env.run("volume", "rm", "kept")
+        assert busy.returncode != 0 and b"in use" in busy.stderr  # the store still counts its user
+        # The next hyperd (the CLI starts it) adopts the container; the volume still works both ways.
+        wrote = env.run("exec", container, "sh", "-c", "cat /data/f; echo two > /data/g")
+        assert wrote.returncode == 0 and wrote.stdout == b"one\n", wrote.stderr
+        assert (data / "g").read_text() == "two\n"
+    finally:
+        removed = env.run("rm", "-f", container)
+    assert removed.returncode == 0, removed.stderr
+    assert (data / "f").read_text() == "one\n"  # the contents outlive the container
+    assert env.run("volume", "rm", "kept").returncode == 0
