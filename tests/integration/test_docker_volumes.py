@@ -119,6 +119,7 @@ def test_volume_create_ls_inspect_rm_and_prune_with_the_docker_cli(hyperd: Docke
     # A container using a volume keeps it: created, not started (no VM), it already counts.
     user = ok(hyperd.docker("create", "-v", "cli-db:/db", "-v", "/anon", "busybox", "true")).strip()
     assert "cli-db" not in volume_names(hyperd, "--filter", "dangling=true")
+    assert ok(hyperd.docker("ps", "-aq", "--no-trunc", "--filter", "volume=cli-db")).split() == [user]
     assert "volume is in use" in failed(hyperd.docker("volume", "rm", "cli-db"))
     anonymous = str(mounts_of(hyperd, user)["/anon"]["Name"])
     assert len(anonymous) == 64 and anonymous in volume_names(hyperd)

@@ -338,8 +338,14 @@ def test_container_filters(wanted: dict[str, list[str]], matches: bool) -> None:
 
 def test_exited_filter_and_unknown_filters() -> None:
     assert convert.matches_filters(record(state="exited", exit_code=3), {"exited": ["3"]})
-    with pytest.raises(InvalidArgument, match="invalid filter 'volume'"):
-        convert.matches_filters(record(), {"volume": ["x"]})
+    with pytest.raises(InvalidArgument, match="invalid filter 'publish'"):
+        convert.matches_filters(record(), {"publish": ["80"]})
+    mounted = record(
+        options={"mounts": ["type=volume,source=db,target=/data", "type=bind,source=/srv,target=/s"]}
+    )
+    for value in ("db", "/data", "/srv", "/s"):
+        assert convert.matches_filters(mounted, {"volume": [value]})
+    assert not convert.matches_filters(mounted, {"volume": ["other"]})
 
 
 # -- common: errors, times, framing, detach keys -------------------------------------------------

@@ -518,7 +518,7 @@ def path_stat(stat: dict[str, Any]) -> dict[str, Any]:
 
 
 def matches_filters(record: ContainerRecord, wanted: dict[str, list[str]]) -> bool:
-    """GET /containers/json?filters=: id, name, status, label, ancestor, exited."""
+    """GET /containers/json?filters=: id, name, status, label, ancestor, exited, health, volume."""
     for key, values in wanted.items():
         if key == "id":
             ok = any(record.id.startswith(v) for v in values)
@@ -534,10 +534,13 @@ def matches_filters(record: ContainerRecord, wanted: dict[str, list[str]]) -> bo
             ok = record.state == "exited" and str(record.exit_code) in values
         elif key == "health":
             ok = (health_status(record) or "none") in values
+        elif key == "volume":  # a volume's name, a bind's host path, or a mount's destination
+            mounts = [storage_mounts.parse_mount(text) for text in record.options.get("mounts") or ()]
+            ok = any(v in (m.source, m.target) for m in mounts for v in values)
         else:
             raise InvalidArgument(
                 f"invalid filter {key!r}",
-                hint="Hyper filters containers by id, name, status, label, ancestor, exited, health",
+                hint="Hyper filters containers by id, name, status, label, ancestor, exited, health, volume",
             )
         if not ok:
             return False
