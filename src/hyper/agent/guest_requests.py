@@ -192,8 +192,17 @@ class ContainerRequests:
     def _do_start(self, message: dict[str, Any]) -> dict[str, Any]:
         container = self._container(message)
         stream = self._new_stream(message)
-        request = self._process_request(message, container)
         first = container.running_main() is None
+        if message.get("keepalive") is True:
+            # A pod's infra container: a process that only keeps its VM up
+            # (it owns the pod's network), whatever the image holds.
+            if not first:
+                raise ValueError("keepalive is a container's main process")
+            process = self._register(spawn_call(stream, _keep_alive, stdin=False, keep=[]))
+            process.owner = container
+            container.main = process
+            return {"pid": process.init_pid}
+        request = self._process_request(message, container)
         if first and container.cgroup is not None:
             container.oom_base = guest_cgroups.oom_kills(container.cgroup)
         process = self._spawn_main_or_exec(stream, request, container, None)
@@ -274,3 +283,11 @@ class ContainerRequests:
                 return call()
 
             self._register(spawn_call(stream, in_root, stdin=stdin, keep=root.fds))
+
+
+def _keep_alive() -> int:
+    """Wait for a signal that ends the process (stop's SIGTERM, or SIGKILL)."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)  # the agent's handlers are not this child's
+    while True:
+        signal.pause()

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from hyper import __version__
+from hyper.api import pods
 from hyper.api.body import MAX_JSON_BODY, BodyTooLarge, read_json_body, refuse_at_once
 from hyper.api.errors import error_body, http_status
 from hyper.daemon.daemon import Daemon, create_request
@@ -178,4 +179,5 @@ def make_app(daemon: Daemon) -> web.Application:
             web.delete("/v1/containers/{ref}", remove),
         ]
     )
+    pods.add_routes(app, daemon)
     return app

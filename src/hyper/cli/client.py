@@ -385,6 +385,10 @@ class DaemonClient:
             raise docker_error(response.status_code, response.content, fallback)
         return response
 
+    def api_request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request to hyperd's own API (hyper.cli.pod_commands); errors raised."""
+        return self._request(method, path, **kwargs)
+
     def _request(
         self,
         method: str,

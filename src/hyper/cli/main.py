@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         inspect_commands,
         lifecycle_commands,
         network_commands,
+        pod_commands,
         run_commands,
         session_commands,
         volume_commands,
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     copy_commands.register(subparsers)
     network_commands.register(subparsers)
     volume_commands.register(subparsers)
+    pod_commands.register(subparsers)
     return parser
 
 

@@ -63,6 +63,7 @@ def add_container_options(parser: argparse.ArgumentParser) -> None:
         "--network", "--net", default="", metavar="NETWORK", help="bridge, none, or a network"
     )
     network.add_argument("--network-alias", action="append", default=[], metavar="NAME")
+    network.add_argument("--pod", default="", metavar="POD", help="run in this pod's VM (hyper pod create)")
     network.add_argument("--ip", metavar="IPv4")
     network.add_argument(
         "-p", "--publish", action="append", default=[], metavar="[IP:][HOSTPORT:]PORT[/PROTO]"
@@ -209,6 +210,10 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
     attachment = Attachment()
     if args.tty and args.interactive and not attachment.stdin_is_tty():
         raise InvalidArgument("the input device is not a TTY", hint="drop -t, or run from a terminal")
+    if args.pod:
+        raise InvalidArgument(
+            "--pod needs -d: a pod's containers run in its VM, through hyperd", hint="add -d"
+        )
     options = _run_options(args, settings)
     # Network options a foreground run cannot honour are refused before the image is pulled.
     usermode.foreground_mode(
@@ -270,6 +275,8 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
     check = _healthcheck(args)
     log_driver(args.log_driver)
     log_limits(args.log_opt)
+    joins = bool(args.pod) or args.network.startswith("container:")
+    minimum = resources.MIN_CONTAINER_MEMORY_MIB if joins else specs.MIN_MEMORY_MIB
     options = specs.RunOptions(
         image=args.image,
         command=tuple(args.command),
@@ -280,7 +287,9 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
         tty=args.tty,
         interactive=args.interactive,
         remove=args.rm,
-        memory_mib=settings.default_memory_mib if args.memory is None else specs.parse_memory(args.memory),
+        memory_mib=settings.default_memory_mib
+        if args.memory is None
+        else specs.parse_memory(args.memory, minimum),
         cpus=settings.default_cpus if args.cpus is None else specs.parse_cpus(args.cpus, os.cpu_count() or 1),
         nano_cpus=0 if args.cpus is None else resources.parse_nano_cpus(args.cpus, os.cpu_count() or 1),
         cpuset_cpus=args.cpuset_cpus or "",
@@ -307,6 +316,7 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
         volumes_from=mounts.check_volumes_from(args.volumes_from),
         storage_opt=checked_storage_opt(args.storage_opt),
         network=args.network,
+        pod=args.pod,
         network_aliases=tuple(args.network_alias),
         ip=args.ip,
         publish=tuple(args.publish),

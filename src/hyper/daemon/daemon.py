@@ -10,17 +10,21 @@ import os
 import sys
 from typing import Any
 
+from hyper.daemon import members
 from hyper.daemon.events import EventBus
 from hyper.daemon.execs import ExecSession
+from hyper.daemon.members import Member
+from hyper.daemon.named_pods import NamedPods
 from hyper.daemon.pods import Pod
 from hyper.daemon.policy import RestartPolicy
-from hyper.daemon.requests import CreateRequest
+from hyper.daemon.requests import CreateRequest, run_options_from
 from hyper.daemon.state import StateStore, valid_name
-from hyper.errors import HyperError, InvalidArgument, NotFound
+from hyper.errors import FailedPrecondition, HyperError, InvalidArgument, NotFound
 from hyper.image import ImageStore
 from hyper.network.manager import NetworkManager
 from hyper.network.request import NetworkConfig, request_for
 from hyper.paths import HyperPaths
+from hyper.runtime import resources
 from hyper.runtime import spec as specs
 from hyper.runtime.confinement import refuse_unhonoured
 from hyper.runtime.settings import Settings
@@ -44,6 +48,7 @@ class Daemon:
             runtime=paths.runtime,
         )
         self.execs: dict[str, ExecSession] = {}
+        self.named_pods = NamedPods(self)
         self._background: set[asyncio.Task[None]] = set()
         # Set when hyperd begins to stop: requests that wait (wait, events) end
         # rather than hold the stop up.
@@ -54,23 +59,74 @@ class Daemon:
         return pod.record.name if pod is not None else None
 
     def _pod(self, record: Any) -> Pod:
-        pod = Pod(self.paths, self.settings, self.state, record, self.events)
+        options = run_options_from(record.options)
+        if members.is_member(options):
+            pod: Pod = Member(self.paths, self.settings, self.state, record, self.events)
+            self._wire(pod)
+        else:
+            pod = Pod(self.paths, self.settings, self.state, record, self.events)
+            pod.network = self.network
+            with contextlib.suppress(HyperError):  # checked at create; a bad old record gets no network
+                self.network.remember(record.id, request_for(pod.options))
         pod.on_auto_remove = self._auto_remove
-        pod.network = self.network
-        with contextlib.suppress(HyperError):  # checked at create; a bad old record gets no network
-            self.network.remember(record.id, request_for(pod.options))
         self.pods[record.id] = pod
         return pod
+
+    def _wire(self, pod: Pod) -> None:
+        if isinstance(pod, Member):
+            pod.host_for = self._host_for
+            pod.find = self.find
+
+    async def _host_for(self, member: Member) -> Pod:
+        """The running container whose VM `member` joins: its pod's infra
+        (started if need be), or the container its --network names."""
+        if member.options.pod:
+            return await self.named_pods.ensure_running(member.options.pod, member.options.image)
+        try:
+            host = self.find(member.host_id)
+        except NotFound:
+            raise FailedPrecondition(
+                f"cannot start container {member.record.name}: the container whose network it"
+                f" joins ({member.host_id[:12]}) is gone",
+                hint="remove this container and create it again with another --network",
+            ) from None
+        if host.status is not specs.ContainerState.RUNNING:
+            raise FailedPrecondition(
+                f"cannot join container {host.record.name}: it is not running", hint="start it first"
+            )
+        return host
+
+    def _joining(self, options: specs.RunOptions) -> specs.RunOptions:
+        """A container joining a pod or another's network, with what it joins
+        resolved to IDs (the pod, or the container that owns the VM); its own
+        network options refused (hyper.daemon.members)."""
+        host_ref = members.host_reference(options)
+        if options.pod:
+            if host_ref is not None:
+                raise InvalidArgument("conflicting options: --pod and --network container:")
+            record = self.state.resolve_pod(options.pod)
+            members.check_member(options, f"pod {record.name}")
+            return dataclasses.replace(options, pod=record.id, network="")
+        assert host_ref is not None
+        host = self.find(host_ref)
+        members.check_member(options, host.record.name)
+        if host.options.pod:  # a pod's container or infra: the pod
+            return dataclasses.replace(options, pod=host.options.pod, network="")
+        if isinstance(host, Member):  # joined to another: that one's VM
+            return dataclasses.replace(options, network=host.options.network)
+        return dataclasses.replace(options, network=members.CONTAINER_MODE + host.id)
 
     async def adopt_all(self) -> None:
         """Every container of the state: running ones are adopted, the others listed,
         and those whose restart policy says so started again."""
         await asyncio.to_thread(confine.sweep)  # cgroups and uid leases of VMs that are gone
         await self.network.ensure_default()
-        adoptions, starts = [], []
+        adoptions, starts, joined = [], [], []
         for record in self.state.all():
             pod = self._pod(record)
-            if record.state in ADOPTED_STATES:
+            if record.state in ADOPTED_STATES and isinstance(pod, Member):
+                joined.append(pod)  # after their hosts
+            elif record.state in ADOPTED_STATES:
                 adoptions.append(pod.adopt())
             else:
                 if pod.log is not None:
@@ -85,6 +141,8 @@ class Daemon:
                 ):
                     starts.append(pod)
         await asyncio.gather(*adoptions)
+        for member in joined:
+            await member.adopt()
         # QEMUs a killed hyperd started but had not recorded yet: nobody's, so gone.
         owned = [pod.id[:12] for pod in self.pods.values() if pod.running]
         reaped = await asyncio.to_thread(orphans.reap_orphans, self.paths.runtime, owned)
@@ -127,6 +185,19 @@ class Daemon:
         # publishes the same ports after a hyperd restart.
         exposed = tuple(dict.fromkeys((*request.options.expose, *image.config.exposed_ports)))
         request = dataclasses.replace(request, options=dataclasses.replace(request.options, expose=exposed))
+        if members.is_member(request.options):
+            options = self._joining(request.options)
+            pod = await Member.create(
+                self.paths,
+                self.settings,
+                self.state,
+                self.events,
+                dataclasses.replace(request, options=options),
+            )
+            self._wire(pod)
+            pod.on_auto_remove = self._auto_remove
+            self.pods[pod.id] = pod
+            return pod
         network_request = request_for(request.options)
         self.network.check_request(network_request)  # bad network options create nothing
         pod = await Pod.create(self.paths, self.settings, self.state, self.events, request)
@@ -276,8 +347,10 @@ def run_options(body: dict[str, Any], settings: Settings) -> specs.RunOptions:
         return float(value)
 
     memory = number("memory_mib", settings.default_memory_mib)
-    if memory < specs.MIN_MEMORY_MIB:
-        raise InvalidArgument(f"memory_mib must be at least {specs.MIN_MEMORY_MIB}")
+    joins = bool(body.get("pod")) or str(body.get("network") or "").startswith("container:")
+    minimum = resources.MIN_CONTAINER_MEMORY_MIB if joins else specs.MIN_MEMORY_MIB
+    if memory < minimum:
+        raise InvalidArgument(f"memory_mib must be at least {minimum}")
     stop_timeout = body.get("stop_timeout")
     storage_opt = strings("storage_opt")
     storage_mounts.storage_size(storage_opt)  # checked before anything is made

@@ -35,12 +35,14 @@ from hyper.daemon.policy import RestartPolicy, next_delay
 from hyper.daemon.records import new_record, vm_document, vm_spec_from
 from hyper.daemon.requests import CreateRequest, parse_signal, run_options_from
 from hyper.daemon.state import ContainerRecord, StateStore
+from hyper.daemon.vm_disks import VmDisks
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument
 from hyper.image import ImageStore
 from hyper.network.manager import NetworkManager
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
-from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun, start_process
+from hyper.runtime import templates
+from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun, Launched, start_process
 from hyper.runtime.settings import Settings
 from hyper.storage import plan as storage_plan
 from hyper.storage.share import ProxyShare
@@ -97,6 +99,11 @@ class Pod:
         self._removing = False
         self._main_channel: ProcessChannel | None = None
         self._next_stream = 2 + secrets.randbelow(1 << 30)  # a stream an earlier hyperd never used
+        # Containers running in this container's VM (--network container:, pods;
+        # hyper.daemon.members), and the serials its own layers have in the guest.
+        self.members: set[Pod] = set()
+        self.layer_serials: dict[str, str] = {}
+        self.vm_disks = VmDisks()  # the members' disks hot-added to this VM
 
     @property
     def id(self) -> str:
@@ -122,6 +129,11 @@ class Pod:
     @property
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy.from_document(self.record.restart_policy)
+
+    @property
+    def main_stream(self) -> int:
+        """The agent stream of the container's main process."""
+        return MAIN_PROCESS
 
     def _log_limits(self) -> LogLimits:
         return log_limits(self.options.log_opts)
@@ -199,18 +211,7 @@ class Pod:
         options = self.options
         run = ContainerRun(options, self.paths, self.settings, detached=True, container_id=self.id)
         try:
-            if self.network is not None:
-                run.network = await self.network.attach(self.id, options.hostname or self.id[:12])
-            try:
-                prepared = await run.prepare()
-                launched = await run.launch(prepared)
-            except BaseException:
-                if self.network is not None:
-                    await self.network.release(self.id)
-                raise
-            finally:
-                if run.network is not None:
-                    run.network.close()  # QEMU holds its own copies of the taps now
+            launched = await self._run_vm(run)
         except ContainerExit as exc:
             # Docker's answer to a command that cannot start: the container exits 126/127.
             self._move(State.EXITED, exit_code=exc.status, finished_at=time.time(), reason=exc.message)
@@ -231,8 +232,7 @@ class Pod:
             oom_killed=False,
             health=None,  # a new run's health starts at `starting`
             qemu_pid=launched.vm.pid,
-            vm=vm_document(launched.vm.spec)
-            | {"stream_start": launched.agent.received_offset, "log_position": position},
+            vm=self._vm_record(launched, position),
             **changes,
         )
         self.exited.clear()
@@ -242,6 +242,31 @@ class Pod:
             with contextlib.suppress(HyperError):
                 await self.resize(rows, cols)
         self._publish("start")
+
+    async def _run_vm(self, run: ContainerRun) -> Launched:
+        """Boot the container's VM (on its network) and start its main process."""
+        if self.network is not None:
+            run.network = await self.network.attach(self.id, run.options.hostname or self.id[:12])
+        try:
+            prepared = await run.prepare()
+            launched = await run.launch(prepared)
+        except BaseException:
+            if self.network is not None:
+                await self.network.release(self.id)
+            raise
+        finally:
+            if run.network is not None:
+                run.network.close()  # QEMU holds its own copies of the taps now
+        self.layer_serials = {
+            str(layer.path): templates.layer_serial(i) for i, layer in enumerate(prepared.layers)
+        }
+        self.vm_disks = VmDisks()
+        return launched
+
+    def _vm_record(self, launched: Launched, position: int) -> dict[str, Any]:
+        """What a later hyperd needs to adopt this run."""
+        doc = vm_document(launched.vm.spec)
+        return doc | {"stream_start": launched.agent.received_offset, "log_position": position}
 
     def _supervise(self, vm: QemuDriver, agent: AgentClient, channel: ProcessChannel) -> None:
         self._generation += 1
@@ -381,6 +406,8 @@ class Pod:
         )
         if agent is not None and agent.received_offset is not None:
             agent.acknowledge(agent.received_offset)
+        for member in list(self.members):  # they run in this VM: they stop with it
+            await member.host_stopping()
         if vm is not None and vm.state is VmState.PAUSED:
             with contextlib.suppress(HyperError):
                 await vm.resume()
@@ -396,6 +423,10 @@ class Pod:
             await agent.close()
         self.vm = self.agent = self._main_channel = None
         shutil.rmtree(self.paths.runtime / self.id[:12], ignore_errors=True)
+        await self._exited(status)
+
+    async def _exited(self, status: int) -> None:
+        """The run is over and its resources gone: tell the waiters."""
         self._update_container_file(state=State.EXITED.value, exit_code=status)
         if self.log is not None:
             await self.log.finish()
@@ -403,6 +434,14 @@ class Pod:
         async with self._changed:
             self._exits += 1
             self._changed.notify_all()
+
+    async def host_stopping(self) -> None:
+        """The VM this container joined powers off (hyper.daemon.members)."""
+
+    async def _pull_plug(self) -> None:
+        """End a run whose guest does not answer: kill the VM (_watch_vm records the exit)."""
+        if self.vm is not None:
+            await self.vm.kill()
 
     async def _restart_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -470,7 +509,7 @@ class Pod:
             self.record = self.state.update(self.record, manually_stopped=True)
         self._publish("kill", signal=str(signum))
         if signum != signal.SIGKILL:
-            await agent.request("signal", process=MAIN_PROCESS, signal=signum, timeout=SIGNAL_SECONDS)
+            await agent.request("signal", process=self.main_stream, signal=signum, timeout=SIGNAL_SECONDS)
             return
         # Docker's kill with SIGKILL returns once the container is dead, so that
         # `docker kill X && docker rm X` works: wait for the power-off, and pull
@@ -478,8 +517,8 @@ class Pod:
         if await self._signal_main(signum):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.exited.wait(), KILL_GRACE_SECONDS)
-        if not self.exited.is_set() and self.vm is not None:
-            await self.vm.kill()  # _watch_vm records the exit
+        if not self.exited.is_set():
+            await self._pull_plug()
         await self.exited.wait()
 
     async def _signal_main(self, signum: int) -> bool:
@@ -487,7 +526,7 @@ class Pod:
         stalled channel does not hold a stop up for the agent's own timeouts)."""
         try:
             await self.running_agent().request(
-                "signal", process=MAIN_PROCESS, signal=signum, timeout=SIGNAL_SECONDS
+                "signal", process=self.main_stream, signal=signum, timeout=SIGNAL_SECONDS
             )
         except HyperError:
             return False
@@ -527,8 +566,8 @@ class Pod:
         if not self.exited.is_set() and await self._signal_main(int(signal.SIGKILL)):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.exited.wait(), KILL_GRACE_SECONDS)
-        if not self.exited.is_set() and self.vm is not None:
-            await self.vm.kill()  # _watch_vm records the exit
+        if not self.exited.is_set():
+            await self._pull_plug()
         await self.exited.wait()
         self._publish("stop")
 
@@ -574,15 +613,16 @@ class Pod:
         self._publish("rename", oldName=old)
 
     async def write_stdin(self, data: bytes) -> None:
-        await self.running_agent().write_stdin(MAIN_PROCESS, data)
+        await self.running_agent().write_stdin(self.main_stream, data)
 
     async def close_stdin(self) -> None:
-        await self.running_agent().close_stdin(MAIN_PROCESS)
+        await self.running_agent().close_stdin(self.main_stream)
 
-    async def resize(self, rows: int, cols: int, process: int = MAIN_PROCESS) -> None:
+    async def resize(self, rows: int, cols: int, process: int | None = None) -> None:
         if rows < 1 or cols < 1:
             raise InvalidArgument(f"invalid terminal size {rows}x{cols}")
-        await self.running_agent().request("resize", process=process, rows=rows, cols=cols)
+        stream = self.main_stream if process is None else process
+        await self.running_agent().request("resize", process=stream, rows=rows, cols=cols)
 
     async def signal_process(self, stream: int, signum: int) -> None:
         """Signal a process started by `exec_process` (its stream)."""
@@ -628,8 +668,8 @@ class Pod:
         self.record = self.state.update(self.record, manually_stopped=True)
         if self._restart_task is not None:
             self._restart_task.cancel()
-        if self.running and self.vm is not None:
-            await self.vm.kill()
+        if self.running:
+            await self._pull_plug()
         async with self._lock:  # a power-off (or start) under way finishes first
             if not self.exited.is_set():
                 await self._power_off(EXIT_VM_DIED, "removed while running")

@@ -22,6 +22,13 @@ CREATE TABLE IF NOT EXISTS containers (
     doc TEXT NOT NULL
 )
 """
+POD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pods (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    doc TEXT NOT NULL
+)
+"""
 
 # Docker's rule for container names (ASCII only, at least two characters), with
 # a bound on the length that Docker leaves open.
@@ -85,6 +92,23 @@ class ContainerRecord:
         return {key: value for key, value in asdict(self).items() if key not in hidden}
 
 
+@dataclass(frozen=True)
+class PodRecord:
+    """A pod made by `hyper pod create` (hyper.daemon.named_pods): its VM is
+    its infra container's, made when the pod starts; its containers are
+    those whose RunOptions name it (`--pod`)."""
+
+    id: str
+    name: str
+    created: float
+    options: dict[str, Any] = field(default_factory=dict)  # hyper.daemon.named_pods.PodOptions
+    labels: dict[str, str] = field(default_factory=dict)
+    infra: str = ""  # the infra container's ID while it exists
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class StateStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +116,48 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(SCHEMA)
+        self._db.execute(POD_SCHEMA)
+
+    # -- pods ---------------------------------------------------------------------
+    def insert_pod(self, record: PodRecord) -> None:
+        try:
+            self._db.execute(
+                "INSERT INTO pods (id, name, doc) VALUES (?, ?, ?)",
+                (record.id, record.name, json.dumps(asdict(record))),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(
+                f"the pod name {record.name!r} is already in use",
+                hint="remove that pod (hyper pod rm) or choose another name",
+            ) from None
+
+    def update_pod(self, record: PodRecord, **changes: Any) -> PodRecord:
+        new = replace(record, **changes)
+        self._db.execute("UPDATE pods SET doc = ? WHERE id = ?", (json.dumps(asdict(new)), new.id))
+        return new
+
+    def delete_pod(self, pod_id: str) -> None:
+        self._db.execute("DELETE FROM pods WHERE id = ?", (pod_id,))
+
+    def all_pods(self) -> list[PodRecord]:
+        rows = self._db.execute("SELECT doc FROM pods").fetchall()
+        records = [PodRecord(**json.loads(doc)) for (doc,) in rows]
+        return sorted(records, key=lambda r: r.created, reverse=True)
+
+    def resolve_pod(self, ref: str) -> PodRecord:
+        """A pod by full ID, name or ID prefix."""
+        if not ref:
+            raise InvalidArgument("an empty pod reference")
+        records = self.all_pods()
+        for record in records:
+            if ref in (record.id, record.name):
+                return record
+        matches = [r for r in records if r.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise InvalidArgument(f"{ref!r} matches {len(matches)} pods", hint="give more of the ID")
+        raise NotFound(f"no such pod: {ref}", hint="`hyper pod ps` lists them; `hyper pod create` makes one")
 
     def close(self) -> None:
         self._db.close()

@@ -272,9 +272,10 @@ class ContainerRun:
         # pods that is the client, which resolves it before asking (as docker does).
         with open("/proc/meminfo") as f:
             meminfo = f.read()
-        specs.admit_vm_size(
-            self.options.memory_mib, self.vm_cpus(), specs.host_memory_mib(meminfo), os.cpu_count() or 1
-        )
+        if not specs.joins_another_vm(self.options):  # a VM it joins was admitted when it started
+            specs.admit_vm_size(
+                self.options.memory_mib, self.vm_cpus(), specs.host_memory_mib(meminfo), os.cpu_count() or 1
+            )
         host_env = {} if self.detached else dict(os.environ)
         specs.process_spec(
             image.config, self.options, host_env
@@ -342,6 +343,7 @@ class ContainerRun:
                 stream=MAIN_PROCESS,
                 process=prepared.process,
                 size=(24, 80),
+                keepalive=self.options.infra,
             )
             self.save_record(state=specs.ContainerState.RUNNING.value, started=time.time())
         except BaseException:
@@ -350,6 +352,11 @@ class ContainerRun:
             self.release_files(remove=self.fresh)
             raise
         return Launched(vm, agent, channel)
+
+    async def make_files(self, prepared: Prepared) -> Path:
+        """The container's directory and writable disk (for a container joining
+        a running VM, hyper.daemon.members); returns the disk."""
+        return await self._make_files(prepared.image, prepared.process)
 
     async def launch_for_files(self, prepared: Prepared) -> tuple[QemuDriver, AgentClient]:
         """A VM with the container's root mounted and nothing running in it (yet):
@@ -655,6 +662,7 @@ async def start_process(
     stream: int,
     process: specs.ProcessSpec,
     size: tuple[int, int],
+    keepalive: bool = False,
 ) -> ProcessChannel:
     """Ask the agent to `start` a container's main process or `exec` one into it;
     a command that cannot run raises ContainerExit with Docker's 126 or 127."""
@@ -676,6 +684,7 @@ async def start_process(
             cols=cols,
             confinement=confinement,
             init=process.init,
+            **({"keepalive": True} if keepalive else {}),
         )
     except AgentRequestError as exc:
         if exc.stage in ("exec", "user", "cwd"):

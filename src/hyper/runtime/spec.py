@@ -113,8 +113,11 @@ class RunOptions:
     cpuset_cpus: str = ""
     pids_limit: int = 0
     memory_swap: int = 0
-    # The pod it belongs to (hyperd's pods; "" is a pod of its own).
+    # The pod it belongs to (hyperd's pods; "" is a pod of its own), and
+    # whether it is that pod's infra container: its main process only keeps
+    # the VM up (the guest's, not the image's command), its network is the pod's.
     pod: str = ""
+    infra: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,16 +134,24 @@ class ProcessSpec:
     init: bool = False
 
 
-def parse_memory(text: str) -> int:
-    """Docker's --memory forms (`512m`, `1g`, `1073741824`) in MiB."""
+def joins_another_vm(options: RunOptions) -> bool:
+    """Whether the container runs in a VM it does not size: its pod's, or by
+    --network container: another's (hyper.daemon.members)."""
+    return (bool(options.pod) and not options.infra) or options.network.startswith("container:")
+
+
+def parse_memory(text: str, minimum: int = MIN_MEMORY_MIB) -> int:
+    """Docker's --memory forms (`512m`, `1g`, `1073741824`) in MiB; at least
+    `minimum` (a VM's, unless the container joins another's VM)."""
     match = _SIZE.match(text.strip())
     if not match:
         raise InvalidArgument(
             f"invalid memory size {text!r}", hint="use a number with b, k, m or g, e.g. 512m"
         )
     mib = int(float(match.group(1)) * _UNITS[match.group(2).lower()]) // (1 << 20)
-    if mib < MIN_MEMORY_MIB:
-        raise InvalidArgument(f"memory {text!r} is below the minimum of {MIN_MEMORY_MIB}m for a VM")
+    if mib < minimum:
+        what = "for a VM" if minimum == MIN_MEMORY_MIB else "for a container"
+        raise InvalidArgument(f"memory {text!r} is below the minimum of {minimum}m {what}")
     return mib
 
 

@@ -372,6 +372,11 @@ class QemuDriver:
         finally:
             os.close(fd)
 
+    @property
+    def share(self) -> FileShare | None:
+        """The VM's file share (its 9p server), to add volumes to while it runs."""
+        return self._share
+
     async def attach_disk(self, disk: HotDisk) -> None:
         """Hot-add `disk` on the VM's SCSI controller (the guest sees a new
         sd device with the disk's serial). QEMU opens nothing: the file's
