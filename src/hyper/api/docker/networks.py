@@ -199,9 +199,12 @@ def container_network(manager: NetworkManager, container_id: str, options: dict[
         if network.name == DEFAULT_NETWORK:  # Docker fills the top level for the default bridge only
             top = {key: entry[key] for key in top}
     mode = options.get("network") or (attachments[0][0].name if attachments else NO_NETWORK)
-    if not attachments and mode != NO_NETWORK:
+    joined = mode.startswith("container:")  # in another's VM: its network (hyper.daemon.members)
+    if not attachments and mode != NO_NETWORK and not joined:
         mode = NO_NETWORK
-    if mode == NO_NETWORK:
+    if joined:
+        networks = {}
+    elif mode == NO_NETWORK:
         networks = {
             NO_NETWORK: {"NetworkID": "", "EndpointID": "", "IPAddress": "", "Gateway": "", "MacAddress": ""}
         }
