@@ -283,3 +283,23 @@ def test_volumes_outlive_a_killed_hyperd_and_its_adopted_containers_keep_using_t
     assert removed.returncode == 0, removed.stderr
     assert (data / "f").read_text() == "one\n"  # the contents outlive the container
     assert env.run("volume", "rm", "kept").returncode == 0
+
+
+def test_guest_root_reaches_nothing_of_the_host_through_the_share(env: HyperEnv, tmp_path: Path) -> None:
+    # A privileged container is root of the VM with every capability: it mounts the
+    # share's 9p device itself. Without volumes the share is an empty directory (the
+    # helper's root holds nothing else); with one, the guest's channel is taken.
+    (tmp_path / "outside").write_text("host file")
+    script = (
+        "mkdir -p /mnt9 && mount -t 9p -o trans=virtio,version=9p2000.L hyper /mnt9 && echo mounted; "
+        "ls -a /mnt9 | tr '\\n' ' '; echo; cat /mnt9/../../outside 2>/dev/null || echo no-outside"
+    )
+    bare = run(env, "--privileged", IMAGE, "sh", "-c", script)
+    assert bare.returncode == 0, bare.stdout + bare.stderr
+    lines = bare.stdout.splitlines()
+    assert lines[0] == "mounted" and lines[1].split() == [".", ".."], bare.stdout
+    assert "host file" not in bare.stdout and "no-outside" in bare.stdout
+    (tmp_path / "vol").mkdir()
+    taken = run(env, "--privileged", "-v", f"{tmp_path / 'vol'}:/data", IMAGE, "sh", "-c", script)
+    assert "mounted" not in taken.stdout and "host file" not in taken.stdout, taken.stdout + taken.stderr
+    assert "Device or resource busy" in taken.stderr  # the agent's mount holds the one channel
