@@ -9,6 +9,7 @@ it fails.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -48,6 +49,9 @@ class HyperEnv:
     runtime: Path
     cache: Path
     console_logs: Path
+    # Foreground `hyper run` in the CLI's own process (HYPER_RUN_DIRECT=1), as the
+    # modules that test the VM's own files expect; test_run.py tests both paths.
+    direct: bool = True
 
     def environ(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -60,6 +64,10 @@ class HyperEnv:
             # run hyperd in namespaces of their own).
             HYPER_BRIDGE="none",
         )
+        if self.direct:
+            env["HYPER_RUN_DIRECT"] = "1"
+        else:
+            env.pop("HYPER_RUN_DIRECT", None)
         env.update(extra)
         return env
 
@@ -76,8 +84,23 @@ class HyperEnv:
         )
 
     def runtime_leftovers(self) -> list[Path]:
-        """What runs left in the runtime directory; the directory foreground runs share may stay, empty."""
-        return sorted(p for p in self.runtime.rglob("*") if p != self.runtime / "foreground")
+        """What runs left in the runtime directory; the directory foreground runs share
+        may stay, empty, and so may the socket and start lock of a hyperd that runs."""
+        kept = {self.runtime / name for name in ("foreground", "hyperd.sock", "hyperd.start.lock")}
+        return sorted(p for p in self.runtime.rglob("*") if p not in kept)
+
+    def through(self, path: str) -> HyperEnv:
+        """This environment with foreground runs on `path`: "direct", or "daemon" (a
+        hyperd started now, so that its one-time note is not a run's output)."""
+        env = dataclasses.replace(self, direct=path == "direct")
+        if not env.direct:
+            started = env.run("ps")
+            assert started.returncode == 0, started.stderr
+        return env
+
+    def containers(self) -> list[str]:
+        """The IDs of the containers hyperd knows, stopped ones too."""
+        return [line.decode() for line in self.run("ps", "-aq", "--no-trunc").stdout.split()]
 
     def qemu_processes(self) -> list[str]:
         """QEMU processes whose command line names this test's runtime directory."""

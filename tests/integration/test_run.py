@@ -26,6 +26,13 @@ from tests.support.registry import RegistryServer, registry_available
 pytestmark = pytest.mark.vm
 
 
+@pytest.fixture(params=["daemon", "direct"])
+def hyper_env(request: pytest.FixtureRequest, hyper_env: HyperEnv) -> HyperEnv:
+    """Every test on both paths of a foreground run: through hyperd (the default) and
+    in the CLI's own process (--direct, HYPER_RUN_DIRECT=1)."""
+    return hyper_env.through(request.param)
+
+
 def test_output_streams_and_exit_status(hyper_env: HyperEnv) -> None:
     result = hyper_env.run("run", "--rm", BUSYBOX, "sh", "-c", "echo out; echo err >&2; exit 3")
     assert result.returncode == 3, result.stderr
@@ -131,8 +138,13 @@ def test_without_rm_the_container_is_kept_as_exited(hyper_env: HyperEnv) -> None
     result = hyper_env.run("run", BUSYBOX, "sh", "-c", "exit 5")
     assert result.returncode == 5
     (container,) = list((hyper_env.state / "containers").iterdir())
-    record = (container / "config.json").read_text()
-    assert '"state": "exited"' in record and '"exit_code": 5' in record
+    if hyper_env.direct:
+        record = (container / "config.json").read_text()
+        assert '"state": "exited"' in record and '"exit_code": 5' in record
+    else:
+        assert hyper_env.containers() == [container.name]
+        shown = hyper_env.run("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", container.name)
+        assert shown.stdout.split() == [b"exited", b"5"], shown.stderr
     assert (container / "writable.ext4").exists()
     assert hyper_env.runtime_leftovers() == []
 
@@ -371,12 +383,38 @@ def test_unprivileged_user(hyper_env: HyperEnv, tmp_path: Path) -> None:
         built = _as_nobody(home, f'{sys.executable} -c "{make_image}"')
         assert built.returncode == 0, built.stderr
         script = "id -u; stat -c %u /bin/busybox; touch /new && echo ok"
-        result = _as_nobody(home, f"{sys.executable} -m hyper.cli.main run --rm {BUSYBOX} sh -c '{script}'")
+        path = "--direct " if hyper_env.direct else ""  # else through a hyperd of nobody's own
+        command = f"{sys.executable} -m hyper.cli.main run {path}--rm {BUSYBOX} sh -c '{script}'"
+        result = _as_nobody(home, command)
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == ["0", "0", "ok"]  # root inside the VM, whoever runs Hyper
     finally:
+        _stop_daemon(home / "run" / "hyperd.sock")
         subprocess.run(["pkill", "-9", "-f", f"qemu-system.*{home}"], check=False)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _stop_daemon(socket: Path) -> None:
+    """Stop the hyperd answering on `socket`, if one does (SIGTERM; its VMs are gone by then)."""
+    from hyper.cli.client import DaemonClient
+    from hyper.errors import HyperError
+
+    if not socket.exists():
+        return
+    try:
+        with DaemonClient(socket) as client:
+            pid = client.ping().pid
+    except HyperError:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
 
 
 def _as_nobody(home: Path, command: str) -> subprocess.CompletedProcess[str]:

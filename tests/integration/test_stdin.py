@@ -230,8 +230,9 @@ def test_hyper_exec_and_start_attached_read_all_of_their_input(
     assert started.stdout.decode().strip() == md5_line(data)
 
 
-def test_foreground_hyper_run_i_reads_all_of_its_input(hyper_env: HyperEnv) -> None:
+@pytest.mark.parametrize("path", ["daemon", "direct"])
+def test_foreground_hyper_run_i_reads_all_of_its_input(hyper_env: HyperEnv, path: str) -> None:
     data = payload(16 * MIB)
-    done = hyper_env.run("run", "--rm", "-i", BUSYBOX, "md5sum", input=data, timeout=WAIT)
+    done = hyper_env.through(path).run("run", "--rm", "-i", BUSYBOX, "md5sum", input=data, timeout=WAIT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().strip() == md5_line(data)

@@ -471,11 +471,13 @@ def test_run_detached_sends_stop_and_health_options_and_leaves_the_size_to_hyper
     [
         ("run", "-d", "--rm", "--restart", "always", "busybox"),
         ("run", "-d", "--kernel", "/k", "busybox"),
-        ("run", "--restart", "always", "busybox"),
-        ("run", "--name", "web", "busybox"),
-        ("run", "-l", "a=b", "busybox"),
-        ("run", "--health-cmd", "true", "busybox"),
-        ("run", "--stop-signal", "USR1", "busybox"),
+        # hyperd's options, on a foreground run in the CLI's own process.
+        ("run", "--direct", "--restart", "always", "busybox"),
+        ("run", "--direct", "--name", "web", "busybox"),
+        ("run", "--direct", "-l", "a=b", "busybox"),
+        ("run", "--direct", "--health-cmd", "true", "busybox"),
+        ("run", "--direct", "--stop-signal", "USR1", "busybox"),
+        ("run", "--rm", "--restart", "always", "busybox"),  # through hyperd too
         ("run", "-d", "--no-healthcheck", "--health-cmd", "true", "busybox"),
         ("run", "-d", "--health-interval", "5", "--health-cmd", "true", "busybox"),
         ("run", "-d", "--cap-add", "NO_SUCH_CAP", "busybox"),

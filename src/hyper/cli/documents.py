@@ -222,6 +222,7 @@ class ContainerCreate:
     # Docker's StdinOnce: the end of an attached client's input closes the
     # process's stdin (`create -i`; not `run -d -i`, which nobody attaches to).
     stdin_once: bool = False
+    console_size: tuple[int, int] | None = None  # a TTY's first size (a foreground run's terminal)
     # The stop, health-check and confinement options set away from their
     # defaults, by their RunOptions (and hyperd API) names.
     settings: Mapping[str, object] = field(default_factory=dict)
@@ -280,6 +281,7 @@ class ContainerCreate:
             "remove": self.remove,
             "start": self.start,
             "stdin_once": self.stdin_once,
+            **({"console_size": list(self.console_size)} if self.console_size else {}),
             **self.settings,
         }
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hyper.cli.context import CliContext
 from hyper.cli.registry_commands import pull_with_display
@@ -33,6 +34,9 @@ from hyper.vm.accel import choose_accel, probe_host
 from hyper.vm.jail import confinement_lines, jail_mode_for
 from hyper.vm.kernel import kernel_from_file
 
+if TYPE_CHECKING:
+    from hyper.cli.client import ContainerCreate
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = subparsers.add_parser("run", help="run a command in a new container, in its own VM")
@@ -40,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--kernel", type=Path, metavar="PATH", help="guest kernel (vmlinux or bzImage)")
     run.add_argument(
         "-d", "--detach", action="store_true", help="run in the background (through hyperd); print its ID"
+    )
+    run.add_argument(
+        "--direct",
+        action="store_true",
+        help=f"run the VM in this process, not through hyperd (also {DIRECT_ENV}=1)",
     )
     run.add_argument("image", metavar="IMAGE")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
@@ -186,9 +195,52 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+DIRECT_ENV = "HYPER_RUN_DIRECT"
+# What shapes a VM from the environment (hyper.runtime.settings): they are the
+# settings of the process that runs it, so a run that sets one runs here, where
+# it applies, rather than in a hyperd that was started without it.
+VM_ENVIRONMENT = (
+    "HYPER_KERNEL",
+    "HYPER_KERNEL_PVM",
+    "HYPER_KERNEL_PARAMS",
+    "HYPER_QEMU",
+    "HYPER_ACCEL",
+    "HYPER_BOOT_TIMEOUT",
+    "HYPER_TEMPLATES",
+    "HYPER_KASLR",
+)
+
+
 def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
+    """`run`: through hyperd (started when none runs), as Docker's; in this process
+    when asked (--direct, HYPER_RUN_DIRECT=1) or when hyperd cannot be used."""
     if args.detach:
         return run_detached(args, ctx)
+    explicit = args.direct or os.environ.get(DIRECT_ENV, "") not in ("", "0", "false", "no")
+    why_direct = "--kernel is a foreground run's own" if args.kernel is not None else None
+    vm_env = [name for name in VM_ENVIRONMENT if os.environ.get(name)]
+    if vm_env and why_direct is None:
+        why_direct = f"{vm_env[0]} is set here, and configures the VM of the process that runs it"
+    if not explicit and why_direct is None:
+        from hyper.cli.client import connect_or_start
+        from hyper.errors import PermissionDenied, Unavailable
+
+        try:
+            client = connect_or_start(ctx.paths, stderr=ctx.stderr)
+        except (Unavailable, PermissionDenied) as exc:
+            why_direct = f"hyperd cannot be used: {exc.message}"
+        else:
+            from hyper.cli.foreground import run_through_daemon
+
+            with client:
+                return run_through_daemon(args, ctx, client)
+    if why_direct is not None:
+        print(f"hyper: running without hyperd ({why_direct})", file=ctx.stderr, flush=True)
+    return run_direct(args, ctx)
+
+
+def run_direct(args: argparse.Namespace, ctx: CliContext) -> int:
+    """A foreground run in this process: the VM dies with it (hyper.runtime.run)."""
     if args.name is not None or args.label or args.restart is not None:
         raise InvalidArgument(
             "--name, --label and --restart need -d for now", hint="add -d to run it through hyperd"
@@ -393,7 +445,16 @@ def client_env(items: Sequence[str], local: Mapping[str, str]) -> tuple[str, ...
 
 def create_in_daemon(args: argparse.Namespace, ctx: CliContext, *, start: bool) -> str:
     """`run -d` (start) and `create` (not): hyperd makes the container; its full ID."""
-    from hyper.cli.client import ContainerCreate, connect_or_start
+    from hyper.cli.client import connect_or_start
+
+    request = daemon_request(args, ctx, start=start)
+    with connect_or_start(ctx.paths, stderr=ctx.stderr) as client:
+        return client.create_container(request)
+
+
+def daemon_request(args: argparse.Namespace, ctx: CliContext, *, start: bool) -> ContainerCreate:
+    """The container hyperd is to make of the command line; the image pulled when missing."""
+    from hyper.cli.client import ContainerCreate
     from hyper.cli.container_commands import parse_labels
 
     if getattr(args, "kernel", None) is not None:
@@ -412,8 +473,7 @@ def create_in_daemon(args: argparse.Namespace, ctx: CliContext, *, start: bool) 
         cpus=None if args.cpus is None else request.cpus,
     )
     ensure_image(args.image, args.pull, ctx, quiet=args.quiet, platform=args.platform)
-    with connect_or_start(ctx.paths, stderr=ctx.stderr) as client:
-        return client.create_container(request)
+    return request
 
 
 def run_detached(args: argparse.Namespace, ctx: CliContext) -> int:

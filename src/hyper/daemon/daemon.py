@@ -288,7 +288,7 @@ BODY_KEYS = frozenset(
         "health_retries", "cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size",
         "init", "mounts", "read_only", "volumes_from", "storage_opt", "network", "network_aliases", "ip",
         "publish", "publish_all", "expose", "dns", "dns_search", "dns_options", "extra_hosts", "log_opts",
-        "nano_cpus", "cpuset_cpus", "pids_limit", "memory_swap", "pod",
+        "nano_cpus", "cpuset_cpus", "pids_limit", "memory_swap", "pod", "console_size",
     }
 )  # fmt: skip
 
@@ -313,7 +313,21 @@ def create_request(body: dict[str, Any], settings: Settings) -> CreateRequest:
         restart=RestartPolicy.parse(restart),
         auto_remove=bool(body.get("remove")),
         stdin_once=bool(body.get("stdin_once")),
+        console_size=_console_size(body.get("console_size")),
     )
+
+
+def _console_size(value: Any) -> tuple[int, int] | None:
+    """A TTY's first size, [rows, columns] (a foreground `hyper run -t` sends its terminal's)."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 65536 for n in value)
+    ):
+        raise InvalidArgument("'console_size' must be [rows, columns]")
+    return value[0], value[1]
 
 
 def run_options(body: dict[str, Any], settings: Settings) -> specs.RunOptions:
