@@ -199,7 +199,8 @@ async def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="hyper-bench-state-"))
     runtime = Path(tempfile.mkdtemp(prefix="hb-", dir="/tmp"))
     scratch = Path(tempfile.mkdtemp(prefix="hyper-bench-"))
-    env = dict(os.environ, HYPER_STATE_DIR=str(state), HYPER_RUNTIME_DIR=str(runtime))
+    # The VM in the CLI's own process, as the floor's (bench/start.py compares the paths).
+    env = dict(os.environ, HYPER_STATE_DIR=str(state), HYPER_RUNTIME_DIR=str(runtime), HYPER_RUN_DIRECT="1")
     try:
         store = ImageStore(state / "images")
         store.import_rootfs(

@@ -94,6 +94,7 @@ def main() -> int:
         HYPER_STATE_DIR=str(work / "state"),
         HYPER_RUNTIME_DIR=str(runtime),
         HYPER_CACHE_DIR=str(default_paths().cache),
+        HYPER_RUN_DIRECT="1",  # the VM in the CLI's own process: no hyperd left behind
     )
     try:
         binary, rootfs = build(work)

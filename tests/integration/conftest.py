@@ -164,6 +164,7 @@ def image_state(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) ->
             HYPER_STATE_DIR=str(warm_state),
             HYPER_RUNTIME_DIR=str(runtime),
             HYPER_CACHE_DIR=str(shared_cache),
+            HYPER_RUN_DIRECT="1",  # in this process: no hyperd to outlive the warming
         )
         warm = subprocess.run(
             [sys.executable, "-m", "hyper.cli.main", "run", "--rm", BUSYBOX, "true"],

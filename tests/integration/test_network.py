@@ -346,7 +346,7 @@ def test_hyper_cli_networks_and_ports(hyperd: DockerHyperd, lab: NetLab) -> None
             == "10.93.0.0/24"
         )
         # A foreground run cannot join hyperd's networks (it has a passt of its own).
-        assert "needs hyperd" in fails(hyper("run", "--rm", "--network", "clinet", BUSYBOX, "true"))
+        assert "needs hyperd" in fails(hyper("run", "--direct", "--rm", "--network", "clinet", BUSYBOX, "true"))
     finally:
         hyper("rm", "-f", "cliweb")
         ok(hyper("network", "rm", "clinet"))

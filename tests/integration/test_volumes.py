@@ -196,7 +196,7 @@ def test_anonymous_volumes_go_with_rm(env: HyperEnv) -> None:
         (["-v", "v1:/x", "--tmpfs", "/x"], "duplicate mount point: /x"),
         (["--mount", "type=bind,source=/nonexistent-hyper,target=/x"], "bind source path does not exist"),
         (["--mount", "type=tmpfs,target=/t,tmpfs-size=huge"], "invalid tmpfs-size"),
-        (["--volumes-from", "other"], "--volumes-from needs -d"),
+        (["--volumes-from", "other"], "--volumes-from needs hyperd"),
         (["--storage-opt", "size=1m"], "storage size 1m is out of range"),
         (["-d", "--storage-opt", "quota=1g"], "invalid --storage-opt"),
         (["-d", "--volumes-from", "other:rx"], "invalid --volumes-from"),

@@ -241,20 +241,18 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def run_direct(args: argparse.Namespace, ctx: CliContext) -> int:
     """A foreground run in this process: the VM dies with it (hyper.runtime.run)."""
+    through = "run it through hyperd (without --direct and HYPER_RUN_DIRECT)"
     if args.name is not None or args.label or args.restart is not None:
-        raise InvalidArgument(
-            "--name, --label and --restart need -d for now", hint="add -d to run it through hyperd"
-        )
+        raise InvalidArgument("--name, --label and --restart need hyperd", hint=through)
     if args.volumes_from:
         raise InvalidArgument(
-            "--volumes-from needs -d: hyperd knows the other containers' volumes",
-            hint="add -d to run it through hyperd",
+            "--volumes-from needs hyperd: it knows the other containers' volumes", hint=through
         )
     daemon_only = [flag for flag, given in _daemon_options(args) if given]
     if daemon_only:
         raise InvalidArgument(
-            f"{daemon_only[0]} needs -d: hyperd stops containers, checks their health, keeps their logs",
-            hint="add -d to run it through hyperd",
+            f"{daemon_only[0]} needs hyperd: it stops containers, checks their health, keeps their logs",
+            hint=through,
         )
     settings = Settings.from_env()
     if args.kernel is not None:
@@ -263,9 +261,7 @@ def run_direct(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.tty and args.interactive and not attachment.stdin_is_tty():
         raise InvalidArgument("the input device is not a TTY", hint="drop -t, or run from a terminal")
     if args.pod:
-        raise InvalidArgument(
-            "--pod needs -d: a pod's containers run in its VM, through hyperd", hint="add -d"
-        )
+        raise InvalidArgument("--pod needs hyperd: a pod's containers run in its VM", hint=through)
     options = _run_options(args, settings)
     # Network options a foreground run cannot honour are refused before the image is pulled.
     usermode.foreground_mode(
