@@ -345,8 +345,10 @@ def test_hyper_cli_networks_and_ports(hyperd: DockerHyperd, lab: NetLab) -> None
             json.loads(ok(hyper("network", "inspect", "clinet")))[0]["IPAM"]["Config"][0]["Subnet"]
             == "10.93.0.0/24"
         )
-        # A foreground run cannot join hyperd's networks (it has a passt of its own).
-        assert "needs hyperd" in fails(hyper("run", "--direct", "--rm", "--network", "clinet", BUSYBOX, "true"))
+        # A direct run cannot join hyperd's networks (it has a passt of its own).
+        assert "needs hyperd" in fails(
+            hyper("run", "--direct", "--rm", "--network", "clinet", BUSYBOX, "true")
+        )
     finally:
         hyper("rm", "-f", "cliweb")
         ok(hyper("network", "rm", "clinet"))
