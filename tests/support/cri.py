@@ -64,9 +64,19 @@ def status_of(call: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
 class CriHyperd:
     """A hyperd serving its API and the CRI, on its own state and runtime directories."""
 
-    def __init__(self, state: Path, cache: Path, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        state: Path,
+        cache: Path,
+        environ: dict[str, str] | None = None,
+        *,
+        wrapper: tuple[str, ...] = (),
+        arguments: tuple[str, ...] = (),
+    ) -> None:
         self.state = state
         self.cache = cache
+        self.wrapper = wrapper  # e.g. `ip netns exec NAME`, to run hyperd in a test's namespace
+        self.arguments = arguments  # more of hyperd's options
         self.runtime = Path(tempfile.mkdtemp(prefix="hc-", dir="/tmp"))
         self.environ = environ or {}
         self.process: subprocess.Popen[bytes] | None = None
@@ -85,9 +95,9 @@ class CriHyperd:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "hyper.daemon", "--state-dir", str(self.state),
+                    *self.wrapper, sys.executable, "-m", "hyper.daemon", "--state-dir", str(self.state),
                     "--cache-dir", str(self.cache), "--runtime-dir", str(self.runtime),
-                    "--cri-socket", str(self.cri_socket),
+                    "--cri-socket", str(self.cri_socket), *self.arguments,
                 ],
                 stdout=log, stderr=log, env=env, start_new_session=True,
             )  # fmt: skip

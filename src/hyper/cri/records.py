@@ -65,6 +65,12 @@ class SandboxRecord:
     runtime_handler: str = ""
     memory_limit_bytes: int = 0  # the pod's resources and overhead: its VM's size
     cpu_millis: int = 0
+    # With CNI: the pod's network namespace (its name under /run/netns), the
+    # plugins' result (for DEL) and the address it gave the pod.
+    netns: str = ""
+    cni_result: str = ""
+    address: str = ""  # e.g. 203.0.113.2/24
+    gateway: str = ""
 
     def moved(self, state: SandboxState) -> SandboxRecord:
         if state not in SANDBOX_TRANSITIONS[self.state]:

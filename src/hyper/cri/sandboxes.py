@@ -20,12 +20,14 @@ import json
 import secrets
 import signal
 import time
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 from cri_api.v1 import api_pb2
 
 from hyper.agent.protocol import FrameKind
-from hyper.cri import translate
+from hyper.cri import netns, translate
+from hyper.cri.cni import CniPlugins, PodAttachment, address_of
 from hyper.cri.logs import LogCopier
 from hyper.cri.records import ContainerRecord, RecordStore, SandboxRecord, SandboxState
 from hyper.daemon.daemon import Daemon
@@ -38,6 +40,8 @@ from hyper.errors import (
     InvalidArgument,
     NotFound,
 )
+from hyper.network.model import etc_hosts, resolv_conf
+from hyper.network.pod import GuestInterface, PodNetwork
 from hyper.runtime import spec as specs
 from hyper.runtime.run import ContainerExit
 
@@ -52,8 +56,9 @@ def _ns(seconds: float | None) -> int:
 
 
 class PodSandboxes:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, cni: CniPlugins | None = None) -> None:
         self.daemon = daemon
+        self.cni = cni  # None: pods join hyperd's own network
         self.records = RecordStore(daemon.paths.state / "cri")
         self.sandboxes = {r.id: r for r in self.records.sandboxes()}
         self.containers = {r.id: r for r in self.records.containers()}
@@ -68,8 +73,10 @@ class PodSandboxes:
             if record.id not in self.daemon.pods or record.sandbox_id not in self.sandboxes:
                 self.records.delete(record)
                 del self.containers[record.id]
-            elif record.log_path:
+                continue
+            if record.log_path:
                 self._copy_logs(record)
+            self._join_cni(self.sandboxes[record.sandbox_id], record.id)
 
     async def close(self) -> None:
         for copier in self.copiers.values():
@@ -81,6 +88,70 @@ class PodSandboxes:
         copier = LogCopier(pod, Path(record.log_path), position)
         self.copiers[record.id] = copier
         copier.start()
+
+    def _join_cni(self, sandbox: SandboxRecord, container_id: str) -> None:
+        """The container's VM joins the sandbox's CNI namespace when it starts."""
+        if not sandbox.netns:
+            return
+
+        async def pod_network(hostname: str) -> PodNetwork:
+            current = self.sandboxes.get(sandbox.id, sandbox)
+            if not current.netns:
+                raise FailedPrecondition(f"pod sandbox {sandbox.id[:12]} has no network any more")
+            joined = await asyncio.to_thread(netns.join, current.netns)
+            address = IPv4Interface(current.address)
+            interface = GuestInterface(
+                mac=joined.mac,
+                address=address,
+                mtu=joined.mtu,
+                gateway=IPv4Address(current.gateway) if current.gateway else None,
+            )
+            hosts = etc_hosts(hostname, [address.ip])
+            resolv = resolv_conf(current.dns_servers, current.dns_searches, current.dns_options)
+            return PodNetwork((interface,), hosts, resolv, fds=[joined.tap_fd])
+
+        self.daemon.network.external[container_id] = pod_network
+
+    async def _network_up(self, record: SandboxRecord) -> SandboxRecord:
+        """The pod's namespace and the CNI plugins' ADD; on failure nothing is left."""
+        if self.cni is None:
+            return record
+        name = netns.name_for(record.id)
+        path = await asyncio.to_thread(netns.create, name)
+        try:
+            attachment = PodAttachment(record.id, path, record.metadata, record.port_mappings)
+            result = await self.cni.add(attachment)
+            try:
+                address = address_of(result)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the first failure is the one to report
+                    await asyncio.shield(self.cni.delete(attachment, result))
+                raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.to_thread(netns.delete, name))
+            raise
+        return dataclasses.replace(
+            record,
+            netns=name,
+            cni_result=json.dumps(result),
+            address=str(address.interface),
+            gateway=str(address.gateway or ""),
+        )
+
+    async def _network_down(self, record: SandboxRecord) -> SandboxRecord:
+        """CNI DEL and the namespace's removal; done once, and again harmlessly."""
+        if not record.netns:
+            return record
+        if self.cni is not None:
+            attachment = PodAttachment(
+                record.id, netns.path_of(record.netns), record.metadata, record.port_mappings
+            )
+            await self.cni.delete(attachment, json.loads(record.cni_result) if record.cni_result else None)
+        await asyncio.to_thread(netns.delete, record.netns)
+        record = dataclasses.replace(record, netns="", cni_result="")
+        self._save(record)
+        return record
 
     def _sandbox(self, sandbox_id: str) -> SandboxRecord:
         found = self.sandboxes.get(sandbox_id)
@@ -128,7 +199,12 @@ class PodSandboxes:
                     f"uid {record.metadata.uid}, attempt {record.metadata.attempt}) exists: {other.id}",
                     hint="remove it first, or give another attempt number",
                 )
-        await asyncio.to_thread(self._save, record)
+        record = await self._network_up(record)
+        try:
+            await asyncio.to_thread(self._save, record)
+        except BaseException:
+            await asyncio.shield(self._network_down(record))
+            raise
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=record.id)
 
     async def stop_pod_sandbox(
@@ -139,6 +215,7 @@ class PodSandboxes:
         except NotFound:
             return api_pb2.StopPodSandboxResponse()  # already gone: nothing left to stop
         await asyncio.gather(*(self._stop(c, 0) for c in self._in(sandbox)))
+        sandbox = await self._network_down(sandbox)
         if sandbox.state is not SandboxState.NOT_READY:
             self._save(sandbox.moved(SandboxState.NOT_READY))
         return api_pb2.StopPodSandboxResponse()
@@ -152,11 +229,14 @@ class PodSandboxes:
             return api_pb2.RemovePodSandboxResponse()
         for container in self._in(sandbox):
             await self._remove(container)  # running ones are killed, as the CRI asks
+        await self._network_down(sandbox)
         self.records.delete(sandbox)
         self.sandboxes.pop(sandbox.id, None)
         return api_pb2.RemovePodSandboxResponse()
 
     def _ip(self, sandbox: SandboxRecord) -> str:
+        if sandbox.address:
+            return str(IPv4Interface(sandbox.address).ip)
         for container in self._in(sandbox):
             pod = self.daemon.pods.get(container.id)
             if pod is not None and pod.running:
@@ -282,6 +362,7 @@ class PodSandboxes:
                 await self.daemon.remove(pod.id, force=True)
                 raise
             self.containers[record.id] = record
+            self._join_cni(sandbox, record.id)
         if log_path:
             self._copy_logs(record)
         return api_pb2.CreateContainerResponse(container_id=record.id)
@@ -320,6 +401,7 @@ class PodSandboxes:
     async def _remove(self, record: ContainerRecord) -> None:
         with contextlib.suppress(NotFound):
             await self.daemon.remove(record.id, force=True)
+        self.daemon.network.external.pop(record.id, None)
         copier = self.copiers.pop(record.id, None)
         if copier is not None:
             await copier.stop()

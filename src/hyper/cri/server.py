@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 
 from hyper.cri import images, runtime
+from hyper.cri.cni import DEFAULT_BIN_DIRS, CniPlugins, load_network
 from hyper.cri.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
 from hyper.daemon.daemon import Daemon
-from hyper.errors import Unavailable
+from hyper.errors import FailedPrecondition, Unavailable
 
 # A PullImage's answer waits for the whole pull; other messages are small. The
 # kubelet's own client allows 16 MiB messages, as do these.
@@ -32,12 +34,28 @@ class CriServer:
             self.socket.unlink()
 
 
-async def start_cri_server(daemon: Daemon, socket: Path) -> CriServer:
+async def start_cri_server(
+    daemon: Daemon,
+    socket: Path,
+    cni_conf_dir: Path | None = None,
+    cni_bin_dirs: Sequence[Path] | None = None,
+) -> CriServer:
+    """Serve the CRI on `socket`; with `cni_conf_dir`, pods get their network from its
+    first CNI configuration (else they join hyperd's own network)."""
+    plugins = None
+    if cni_conf_dir is not None:
+        network = load_network(cni_conf_dir)
+        if network is None:
+            raise FailedPrecondition(
+                f"no CNI network configuration (.conflist, .conf) in {cni_conf_dir}",
+                hint="write one, or start hyperd without --cni-conf-dir to use hyperd's own network",
+            )
+        plugins = CniPlugins(network, cni_bin_dirs or DEFAULT_BIN_DIRS)
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    service = runtime.RuntimeService(daemon)
+    service = runtime.RuntimeService(daemon, plugins)
     service.resume()  # sandboxes and containers of an earlier hyperd: their logs are copied on
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers(

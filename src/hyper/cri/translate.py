@@ -185,10 +185,15 @@ def create_request(
     workdir = config.working_dir or None
     if workdir is not None and not workdir.startswith("/"):
         raise InvalidArgument(f"working_dir {workdir!r} is not an absolute path")
-    publish = tuple(
-        f"{p.host_ip + ':' if p.host_ip else ''}{p.host_port}:{p.container_port}/{p.protocol}"
-        for p in sandbox.port_mappings
-        if p.host_port
+    cni = bool(sandbox.netns)  # the VM joins the CNI namespace: hyperd's own network stays out
+    publish = (
+        ()
+        if cni
+        else tuple(
+            f"{p.host_ip + ':' if p.host_ip else ''}{p.host_port}:{p.container_port}/{p.protocol}"
+            for p in sandbox.port_mappings
+            if p.host_port
+        )
     )
     options = specs.RunOptions(
         image=image,
@@ -211,9 +216,10 @@ def create_request(
         privileged=context.privileged,
         security_opt=_security_options(context),
         read_only=context.readonly_rootfs,
-        dns=sandbox.dns_servers,
-        dns_search=sandbox.dns_searches,
-        dns_options=sandbox.dns_options,
+        network="none" if cni else "",
+        dns=() if cni else sandbox.dns_servers,
+        dns_search=() if cni else sandbox.dns_searches,
+        dns_options=() if cni else sandbox.dns_options,
         publish=publish,
         mounts=_mounts(config),
     )

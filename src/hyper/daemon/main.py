@@ -50,7 +50,11 @@ async def _serve_app(app: web.Application, socket: Path) -> web.AppRunner:
 
 
 async def serve(
-    paths: HyperPaths, socket: Path, docker_socket: Path | None = None, cri_socket: Path | None = None
+    paths: HyperPaths,
+    socket: Path,
+    docker_socket: Path | None = None,
+    cri_socket: Path | None = None,
+    cni: tuple[Path | None, list[Path]] = (None, []),
 ) -> None:
     prepare_paths(paths)
     sockets = [path for path in (socket, docker_socket, cri_socket) if path is not None]
@@ -72,7 +76,8 @@ async def serve(
     if cri_socket is not None:
         from hyper.cri import start_cri_server  # grpc loads only where the CRI is served
 
-        cri = await start_cri_server(daemon, cri_socket)
+        conf_dir, bin_dirs = cni
+        cri = await start_cri_server(daemon, cri_socket, conf_dir, bin_dirs or None)
         served += f" and the CRI on {cri_socket}"
     print(f"hyperd: serving {served} (pid {os.getpid()}, state {paths.state})", file=sys.stderr, flush=True)
     stopping = asyncio.Event()
@@ -127,6 +132,19 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="also serve the Kubernetes CRI (v1) on this socket, for a kubelet or crictl (docs/cri.md)",
     )
+    parser.add_argument(
+        "--cni-conf-dir",
+        type=Path,
+        help="with --cri-socket: give pods the network of the first CNI configuration here "
+        "(e.g. /etc/cni/net.d); without it pods join hyperd's own network",
+    )
+    parser.add_argument(
+        "--cni-bin-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="where the CNI plugins are (repeatable; default /usr/lib/cni and /opt/cni/bin)",
+    )
     args = parser.parse_args(argv)
     defaults = default_paths()
     paths = HyperPaths(
@@ -136,7 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.umask(0o077)  # containers' environments, logs and disks are hyperd's user's alone
     try:
-        asyncio.run(serve(paths, args.socket or socket_path(paths), args.docker_socket, args.cri_socket))
+        asyncio.run(
+            serve(
+                paths,
+                args.socket or socket_path(paths),
+                args.docker_socket,
+                args.cri_socket,
+                (args.cni_conf_dir, args.cni_bin_dir),
+            )
+        )
     except HyperError as exc:
         print(f"hyperd: {exc}", file=sys.stderr)
         return 1

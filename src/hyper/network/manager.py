@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
@@ -106,6 +106,9 @@ class NetworkManager:
         # Without root: each running pod's passt, and where their pid files are.
         self.passt_dir = runtime / "passt" if runtime is not None else None
         self._passt: dict[str, PasstProcess] = {}
+        # Containers whose VM joins a network made elsewhere (hyper.cri's CNI namespace):
+        # container ID → what makes its PodNetwork from the hostname.
+        self.external: dict[str, Callable[[str], Awaitable[PodNetwork]]] = {}
 
     # -- networks ---------------------------------------------------------------
     async def ensure_default(self) -> Network | None:
@@ -360,6 +363,9 @@ class NetworkManager:
     # -- a pod's VM -------------------------------------------------------------
     async def attach(self, container_id: str, hostname: str) -> PodNetwork:
         """Everything the pod's VM needs before it boots. On failure nothing is left."""
+        provider = self.external.get(container_id)
+        if provider is not None:  # a network another front end made (the CRI's CNI namespace)
+            return await provider(hostname)
         request = self._requests.get(container_id, NetworkRequest(mode=NO_NETWORK))
         host_resolv = usermode.read_resolv_conf()
         attachments = self.attachments(container_id)
