@@ -243,6 +243,25 @@ def test_network_none_is_loopback_only(hyperd: DockerHyperd) -> None:
 
 
 @pytest.mark.skipif(not docker_py_available(), reason="docker-py is not installed")
+def test_pod_resumed_from_a_template_has_offloads(hyperd: DockerHyperd, lab: NetLab) -> None:
+    # Its NIC's driver negotiated in the template with no tap behind it: the
+    # agent binds it again, so it gets the tap's checksum and TSO offloads.
+    ok(hyperd.docker("run", "-d", "--name", "offloads", BUSYBOX, "sleep", "600"))
+    try:
+        pid = json.loads(ok(hyperd.docker("inspect", "offloads")))[0]["State"]["Pid"]
+        qemu = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"-incoming" in qemu, "this pod should be resumed from a template"
+        features = ok(hyperd.docker("exec", "offloads", "cat", "/sys/class/net/eth0/device/features"))
+        # virtio-net feature bits: 0 CSUM, 1 GUEST_CSUM, 7 GUEST_TSO4, 11 HOST_TSO4.
+        assert [features[bit] for bit in (0, 1, 7, 11)] == ["1"] * 4, features
+        assert ok(hyperd.docker("exec", "offloads", "cat", "/sys/class/net/eth0/carrier")).strip() == "1"
+        assert OUTSIDE_PAGE.strip() in ok(
+            hyperd.docker("exec", "offloads", "wget", "-qO-", f"http://{OUTSIDE_IP}:{HTTP_PORT}/")
+        )
+    finally:
+        ok(hyperd.docker("rm", "-f", "offloads"))
+
+
 def test_docker_py_networks_and_ports(hyperd: DockerHyperd, lab: NetLab) -> None:
     client = hyperd.docker_py()
     network = client.networks.create("pynet", labels={"via": "docker-py"})

@@ -216,6 +216,13 @@ def test_pod_network_guest_request() -> None:
     request = pod.guest_request([UNCONNECTED_MAC])
     assert request["interfaces"][0]["device_mac"] == UNCONNECTED_MAC
     assert request["interfaces"][0]["gateway"] == "10.0.0.1"
+    assert request["interfaces"][0]["renegotiate"] is False  # a booted VM negotiated with its tap
+    # Resumed from a template: a tap's NIC renegotiates (offloads); passt's stream has none to offer.
+    assert pod.guest_request([UNCONNECTED_MAC], resumed=True)["interfaces"][0]["renegotiate"] is True
+    stream = PodNetwork(
+        (GuestInterface("02:42:0a:00:00:02", IPv4Interface("10.0.0.2/24"), 65520, backend="stream"),), "", ""
+    )
+    assert stream.guest_request([UNCONNECTED_MAC], resumed=True)["interfaces"][0]["renegotiate"] is False
     assert PodNetwork((), "", "").guest_request([UNCONNECTED_MAC]) == {
         "interfaces": [],
         "unused": [UNCONNECTED_MAC],

@@ -7,6 +7,13 @@ the NIC is found by the address QEMU gave it), the MTU, the IPv4 address and
 the routes. A NIC the pod must not use (`--network none`) is unbound from its
 driver, so the container sees loopback only. The encoders are pure and are
 tested on the host.
+
+A VM resumed from a template has the features its NIC's driver negotiated in
+the template, whose NIC had no backend able to take virtio-net headers: no
+checksum or segmentation offload. QEMU offers them again behind a tap (the
+device is made anew at the resume, with the tap as its peer), so for a NIC
+marked `renegotiate` the driver is unbound and bound again: the probe reads
+the device's features afresh, and the pod gets a booted VM's offloads.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,6 +52,7 @@ RTN_UNICAST = 1
 IFF_UP = 0x1
 SYS_NET = "/sys/class/net"
 VIRTIO_NET_DRIVER = "/sys/bus/virtio/drivers/virtio_net"
+CARRIER_TIMEOUT = 2.0
 
 
 class NetError(Exception):
@@ -168,15 +177,47 @@ def unbind(name: str) -> None:
         f.write(device)
 
 
+def rebind(name: str) -> None:
+    """Unbind a NIC from its driver and bind it again: the driver negotiates
+    the device's features afresh (the interface is made anew, unconfigured)."""
+    device = os.path.basename(os.readlink(f"{SYS_NET}/{name}/device"))
+    with open(f"{VIRTIO_NET_DRIVER}/unbind", "w") as f:
+        f.write(device)
+    with open(f"{VIRTIO_NET_DRIVER}/bind", "w") as f:
+        f.write(device)  # the probe, and the new interface's registration, happen in this write
+
+
+def wait_for_carrier(name: str, timeout: float = CARRIER_TIMEOUT) -> None:
+    """A NIC bound again reports its link from a work item of its driver: the
+    first packets would find no carrier (and no queue) before it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"{SYS_NET}/{name}/carrier") as f:
+                if f.read().strip() == "1":
+                    return
+        except OSError:
+            pass  # EINVAL while the link is being set up
+        time.sleep(0.001)
+
+
 def configure(request: dict[str, Any]) -> list[str]:
     """Apply the `network` part of a setup request; returns the names of the
     configured interfaces. Each interface: device_mac, mac, address
-    ("A.B.C.D/N"), mtu, and optionally gateway (the default route's)."""
+    ("A.B.C.D/N"), mtu, optionally gateway (the default route's) and
+    renegotiate (rebind the driver first, for a VM resumed from a template)."""
     present = interfaces_by_mac()
     for device_mac in request.get("unused") or []:
         name = present.get(str(device_mac).lower())
         if name is not None:
             unbind(name)
+    renegotiate = [item for item in request.get("interfaces") or [] if item.get("renegotiate")]
+    for item in renegotiate:
+        name = present.get(str(item["device_mac"]).lower())
+        if name is not None:
+            rebind(name)
+    if renegotiate:
+        present = interfaces_by_mac()
     configured = []
     netlink = Netlink()
     try:
@@ -195,6 +236,8 @@ def configure(request: dict[str, Any]) -> list[str]:
             )
             netlink.request(add_address(index, netlink.next_seq(), address, int(prefix)), f"address {name}")
             netlink.request(set_link(index, netlink.next_seq(), up=True), f"bring {name} up")
+            if item.get("renegotiate"):
+                wait_for_carrier(name)
             gateway = item.get("gateway")
             if gateway:
                 netlink.request(

@@ -52,9 +52,11 @@ class PodNetwork:
             return (NicSpec(UNCONNECTED_MAC, "none"),)
         return tuple(NicSpec(i.mac, i.backend) for i in self.interfaces)
 
-    def guest_request(self, device_macs: Sequence[str]) -> dict[str, Any]:
+    def guest_request(self, device_macs: Sequence[str], *, resumed: bool = False) -> dict[str, Any]:
         """The `network` of the agent's setup, for NICs that QEMU created with
-        `device_macs` (a VM resumed from a template has the template's)."""
+        `device_macs` (a VM resumed from a template has the template's). In a
+        resumed VM the driver of a NIC on a tap negotiates again, for the
+        offloads its template's NIC could not have (hyper.agent.guest_net)."""
         if not self.interfaces:
             return {"interfaces": [], "unused": list(device_macs)}
         return {
@@ -65,6 +67,7 @@ class PodNetwork:
                     "address": str(interface.address),
                     "mtu": interface.mtu,
                     "gateway": str(interface.gateway) if interface.gateway else None,
+                    "renegotiate": resumed and interface.backend == "tap",
                 }
                 for device_mac, interface in zip(device_macs, self.interfaces, strict=True)
             ],

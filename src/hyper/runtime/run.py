@@ -168,6 +168,7 @@ class ContainerRun:
         # The pod's network for this run (hyperd's NetworkManager makes it); None: loopback only.
         self.network: PodNetwork | None = None
         self._device_macs: tuple[str, ...] = ()
+        self._resumed = False  # from a template: its NICs' drivers negotiate again
         # The container's volumes and host directories in its VM's share, and
         # the mounts the guest makes of them (hyper.storage).
         self.share_entries: tuple[ShareEntry, ...] = ()
@@ -501,6 +502,7 @@ class ContainerRun:
         share = ProxyShare(spec.run_dir, self.share_entries) if spec.file_share else None
         vm = QemuDriver(spec, self.settings.qemu_binary, detached=self.detached, nic_fds=nic_fds, share=share)
         self._device_macs = tuple(nic.mac for nic in spec.nics)
+        self._resumed = spec.incoming_state is not None
         if self.stop is not None:
             self.stop.kill_vm = vm.kill_now
         try:
@@ -543,7 +545,7 @@ class ContainerRun:
                 "hosts": network.hosts,
                 "resolv.conf": network.resolv_conf,
             },
-            network=network.guest_request(self._device_macs),
+            network=network.guest_request(self._device_macs, resumed=self._resumed),
             # A VM resumed from a template has the template's clock and CRNG state.
             time_ns=time.time_ns(),
             entropy=secrets.token_hex(64),
