@@ -67,7 +67,7 @@ def add_container_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-w", "--workdir", metavar="DIR")
     parser.add_argument("-u", "--user", metavar="USER[:GROUP]")
     parser.add_argument("--entrypoint", metavar="CMD")
-    network = parser.add_argument_group("network (in the foreground: the default network or none)")
+    network = parser.add_argument_group("network (a --direct run: the default network or none)")
     network.add_argument(
         "--network", "--net", default="", metavar="NETWORK", help="bridge, none, or a network"
     )
@@ -263,7 +263,7 @@ def run_direct(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.pod:
         raise InvalidArgument("--pod needs hyperd: a pod's containers run in its VM", hint=through)
     options = _run_options(args, settings)
-    # Network options a foreground run cannot honour are refused before the image is pulled.
+    # Network options a direct run cannot honour are refused before the image is pulled.
     usermode.foreground_mode(
         request_for(options),
         default_bridge=NetworkConfig.from_env().default_bridge,
@@ -534,11 +534,11 @@ def info_command(args: argparse.Namespace, ctx: CliContext) -> int:
 
     mode, why = mode_reason()
     print(f"Network:      {mode} ({why})", file=out)
-    print(f"  foreground runs: {_foreground_summary()}", file=out)
+    print(f"  direct runs (--direct): {_direct_summary()}", file=out)
     return 0
 
 
-def _foreground_summary() -> str:
+def _direct_summary() -> str:
     if not NetworkConfig.from_env().default_bridge:
         return "loopback only unless --network bridge is given (HYPER_BRIDGE=none)"
     if find_passt() is None:

@@ -3,14 +3,14 @@
 Two callers need a network without bridges, taps or nftables:
 - a hyperd without root, for each pod (hyper.network.manager keeps the
   addresses and published ports in its store, as for bridged pods);
-- a foreground `hyper run`, root or not: there is no hyperd to keep
+- a direct `hyper run --direct` (in the CLI's process), root or not: there is no hyperd to keep
   addresses, bridges and rules, and nothing of the run may outlive it. A
   passt tied to the VM's socket ends exactly when the VM ends, whatever ends
   it (hyper.network.passt), so `hyper run -p 8080:80 IMAGE` works as Docker
   users expect and leaves nothing behind, even after a `kill -9`.
 
 The guest's address is not seen outside the VM (passt translates every
-connection into the host's own sockets), so a foreground run takes the first
+connection into the host's own sockets), so a direct run takes the first
 candidate subnet no host route overlaps, as the default network would.
 """
 
@@ -39,6 +39,7 @@ from hyper.network.ports import PortReservations
 from hyper.network.request import NetworkRequest
 
 RESOLV_CONF = Path("/etc/resolv.conf")
+THROUGH_HYPERD = "run it through hyperd (without --direct and HYPER_RUN_DIRECT)"
 PROC_NET_ROUTE = Path("/proc/net/route")
 
 
@@ -99,7 +100,7 @@ async def start_user_network(
 
 
 def foreground_mode(request: NetworkRequest, *, default_bridge: bool, passt: bool) -> str:
-    """A foreground run's network (pure): Docker's `bridge` (the default unless
+    """A direct run's network (pure): Docker's `bridge` (the default unless
     HYPER_BRIDGE=none), served in user mode by a passt of the run's own, or
     `none` (loopback only; also the default where passt is not installed).
     Other networks, aliases and fixed addresses need hyperd: refused."""
@@ -115,18 +116,18 @@ def foreground_mode(request: NetworkRequest, *, default_bridge: bool, passt: boo
         return mode
     if mode != DEFAULT_NETWORK:
         raise InvalidArgument(
-            f"--network {mode} needs hyperd: a foreground run has the default network only",
-            hint="add -d to run it through hyperd",
+            f"--network {mode} needs hyperd: a direct run has the default network only",
+            hint=THROUGH_HYPERD,
         )
     for flag, given in (("--network-alias", request.aliases), ("--ip", request.ip)):
         if given:
             raise InvalidArgument(
                 f"{flag} needs a user-defined network, which only hyperd's containers join",
-                hint="add -d and --network NAME to run it through hyperd",
+                hint=THROUGH_HYPERD,
             )
     if not passt:
         raise FailedPrecondition(
-            "a foreground run's network needs passt, which is not installed",
+            "a direct run's network needs passt, which is not installed",
             hint="install Debian's passt, or run with --network none",
         )
     return mode
@@ -135,7 +136,7 @@ def foreground_mode(request: NetworkRequest, *, default_bridge: bool, passt: boo
 async def foreground_network(
     request: NetworkRequest, *, hostname: str, run_dir: Path, name: str, default_bridge: bool
 ) -> tuple[PodNetwork, PasstProcess | None]:
-    """A foreground run's network (see foreground_mode): its passt's pid file
+    """A direct run's network (see foreground_mode): its passt's pid file
     and log in the run's directory. A taken port is an error before the VM boots."""
     host_resolv = read_resolv_conf()
     mode = foreground_mode(request, default_bridge=default_bridge, passt=find_passt() is not None)

@@ -1,4 +1,4 @@
-"""A foreground `hyper run` (no hyperd) on a network: a passt of the run's own.
+"""A direct `hyper run` (in the CLI's process, no hyperd) on a network: a passt of the run's own.
 
 The CLI runs inside a "host" network namespace this test makes
 (tests/support/netns.py), joined by a veth pair to an "outside" one that
@@ -73,7 +73,7 @@ def serves(lab: NetLab, url: str, ns: str | None = None) -> bool:
 
 
 class Serving:
-    """A foreground `hyper run -p … httpd` in the lab's host namespace, while in the block."""
+    """A direct `hyper run -p … httpd` in the lab's host namespace, while in the block."""
 
     def __init__(self, env: HyperEnv, lab: NetLab, *args: str) -> None:
         self.process = subprocess.Popen(
@@ -157,7 +157,7 @@ def test_kill9_of_the_cli_leaves_no_passt_or_port(hyper_env: HyperEnv, lab: NetL
     wait_for(lambda: lab.listening() == before, "the port to be free")
 
 
-def test_what_a_foreground_run_cannot_do_is_refused(hyper_env: HyperEnv, lab: NetLab) -> None:
+def test_what_a_direct_run_cannot_do_is_refused(hyper_env: HyperEnv, lab: NetLab) -> None:
     refused = {
         ("--network", "front"): "--network front needs hyperd",
         ("--network-alias", "www"): "--network-alias needs a user-defined network",
@@ -179,8 +179,8 @@ def test_what_a_foreground_run_cannot_do_is_refused(hyper_env: HyperEnv, lab: Ne
     assert passt_processes(lab) == []
 
 
-def test_info_says_what_foreground_runs_get(hyper_env: HyperEnv, lab: NetLab) -> None:
+def test_info_says_what_direct_runs_get(hyper_env: HyperEnv, lab: NetLab) -> None:
     out = hyper(hyper_env, lab, "info").stdout
-    assert "foreground runs: user mode, through a passt" in out, out
+    assert "direct runs (--direct): user mode, through a passt" in out, out
     none = hyper(hyper_env, lab, "info", HYPER_BRIDGE="none").stdout
-    assert "foreground runs: loopback only" in none, none
+    assert "direct runs (--direct): loopback only" in none, none
