@@ -121,6 +121,7 @@ def test_volume_create_ls_inspect_rm_and_prune_with_the_docker_cli(hyperd: Docke
     assert "cli-db" not in volume_names(hyperd, "--filter", "dangling=true")
     assert ok(hyperd.docker("ps", "-aq", "--no-trunc", "--filter", "volume=cli-db")).split() == [user]
     assert "volume is in use" in failed(hyperd.docker("volume", "rm", "cli-db"))
+    assert "volume is in use" in failed(hyperd.docker("volume", "rm", "-f", "cli-db"))
     anonymous = str(mounts_of(hyperd, user)["/anon"]["Name"])
     assert len(anonymous) == 64 and anonymous in volume_names(hyperd)
     ok(hyperd.docker("rm", user))  # without -v: its anonymous volume stays, unused

@@ -204,3 +204,32 @@ def test_storage_opt_size() -> None:
     ):
         with pytest.raises(InvalidArgument, match=words):
             storage_size([bad])
+
+
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [
+        ({"Type": "tmpfs", "Target": "/x", "TmpfsOptions": {"SizeBytes": "big"}}, "SizeBytes of a mount"),
+        ({"Type": "tmpfs", "Target": "/x", "TmpfsOptions": {"Mode": True}}, "Mode of a mount"),
+        ({"Type": "volume", "Target": 5}, "Target of a mount must be a string"),
+        ({"Type": "volume", "Target": "/x", "VolumeOptions": {"DriverConfig": "x"}}, "must be an object"),
+        ({"Type": "volume", "Target": "/x", "VolumeOptions": {"Labels": {"a": "b"}}}, "VolumeOptions.Labels"),
+        (
+            {"Type": "bind", "Source": "/a", "Target": "/x", "BindOptions": {"CreateMountpoint": True}},
+            "Create",
+        ),
+        ({"Type": "volume", "Target": "/x", "ClusterOptions": {"x": 1}}, "mount setting ClusterOptions"),
+        ("not an object", "must be an object"),
+    ],
+)
+def test_api_mounts_refuse_what_they_do_not_honour(item: object, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        from_api_mount(item)  # type: ignore[arg-type]
+
+
+def test_api_mount_paths_with_commas_and_quotes_stay_whole() -> None:
+    mount = from_api_mount({"Type": "bind", "Source": '/a,"b', "Target": "/x,y"})
+    assert (mount.source, mount.target) == ('/a,"b', "/x,y")
+    assert parse_mount(mount.canonical()) == mount
+    with pytest.raises(InvalidArgument, match="volume-label"):
+        parse_mount("type=volume,source=v1,target=/x,volume-label=a=b")

@@ -234,6 +234,10 @@ def parse_mount(text: str) -> Mount:
             raise InvalidArgument(
                 f"volume driver {driver!r} is not supported", hint="Hyper has the local driver"
             )
+        if values.get("volume-label"):
+            raise InvalidArgument(
+                "volume-label is not supported yet", hint="create the volume with its labels first"
+            )
         values.pop("volume-label", None)
     else:
         if source:
@@ -286,34 +290,84 @@ def tmpfs_mount(target: str, options: str) -> Mount:
     )
 
 
+# What Hyper reads of an Engine API mount; another key with a value is refused, not ignored.
+_API_MOUNT_KEYS = {
+    "": {
+        "Type",
+        "Source",
+        "Target",
+        "ReadOnly",
+        "Consistency",
+        "BindOptions",
+        "VolumeOptions",
+        "TmpfsOptions",
+    },
+    "BindOptions": {"Propagation", "NonRecursive"},
+    "VolumeOptions": {"NoCopy", "DriverConfig"},
+    "TmpfsOptions": {"SizeBytes", "Mode"},
+}
+
+
+def _api_options(item: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    options = item.get(key) if key else item
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidArgument(f"{key or 'each of HostConfig.Mounts'} must be an object")
+    for name, value in options.items():
+        if name not in _API_MOUNT_KEYS[key] and value not in (None, False, 0, "", [], {}):
+            where = f"{key}.{name}" if key else name
+            raise InvalidArgument(
+                f"Hyper does not support the mount setting {where}",
+                hint="leave it out; see docs/docker-api.md",
+            )
+    return options
+
+
+def _api_text(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or "\0" in value:
+        raise InvalidArgument(f"{what} of a mount must be a string")
+    return value
+
+
+def _api_integer(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"{what} of a mount must be a non-negative integer")
+    return value
+
+
 def from_api_mount(item: Mapping[str, Any]) -> Mount:
     """An Engine API `HostConfig.Mounts` entry."""
-    if not isinstance(item, Mapping):
-        raise InvalidArgument("each of HostConfig.Mounts must be an object")
-    kind = item.get("Type") or "volume"
-    fields = [f"type={kind}", f"target={item.get('Target') or ''}"]
-    if item.get("Source"):
-        fields.append(f"source={item['Source']}")
+    _api_options(item, "")
+    bind, volume, tmpfs = (_api_options(item, k) for k in ("BindOptions", "VolumeOptions", "TmpfsOptions"))
+    kind = _api_text(item.get("Type"), "Type") or "volume"
+    target = _api_text(item.get("Target"), "Target")
+    source = _api_text(item.get("Source"), "Source")
+    fields = [f"type={kind}", f"target={target}"]
+    if source:
+        fields.append(f"source={source}")
     if item.get("ReadOnly"):
         fields.append("readonly")
-    bind = item.get("BindOptions") or {}
-    volume = item.get("VolumeOptions") or {}
-    tmpfs = item.get("TmpfsOptions") or {}
-    if not all(isinstance(options, Mapping) for options in (bind, volume, tmpfs)):
-        raise InvalidArgument("BindOptions, VolumeOptions and TmpfsOptions must be objects")
     if bind.get("Propagation"):
-        fields.append(f"bind-propagation={bind['Propagation']}")
+        fields.append(f"bind-propagation={_api_text(bind['Propagation'], 'BindOptions.Propagation')}")
     if bind.get("NonRecursive"):
         fields.append("bind-nonrecursive")
     if volume.get("NoCopy"):
         fields.append("volume-nocopy")
-    driver = (volume.get("DriverConfig") or {}).get("Name")
+    driver_config = volume.get("DriverConfig") or {}
+    if not isinstance(driver_config, Mapping):
+        raise InvalidArgument("VolumeOptions.DriverConfig must be an object")
+    if driver_config.get("Options"):
+        raise InvalidArgument("Hyper does not support volume driver options (VolumeOptions.DriverConfig)")
+    driver = _api_text(driver_config.get("Name"), "VolumeOptions.DriverConfig.Name")
     if driver:
         fields.append(f"volume-driver={driver}")
     if tmpfs.get("SizeBytes"):
-        fields.append(f"tmpfs-size={int(tmpfs['SizeBytes'])}")
+        fields.append(f"tmpfs-size={_api_integer(tmpfs['SizeBytes'], 'TmpfsOptions.SizeBytes')}")
     if tmpfs.get("Mode"):
-        fields.append(f"tmpfs-mode={int(tmpfs['Mode']):o}")
+        fields.append(f"tmpfs-mode={_api_integer(tmpfs['Mode'], 'TmpfsOptions.Mode'):o}")
     return parse_mount(_csv_line(fields))
 
 

@@ -148,12 +148,12 @@ async def remove_volume(request: web.Request) -> web.StreamResponse:
                 return  # Docker: -f of a missing volume is not an error
             raise _docker_not_found(name) from None
         users = store.users(name)
-        if users and not force:
+        if users:  # as Docker's, even with force: a running VM may be writing it
             raise FailedPrecondition(
                 f"remove {name}: volume is in use - [{', '.join(users)}]",
-                hint="remove those containers first, or use -f",
+                hint="remove those containers first",
             )
-        store.remove(name, force=force)
+        store.remove(name)
 
     await _with_store(request, remove)
     return web.Response(status=204)
