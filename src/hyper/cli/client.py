@@ -465,46 +465,62 @@ def connect_or_start(
     daemon_command: Sequence[str] | None = None,
     start_timeout: float = START_TIMEOUT,
 ) -> DaemonClient:
-    """A client of the running hyperd, starting it in the background when none answers.
+    """A client of the running hyperd, starting it in the background when none answers."""
+    return DaemonClient(
+        daemon_socket(paths, stderr=stderr, daemon_command=daemon_command, start_timeout=start_timeout)
+    )
+
+
+def daemon_socket(
+    paths: HyperPaths,
+    *,
+    stderr: TextIO,
+    daemon_command: Sequence[str] | None = None,
+    start_timeout: float = START_TIMEOUT,
+) -> Path:
+    """The socket of the running hyperd, started in the background when none answers.
 
     The start happens under an exclusive lock on `hyperd.start.lock`, and the
     ping is retried once the lock is held, so CLIs that race start one daemon.
+    No httpx here: a foreground `run` talks to hyperd without it (its import
+    is a good part of a thin client's cost).
     """
     paths.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
-    client = DaemonClient(paths.runtime / SOCKET_NAME)
-    if _answers(client):
-        return client
-    try:
-        with exclusive_lock(paths.runtime / START_LOCK_NAME):
-            if _answers(client):
-                return client
-            command = default_daemon_command(paths) if daemon_command is None else list(daemon_command)
-            _start_daemon(client, command, paths.state / LOG_NAME, stderr, start_timeout)
-            return client
-    except BaseException:
-        client.close()
-        raise
+    socket_path = paths.runtime / SOCKET_NAME
+    if _answers(socket_path):
+        return socket_path
+    with exclusive_lock(paths.runtime / START_LOCK_NAME):
+        if _answers(socket_path):
+            return socket_path
+        command = default_daemon_command(paths) if daemon_command is None else list(daemon_command)
+        _start_daemon(socket_path, command, paths.state / LOG_NAME, stderr, start_timeout)
+        return socket_path
 
 
-def _answers(client: DaemonClient, *, timeout: float = _PING_TIMEOUT) -> bool:
-    """Whether hyperd answers a ping on the client's socket."""
-    # A plain connect first: httpcore leaks the socket of a failed unix-socket
-    # connect (1.0.9), and polling a starting daemon would leak one per try.
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(timeout)
+def _answers(socket_path: Path, *, timeout: float = _PING_TIMEOUT) -> bool:
+    """Whether hyperd answers a ping on `socket_path` (plain HTTP/1.0 on a socket)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
         try:
-            probe.connect(str(client.socket_path))
+            conn.connect(str(socket_path))
+            conn.sendall(b"GET /v1/ping HTTP/1.0\r\nHost: hyperd\r\n\r\n")
+            answer = b""
+            while chunk := conn.recv(4096):
+                answer += chunk
+                if len(answer) > 65536:
+                    return False
+        except PermissionError as exc:
+            raise PermissionDenied(
+                f"not allowed to connect to hyperd at {socket_path}",
+                hint="run hyper as the user that runs hyperd, or as root",
+            ) from exc
         except OSError:
             return False
-    try:
-        client.ping(timeout=timeout)
-    except Unavailable:
-        return False
-    return True
+    return answer.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
 
 
 def _start_daemon(
-    client: DaemonClient, command: list[str], log_path: Path, stderr: TextIO, timeout: float
+    socket_path: Path, command: list[str], log_path: Path, stderr: TextIO, timeout: float
 ) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -514,20 +530,20 @@ def _start_daemon(
     print(f"hyper: started hyperd in the background (pid {process.pid}, log {log_path})", file=stderr)
     deadline = time.monotonic() + timeout
     while True:
-        if _answers(client, timeout=max(0.1, min(_PING_TIMEOUT, deadline - time.monotonic()))):
+        if _answers(socket_path, timeout=max(0.1, min(_PING_TIMEOUT, deadline - time.monotonic()))):
             _detached_daemons.append(process)
             return
         status = process.poll()
         if status is not None:
             raise Unavailable(
-                f"hyperd exited with status {status} before answering on {client.socket_path}; "
+                f"hyperd exited with status {status} before answering on {socket_path}; "
                 f"the end of {log_path}:\n{_log_tail(log_path)}",
                 hint=_START_HINT,
             )
         if time.monotonic() >= deadline:
             _stop_failed_daemon(process)
             raise Unavailable(
-                f"hyperd did not answer on {client.socket_path} within {timeout:g} seconds; "
+                f"hyperd did not answer on {socket_path} within {timeout:g} seconds; "
                 f"the end of {log_path}:\n{_log_tail(log_path)}",
                 hint=_START_HINT,
             )
@@ -557,16 +573,20 @@ def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 
 
 def _error_from_response(response: httpx.Response) -> HyperError:
-    """The `hyper.errors` class of the body's category, with its message and hint."""
+    return error_from_body(response.status_code, response.content, response.reason_phrase)
+
+
+def error_from_body(status: int, content: bytes, reason: str) -> HyperError:
+    """The `hyper.errors` class of an error body's category, with its message and hint."""
     try:
-        body = response.json()
+        body = json.loads(content)
         message, hint = body["message"], body.get("hint")
         error_class = _ERROR_CLASSES[Category(body["category"])]
         if not isinstance(message, str) or not (hint is None or isinstance(hint, str)):
             raise TypeError("message or hint is not a string")
     except (ValueError, KeyError, TypeError, AttributeError):
-        text = response.text.strip()[:500] or response.reason_phrase
-        return InternalError(f"hyperd answered HTTP {response.status_code}: {text}")
+        text = content.decode(errors="replace").strip()[:500] or reason
+        return InternalError(f"hyperd answered HTTP {status}: {text}")
     return error_class(message, hint=hint)
 
 

@@ -31,16 +31,16 @@ import contextlib
 import dataclasses
 import json
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-from hyper.cli.client import DaemonClient
+from hyper.cli.client import ContainerInfo, daemon_socket, docker_error, error_from_body
 from hyper.cli.context import CliContext
 from hyper.cli.streams import open_hijacked, relay
-from hyper.errors import HyperError, InternalError, InvalidArgument, NotFound, Unavailable
+from hyper.errors import HyperError, InternalError, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from hyper.runtime.stdio import FORWARDED_SIGNALS, Attachment, raw_terminal
 
 FORCE_STOP_SECONDS = 10.0  # docker stop's default grace period, as the direct path's
@@ -48,7 +48,86 @@ EXIT_KILLED = 128 + signal.SIGKILL
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 CLEANUP_SECONDS = 120.0  # hyperd's removal of a killed container: a VM power-off under TCG
 MAX_WAIT_BODY = 64 << 10
+MAX_ANSWER_BYTES = 1 << 20
+REQUEST_SECONDS = 60.0
+START_SECONDS = 300.0  # a start boots a VM when no template or ready VM serves it: slow under TCG
 DETACHED_MESSAGE = "read escape sequence"
+
+
+class DaemonCalls:
+    """hyperd's API over its unix socket, one HTTP/1.0 request per connection.
+
+    Not cli.client's httpx client: httpx and what it pulls in cost about as much
+    as everything else a foreground run imports, and these few small requests
+    need none of it. Errors map through the same tables (hyperd's categories,
+    the Docker API's statuses)."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        body: object = None,
+        timeout: float = REQUEST_SECONDS,
+    ) -> bytes:
+        """The answer's body; an error answer raises its `hyper.errors` class."""
+        try:
+            return await asyncio.wait_for(self._call(method, path, query, body), timeout)
+        except TimeoutError as exc:
+            raise Unavailable(
+                f"hyperd did not answer {method} {path} in time", hint="see hyperd.log"
+            ) from exc
+
+    async def _call(self, method: str, path: str, query: dict[str, str] | None, body: object) -> bytes:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        except OSError as exc:
+            raise Unavailable(f"cannot reach hyperd at {self.socket_path}: {exc}") from exc
+        try:
+            payload = b"" if body is None else json.dumps(body).encode()
+            target = path + ("?" + urlencode(query) if query else "")
+            writer.write(
+                f"{method} {target} HTTP/1.0\r\nHost: hyperd\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            await writer.drain()
+            answer = b""
+            while chunk := await reader.read(65536):
+                answer += chunk
+                if len(answer) > MAX_ANSWER_BYTES:
+                    raise InternalError(f"hyperd's answer to {method} {path} is too long")
+        except ConnectionError as exc:
+            raise Unavailable(f"hyperd closed the connection: {exc}", hint="see hyperd.log") from exc
+        finally:
+            writer.close()
+        head, _, content = answer.partition(b"\r\n\r\n")
+        words = head.split(b"\r\n", 1)[0].split(b" ", 2)
+        if len(words) < 2 or not words[1].isdigit():
+            raise InternalError(f"hyperd sent a malformed answer to {method} {path}: {head[:100]!r}")
+        status, reason = int(words[1]), words[2].decode(errors="replace") if len(words) > 2 else ""
+        if status >= 400:
+            if path.startswith("/docker/"):
+                raise docker_error(status, content, reason)
+            raise error_from_body(status, content, reason)
+        return content
+
+    async def kill(self, container_id: str, signal_name: str) -> None:
+        await self.call("POST", _v1(container_id, "kill"), query={"signal": signal_name})
+
+    async def remove(self, container_id: str) -> None:
+        await self.call("DELETE", _v1(container_id), query={"force": "1"})
+
+    async def inspect(self, container_id: str) -> ContainerInfo:
+        return ContainerInfo.from_json(json.loads(await self.call("GET", _v1(container_id))))
+
+
+class DaemonUnusable(Unavailable):
+    """No hyperd answers and none could be started: the run may go direct."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +212,7 @@ class DaemonStop:
         self.kill: Callable[[], None] | None = None
         self.torn_down: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.cancelled_by: int | None = None
-        self.starting: asyncio.Future[object] | None = None  # the start request, once sent
+        self.starting: asyncio.Future[bytes] | None = None  # the start request, once sent
         self._signals = 0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -171,7 +250,7 @@ class DaemonStop:
 
 
 async def run_in_daemon(
-    client: DaemonClient,
+    client: DaemonCalls,
     container_id: str,
     *,
     remove: bool,
@@ -187,13 +266,13 @@ async def run_in_daemon(
     stop.install()
     background: set[asyncio.Task[None]] = set()
 
-    def call(action: Callable[[], object]) -> None:
+    def call(action: Callable[[], Awaitable[object]]) -> None:
         """A request to hyperd from a signal handler: in a thread, its failure ignored
         (the process may just have ended)."""
 
         async def quietly() -> None:
             with contextlib.suppress(HyperError):
-                await asyncio.to_thread(action)
+                await action()
 
         spawned = asyncio.create_task(quietly())
         background.add(spawned)
@@ -226,7 +305,7 @@ async def run_in_daemon(
 
 
 async def _session(
-    client: DaemonClient,
+    client: DaemonCalls,
     container_id: str,
     *,
     remove: bool,
@@ -234,7 +313,7 @@ async def _session(
     stdin: bool,
     attachment: Attachment,
     stop: DaemonStop,
-    call: Callable[[Callable[[], object]], None],
+    call: Callable[[Callable[[], Awaitable[object]]], None],
     say: Callable[[str], None],
 ) -> int:
     query = {"stream": "1", "stdin": "1" if stdin else "0", "stdout": "1", "stderr": "1"}
@@ -249,20 +328,21 @@ async def _session(
         await conn.close()
         raise
     try:
-        stop.starting = asyncio.ensure_future(
-            asyncio.to_thread(client.docker_document, "POST", _path(container_id, "start"))
+        starting = asyncio.ensure_future(
+            client.call("POST", _path(container_id, "start"), timeout=START_SECONDS)
         )
+        stop.starting = starting
         try:
             # Shielded: a Ctrl-C meanwhile lets the start finish, then undoes it.
-            await asyncio.shield(stop.starting)
+            await asyncio.shield(starting)
         except HyperError as exc:
             await conn.close()
             return await _start_failed(client, container_id, waiter, exc, remove=remove, say=say)
 
         def forward(signum: int) -> None:
-            call(lambda: client.kill(container_id, signal=str(int(signum))))
+            call(lambda: client.kill(container_id, str(int(signum))))
 
-        stop.kill = lambda: call(lambda: client.kill(container_id, signal="SIGKILL"))
+        stop.kill = lambda: call(lambda: client.kill(container_id, "SIGKILL"))
         stop.forward = forward
         loop = asyncio.get_running_loop()
         installed: list[int] = []
@@ -274,7 +354,11 @@ async def _session(
 
             def resize() -> None:
                 rows, cols = attachment.terminal_size()
-                call(lambda: client.resize_container(container_id, rows, cols))
+                call(
+                    lambda: client.call(
+                        "POST", _path(container_id, "resize"), query={"h": str(rows), "w": str(cols)}
+                    )
+                )
 
             loop.add_signal_handler(signal.SIGWINCH, resize)
             installed.append(signal.SIGWINCH)
@@ -308,7 +392,7 @@ async def _session(
 
 
 async def _start_failed(
-    client: DaemonClient,
+    client: DaemonCalls,
     container_id: str,
     waiter: ExitWaiter,
     error: HyperError,
@@ -318,7 +402,7 @@ async def _start_failed(
 ) -> int:
     """A start that failed: a command that cannot run has exited (126/127) and hyperd's
     wait says so, with its reason; anything else is Hyper's failure (125)."""
-    exited = await asyncio.to_thread(_has_exited, client, container_id)
+    exited = await _has_exited(client, container_id)
     if exited:
         outcome = await asyncio.wait_for(waiter.result(), CLEANUP_SECONDS)
         say(outcome.message or error.message)
@@ -329,10 +413,10 @@ async def _start_failed(
     raise error
 
 
-def _has_exited(client: DaemonClient, container_id: str) -> bool:
+async def _has_exited(client: DaemonCalls, container_id: str) -> bool:
     """Whether the container ran and exited (or, with --rm, is gone after that)."""
     try:
-        info = client.inspect(container_id)
+        info = await client.inspect(container_id)
     except NotFound:
         return True
     return info.state == "exited" and info.exit_code is not None
@@ -347,7 +431,7 @@ async def _torn_down(waiter: ExitWaiter, status: int, say: Callable[[str], None]
 
 
 async def _clean_up(
-    client: DaemonClient, container_id: str, *, remove: bool, starting: asyncio.Future[object] | None = None
+    client: DaemonCalls, container_id: str, *, remove: bool, starting: asyncio.Future[bytes] | None = None
 ) -> None:
     """Undo a run cancelled before its container ran: removed with --rm (hyperd lets
     a start under way finish first), else killed once its start has ended."""
@@ -355,15 +439,11 @@ async def _clean_up(
         with contextlib.suppress(HyperError, TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(starting), CLEANUP_SECONDS)
 
-    def act() -> None:
+    with contextlib.suppress(HyperError):
         if remove:
-            client.remove(container_id, force=True)
+            await client.call("DELETE", _v1(container_id), query={"force": "1"}, timeout=CLEANUP_SECONDS)
         else:
-            with contextlib.suppress(HyperError):
-                client.kill(container_id, signal="SIGKILL")
-
-    with contextlib.suppress(HyperError, TimeoutError):
-        await asyncio.wait_for(asyncio.to_thread(act), CLEANUP_SECONDS)
+            await client.kill(container_id, "SIGKILL")
     if starting is not None:
         with contextlib.suppress(HyperError, TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(starting, CLEANUP_SECONDS)  # its outcome no longer matters
@@ -373,24 +453,51 @@ def _path(container_id: str, action: str) -> str:
     return f"/docker/containers/{quote(container_id, safe='')}/{action}"
 
 
-def run_through_daemon(args: argparse.Namespace, ctx: CliContext, client: DaemonClient) -> int:
-    """`hyper run` in the foreground, hyperd's container: create it, then `run_in_daemon`."""
-    from hyper.cli.run_commands import daemon_request
+def _v1(container_id: str, action: str | None = None) -> str:
+    path = f"/v1/containers/{quote(container_id, safe='')}"
+    return path if action is None else f"{path}/{action}"
+
+
+def run_through_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
+    """`hyper run` in the foreground, hyperd's container: check the options, make sure
+    hyperd runs (Unavailable when it cannot), create the container, `run_in_daemon`."""
+    from hyper.cli.run_commands import daemon_request, ensure_image
 
     attachment = Attachment()
     if args.tty and args.interactive and not attachment.stdin_is_tty():
         raise InvalidArgument("the input device is not a TTY", hint="drop -t, or run from a terminal")
-    request = daemon_request(args, ctx, start=False)
+    # The image is looked for up front only when it matters how (--pull, --platform);
+    # otherwise hyperd's create says when it is missing, as dockerd's does.
+    checked = args.pull != "missing" or args.platform is not None
+    request = daemon_request(args, ctx, start=False, check_image=checked)
     if args.tty:
         request = dataclasses.replace(request, console_size=attachment.terminal_size())
-    container_id = client.create_container(request)
+    try:
+        client = DaemonCalls(daemon_socket(ctx.paths, stderr=ctx.stderr))
+    except (Unavailable, PermissionDenied) as exc:
+        raise DaemonUnusable(exc.message, hint=exc.hint) from exc
 
     def say(message: str) -> None:
         print(f"hyper: {message}", file=ctx.stderr, flush=True)
 
-    try:
-        return asyncio.run(
-            run_in_daemon(
+    async def create() -> str:
+        try:
+            answer = await client.call("POST", "/v1/containers", body=request.to_json())
+        except NotFound:
+            if checked:
+                raise
+            # Pulled when missing (the store says whether it is), then asked once more.
+            await asyncio.to_thread(ensure_image, args.image, args.pull, ctx, quiet=args.quiet)
+            answer = await client.call("POST", "/v1/containers", body=request.to_json())
+        container_id = json.loads(answer).get("id")
+        if not isinstance(container_id, str):
+            raise InternalError("hyperd's answer to a create has no ID")
+        return container_id
+
+    async def run() -> int:
+        container_id = await create()
+        try:
+            return await run_in_daemon(
                 client,
                 container_id,
                 remove=args.rm,
@@ -399,10 +506,11 @@ def run_through_daemon(args: argparse.Namespace, ctx: CliContext, client: Daemon
                 attachment=attachment,
                 say=say,
             )
-        )
-    except BaseException:
-        # Whatever failed before the container was under way: --rm still leaves nothing.
-        if args.rm:
-            with contextlib.suppress(HyperError):
-                client.remove(container_id, force=True)
-        raise
+        except BaseException:
+            # Whatever failed before the container was under way: --rm still leaves nothing.
+            if args.rm:
+                with contextlib.suppress(HyperError):
+                    await client.remove(container_id)
+            raise
+
+    return asyncio.run(run())

@@ -4,38 +4,25 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Only what every `run` needs is imported here: the CLI's own cost is part of
+# every run's (bench/start.py measures it); the rest is imported where used.
 from hyper.cli.context import CliContext
-from hyper.cli.registry_commands import pull_with_display
-from hyper.daemon.logs import log_driver, log_limits
 from hyper.errors import InvalidArgument, NotFound
-from hyper.humanize import parse_duration, parse_size
-from hyper.image import Healthcheck, ImageStore
-from hyper.image.registry.platform import image_platform, parse_platform, platform_matches, require_runnable
-from hyper.network import usermode
-from hyper.network.passt import find_passt
-from hyper.network.request import NetworkConfig, request_for
+from hyper.humanize import parse_size
 from hyper.runtime import resources
 from hyper.runtime import spec as specs
-from hyper.runtime.confinement import refuse_unhonoured
-from hyper.runtime.run import ContainerExit, run_foreground
-from hyper.runtime.settings import Settings
-from hyper.runtime.stdio import Attachment
 from hyper.storage import mounts
-from hyper.vm import confine
-from hyper.vm.accel import choose_accel, probe_host
-from hyper.vm.jail import confinement_lines, jail_mode_for
-from hyper.vm.kernel import kernel_from_file
 
 if TYPE_CHECKING:
     from hyper.cli.client import ContainerCreate
+    from hyper.runtime.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -196,6 +183,7 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
 
 
 DIRECT_ENV = "HYPER_RUN_DIRECT"
+CONFINEMENT = ("cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size", "init")
 # What shapes a VM from the environment (hyper.runtime.settings): they are the
 # settings of the process that runs it, so a run that sets one runs here, where
 # it applies, rather than in a hyperd that was started without it.
@@ -222,18 +210,12 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
     if vm_env and why_direct is None:
         why_direct = f"{vm_env[0]} is set here, and configures the VM of the process that runs it"
     if not explicit and why_direct is None:
-        from hyper.cli.client import connect_or_start
-        from hyper.errors import PermissionDenied, Unavailable
+        from hyper.cli.foreground import DaemonUnusable, run_through_daemon
 
         try:
-            client = connect_or_start(ctx.paths, stderr=ctx.stderr)
-        except (Unavailable, PermissionDenied) as exc:
+            return run_through_daemon(args, ctx)
+        except DaemonUnusable as exc:
             why_direct = f"hyperd cannot be used: {exc.message}"
-        else:
-            from hyper.cli.foreground import run_through_daemon
-
-            with client:
-                return run_through_daemon(args, ctx, client)
     if why_direct is not None:
         print(f"hyper: running without hyperd ({why_direct})", file=ctx.stderr, flush=True)
     return run_direct(args, ctx)
@@ -241,6 +223,15 @@ def run_command(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def run_direct(args: argparse.Namespace, ctx: CliContext) -> int:
     """A foreground run in this process: the VM dies with it (hyper.runtime.run)."""
+    import asyncio
+
+    from hyper.network import usermode
+    from hyper.network.passt import find_passt
+    from hyper.network.request import NetworkConfig, request_for
+    from hyper.runtime.run import ContainerExit, run_foreground
+    from hyper.runtime.settings import Settings
+    from hyper.runtime.stdio import Attachment
+
     through = "run it through hyperd (without --direct and HYPER_RUN_DIRECT)"
     if args.name is not None or args.label or args.restart is not None:
         raise InvalidArgument("--name, --label and --restart need hyperd", hint=through)
@@ -296,20 +287,33 @@ def _daemon_options(args: argparse.Namespace) -> list[tuple[str, bool]]:
     ]
 
 
-def _healthcheck(args: argparse.Namespace) -> Healthcheck:
+@dataclass(frozen=True)
+class _HealthFlags:
+    """The --health-* options, as hyper.image's Healthcheck (not imported by every run)."""
+
+    test: tuple[str, ...] = ()
+    interval: float = 0.0
+    timeout: float = 0.0
+    start_period: float = 0.0
+    retries: int = 0
+
+
+def _healthcheck(args: argparse.Namespace) -> _HealthFlags:
     """The --health-* options (Docker's CMD-SHELL probe); all zero when none is given."""
+    from hyper.humanize import parse_duration
+
     timings = any(given for flag, given in _daemon_options(args)[3:7])
     if args.no_healthcheck:
         if args.health_cmd is not None or timings:
             raise InvalidArgument("--no-healthcheck conflicts with the --health-* options")
-        return Healthcheck(test=("NONE",))
+        return _HealthFlags(test=("NONE",))
     if args.health_retries is not None and args.health_retries < 0:
         raise InvalidArgument("--health-retries cannot be negative")
 
     def duration(value: str | None, flag: str) -> float:
         return 0.0 if value is None else parse_duration(value, flag)
 
-    return Healthcheck(
+    return _HealthFlags(
         test=("CMD-SHELL", args.health_cmd) if args.health_cmd else (),
         interval=duration(args.health_interval, "--health-interval"),
         timeout=duration(args.health_timeout, "--health-timeout"),
@@ -320,6 +324,9 @@ def _healthcheck(args: argparse.Namespace) -> Healthcheck:
 
 def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptions:
     """The options as given; the VM's size, when not given, is the configuration's."""
+    from hyper.daemon.logs import log_driver, log_limits
+    from hyper.runtime.confinement import NOT_YET_HONOURED, refuse_unhonoured
+
     check = _healthcheck(args)
     log_driver(args.log_driver)
     log_limits(args.log_opt)
@@ -375,7 +382,11 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
         dns_options=tuple(args.dns_option),
         extra_hosts=tuple(args.add_host),
     )
-    refuse_unhonoured(options)
+    # Checked only when given: the check loads the seccomp tables, more than the
+    # rest of a thin client imports (hyperd checks again either way).
+    defaults = specs.RunOptions(image="")
+    if any(getattr(options, name) != getattr(defaults, name) for name in (*CONFINEMENT, *NOT_YET_HONOURED)):
+        refuse_unhonoured(options)
     specs.container_resources(options, os.cpu_count() or 1)
     return options
 
@@ -448,10 +459,13 @@ def create_in_daemon(args: argparse.Namespace, ctx: CliContext, *, start: bool) 
         return client.create_container(request)
 
 
-def daemon_request(args: argparse.Namespace, ctx: CliContext, *, start: bool) -> ContainerCreate:
-    """The container hyperd is to make of the command line; the image pulled when missing."""
+def daemon_request(
+    args: argparse.Namespace, ctx: CliContext, *, start: bool, check_image: bool = True
+) -> ContainerCreate:
+    """The container hyperd is to make of the command line; with `check_image`, the
+    image pulled when missing."""
     from hyper.cli.client import ContainerCreate
-    from hyper.cli.container_commands import parse_labels
+    from hyper.runtime.settings import Settings
 
     if getattr(args, "kernel", None) is not None:
         raise InvalidArgument("--kernel cannot be combined with -d", hint="set HYPER_KERNEL for hyperd")
@@ -460,7 +474,7 @@ def daemon_request(args: argparse.Namespace, ctx: CliContext, *, start: bool) ->
         raise InvalidArgument("conflicting options: --restart and --rm", hint="choose one of them")
     options = dataclasses.replace(_run_options(args, Settings()), env=client_env(args.env, os.environ))
     request = ContainerCreate.from_run_options(
-        options, name=args.name, labels=parse_labels(args.label), restart=restart, start=start
+        options, name=args.name, labels=_labels(args.label), restart=restart, start=start
     )
     # A size not given is hyperd's to choose, from its configuration.
     request = dataclasses.replace(
@@ -468,8 +482,17 @@ def daemon_request(args: argparse.Namespace, ctx: CliContext, *, start: bool) ->
         memory_mib=None if args.memory is None else request.memory_mib,
         cpus=None if args.cpus is None else request.cpus,
     )
-    ensure_image(args.image, args.pull, ctx, quiet=args.quiet, platform=args.platform)
+    if check_image:
+        ensure_image(args.image, args.pull, ctx, quiet=args.quiet, platform=args.platform)
     return request
+
+
+def _labels(texts: Sequence[str]) -> dict[str, str]:
+    if not texts:
+        return {}
+    from hyper.cli.container_commands import parse_labels
+
+    return parse_labels(texts)
 
 
 def run_detached(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -486,6 +509,15 @@ def ensure_image(
     With `--platform`, which must be the VMs' own, a local image for another
     platform counts as missing, as in Docker.
     """
+    from hyper.cli.registry_commands import pull_with_display
+    from hyper.image import ImageStore
+    from hyper.image.registry.platform import (
+        image_platform,
+        parse_platform,
+        platform_matches,
+        require_runnable,
+    )
+
     wanted = parse_platform(platform) if platform else None
     if wanted is not None:
         require_runnable(wanted)
@@ -508,6 +540,13 @@ def ensure_image(
 
 
 def info_command(args: argparse.Namespace, ctx: CliContext) -> int:
+    import subprocess
+
+    from hyper.runtime.settings import Settings
+    from hyper.vm import confine
+    from hyper.vm.accel import choose_accel, probe_host
+    from hyper.vm.jail import confinement_lines, jail_mode_for
+
     settings = Settings.from_env()
     out = ctx.stdout
     try:
@@ -539,6 +578,9 @@ def info_command(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _direct_summary() -> str:
+    from hyper.network.passt import find_passt
+    from hyper.network.request import NetworkConfig
+
     if not NetworkConfig.from_env().default_bridge:
         return "loopback only unless --network bridge is given (HYPER_BRIDGE=none)"
     if find_passt() is None:
@@ -547,6 +589,8 @@ def _direct_summary() -> str:
 
 
 def _kernel_summary(settings: Settings, ctx: CliContext) -> tuple[str, bool]:
+    from hyper.vm.kernel import kernel_from_file
+
     if settings.kernel is not None:
         kernel = kernel_from_file(settings.kernel, ctx.paths.kernels)
     else:

@@ -11,12 +11,18 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hyper.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from hyper.image import ImageConfig
-from hyper.runtime import resources, security
-from hyper.vm.accel import Accel
-from hyper.vm.appliance import Appliance
+from hyper.runtime import resources
+
+if TYPE_CHECKING:
+    # Imported where used: the CLI builds RunOptions on every `run`, and these
+    # (image store, seccomp, appliance) cost more than the rest of a thin client.
+    from hyper.image import ImageConfig
+    from hyper.runtime import security
+    from hyper.vm.accel import Accel
+    from hyper.vm.appliance import Appliance
 
 DEFAULT_MEMORY_MIB = 512
 MIN_MEMORY_MIB = 128
@@ -219,6 +225,8 @@ def container_confinement(
 ) -> security.Confinement:
     """Capabilities, seccomp, no-new-privileges and rlimits from Docker's options;
     bad ones raise InvalidArgument."""
+    from hyper.runtime import security
+
     return security.confinement(
         cap_add=options.cap_add,
         cap_drop=options.cap_drop,
@@ -263,6 +271,8 @@ def process_spec(
 
 
 def kernel_cmdline(appliance: Appliance, accel: Accel, tsc_khz: int | None, extra: str = "") -> str:
+    from hyper.vm.accel import Accel
+
     words = ["console=ttyS0", "quiet", "panic=-1", "reboot=t"]
     if tsc_khz and accel is Accel.TCG:
         # Under TCG the guest sometimes fails to calibrate its TSC against the
