@@ -242,7 +242,6 @@ def test_network_none_is_loopback_only(hyperd: DockerHyperd) -> None:
     assert [line.split(":")[1].strip() for line in out.splitlines()] == ["lo"]
 
 
-@pytest.mark.skipif(not docker_py_available(), reason="docker-py is not installed")
 def test_pod_resumed_from_a_template_has_offloads(hyperd: DockerHyperd, lab: NetLab) -> None:
     # Its NIC's driver negotiated in the template with no tap behind it: the
     # agent binds it again, so it gets the tap's checksum and TSO offloads.
@@ -262,6 +261,36 @@ def test_pod_resumed_from_a_template_has_offloads(hyperd: DockerHyperd, lab: Net
         ok(hyperd.docker("rm", "-f", "offloads"))
 
 
+def test_connect_and_disconnect(hyperd: DockerHyperd) -> None:
+    ok(hyperd.docker("network", "create", "--subnet", "10.94.0.0/24", "left"))
+    ok(hyperd.docker("network", "create", "--subnet", "10.95.0.0/24", "right"))
+    try:
+        ok(hyperd.docker("create", "--name", "multi", "--network", "left", BUSYBOX, "sleep", "600"))
+        # Stopped: connected now, on both networks from its next start.
+        ok(hyperd.docker("network", "connect", "--alias", "both", "right", "multi"))
+        ok(hyperd.docker("start", "multi"))
+        addresses = ok(hyperd.docker("exec", "multi", "ip", "-o", "-4", "addr"))
+        assert "inet 10.94.0.2/24" in addresses and "inet 10.95.0.2/24" in addresses, addresses
+        networks = json.loads(ok(hyperd.docker("inspect", "multi")))[0]["NetworkSettings"]["Networks"]
+        assert sorted(networks) == ["left", "right"]
+        # Running: its VM's NICs are fixed, and the refusal says why and what to do.
+        for verb in ("connect", "disconnect"):
+            network = "bridge" if verb == "connect" else "right"
+            message = fails(hyperd.docker("network", verb, network, "multi"))
+            assert f"cannot {verb} a running container" in message and "hot-plug a NIC" in message
+            assert "stop the container" in message
+        ok(hyperd.docker("stop", "-t", "0", "multi"))
+        ok(hyperd.docker("network", "disconnect", "right", "multi"))
+        ok(hyperd.docker("start", "multi"))
+        addresses = ok(hyperd.docker("exec", "multi", "ip", "-o", "-4", "addr"))
+        assert "inet 10.94.0.2/24" in addresses and "10.95.0." not in addresses, addresses
+        assert "not connected" in fails(hyperd.docker("network", "disconnect", "right", "multi"))
+    finally:
+        hyperd.docker("rm", "-f", "multi")
+        hyperd.docker("network", "rm", "left", "right")
+
+
+@pytest.mark.skipif(not docker_py_available(), reason="docker-py is not installed")
 def test_docker_py_networks_and_ports(hyperd: DockerHyperd, lab: NetLab) -> None:
     client = hyperd.docker_py()
     network = client.networks.create("pynet", labels={"via": "docker-py"})

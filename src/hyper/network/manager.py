@@ -64,6 +64,10 @@ from hyper.network.store import NetworkStore
 log = logging.getLogger("hyper.network")
 
 
+# Why a running pod's networks are fixed: QEMU's microvm has no PCI bus, and
+# its virtio-mmio devices are made at start-up only (hot-adding disks works
+# through a virtio-SCSI controller; a NIC has no such bus).
+NO_HOTPLUG = "its microvm has no bus to hot-plug a NIC on or off (virtio-mmio devices are fixed at start)"
 BRIDGE_MODE = "bridge"
 USER_MODE = "user"
 NO_MODE = "none"
@@ -323,7 +327,7 @@ class NetworkManager:
         network = self.store.resolve(ref)
         if running:
             raise FailedPrecondition(
-                f"cannot connect a running container to network {network.name}: its VM cannot get a new NIC",
+                f"cannot connect a running container to network {network.name}: {NO_HOTPLUG}",
                 hint="stop the container, connect it, then start it again",
             )
         request = self._requests.get(container_id, NetworkRequest(mode=NO_NETWORK))
@@ -337,14 +341,13 @@ class NetworkManager:
 
     async def disconnect(self, container_id: str, ref: str, *, running: bool) -> Network:
         network = self.store.resolve(ref)
-        if running:
-            raise FailedPrecondition(
-                f"cannot disconnect a running container from network {network.name}:"
-                " its VM cannot lose its NIC",
-                hint="stop the container first",
-            )
         if network.id not in [a.network_id for a in self.store.attachments(container_id)]:
             raise FailedPrecondition(f"the container is not connected to network {network.name}")
+        if running:
+            raise FailedPrecondition(
+                f"cannot disconnect a running container from network {network.name}: {NO_HOTPLUG}",
+                hint="stop the container, disconnect it, then start it again",
+            )
         self.store.detach(container_id, network.id)
         return network
 
