@@ -178,6 +178,19 @@ def test_named_volumes_read_only_mounts_tmpfs_and_a_read_only_root(env: HyperEnv
     assert second.returncode == 0 and second.stdout == "one\n", second.stderr
 
 
+def test_a_new_volume_mounted_read_only_still_gets_the_images_files(env: HyperEnv) -> None:
+    # Docker's copy-up fills an empty volume even when it is mounted :ro.
+    done = run(env, "-v", "rocopy:/etc:ro", IMAGE, "sh", "-c", "head -1 /etc/passwd; touch /etc/x 2>&1")
+    assert done.returncode != 0 and done.stdout.startswith("root:"), done.stdout + done.stderr
+    assert "Read-only file system" in done.stdout
+    data = env.state / "volumes" / "rocopy" / "_data"
+    assert (data / "passwd").exists() and not (data / "x").exists()
+    # Once it holds files, the host enforces :ro on it as on any other.
+    again = run(env, "-v", "rocopy:/etc:ro", IMAGE, "sh", "-c", "head -1 /etc/passwd")
+    assert again.returncode == 0 and again.stdout.startswith("root:"), again.stderr
+    assert env.run("volume", "rm", "rocopy").returncode == 0
+
+
 def test_anonymous_volumes_go_with_rm(env: HyperEnv) -> None:
     before = set((env.state / "volumes").iterdir()) if (env.state / "volumes").exists() else set()
     done = run(env, "-v", "/anon", IMAGE, "sh", "-c", "echo x > /anon/f && grep ' /anon ' /proc/mounts")

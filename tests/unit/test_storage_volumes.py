@@ -108,6 +108,19 @@ def test_resolve_and_plan(store: VolumeStore, tmp_path: Path) -> None:
     assert [m.get("copy_up") for m in plan.guest if m["type"] == "bind"] == [False, True, True, False, True]
 
 
+def test_an_empty_read_only_volume_is_writable_to_its_copy_up_only(
+    store: VolumeStore, tmp_path: Path
+) -> None:
+    mounts = [m.canonical() for m in parse_all(volumes=["ro-vol:/etc:ro", "ro-nocopy:/x:ro,nocopy"])]
+    resolved = resolve_mounts(store, mounts, [], live(store, "c" * 64))
+    plan = share_plan(store, resolved, "c" * 12)
+    # Empty: the guest fills it from the image, then mounts it read-only; nocopy: read-only at once.
+    assert [e.read_only for e in plan.entries] == [False, True]
+    assert all(m["read_only"] for m in plan.guest)
+    (store.get("ro-vol").mountpoint / "passwd").write_text("root:x:0:0::/:/bin/sh\n")
+    assert [e.read_only for e in share_plan(store, resolved, "c" * 12).entries] == [True, True]
+
+
 def test_mount_source_must_exist(store: VolumeStore, tmp_path: Path) -> None:
     [mount] = parse_all(mounts=[f"type=bind,source={tmp_path}/absent,target=/x"])
     with pytest.raises(InvalidArgument, match="bind source path does not exist"):

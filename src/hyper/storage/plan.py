@@ -79,6 +79,14 @@ def check_bind_source(mount: Mount) -> None:
     os.makedirs(mount.source, 0o755, exist_ok=True)
 
 
+def _empty(directory: str) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
 def share_plan(store: VolumeStore, mounts: Iterable[str], container: str) -> SharePlan:
     """What the VM's share holds for `container` (its short id) and what the guest mounts."""
     entries: list[ShareEntry] = []
@@ -99,15 +107,20 @@ def share_plan(store: VolumeStore, mounts: Iterable[str], container: str) -> Sha
         else:
             check_bind_source(mount)
             source = mount.source
+        copy_up = mount.type is MountType.VOLUME and not mount.no_copy
+        # An empty volume mounted read-only still takes the image's files
+        # (Docker's copy-up): the guest writes them, then mounts it read-only;
+        # the host enforces read-only on it from the first start that finds it filled.
+        host_read_only = mount.read_only and not (copy_up and _empty(source))
         place = f"{container}/m{len(entries)}"
-        entries.append(ShareEntry(source, place, mount.read_only))
+        entries.append(ShareEntry(source, place, host_read_only))
         guest.append(
             {
                 "type": "bind",
                 "source": place,
                 "target": mount.target,
                 "read_only": mount.read_only,
-                "copy_up": mount.type is MountType.VOLUME and not mount.no_copy,
+                "copy_up": copy_up,
             }
         )
     return SharePlan(tuple(entries), tuple(guest))
