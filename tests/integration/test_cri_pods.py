@@ -216,18 +216,39 @@ def test_exec_sync_stop_and_a_hyperd_restart(hyperd: CriHyperd, tmp_path: Path) 
         )
         assert _status(client, container_id).state == cri.CONTAINER_RUNNING
 
-        # One container at a time per sandbox until hyperd's multi-container pods.
-        sidecar = cri.CreateContainerRequest(
-            pod_sandbox_id=sandbox_id, config=_container_config("sidecar", ["true"])
+        # A second container joins the same VM: it shares the pod's network (localhost) and hostname.
+        sidecar_config = _container_config(
+            "sidecar", ["sh", "-c", "echo from-sidecar > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
         )
-        details = _fails(
-            client,
-            "CreateContainer",
-            sidecar,
-            cri.CreateContainerResponse,
-            grpc.StatusCode.FAILED_PRECONDITION,
+        sidecar_id = _create(client, sandbox_id, sidecar_config, sandbox_config)
+        client.call(
+            "StartContainer", cri.StartContainerRequest(container_id=sidecar_id), cri.StartContainerResponse
         )
-        assert "one container at a time" in details, details
+        fetch = cri.ExecSyncRequest(
+            container_id=container_id,
+            cmd=[
+                "sh",
+                "-c",
+                "for i in $(seq 100); do wget -qO- http://127.0.0.1:8080/ && exit; sleep 0.2; done",
+            ],
+            timeout=120,
+        )
+        fetched = client.call("ExecSync", fetch, cri.ExecSyncResponse)
+        assert fetched.stdout == b"from-sidecar\n", fetched
+        names = client.call(
+            "ExecSync", cri.ExecSyncRequest(container_id=sidecar_id, cmd=["hostname"]), cri.ExecSyncResponse
+        )
+        assert names.stdout == b"db\n"
+        # Each has its own root: the sidecar's file is not in the server's.
+        own = client.call(
+            "ExecSync",
+            cri.ExecSyncRequest(container_id=container_id, cmd=["ls", "/tmp"]),
+            cri.ExecSyncResponse,
+        )
+        assert b"index.html" not in own.stdout
+        assert sorted(_list_containers(client, pod_sandbox_id=sandbox_id)) == sorted(
+            [container_id, sidecar_id]
+        )
         _fails(
             client, "StartContainer", cri.StartContainerRequest(container_id=container_id),
             cri.StartContainerResponse, grpc.StatusCode.FAILED_PRECONDITION,
@@ -248,32 +269,44 @@ def test_exec_sync_stop_and_a_hyperd_restart(hyperd: CriHyperd, tmp_path: Path) 
         slow = cri.ExecSyncRequest(container_id=container_id, cmd=["sleep", "600"], timeout=2)
         _fails(client, "ExecSync", slow, cri.ExecSyncResponse, grpc.StatusCode.DEADLINE_EXCEEDED)
 
-        # hyperd restarts: the sandbox, the running container and its log copy carry on.
+        # hyperd restarts: the sandbox and its VM carry on. hyperd does not adopt a pod's
+        # member containers yet: they are reported exited with the reason, and the kubelet's
+        # next attempt starts in the same sandbox.
         hyperd.stop()
         hyperd.start()
         with hyperd.client() as again:
             assert _list_sandboxes(again) == [sandbox_id]
-            assert _status(again, container_id).state == cri.CONTAINER_RUNNING
+            status = _status(again, container_id)
+            assert status.state == cri.CONTAINER_EXITED and status.exit_code == 137, status
+            assert "not adopted" in status.message, status
+            assert (logs / "server/0.log").read_bytes().count(b" stdout F up\n") == 1
+            retry = _container_config("server", ["sh", "-c", "echo again; while true; do sleep 1; done"])
+            retry.metadata.attempt = 1
+            retry.log_path = "server/1.log"
+            retry_id = _create(again, sandbox_id, retry, sandbox_config)
+            again.call(
+                "StartContainer", cri.StartContainerRequest(container_id=retry_id), cri.StartContainerResponse
+            )
             after = again.call(
                 "ExecSync",
-                cri.ExecSyncRequest(container_id=container_id, cmd=["echo", "back"]),
+                cri.ExecSyncRequest(container_id=retry_id, cmd=["echo", "back"]),
                 cri.ExecSyncResponse,
             )
             assert after.stdout == b"back\n"
             again.call(
                 "StopContainer",
-                cri.StopContainerRequest(container_id=container_id, timeout=1),
+                cri.StopContainerRequest(container_id=retry_id, timeout=1),
                 cri.StopContainerResponse,
             )
-            status = _status(again, container_id)
-            assert status.state == cri.CONTAINER_EXITED and status.exit_code == 137, status
-            assert (logs / "server/0.log").read_bytes().count(b" stdout F up\n") == 1
+            stopped = _status(again, retry_id)
+            assert stopped.state == cri.CONTAINER_EXITED and stopped.exit_code == 137, stopped
+            _until(lambda: b" stdout F again\n" in (logs / "server/1.log").read_bytes(), "the retry's log")
             again.call(
                 "RemovePodSandbox",
                 cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id),
                 cri.RemovePodSandboxResponse,
             )
-            assert _list_containers(again) == []
+            assert _list_containers(again) == [] and _list_sandboxes(again) == []
 
 
 def test_bad_requests_are_refused_with_reasons(hyperd: CriHyperd, tmp_path: Path) -> None:

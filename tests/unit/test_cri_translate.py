@@ -86,10 +86,15 @@ def test_sandbox_settings_and_container_fields_meet_in_the_options() -> None:
         mounts=[cri.Mount(container_path="/data", host_path="/srv/data", readonly=True)],
         linux=cri.LinuxContainerConfig(security_context=context, resources=resources),
     )
-    assert (options.hostname, options.dns, options.dns_search, options.dns_options) == (
+    pod = translate.pod_options(sandbox, cni=False)
+    assert (pod.hostname, pod.dns, pod.dns_search, pod.dns_options) == (
         "web-0", ("10.0.0.10",), ("ns.svc",), ("ndots:5",),
     )  # fmt: skip
-    assert options.publish == ("127.0.0.1:5353:53/udp",)
+    assert pod.publish == ("127.0.0.1:5353:53/udp",) and pod.network == ""
+    assert pod.memory_mib is None  # the overhead alone does not size the VM: its containers do
+    with_cni = translate.pod_options(sandbox, cni=True)
+    assert (with_cni.network, with_cni.publish, with_cni.dns) == ("none", (), ())  # CNI's namespace instead
+    assert options.pod == sandbox.id and options.hostname is None and options.publish == ()
     assert (options.env, options.workdir, options.tty, options.interactive) == (
         ("A=1=2",),
         "/srv",
@@ -99,16 +104,21 @@ def test_sandbox_settings_and_container_fields_meet_in_the_options() -> None:
     assert options.user == "1000:2000" and options.read_only
     assert (options.cap_add, options.cap_drop) == (("NET_ADMIN",), ("ALL",))
     assert options.security_opt == ("no-new-privileges", "seccomp=unconfined")
-    assert (options.memory_mib, options.cpus, options.nano_cpus) == (256, 2, 1_500_000_000)
+    assert (options.memory_mib, options.nano_cpus) == (256, 1_500_000_000)
     assert options.mounts == ("type=bind,source=/srv/data,target=/data,readonly",)
-    # Without the container's own limits, the sandbox's (with its overhead) size the VM; then the default.
+    # The pod's own resources (with its overhead) size its VM; a container without limits gets the default.
     sized = _sandbox(
         linux=cri.LinuxPodSandboxConfig(
-            resources=cri.LinuxContainerResources(memory_limit_in_bytes=200 << 20),
+            resources=cri.LinuxContainerResources(
+                memory_limit_in_bytes=200 << 20, cpu_quota=250000, cpu_period=100000
+            ),
             overhead=cri.LinuxContainerResources(memory_limit_in_bytes=56 << 20),
         )
     )
-    assert _options(sized).memory_mib == 256
+    assert (
+        translate.pod_options(sized, cni=False).memory_mib,
+        translate.pod_options(sized, cni=False).cpus,
+    ) == (256, 3)
     assert _options(_sandbox()).memory_mib == Settings().default_memory_mib
 
 
@@ -139,6 +149,7 @@ def test_what_a_vm_cannot_do_is_refused() -> None:
 
 def test_hyperd_names_follow_dockershim_or_are_left_to_hyperd() -> None:
     sandbox = _sandbox()
+    assert translate.pod_name(sandbox.metadata) == "k8s_web_ns_u1_0"
     assert translate.hyperd_name(sandbox, Metadata("app", attempt=2)) == "k8s_app_web_ns_u1_2"
     assert translate.hyperd_name(sandbox, Metadata("x" * 200)) is None
 

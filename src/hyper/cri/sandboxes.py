@@ -1,11 +1,11 @@
-"""Pod sandboxes and their containers, on hyperd's own containers.
+"""Pod sandboxes and their containers, on hyperd's pods.
 
-Until hyperd's pods hold several containers, a sandbox is a record (its
-metadata, hostname, DNS, ports, size and log directory) and each container in
-it is a hyperd container, a VM of its own, made with the sandbox's settings.
-A sandbox runs one container at a time: a second one is refused while the
-first is created or running (init containers, which run one after another,
-and restarts work; sidecars wait for multi-container pods).
+A sandbox is a hyperd pod (hyper.daemon.named_pods) with the same ID: one
+VM, booted when its first container starts, holding the pod's hostname,
+network and size; each container is a member of that pod, with its own root,
+processes, log and exit status. The CRI keeps what only Kubernetes cares
+about (metadata, labels, annotations, log paths, the CNI result) in its own
+records (hyper.cri.records).
 
 Stopping and removing are idempotent as the CRI requires: what is already
 stopped or gone is no error.
@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import secrets
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
@@ -48,7 +48,6 @@ from hyper.runtime.run import ContainerExit
 RUNTIME_HANDLERS = ("", "hyper")  # the default handler and a RuntimeClass named `hyper`
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024  # the kubelet's own bound on ExecSync output
 _SANDBOX_STATE = {SandboxState.READY: api_pb2.SANDBOX_READY, SandboxState.NOT_READY: api_pb2.SANDBOX_NOTREADY}
-_ACTIVE = (specs.ContainerState.CREATED, specs.ContainerState.RUNNING, specs.ContainerState.PAUSED)
 
 
 def _ns(seconds: float | None) -> int:
@@ -63,7 +62,7 @@ class PodSandboxes:
         self.sandboxes = {r.id: r for r in self.records.sandboxes()}
         self.containers = {r.id: r for r in self.records.containers()}
         self.copiers: dict[str, LogCopier] = {}
-        self._creating = asyncio.Lock()  # one CreateContainer at a time: a sandbox runs one container
+        daemon.network.external = self._cni_network
 
     # -- state --------------------------------------------------------------------
 
@@ -76,7 +75,6 @@ class PodSandboxes:
                 continue
             if record.log_path:
                 self._copy_logs(record)
-            self._join_cni(self.sandboxes[record.sandbox_id], record.id)
 
     async def close(self) -> None:
         for copier in self.copiers.values():
@@ -89,15 +87,19 @@ class PodSandboxes:
         self.copiers[record.id] = copier
         copier.start()
 
-    def _join_cni(self, sandbox: SandboxRecord, container_id: str) -> None:
-        """The container's VM joins the sandbox's CNI namespace when it starts."""
-        if not sandbox.netns:
-            return
+    def _cni_network(self, container_id: str) -> Callable[[str], Awaitable[PodNetwork]] | None:
+        """For hyperd's network manager: how the VM of a sandbox with a CNI namespace
+        (its pod's infra container's) joins it; None for every other container."""
+        container = self.daemon.pods.get(container_id)
+        sandbox = self.sandboxes.get(container.options.pod) if container is not None else None
+        if sandbox is None or not sandbox.netns:
+            return None
+        sandbox_id = sandbox.id
 
         async def pod_network(hostname: str) -> PodNetwork:
-            current = self.sandboxes.get(sandbox.id, sandbox)
-            if not current.netns:
-                raise FailedPrecondition(f"pod sandbox {sandbox.id[:12]} has no network any more")
+            current = self.sandboxes.get(sandbox_id)
+            if current is None or not current.netns:
+                raise FailedPrecondition(f"pod sandbox {sandbox_id[:12]} has no network any more")
             joined = await asyncio.to_thread(netns.join, current.netns)
             address = IPv4Interface(current.address)
             interface = GuestInterface(
@@ -110,7 +112,7 @@ class PodSandboxes:
             resolv = resolv_conf(current.dns_servers, current.dns_searches, current.dns_options)
             return PodNetwork((interface,), hosts, resolv, fds=[joined.tap_fd])
 
-        self.daemon.network.external[container_id] = pod_network
+        return pod_network
 
     async def _network_up(self, record: SandboxRecord) -> SandboxRecord:
         """The pod's namespace and the CNI plugins' ADD; on failure nothing is left."""
@@ -191,7 +193,7 @@ class PodSandboxes:
             raise InvalidArgument(
                 f"no runtime handler {request.runtime_handler!r}", hint="use the default one or `hyper`"
             )
-        record = translate.sandbox_record(request, secrets.token_hex(32), time.time_ns())
+        record = translate.sandbox_record(request, "", time.time_ns())
         for other in self.sandboxes.values():
             if other.metadata == record.metadata:
                 raise AlreadyExists(
@@ -199,11 +201,22 @@ class PodSandboxes:
                     f"uid {record.metadata.uid}, attempt {record.metadata.attempt}) exists: {other.id}",
                     hint="remove it first, or give another attempt number",
                 )
-        record = await self._network_up(record)
+        options = translate.pod_options(record, cni=self.cni is not None)
+        name = translate.pod_name(record.metadata)
+        pod = self.daemon.named_pods.create(
+            name, options, {translate.SANDBOX_LABEL: f"{record.metadata.namespace}/{record.metadata.name}"}
+        )
+        record = dataclasses.replace(record, id=pod.id)
         try:
-            await asyncio.to_thread(self._save, record)
+            record = await self._network_up(record)
+            try:
+                await asyncio.to_thread(self._save, record)
+            except BaseException:
+                await asyncio.shield(self._network_down(record))
+                raise
         except BaseException:
-            await asyncio.shield(self._network_down(record))
+            with contextlib.suppress(HyperError):
+                await asyncio.shield(self.daemon.named_pods.remove(pod.id, force=True))
             raise
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=record.id)
 
@@ -214,7 +227,12 @@ class PodSandboxes:
             sandbox = self._sandbox(request.pod_sandbox_id)
         except NotFound:
             return api_pb2.StopPodSandboxResponse()  # already gone: nothing left to stop
-        await asyncio.gather(*(self._stop(c, 0) for c in self._in(sandbox)))
+        with contextlib.suppress(NotFound):  # its containers together, then its VM
+            await self.daemon.named_pods.stop(sandbox.id, timeout=0)
+        for container in self._in(sandbox):
+            copier = self.copiers.get(container.id)
+            if copier is not None:
+                await copier.flush()
         sandbox = await self._network_down(sandbox)
         if sandbox.state is not SandboxState.NOT_READY:
             self._save(sandbox.moved(SandboxState.NOT_READY))
@@ -229,6 +247,8 @@ class PodSandboxes:
             return api_pb2.RemovePodSandboxResponse()
         for container in self._in(sandbox):
             await self._remove(container)  # running ones are killed, as the CRI asks
+        with contextlib.suppress(NotFound):
+            await self.daemon.named_pods.remove(sandbox.id, force=True)
         await self._network_down(sandbox)
         self.records.delete(sandbox)
         self.sandboxes.pop(sandbox.id, None)
@@ -237,10 +257,10 @@ class PodSandboxes:
     def _ip(self, sandbox: SandboxRecord) -> str:
         if sandbox.address:
             return str(IPv4Interface(sandbox.address).ip)
-        for container in self._in(sandbox):
-            pod = self.daemon.pods.get(container.id)
-            if pod is not None and pod.running:
-                for endpoint in self.daemon.network.container_endpoints(pod.id):
+        with contextlib.suppress(NotFound):
+            infra = self.daemon.named_pods.infra(self.daemon.named_pods.find(sandbox.id))
+            if infra is not None and infra.running:
+                for endpoint in self.daemon.network.container_endpoints(infra.id):
                     return str(endpoint.ip)
         return ""
 
@@ -278,7 +298,7 @@ class PodSandboxes:
                     "dns": {"servers": sandbox.dns_servers, "searches": sandbox.dns_searches},
                     "port_mappings": [p.__dict__ for p in sandbox.port_mappings],
                     "containers": [c.id for c in self._in(sandbox)],
-                    "vm": "one VM per container until hyperd's multi-container pods (docs/cri.md)",
+                    "netns": sandbox.netns,
                 }
             )
         return answer
@@ -325,44 +345,34 @@ class PodSandboxes:
             raise InvalidArgument("CreateContainer needs an image", hint="set config.image.image")
         create = translate.create_request(sandbox, config, config.image.image, self.daemon.settings)
         log_path = translate.log_path(sandbox, config)
-        async with self._creating:
-            for other in self._in(sandbox):
-                pod = self.daemon.pods.get(other.id)
-                if pod is not None and pod.status in _ACTIVE:
-                    raise FailedPrecondition(
-                        f"pod sandbox {sandbox.id[:12]} already has container {other.metadata.name} "
-                        f"({pod.status.value}); Hyper runs one container at a time per sandbox until "
-                        "hyperd's multi-container pods land",
-                        hint="stop that container first, or run the other container in a pod of its own",
-                    )
-                if other.metadata == metadata:
-                    raise AlreadyExists(
-                        f"container {metadata.name} attempt {metadata.attempt} exists in pod sandbox "
-                        f"{sandbox.id[:12]}: {other.id}",
-                        hint="remove it first, or give another attempt number",
-                    )
-            name = translate.hyperd_name(sandbox, metadata)
-            if name is not None:
-                create = dataclasses.replace(create, options=dataclasses.replace(create.options, name=name))
-            pod = await self.daemon.create(create)
-            record = ContainerRecord(
-                id=pod.id,
-                sandbox_id=sandbox.id,
-                metadata=metadata,
-                image=config.image.image,
-                created_at=_ns(pod.record.created),
-                labels=dict(config.labels),
-                annotations=dict(config.annotations),
-                log_path=log_path,
-                mounts=tuple((m.container_path, m.host_path, m.readonly) for m in config.mounts),
-            )
-            try:
-                await asyncio.to_thread(self.records.save, record)
-            except BaseException:
-                await self.daemon.remove(pod.id, force=True)
-                raise
-            self.containers[record.id] = record
-            self._join_cni(sandbox, record.id)
+        for other in self._in(sandbox):
+            if other.metadata == metadata:
+                raise AlreadyExists(
+                    f"container {metadata.name} attempt {metadata.attempt} exists in pod sandbox "
+                    f"{sandbox.id[:12]}: {other.id}",
+                    hint="remove it first, or give another attempt number",
+                )
+        name = translate.hyperd_name(sandbox, metadata)
+        if name is not None:
+            create = dataclasses.replace(create, options=dataclasses.replace(create.options, name=name))
+        pod = await self.daemon.create(create)
+        record = ContainerRecord(
+            id=pod.id,
+            sandbox_id=sandbox.id,
+            metadata=metadata,
+            image=config.image.image,
+            created_at=_ns(pod.record.created),
+            labels=dict(config.labels),
+            annotations=dict(config.annotations),
+            log_path=log_path,
+            mounts=tuple((m.container_path, m.host_path, m.readonly) for m in config.mounts),
+        )
+        try:
+            await asyncio.to_thread(self.records.save, record)
+        except BaseException:
+            await self.daemon.remove(pod.id, force=True)
+            raise
+        self.containers[record.id] = record
         if log_path:
             self._copy_logs(record)
         return api_pb2.CreateContainerResponse(container_id=record.id)
@@ -401,7 +411,6 @@ class PodSandboxes:
     async def _remove(self, record: ContainerRecord) -> None:
         with contextlib.suppress(NotFound):
             await self.daemon.remove(record.id, force=True)
-        self.daemon.network.external.pop(record.id, None)
         copier = self.copiers.pop(record.id, None)
         if copier is not None:
             await copier.stop()

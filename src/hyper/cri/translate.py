@@ -1,8 +1,8 @@
 """Pure translations between CRI messages and Hyper's own requests and records.
 
-A sandbox and its container become one hyperd container (a pod of one VM)
-whose RunOptions combine the sandbox's (hostname, DNS, ports, the pod's size)
-with the container's (command, env, mounts, security context, limits). What
+A sandbox becomes a hyperd pod (one VM: its hostname, DNS, ports and size)
+and each of its containers a member of that pod (command, env, mounts,
+security context, limits). What
 a VM cannot do (the host's network, PID or IPC namespace) is refused here with
 the reason, as Kata refuses it.
 """
@@ -18,13 +18,14 @@ from collections.abc import Mapping
 from cri_api.v1 import api_pb2
 
 from hyper.cri.records import Metadata, PortMapping, SandboxRecord
+from hyper.daemon.named_pods import PodOptions
 from hyper.daemon.requests import CreateRequest
 from hyper.errors import InvalidArgument
 from hyper.runtime import spec as specs
 from hyper.runtime.settings import Settings
 
 MIB = 1 << 20
-SANDBOX_LABEL = "io.hyper.cri.sandbox"  # on hyperd's container: which sandbox it belongs to
+SANDBOX_LABEL = "io.hyper.cri.sandbox"  # on hyperd's pods and containers: which sandbox
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 _PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
 _VM_HAS_ITS_OWN = "a Hyper pod is a virtual machine with a kernel of its own"
@@ -108,6 +109,34 @@ def sandbox_record(request: api_pb2.RunPodSandboxRequest, sandbox_id: str, now_n
     )
 
 
+def pod_options(sandbox: SandboxRecord, cni: bool) -> PodOptions:
+    """The hyperd pod a sandbox is: its hostname and size, and its network, unless
+    its VM joins the namespace CNI made (then hyperd's own network stays out)."""
+    publish = tuple(
+        f"{p.host_ip + ':' if p.host_ip else ''}{p.host_port}:{p.container_port}/{p.protocol}"
+        for p in sandbox.port_mappings
+        if p.host_port
+    )
+    memory = sandbox.memory_limit_bytes
+    return PodOptions(
+        hostname=sandbox.hostname or None,
+        memory_mib=max(math.ceil(memory / MIB), specs.MIN_MEMORY_MIB) if memory else None,
+        cpus=max(1, math.ceil(sandbox.cpu_millis / 1000)) if sandbox.cpu_millis else None,
+        network="none" if cni else "",
+        publish=() if cni else publish,
+        dns=() if cni else sandbox.dns_servers,
+        dns_search=() if cni else sandbox.dns_searches,
+        dns_options=() if cni else sandbox.dns_options,
+    )
+
+
+def pod_name(metadata: Metadata) -> str | None:
+    """The hyperd pod's name, as dockershim named a pod's infra container, or None
+    (hyperd uses the ID) where Kubernetes' names do not fit hyperd's rules."""
+    name = f"k8s_{metadata.name}_{metadata.namespace}_{metadata.uid}_{metadata.attempt}"
+    return name if len(name) <= 128 and _NAME.fullmatch(name) else None
+
+
 def hyperd_name(sandbox: SandboxRecord, container: Metadata) -> str | None:
     """The hyperd container's name, as dockershim named Kubernetes' containers, or
     None (hyperd picks one) where Kubernetes' names do not fit hyperd's rules."""
@@ -178,23 +207,11 @@ def create_request(
     context = linux.security_context
     refuse_host_namespaces(context.namespace_options, "the container")
     memory, cpu_millis = _memory_and_cpus(linux.resources)
-    memory = memory or sandbox.memory_limit_bytes
-    cpu_millis = cpu_millis or sandbox.cpu_millis
     memory_mib = max(math.ceil(memory / MIB), specs.MIN_MEMORY_MIB) if memory else settings.default_memory_mib
     command, args = tuple(config.command), tuple(config.args)
     workdir = config.working_dir or None
     if workdir is not None and not workdir.startswith("/"):
         raise InvalidArgument(f"working_dir {workdir!r} is not an absolute path")
-    cni = bool(sandbox.netns)  # the VM joins the CNI namespace: hyperd's own network stays out
-    publish = (
-        ()
-        if cni
-        else tuple(
-            f"{p.host_ip + ':' if p.host_ip else ''}{p.host_port}:{p.container_port}/{p.protocol}"
-            for p in sandbox.port_mappings
-            if p.host_port
-        )
-    )
     options = specs.RunOptions(
         image=image,
         # Kubernetes' command replaces the image's entrypoint (and drops its CMD); args replace CMD.
@@ -206,21 +223,15 @@ def create_request(
         tty=config.tty,
         interactive=config.stdin,
         memory_mib=memory_mib,
-        cpus=max(1, math.ceil(cpu_millis / 1000)) if cpu_millis else settings.default_cpus,
         nano_cpus=cpu_millis * 1_000_000,
         cpuset_cpus=linux.resources.cpuset_cpus,
-        hostname=sandbox.hostname or None,
         name=None,
+        pod=sandbox.id,  # a member of the sandbox's hyperd pod: its VM, network and hostname
         cap_add=tuple(_capability(c) for c in context.capabilities.add_capabilities),
         cap_drop=tuple(_capability(c) for c in context.capabilities.drop_capabilities),
         privileged=context.privileged,
         security_opt=_security_options(context),
         read_only=context.readonly_rootfs,
-        network="none" if cni else "",
-        dns=() if cni else sandbox.dns_servers,
-        dns_search=() if cni else sandbox.dns_searches,
-        dns_options=() if cni else sandbox.dns_options,
-        publish=publish,
         mounts=_mounts(config),
     )
     return CreateRequest(options=options, labels={SANDBOX_LABEL: sandbox.id}, stdin_once=config.stdin_once)

@@ -51,6 +51,9 @@ class PodOptions:
     cpus: int | None = None
     network: str = ""
     publish: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
 
     def check(self) -> None:
         if self.memory_mib is not None and self.memory_mib < specs.MIN_MEMORY_MIB:
@@ -61,7 +64,15 @@ class PodOptions:
             raise InvalidArgument("a pod has a network of its own", hint="leave out --network container:")
 
     def network_options(self) -> specs.RunOptions:
-        return specs.RunOptions(image="", hostname=self.hostname, network=self.network, publish=self.publish)
+        return specs.RunOptions(
+            image="",
+            hostname=self.hostname,
+            network=self.network,
+            publish=self.publish,
+            dns=self.dns,
+            dns_search=self.dns_search,
+            dns_options=self.dns_options,
+        )
 
 
 def pod_options_from(doc: Mapping[str, Any]) -> PodOptions:
@@ -145,6 +156,9 @@ class NamedPods:
             hostname=options.hostname or record.name,
             network=options.network,
             publish=options.publish,
+            dns=options.dns,
+            dns_search=options.dns_search,
+            dns_options=options.dns_options,
             memory_mib=memory,
             cpus=cpus,
             pod=record.id,

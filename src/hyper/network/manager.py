@@ -110,9 +110,9 @@ class NetworkManager:
         # Without root: each running pod's passt, and where their pid files are.
         self.passt_dir = runtime / "passt" if runtime is not None else None
         self._passt: dict[str, PasstProcess] = {}
-        # Containers whose VM joins a network made elsewhere (hyper.cri's CNI namespace):
-        # container ID → what makes its PodNetwork from the hostname.
-        self.external: dict[str, Callable[[str], Awaitable[PodNetwork]]] = {}
+        # VMs that join a network made elsewhere (hyper.cri's CNI namespace): for a
+        # container ID, what makes its PodNetwork from the hostname, or None.
+        self.external: Callable[[str], Callable[[str], Awaitable[PodNetwork]] | None] = lambda _: None
 
     # -- networks ---------------------------------------------------------------
     async def ensure_default(self) -> Network | None:
@@ -366,7 +366,7 @@ class NetworkManager:
     # -- a pod's VM -------------------------------------------------------------
     async def attach(self, container_id: str, hostname: str) -> PodNetwork:
         """Everything the pod's VM needs before it boots. On failure nothing is left."""
-        provider = self.external.get(container_id)
+        provider = self.external(container_id)
         if provider is not None:  # a network another front end made (the CRI's CNI namespace)
             return await provider(hostname)
         request = self._requests.get(container_id, NetworkRequest(mode=NO_NETWORK))
