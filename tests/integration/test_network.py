@@ -261,6 +261,32 @@ def test_pod_resumed_from_a_template_has_offloads(hyperd: DockerHyperd, lab: Net
         ok(hyperd.docker("rm", "-f", "offloads"))
 
 
+def test_network_mtu_option(hyperd: DockerHyperd, lab: NetLab) -> None:
+    bad = fails(hyperd.docker("network", "create", "-o", "com.docker.network.bridge.enable_icc=false", "icc"))
+    assert "com.docker.network.bridge.enable_icc" in bad and "not supported" in bad
+    assert "is not an MTU" in fails(
+        hyperd.docker("network", "create", "-o", "com.docker.network.driver.mtu=70000", "huge")
+    )
+    mtu = ("-o", "com.docker.network.driver.mtu=9000")
+    ok(hyperd.docker("network", "create", *mtu, "--subnet", "10.96.0.0/24", "jumbo"))
+    try:
+        inspect = json.loads(ok(hyperd.docker("network", "inspect", "jumbo")))[0]
+        assert inspect["Options"]["com.docker.network.driver.mtu"] == "9000"
+        ok(hyperd.docker("run", "-d", "--name", "big", "--network", "jumbo", BUSYBOX, "sleep", "600"))
+        try:
+            assert ok(hyperd.docker("exec", "big", "cat", "/sys/class/net/eth0/mtu")).strip() == "9000"
+            bridge = inspect["Options"]["com.docker.network.bridge.name"]
+            links = json.loads(lab.exec(lab.host, "ip", "-j", "link").stdout)
+            mtus = {link["ifname"]: link["mtu"] for link in links}
+            assert mtus[bridge] == 9000
+            assert [mtu for name, mtu in mtus.items() if name.startswith("hyt-")] == [9000]  # its tap
+            ok(hyperd.docker("exec", "big", "ping", "-c", "1", "-s", "8972", "10.96.0.1"))
+        finally:
+            ok(hyperd.docker("rm", "-f", "big"))
+    finally:
+        ok(hyperd.docker("network", "rm", "jumbo"))
+
+
 def test_connect_and_disconnect(hyperd: DockerHyperd) -> None:
     ok(hyperd.docker("network", "create", "--subnet", "10.94.0.0/24", "left"))
     ok(hyperd.docker("network", "create", "--subnet", "10.95.0.0/24", "right"))
@@ -368,7 +394,17 @@ def test_hyper_cli_networks_and_ports(hyperd: DockerHyperd, lab: NetLab) -> None
             check=False,
         )
 
-    ok(hyper("network", "create", "--subnet", "10.93.0.0/24", "clinet"))
+    ok(
+        hyper(
+            "network",
+            "create",
+            "--subnet",
+            "10.93.0.0/24",
+            "-o",
+            "com.docker.network.driver.mtu=1400",
+            "clinet",
+        )
+    )
     try:
         assert "clinet" in ok(hyper("network", "ls"))
         ok(
@@ -393,6 +429,7 @@ def test_hyper_cli_networks_and_ports(hyperd: DockerHyperd, lab: NetLab) -> None
             json.loads(ok(hyper("network", "inspect", "clinet")))[0]["IPAM"]["Config"][0]["Subnet"]
             == "10.93.0.0/24"
         )
+        assert ok(hyper("exec", "cliweb", "cat", "/sys/class/net/eth0/mtu")).strip() == "1400"
         # A direct run cannot join hyperd's networks (it has a passt of its own).
         assert "needs hyperd" in fails(
             hyper("run", "--direct", "--rm", "--network", "clinet", BUSYBOX, "true")

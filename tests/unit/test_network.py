@@ -26,6 +26,7 @@ from hyper.network.model import (
     choose_subnet,
     etc_hosts,
     mac_for,
+    network_options,
     parse_extra_host,
     parse_publish,
     parse_subnet,
@@ -233,3 +234,19 @@ def test_port_lines_as_docker_port_prints() -> None:
     ports = {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}], "53/udp": None}
     assert port_lines(ports) == ["80/tcp -> 0.0.0.0:8080"]
     assert port_lines(ports, "80") == ["0.0.0.0:8080"]
+
+
+def test_network_options_give_an_mtu_or_are_refused_by_name(tmp_path: Path) -> None:
+    assert network_options({}) == 0
+    assert network_options({"com.docker.network.driver.mtu": "9000"}) == 9000
+    for bad in ("68", "70000", "jumbo"):
+        with pytest.raises(InvalidArgument, match="is not an MTU"):
+            network_options({"com.docker.network.driver.mtu": bad})
+    with pytest.raises(InvalidArgument, match="not supported"):
+        network_options({"com.docker.network.bridge.enable_icc": "false"})
+    with pytest.raises(InvalidArgument, match="Hyper names its bridges"):
+        network_options({"com.docker.network.bridge.name": "br0"})
+    store = NetworkStore(tmp_path / "net.db")
+    jumbo = Network("a" * 64, "jumbo", IPv4Network("10.9.0.0/24"), IPv4Address("10.9.0.1"), mtu=9000)
+    store.insert_network(jumbo)
+    assert store.resolve("jumbo").mtu == 9000

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("--internal", action="store_true", help="no access to or from outside the network")
     create.add_argument("-d", "--driver", default="bridge", help="bridge (the only one)")
     create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    create.add_argument(
+        "-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help="the driver's option: MTU"
+    )
     create.add_argument("name", metavar="NETWORK")
     create.set_defaults(func=create_command)
 
@@ -80,6 +83,7 @@ def create_command(args: argparse.Namespace, ctx: CliContext) -> int:
         "Driver": args.driver,
         "Internal": args.internal,
         "Labels": parse_labels(args.label),
+        "Options": parse_labels(args.opt),
     }
     if args.subnet or args.gateway:
         body["IPAM"] = {"Config": [{"Subnet": args.subnet or "", "Gateway": args.gateway or ""}]}

@@ -50,6 +50,7 @@ from hyper.network.model import (
     choose_subnet,
     etc_hosts,
     mac_for,
+    network_options,
     overlapping,
     parse_address,
     parse_subnet,
@@ -156,8 +157,10 @@ class NetworkManager:
         internal: bool = False,
         labels: Mapping[str, str] | None = None,
         driver: str = "bridge",
+        options: Mapping[str, str] | None = None,
     ) -> Network:
         check_network_name(name)
+        mtu = network_options(options or {})
         if not self.enabled:
             raise FailedPrecondition(
                 "user-defined networks need root here (a bridge per network, and nftables)",
@@ -201,12 +204,17 @@ class NetworkManager:
             internal=internal,
             labels=dict(labels or {}),
             created=time.time(),
+            mtu=mtu,
         )
         self.store.insert_network(network)
         return network
 
     def networks(self) -> list[Network]:
         return self.store.networks()
+
+    def mtu(self, network: Network) -> int:
+        """The MTU of a network's bridge, taps and NICs: its own, else hyperd's."""
+        return network.mtu or self.config.mtu
 
     def find(self, ref: str) -> Network:
         return self.store.resolve(ref)
@@ -402,13 +410,13 @@ class NetworkManager:
                 for index, ((network, _), endpoint) in enumerate(zip(attachments, endpoints, strict=True)):
                     name = f"{TAP_PREFIX}{container_id[:10]}{index}"
                     pod.fds.append(
-                        await asyncio.to_thread(links.open_tap, name, network.bridge, self.config.mtu)
+                        await asyncio.to_thread(links.open_tap, name, network.bridge, self.mtu(network))
                     )
                     interfaces.append(
                         GuestInterface(
                             mac=endpoint.mac,
                             address=IPv4Interface(f"{endpoint.ip}/{network.subnet.prefixlen}"),
-                            mtu=self.config.mtu,
+                            mtu=self.mtu(network),
                             gateway=network.gateway if index == 0 and not network.internal else None,
                         )
                     )
@@ -547,7 +555,7 @@ class NetworkManager:
         self, active: list[nftables.ActiveNetwork], publications: list[Publication]
     ) -> None:
         for item in active:
-            links.ensure_bridge(item.bridge, item.network.gateway_interface, self.config.mtu)
+            links.ensure_bridge(item.bridge, item.network.gateway_interface, self.mtu(item.network))
         if any(not item.network.internal for item in active):
             links.enable_forwarding()
         if active or nftables.list_table() is not None:

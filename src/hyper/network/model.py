@@ -21,6 +21,10 @@ DEFAULT_BRIDGE = "hyper0"
 BRIDGE_PREFIX = "hy-"  # user networks' bridges: hy- and 12 hex digits of the network's id
 TAP_PREFIX = "hyt-"  # a pod's tap: hyt- and 11 hex digits of the container's id
 DEFAULT_MTU = 1500
+MIN_MTU = 576
+MAX_MTU = 65535
+MTU_OPTION = "com.docker.network.driver.mtu"
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 PROTOCOLS = ("tcp", "udp")
 # Candidates for a network whose subnet is not given, in order: Docker's
 # 172.17-31/16, then 192.168.N.0/20. One that overlaps a host route or another
@@ -43,6 +47,7 @@ class Network:
     internal: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
     created: float = 0.0
+    mtu: int = 0  # `-o com.docker.network.driver.mtu=N`; 0: hyperd's (HYPER_NETWORK_MTU)
 
     @property
     def is_default(self) -> bool:
@@ -152,6 +157,29 @@ def check_in_subnet(address: IPv4Address, subnet: IPv4Network, what: str) -> Non
             f"the {what} {address} is outside the subnet {subnet}",
             hint=f"give an address between {subnet.network_address + 1} and {subnet.broadcast_address - 1}",
         )
+
+
+def network_options(options: Mapping[str, str]) -> int:
+    """A new network's driver options (`docker network create -o KEY=VALUE`):
+    its MTU (0: none given). Any other option is refused by name, never ignored."""
+    mtu = 0
+    for key, value in options.items():
+        if key == MTU_OPTION:
+            if not value.isdigit() or not MIN_MTU <= int(value) <= MAX_MTU:
+                raise InvalidArgument(
+                    f"{MTU_OPTION}={value!r} is not an MTU", hint=f"give {MIN_MTU} to {MAX_MTU}"
+                )
+            mtu = int(value)
+        elif key == BRIDGE_NAME_OPTION:
+            raise InvalidArgument(
+                f"the network option {key} is not supported: Hyper names its bridges",
+                hint=f"leave it out; Hyper takes {MTU_OPTION}",
+            )
+        else:
+            raise InvalidArgument(
+                f"the network option {key!r} is not supported", hint=f"Hyper takes {MTU_OPTION}"
+            )
+    return mtu
 
 
 def choose_subnet(taken: Iterable[IPv4Network]) -> IPv4Network:

@@ -64,6 +64,7 @@ def _network_doc(network: Network) -> str:
             "internal": network.internal,
             "labels": dict(network.labels),
             "created": network.created,
+            "mtu": network.mtu,
         }
     )
 
@@ -79,6 +80,7 @@ def _network(row: tuple[str, str, str]) -> Network:
         internal=bool(doc.get("internal")),
         labels=dict(doc.get("labels") or {}),
         created=float(doc.get("created") or 0),
+        mtu=int(doc.get("mtu") or 0),
     )
 
 

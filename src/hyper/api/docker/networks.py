@@ -25,7 +25,9 @@ from hyper.api.docker.system import check_prune_filters
 from hyper.errors import InvalidArgument
 from hyper.network.manager import NetworkManager
 from hyper.network.model import (
+    BRIDGE_NAME_OPTION,
     DEFAULT_NETWORK,
+    MTU_OPTION,
     NO_NETWORK,
     Endpoint,
     Network,
@@ -147,7 +149,10 @@ def network_document(network: Network, endpoints: list[Endpoint], names: dict[st
             }
             for e in endpoints
         },
-        "Options": {"com.docker.network.bridge.name": network.bridge},
+        "Options": {
+            BRIDGE_NAME_OPTION: network.bridge,
+            **({MTU_OPTION: str(network.mtu)} if network.mtu else {}),
+        },
         "Labels": dict(network.labels),
     }
 
@@ -329,6 +334,9 @@ async def create_network(request: web.Request) -> web.StreamResponse:
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise InvalidArgument("Labels must map names to strings")
+    options = body.get("Options") or {}
+    if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+        raise InvalidArgument("Options must map names to strings")
     network = await manager.create(
         name,
         subnet=config.get("Subnet") or None,
@@ -336,6 +344,7 @@ async def create_network(request: web.Request) -> web.StreamResponse:
         internal=bool(body.get("Internal")),
         labels=labels,
         driver=str(body.get("Driver") or "bridge"),
+        options=options,
     )
     return web.json_response({"Id": network.id, "Warning": ""}, status=201)
 
