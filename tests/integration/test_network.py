@@ -365,9 +365,10 @@ def test_faults_leave_no_tap_rule_or_port(hyperd: DockerHyperd, lab: NetLab) -> 
     wait_for(
         lambda: "exited" in ok(hyperd.docker("inspect", "-f", "{{.State.Status}}", "victim")), "the exit"
     )
+    # hyperd replaces the rules, then removes the bridge, then closes the resolver's sockets.
     wait_for(lambda: lab.rules() == 0, "the rules to go")
+    wait_for(lambda: lab.listening() == before, "the port and the resolver's sockets to close")
     assert not [name for name in lab.links() if name.startswith(("hyt-", "hyper0", "hy-"))]
-    assert lab.listening() == before
     # Started again, it gets its network back.
     ok(hyperd.docker("start", "victim"))
     wait_for(lambda: fetch(lab, lab.host, "http://127.0.0.1:8085/").returncode == 0, "the restart")
