@@ -108,6 +108,11 @@ async def kill(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+async def pool_status(request: web.Request) -> web.StreamResponse:
+    """The pool of ready VMs: its bounds, what is ready, how many runs it served."""
+    return web.json_response(request.app[DAEMON].pool.status())
+
+
 async def wait(request: web.Request) -> web.StreamResponse:
     daemon = request.app[DAEMON]
     pod = daemon.find(request.match_info["ref"])
@@ -164,6 +169,7 @@ def make_app(daemon: Daemon) -> web.Application:
     app.add_routes(
         [
             web.get("/v1/ping", ping),
+            web.get("/v1/pool", pool_status),
             web.post("/v1/containers", create),
             web.get("/v1/containers", list_containers),
             web.get("/v1/containers/{ref}", inspect),

@@ -151,6 +151,10 @@ class DaemonClient:
         except ValueError as exc:
             raise InternalError(f"hyperd sent a malformed ping answer: {exc}") from exc
 
+    def pool(self) -> dict[str, object]:
+        """hyperd's pool of ready VMs (`GET /v1/pool`): bounds, ready VMs, runs served."""
+        return json_object(self._request("GET", "/v1/pool").json(), "pool status")
+
     def create_container(self, request: ContainerCreate) -> str:
         """Create a container and start it in the background; its full ID."""
         obj = json_object(self._request("POST", "/v1/containers", json=request.to_json()).json(), "answer")
@@ -517,6 +521,11 @@ def _answers(socket_path: Path, *, timeout: float = _PING_TIMEOUT) -> bool:
         except OSError:
             return False
     return answer.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
+
+
+def daemon_answers(socket_path: Path) -> bool:
+    """Whether a hyperd answers on `socket_path` (none is started)."""
+    return _answers(socket_path)
 
 
 def _start_daemon(

@@ -574,7 +574,30 @@ def info_command(args: argparse.Namespace, ctx: CliContext) -> int:
     mode, why = mode_reason()
     print(f"Network:      {mode} ({why})", file=out)
     print(f"  direct runs (--direct): {_direct_summary()}", file=out)
+    print(f"Pool:         {_pool_summary(ctx)}", file=out)
     return 0
+
+
+def _pool_summary(ctx: CliContext) -> str:
+    """hyperd's ready VMs, when a hyperd answers (`info` starts none)."""
+    from hyper.cli.client import SOCKET_NAME, DaemonClient, daemon_answers
+    from hyper.errors import HyperError
+
+    socket = ctx.paths.runtime / SOCKET_NAME
+    try:
+        if not daemon_answers(socket):
+            return "hyperd is not running (hyperd --pool N keeps N ready VMs per VM shape; docs/pool.md)"
+        with DaemonClient(socket) as client:
+            pool = client.pool()
+    except HyperError as exc:
+        return f"unknown ({exc.message})"
+    if not pool.get("size"):
+        return "off (hyperd --pool N, or HYPER_POOL=N for the hyperd the CLI starts; docs/pool.md)"
+    return (
+        f"{pool.get('size')} ready VMs per VM shape, at most {pool.get('memory_mib')} MiB of guest RAM; "
+        f"{pool.get('ready')} ready now, {pool.get('writable_disks')} writable disks made ahead; "
+        f"{pool.get('claimed')} runs served, {pool.get('missed')} found none"
+    )
 
 
 def _direct_summary() -> str:

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from hyper.daemon import members
@@ -27,6 +28,8 @@ from hyper.paths import HyperPaths
 from hyper.runtime import resources
 from hyper.runtime import spec as specs
 from hyper.runtime.confinement import refuse_unhonoured
+from hyper.runtime.pool import PoolConfig, VmPool
+from hyper.runtime.run import ContainerRun, prepare_vm_inputs
 from hyper.runtime.settings import Settings
 from hyper.storage import mounts as storage_mounts
 from hyper.vm import confine, orphans
@@ -35,7 +38,7 @@ ADOPTED_STATES = (specs.ContainerState.RUNNING.value, specs.ContainerState.PAUSE
 
 
 class Daemon:
-    def __init__(self, paths: HyperPaths, settings: Settings) -> None:
+    def __init__(self, paths: HyperPaths, settings: Settings, pool: PoolConfig | None = None) -> None:
         self.paths = paths
         self.settings = settings
         self.state = StateStore(paths.state / "hyperd.db")
@@ -48,6 +51,7 @@ class Daemon:
             runtime=paths.runtime,
         )
         self.execs: dict[str, ExecSession] = {}
+        self.pool = VmPool(paths, settings, pool or PoolConfig())
         self.named_pods = NamedPods(self)
         self._background: set[asyncio.Task[None]] = set()
         # Set when hyperd begins to stop: requests that wait (wait, events) end
@@ -66,6 +70,7 @@ class Daemon:
         else:
             pod = Pod(self.paths, self.settings, self.state, record, self.events)
             pod.network = self.network
+            pod.pool = self.pool
             with contextlib.suppress(HyperError):  # checked at create; a bad old record gets no network
                 self.network.remember(record.id, request_for(pod.options))
         pod.on_auto_remove = self._auto_remove
@@ -144,7 +149,12 @@ class Daemon:
         for member in joined:
             await member.adopt()
         # QEMUs a killed hyperd started but had not recorded yet: nobody's, so gone.
-        owned = [pod.id[:12] for pod in self.pods.values() if pod.running]
+        # A VM taken from the pool keeps its run directory's own name.
+        owned = [
+            Path(str((pod.record.vm or {}).get("run_dir") or pod.id[:12])).name
+            for pod in self.pods.values()
+            if pod.running
+        ]
         reaped = await asyncio.to_thread(orphans.reap_orphans, self.paths.runtime, owned)
         if reaped:
             print(f"hyperd: stopped {len(reaped)} VMs an earlier hyperd left unrecorded", file=sys.stderr)
@@ -153,6 +163,23 @@ class Daemon:
         await self.network.recover(pod.id for pod in self.pods.values() if pod.running)
         for pod in starts:
             self._in_background(self._start_quietly(pod))
+        if self.pool.enabled:
+            self.pool.start()
+            self._in_background(self._warm_pool())
+
+    async def _warm_pool(self) -> None:
+        """The default size's shape filled at start: the first run finds a ready VM.
+        Other shapes fill after their first run."""
+        options = specs.RunOptions(
+            image="", memory_mib=self.settings.default_memory_mib, cpus=self.settings.default_cpus
+        )
+        run = ContainerRun(options, self.paths, self.settings, detached=True)
+        try:
+            inputs = await prepare_vm_inputs(self.paths, self.settings, None)
+        except HyperError as exc:
+            print(f"hyperd: the pool stays empty: {exc}", file=sys.stderr, flush=True)
+            return
+        self.pool.fill(run.vm_shape(inputs))
 
     def _in_background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -203,6 +230,7 @@ class Daemon:
         pod = await Pod.create(self.paths, self.settings, self.state, self.events, request)
         pod.on_auto_remove = self._auto_remove
         pod.network = self.network
+        pod.pool = self.pool
         try:
             self.network.configure(pod.id, network_request)
         except BaseException:
@@ -273,6 +301,7 @@ class Daemon:
         self.stopping.set()
         for task in list(self._background):
             task.cancel()
+        await self.pool.close()  # ready VMs are nobody's yet: they go with hyperd
         for pod in self.pods.values():
             with contextlib.suppress(Exception):
                 await pod.release()

@@ -21,6 +21,7 @@ from hyper.daemon.daemon import Daemon
 from hyper.errors import HyperError
 from hyper.paths import HyperPaths, default_paths
 from hyper.paths import prepare as prepare_paths
+from hyper.runtime.pool import DEFAULT_MEMORY_MIB, DEFAULT_SIZE, PoolConfig, config_from
 from hyper.runtime.settings import Settings
 
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -55,12 +56,14 @@ async def serve(
     docker_socket: Path | None = None,
     cri_socket: Path | None = None,
     cni: tuple[Path | None, list[Path]] = (None, []),
+    *,
+    pool: PoolConfig | None = None,
 ) -> None:
     prepare_paths(paths)
     sockets = [path for path in (socket, docker_socket, cri_socket) if path is not None]
     for path in sockets:
         await _claim(path)
-    daemon = Daemon(paths, Settings.from_env())
+    daemon = Daemon(paths, Settings.from_env(), pool)
     await daemon.adopt_all()
     app = make_app(daemon)
     # The hyper CLI's exec, attach, cp, inspect, top and stats use the Docker
@@ -145,6 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="where the CNI plugins are (repeatable; default /usr/lib/cni and /opt/cni/bin)",
     )
+    parser.add_argument(
+        "--pool",
+        type=int,
+        metavar="N",
+        help=f"ready VMs kept per VM shape, so a run needs no VM start (default {DEFAULT_SIZE}: off; "
+        "also HYPER_POOL)",
+    )
+    parser.add_argument(
+        "--pool-memory",
+        metavar="SIZE",
+        help=f"the most guest RAM the ready VMs hold together (default {DEFAULT_MEMORY_MIB}m; "
+        "also HYPER_POOL_MEMORY)",
+    )
     args = parser.parse_args(argv)
     defaults = default_paths()
     paths = HyperPaths(
@@ -161,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.docker_socket,
                 args.cri_socket,
                 (args.cni_conf_dir, args.cni_bin_dir),
+                pool=config_from(args.pool, args.pool_memory),
             )
         )
     except HyperError as exc:

@@ -42,6 +42,7 @@ from hyper.network.manager import NetworkManager
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
 from hyper.runtime import templates
+from hyper.runtime.pool import VmPool
 from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun, Launched, start_process
 from hyper.runtime.settings import Settings
 from hyper.storage import plan as storage_plan
@@ -83,6 +84,7 @@ class Pod:
         self.agent: AgentClient | None = None
         self.on_auto_remove: Callable[[Pod], Awaitable[None]] | None = None
         self.network: NetworkManager | None = None  # hyperd's; each VM run attaches to it
+        self.pool: VmPool | None = None  # hyperd's ready VMs, which a start may take one of
         self.exited = asyncio.Event()  # set while no VM runs the container
         if not self.running:
             self.exited.set()
@@ -210,6 +212,7 @@ class Pod:
         assert self.log is not None
         options = self.options
         run = ContainerRun(options, self.paths, self.settings, detached=True, container_id=self.id)
+        run.pool = self.pool
         try:
             launched = await self._run_vm(run)
         except ContainerExit as exc:
@@ -423,6 +426,8 @@ class Pod:
             await agent.close()
         self.vm = self.agent = self._main_channel = None
         shutil.rmtree(self.paths.runtime / self.id[:12], ignore_errors=True)
+        if vm is not None:  # a VM from the pool has a run directory of its own name
+            shutil.rmtree(vm.spec.run_dir, ignore_errors=True)
         await self._exited(status)
 
     async def _exited(self, status: int) -> None:

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hyper.agent.host import AgentClient, AgentRequestError, ProcessChannel
 from hyper.errors import Category, FailedPrecondition, HyperError, InvalidArgument
@@ -44,9 +45,12 @@ from hyper.storage.share import ProxyShare, ShareEntry, share_mode, share_unavai
 from hyper.storage.volumes import VolumeStore
 from hyper.vm.accel import AccelChoice, choose_accel, probe_host
 from hyper.vm.appliance import Appliance, ensure_appliance
-from hyper.vm.driver import DiskSpec, VmSpec
+from hyper.vm.driver import DiskSpec, HotDisk, VmSpec
 from hyper.vm.kernel import Kernel, resolve_kernel
 from hyper.vm.qemu import QemuDriver, VmStartError
+
+if TYPE_CHECKING:
+    from hyper.runtime.pool import ReadyVm, VmPool
 
 WRITABLE_DISK_BYTES = templates.SLOT_BYTES  # sparse; Docker's classic base size, 10 GiB
 SHUTDOWN_TIMEOUT = 10.0
@@ -173,6 +177,11 @@ class ContainerRun:
         # the mounts the guest makes of them (hyper.storage).
         self.share_entries: tuple[ShareEntry, ...] = ()
         self.guest_mounts: list[dict[str, object]] = []
+        # hyperd's pool of ready VMs (hyper.runtime.pool), which a run may take one from.
+        self.pool: VmPool | None = None
+        # The serials of the disks the guest mounts: the template's slots, or a
+        # claimed pool VM's hot-added disks.
+        self._serials: tuple[list[str], str] | None = None
 
     def save_record(self, **changes: object) -> None:
         self.record.update(changes)
@@ -209,7 +218,12 @@ class ContainerRun:
             if not writable.exists():
                 partial = self.dir / "writable.ext4.partial"
                 size = storage_mounts.storage_size(self.options.storage_opt) or WRITABLE_DISK_BYTES
-                await asyncio.to_thread(make_writable_disk, partial, size)
+                # One made ahead by the pool, when there is one of this size: no mkfs here.
+                made = (
+                    self.pool is not None and size == WRITABLE_DISK_BYTES and self.pool.take_writable(partial)
+                )
+                if not made:
+                    await asyncio.to_thread(make_writable_disk, partial, size)
                 partial.rename(writable)
             return writable
         except BaseException:
@@ -427,6 +441,10 @@ class ContainerRun:
                 hint="install Debian's qemu-system-x86 (make demo does it), or set HYPER_QEMU",
             )
         fits_template = len(layers) <= templates.LAYER_SLOTS and len(base.nics) <= templates.NIC_SLOTS
+        if self.settings.templates and self.pool is not None and self._poolable(base):
+            ready = await self.pool.claim(self._template_config(base))
+            if ready is not None:
+                return await self._take_ready(ready, layer_paths, writable)
         if self.settings.templates and fits_template:
             # A template's guest knows its writable disk as SLOT_BYTES long; a
             # disk of another size (--storage-opt) boots, so the guest sees its
@@ -456,6 +474,41 @@ class ContainerRun:
         exact = tuple(DiskSpec(path, templates.layer_serial(i), True) for i, path in enumerate(layer_paths))
         spec = dataclasses.replace(base, disks=(*exact, DiskSpec(writable, templates.WRITABLE_SERIAL, False)))
         return await self._boot(spec)
+
+    def _poolable(self, base: VmSpec) -> bool:
+        """Whether a pool VM can be this run's: no NIC of its own (QEMU binds a NIC's
+        backend at start) and nothing shared from the host (the share's entries
+        are fixed when its helper starts)."""
+        networked = self.network is not None and (self.network.interfaces or self.network.fds)
+        return base.scsi and not networked and not self.share_entries
+
+    async def _take_ready(
+        self, ready: ReadyVm, layer_paths: list[Path], writable: Path
+    ) -> tuple[QemuDriver, AgentClient]:
+        """A claimed pool VM made this container's: its disks hot-added (SCSI), its
+        run directory the container's VM's from now on."""
+        from hyper.runtime.pool import hot_serials
+
+        layer_serials, writable_serial = hot_serials(len(layer_paths))
+        try:
+            for target, (path, serial) in enumerate(zip(layer_paths, layer_serials, strict=True)):
+                await ready.vm.attach_disk(HotDisk(path, serial, True, target))
+            await ready.vm.attach_disk(HotDisk(writable, writable_serial, False, len(layer_paths)))
+        except BaseException:
+            await ready.discard()
+            raise
+        with contextlib.suppress(OSError):
+            self.run_dir.rmdir()  # made for a VM of its own, still empty
+        self.run_dir = ready.run_dir
+        self._serials = (layer_serials, writable_serial)
+        self._device_macs = tuple(nic.mac for nic in ready.vm.spec.nics)
+        if self.stop is not None:
+            self.stop.kill_vm = ready.vm.kill_now
+        return ready.vm, ready.agent
+
+    def vm_shape(self, inputs: VmInputs) -> templates.TemplateConfig:
+        """The shape (template configuration) of this run's VM: the pool's key."""
+        return self._template_config(self._base_spec(inputs))
 
     def _template_config(self, base: VmSpec) -> templates.TemplateConfig:
         return templates.TemplateConfig(
@@ -550,16 +603,17 @@ class ContainerRun:
             time_ns=time.time_ns(),
             entropy=secrets.token_hex(64),
         )
+        layer_serials, writable_serial = self._serials or (
+            [templates.layer_serial(i) for i in range(len(layers))],
+            templates.WRITABLE_SERIAL,
+        )
         await agent.request(
             "mount_container",
             timeout=60,
             container=self.id[:12],
-            layers=[
-                {"serial": templates.layer_serial(i), "fstype": layer.fs_type}
-                for i, layer in enumerate(layers)
-            ],
+            layers=[{"serial": layer_serials[i], "fstype": layer.fs_type} for i, layer in enumerate(layers)],
             writable={
-                "serial": templates.WRITABLE_SERIAL,
+                "serial": writable_serial,
                 "fstype": "ext4",
                 "options": WRITABLE_MOUNT_OPTIONS,
             },
