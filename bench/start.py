@@ -15,6 +15,8 @@ In one run, alternating, N times each (default 7):
 Prints medians, b/a, c/a, d/a, c/b, d/c and e/d (the CLI's share of a run),
 and the load average before and after, since the machine may be shared.
 
+Every VM here has no network (HYPER_BRIDGE=none), as runsc's.
+
 Usage: python bench/start.py [-n N]
 """
 
@@ -84,7 +86,9 @@ def main() -> None:
     pool_state = Path(tempfile.mkdtemp(prefix="hyper-bench-pool-"))
     pool_runtime = Path(tempfile.mkdtemp(prefix="hp-", dir="/tmp"))
     scratch = Path(tempfile.mkdtemp(prefix="hyper-bench-"))
-    env = dict(os.environ, HYPER_STATE_DIR=str(state), HYPER_RUNTIME_DIR=str(runtime))
+    # No network anywhere, as runsc's --network=none (and a pool VM serves only
+    # pods without a NIC of their own: docs/pool.md).
+    env = dict(os.environ, HYPER_STATE_DIR=str(state), HYPER_RUNTIME_DIR=str(runtime), HYPER_BRIDGE="none")
     for name in ("HYPER_RUN_DIRECT", "HYPER_POOL", "HYPER_POOL_MEMORY"):
         env.pop(name, None)
     direct_env = dict(env, HYPER_RUN_DIRECT="1")
