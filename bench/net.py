@@ -8,7 +8,9 @@ busybox plus Debian's iperf3. Measured, N times each (median):
   (a) TCP throughput host -> container through the bridge (iperf3, T seconds);
   (b) container -> container on one network;
   (c) host -> container through a published port (127.0.0.1, DNAT);
-  (d) TCP connect + HTTP request round trip to busybox httpd in the container.
+  (d) TCP connect + HTTP request round trip to busybox httpd in the container;
+  (e) host -> a published port served by passt (`hyper run --direct -p`, what
+      a hyperd without root gives its pods too), and (f) (d) through it.
 Prints Hyper, the reference, Hyper/reference, and the accelerator.
 
 Usage: python bench/net.py [-n N] [-t SECONDS]   (as root)
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -133,6 +137,45 @@ class Reference:
             run("ip", "netns", "del", name, check=False)
 
 
+class Direct:
+    """`hyper run --direct -p 5202:5201 -p 8082:80` in the lab's host namespace: a passt of its own."""
+
+    def __init__(self, lab: NetLab, hyperd: DockerHyperd) -> None:
+        self.lab = lab
+        self.env = {
+            **os.environ,
+            "HYPER_STATE_DIR": str(hyperd.state),
+            "HYPER_CACHE_DIR": str(hyperd.cache),
+            "HYPER_RUNTIME_DIR": str(hyperd.runtime),
+            "HYPER_BRIDGE": "bridge",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Direct:
+        command = ["run", "--direct", "--rm", "-p", "5202:5201", "-p", "8082:80", IMAGE, "sh", "-c", SERVE]
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", self.lab.host, sys.executable, "-m", "hyper.cli.main", *command],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while self.lab.fetch(self.lab.host, "http://127.0.0.1:8082/", 5).returncode:
+            assert self.process.poll() is None, "the direct run ended"
+            assert time.monotonic() < deadline, "the direct run's server did not come up"
+            time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -183,6 +226,12 @@ def main() -> int:
                 measure("d ref", rtt(lab.host, ref_server, 80, 50))
             hyperd.docker("rm", "-f", "s1", "c2")
             hyperd.docker("network", "rm", "bench")
+            with Direct(lab, hyperd):
+                for _ in range(args.n):
+                    measure("e hyper", iperf(lab.host, "127.0.0.1", args.t, port=5202))
+                    measure("e ref", iperf(lab.host, ref_server, args.t))
+                    measure("f hyper", rtt(lab.host, "127.0.0.1", 8082, 50))
+                    measure("f ref", rtt(lab.host, ref_server, 80, 50))
     finally:
         shutil.rmtree(state, ignore_errors=True)
     rows = [
@@ -190,6 +239,8 @@ def main() -> int:
         ("(b) container -> container", "b", "Mbit/s"),
         ("(c) host -> published port", "c", "Mbit/s"),
         ("(d) connect + HTTP request", "d", "ms"),
+        ("(e) host -> port, passt (user mode)", "e", "Mbit/s"),
+        ("(f) (d) through passt", "f", "ms"),
     ]
     print(f"accelerator: {accel.accel.value} ({accel.reason}); {args.n} runs of {args.t} s each, medians")
     print(f"{'measure':34} {'hyper':>10} {'reference':>10} {'hyper/ref':>10}")
