@@ -257,6 +257,10 @@ def test_pod_resumed_from_a_template_has_offloads(hyperd: DockerHyperd, lab: Net
         assert OUTSIDE_PAGE.strip() in ok(
             hyperd.docker("exec", "offloads", "wget", "-qO-", f"http://{OUTSIDE_IP}:{HTTP_PORT}/")
         )
+        # The guest's counters reach stats: what it received and sent, not zero.
+        stats = json.loads(ok(hyperd.docker("stats", "--no-stream", "--format", "{{json .}}", "offloads")))
+        received, sent = (part.strip() for part in stats["NetIO"].split("/"))
+        assert received != "0B" and sent != "0B", stats["NetIO"]
     finally:
         ok(hyperd.docker("rm", "-f", "offloads"))
 
