@@ -5,10 +5,17 @@ and taken out again; the pod's VM gone with the pod."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from hyper.cli.client import DaemonClient
 from tests.integration.conftest import BUSYBOX, HyperEnv
 
 pytestmark = pytest.mark.vm
@@ -132,4 +139,52 @@ def test_bad_pod_requests_are_refused_before_any_vm(hyper_env: HyperEnv) -> None
     ok(hyper_env.run("create", "--pod", "p1", "--name", "joined", BUSYBOX, "true"))
     refused = hyper_env.run("create", "--pod", "p1", "--network", "container:joined", BUSYBOX, "true")
     assert refused.returncode == 125 and b"--pod and --network" in refused.stderr
+    assert hyper_env.qemu_processes() == []
+
+
+COUNTER = 'trap "echo end; exit $CODE" USR1; i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done'
+
+
+def hyperd_pid(env: HyperEnv) -> int:
+    with DaemonClient(env.runtime / "hyperd.sock") as client:
+        return client.ping().pid
+
+
+def until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 240
+    while not check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.1)
+
+
+def test_a_pod_of_three_outlives_a_killed_hyperd_and_loses_no_output(hyper_env: HyperEnv) -> None:
+    ok(hyper_env.run("pod", "create", "crash"))
+    names = [f"counter{i}" for i in range(3)]
+    for i, name in enumerate(names):
+        ok(
+            hyper_env.run(
+                "run", "-d", "--pod", "crash", "--name", name, "-e", f"CODE={i}", BUSYBOX, "sh", "-c", COUNTER
+            )
+        )
+
+    def counting(name: str) -> bool:
+        return ok(hyper_env.run("logs", name)).startswith("line0\n")
+
+    for name in names:
+        until(functools.partial(counting, name), f"{name} counting")
+    pid = hyperd_pid(hyper_env)
+    os.kill(pid, signal.SIGKILL)  # the containers keep counting while no hyperd listens
+    until(lambda: not Path(f"/proc/{pid}").exists(), "hyperd gone")
+    assert len(hyper_env.qemu_processes()) == 1
+    for i, name in enumerate(names):  # the first command starts a hyperd, which adopts the pod
+        ok(hyper_env.run("kill", "-s", "USR1", name))
+        assert ok(hyper_env.run("wait", name)).strip() == str(i)
+        words = ok(hyper_env.run("logs", name)).split()
+        assert words[-1] == "end" and len(words) > 1, words
+        assert words[:-1] == [f"line{n}" for n in range(len(words) - 1)]  # none lost, none twice
+    assert json.loads(ok(hyper_env.run("pod", "inspect", "crash")))[0]["State"] == "running"
+    ok(hyper_env.run("run", "-d", "--pod", "crash", "--name", "late", BUSYBOX, "sh", "-c", "echo joined"))
+    assert ok(hyper_env.run("wait", "late")).strip() == "0"  # the adopted VM still takes containers
+    assert ok(hyper_env.run("logs", "late")) == "joined\n"
+    ok(hyper_env.run("pod", "rm", "-f", "crash"))
     assert hyper_env.qemu_processes() == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,9 @@ class AgentClient:
         self._auto_ack = auto_ack
         self._reader = reader
         self._writer = writer
-        self._next_id = 1
+        # Request ids start anywhere: a replay may hold an earlier connection's
+        # answers, and this connection's hello answer must not be mistaken for one.
+        self._next_id = 1 + secrets.randbelow(1 << 40)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._processes: dict[int, ProcessChannel] = {}
         self._failure: AgentConnectionLost | None = None
@@ -93,6 +96,13 @@ class AgentClient:
         self._background: set[asyncio.Task[None]] = set()
         self._hello_id: int | None = None
         self.greeting: dict[str, Any] = {}  # the agent's answer to the last hello
+        # Where each owner's output not yet kept begins (a frame's start): several
+        # containers in one VM share the stream, and none may acknowledge what
+        # another still has to keep.
+        self.holds: dict[int, int] = {}  # by stream
+        self._kept: set[int] = set()  # the streams whose output is held until kept
+        # Frames of the replay (kind, stream, payload, end counted from its start).
+        self._replay: list[tuple[FrameKind, int, bytes, int]] = []
         self._read_task = asyncio.create_task(self._read_loop(), name="agent-reader")
         self._write_lock = asyncio.Lock()
 
@@ -127,8 +137,19 @@ class AgentClient:
                     before_sync = None
                 for frame in decoder.feed(data):
                     size = HEADER.size + len(frame.payload)
+                    if self._base is None and not self._answers_hello(frame.kind, frame.payload):
+                        # The replay, before the hello's answer says where it began:
+                        # held (it is bounded by the guest's buffer) and delivered
+                        # in order, with its offsets, once the answer came.
+                        self._replay.append((frame.kind, frame.stream, frame.payload, self._consumed + size))
+                        self._consumed += size
+                        continue
                     after = None if self._base is None else self._base + self._consumed + size
                     await self._dispatch(frame.kind, frame.stream, frame.payload, after)
+                    if self._replay and self._base is not None:
+                        replay, self._replay = self._replay, []
+                        for kind, stream, payload, end in replay:
+                            await self._dispatch(kind, stream, payload, self._base + end, replayed=True)
                     # Counted once delivered: a frame cut off by close() is resent on resume.
                     self._consumed += size
                     if self._auto_ack:
@@ -146,10 +167,23 @@ class AgentClient:
         finally:
             self._writer.close()
 
-    async def _dispatch(self, kind: FrameKind, stream: int, payload: bytes, after: int | None) -> None:
+    def _answers_hello(self, kind: FrameKind, payload: bytes) -> bool:
+        if kind is not FrameKind.CONTROL or self._hello_id is None:
+            return False
+        try:
+            message = decode_message(payload)
+        except ProtocolError:
+            return False
+        return message.get("type") == "response" and message.get("id") == self._hello_id
+
+    async def _dispatch(
+        self, kind: FrameKind, stream: int, payload: bytes, after: int | None, *, replayed: bool = False
+    ) -> None:
         if kind in (FrameKind.STDOUT, FrameKind.STDERR):
             process = self._processes.get(stream)
             if process is not None and payload:
+                if stream in self._kept and after is not None:
+                    self.holds.setdefault(stream, after - HEADER.size - len(payload))
                 await process.output.put((kind, payload, after))
             return
         if kind is not FrameKind.CONTROL:
@@ -157,9 +191,13 @@ class AgentClient:
         message = decode_message(payload)
         if message["type"] == "response":
             request_id = require(message, "id", int)
+            if request_id == self._hello_id and not replayed:
+                start = message.get("resume_from")
+                if isinstance(start, int) and not isinstance(start, bool) and start >= 0:
+                    self._base = start  # the held replay's offsets count from here
             future = self._pending.pop(request_id, None)
             if future is None:
-                if self._base is None and request_id != self._hello_id:
+                if replayed or (self._base is None and request_id != self._hello_id):
                     return  # replayed from an earlier connection: its asker is gone
                 raise ProtocolError(f"response to unknown request {request_id}")
             if not future.done():
@@ -170,6 +208,7 @@ class AgentClient:
             if not 0 <= status <= 255:
                 raise ProtocolError(f"exit status {status} out of range")
             exited = self._processes.pop(stream, None)
+            self._kept.discard(stream)
             if self._auto_ack:
                 self._maybe_acknowledge(force=True)
             if exited is not None:
@@ -197,7 +236,10 @@ class AgentClient:
         return None if self._base is None else self._base + self._consumed
 
     def acknowledge(self, offset: int) -> None:
-        """Let the guest forget its stream up to `offset` (for owners without auto_ack)."""
+        """Let the guest forget its stream up to `offset` (for owners without
+        auto_ack), or up to the first output an owner still holds."""
+        if self.holds:
+            offset = min(offset, *self.holds.values())
         if offset > self._acked and self._failure is None:
             self._acked = offset
             task = asyncio.create_task(self._send_quietly(encode_message({"type": "ack", "offset": offset})))
@@ -300,11 +342,28 @@ class AgentClient:
             self._maybe_acknowledge(force=True)
         return reply
 
-    def open_process(self, stream: int) -> ProcessChannel:
-        """Register a process before it is started, so no output can be missed."""
+    def open_process(self, stream: int, *, keep: bool = False) -> ProcessChannel:
+        """Register a process before it is started, so no output can be missed.
+        With `keep` (a container's main process, whose output goes to its log)
+        its output is held back from acknowledgements until `kept`."""
         channel = ProcessChannel(stream)
         self._processes[stream] = channel
+        if keep and not self._auto_ack:
+            self._kept.add(stream)
         return channel
+
+    def kept(self, stream: int, offset: int | None) -> None:
+        """The owner of `stream` has kept its output up to `offset` (a frame's
+        end), or with None all of it received so far."""
+        if offset is None:
+            self.holds.pop(stream, None)
+        else:
+            self.holds[stream] = offset
+
+    def forget(self, stream: int) -> None:
+        """Nobody keeps `stream`'s output any more."""
+        self._kept.discard(stream)
+        self.holds.pop(stream, None)
 
     async def write_stdin(self, stream: int, data: bytes) -> None:
         """Send `data` to the process's stdin as the agent takes it (a slow

@@ -130,7 +130,7 @@ class Daemon:
         for record in self.state.all():
             pod = self._pod(record)
             if record.state in ADOPTED_STATES and isinstance(pod, Member):
-                joined.append(pod)  # after their hosts
+                joined.append(pod)  # with their hosts, whose agent they share
             elif record.state in ADOPTED_STATES:
                 adoptions.append(pod.adopt())
             else:
@@ -145,6 +145,10 @@ class Daemon:
                     and policy.start_with_daemon(manually_stopped=record.manually_stopped)
                 ):
                     starts.append(pod)
+        for member in joined:
+            host = self.pods.get(str((member.record.vm or {}).get("host") or ""))
+            if host is not None:
+                host.adopting.append(member)
         await asyncio.gather(*adoptions)
         for member in joined:
             await member.adopt()

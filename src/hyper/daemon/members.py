@@ -88,6 +88,7 @@ class Member(Pod):
         self.find: Callable[[str], Pod] | None = None
         self.host: Pod | None = None  # while it runs
         self._stream = 0
+        self.adopted = False
 
     @property
     def host_id(self) -> str:
@@ -171,6 +172,9 @@ class Member(Pod):
         }
 
     def _supervise(self, vm: QemuDriver, agent: AgentClient, channel: ProcessChannel) -> None:
+        self._attach_run(agent, channel)
+
+    def _attach_run(self, agent: AgentClient, channel: ProcessChannel) -> None:
         # Not the VM: that is the host's to stop, pause, or measure.
         self._generation += 1
         self.vm, self.agent, self._main_channel = None, agent, channel
@@ -205,6 +209,8 @@ class Member(Pod):
         if agent is not None and agent.failure is None:
             with contextlib.suppress(HyperError):
                 await agent.request("remove_container", container=self.id[:12], timeout=SHUTDOWN_SECONDS)
+        if agent is not None:
+            agent.forget(self._stream)
         if host is not None:
             host.members.discard(self)
             await host.vm_disks.release(host.vm, self.id)
@@ -218,9 +224,36 @@ class Member(Pod):
             hint="pause the container whose network it joins",
         )
 
+    def resume_point(self) -> int | None:
+        """Where the agent's stream should resume for this container's log."""
+        doc = self.record.vm or {}
+        last = self.log.last_offset(since=int(doc.get("log_position") or 0)) if self.log else None
+        start = doc.get("stream_start")
+        return last if last is not None else (start if isinstance(start, int) else None)
+
+    def rejoin(self, host: Pod, agent: AgentClient) -> None:
+        """Take the running container back as its host's VM is adopted: its
+        stream opened before the agent's hello (the replay comes first), its
+        disks known again."""
+        doc = self.record.vm or {}
+        self.host, self._stream = host, int(doc["stream"])
+        host.members.add(self)
+        for entry in doc.get("disks") or []:
+            disk = HotDisk(
+                Path(entry["path"]), str(entry["serial"]), bool(entry["read_only"]), int(entry["target"])
+            )
+            host.vm_disks.adopt(disk, self.id)
+        if self.log is not None:
+            self._skip_until = self.log.last_offset(since=int(doc.get("log_position") or 0))
+        channel = agent.open_process(self._stream, keep=True)
+        self._attach_run(agent, channel)
+        self.adopted = True
+
     async def adopt(self) -> None:
-        """Members are not adopted yet: take it out of its host's VM (adopted
-        before it) and record it as exited."""
+        """A member whose host was not adopted (gone, or its agent lost): take
+        it out of the host's VM if that still runs, and record it as exited."""
+        if self.adopted:
+            return
         doc = self.record.vm or {}
         host: Pod | None = None
         with contextlib.suppress(HyperError):
@@ -236,6 +269,4 @@ class Member(Pod):
                 if host.vm is not None:
                     with contextlib.suppress(HyperError):
                         await host.vm.detach_disk(disk)
-        await self._finish(
-            EXIT_VM_DIED, "hyperd restarted: containers joined to another's VM are not adopted"
-        )
+        await self._finish(EXIT_VM_DIED, "the VM it joined was not adopted after hyperd restarted")

@@ -24,7 +24,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hyper.agent.host import AgentClient, AgentConnectionLost, ProcessChannel
 from hyper.agent.protocol import FrameKind
@@ -50,6 +50,9 @@ from hyper.storage.share import ProxyShare
 from hyper.storage.volumes import VolumeStore
 from hyper.vm.driver import VmState
 from hyper.vm.qemu import QemuDriver, VmStartError
+
+if TYPE_CHECKING:
+    from hyper.daemon.members import Member
 
 SYNC_BYTES = 256 * 1024  # output written before it is made durable and acknowledged
 SYNC_SECONDS = 0.2
@@ -105,6 +108,8 @@ class Pod:
         # hyper.daemon.members), and the serials its own layers have in the guest.
         self.members: set[Pod] = set()
         self.layer_serials: dict[str, str] = {}
+        self.adopting: list[Member] = []  # members an adoption takes back
+        self._skip_until: int | None = None  # the agent stream's offset this log holds up to
         self.vm_disks = VmDisks()  # the members' disks hot-added to this VM
 
     @property
@@ -301,9 +306,17 @@ class Pod:
             else:
                 paused = False
             agent = await AgentClient.connect(spec.agent_socket, 10, auto_ack=False)
-            channel = agent.open_process(MAIN_PROCESS)
+            channel = agent.open_process(MAIN_PROCESS, keep=True)
             self._supervise(vm, agent, channel)  # reading starts before the hello: the replay comes first
-            await agent.hello(30, resume=resume)
+            # The containers that joined this VM take their streams back too; the
+            # replay starts where the one furthest behind stopped (each skips what
+            # its log has).
+            self._skip_until = self.log.last_offset(since=int(doc.get("log_position") or 0))
+            points = [resume, *(member.resume_point() for member in self.adopting)]
+            for member in self.adopting:
+                member.rejoin(self, agent)
+            known = [p for p in points if p is not None]
+            await agent.hello(30, resume=min(known) if known else None)
             if paused:
                 await vm.pause()
                 self._move(State.PAUSED)
@@ -328,6 +341,8 @@ class Pod:
             if item is None:
                 break
             kind, data, offset = item
+            if offset is not None and self._skip_until is not None and offset <= self._skip_until:
+                continue  # replayed for another container of the VM: already in this log
             self.log.append("stdout" if kind is FrameKind.STDOUT else "stderr", data, offset)
             last = offset if offset is not None else last
             self._unsynced += len(data)
@@ -357,6 +372,10 @@ class Pod:
         self._unsynced = 0
         if self.agent is None:
             return
+        if channel.output.empty():
+            self.agent.kept(channel.stream, None)
+        elif offset is not None:
+            self.agent.kept(channel.stream, offset)
         if channel.output.empty() and self.agent.received_offset is not None:
             # Everything read so far is on disk or not the log's (execs, copies).
             self.agent.acknowledge(self.agent.received_offset)

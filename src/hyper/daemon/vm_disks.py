@@ -42,6 +42,12 @@ class VmDisks:
         self.owners.setdefault(key, set()).add(owner)
         return disk
 
+    def adopt(self, disk: HotDisk, owner: str) -> None:
+        """A disk an earlier hyperd hot-added for `owner` (an adopted VM)."""
+        key = str(disk.path)
+        self.disks.setdefault(key, disk)
+        self.owners.setdefault(key, set()).add(owner)
+
     async def release(self, vm: QemuDriver | None, owner: str) -> None:
         """The owner is gone from the guest: its disks nobody else uses leave the VM."""
         for key in [k for k, owners in self.owners.items() if owner in owners]:

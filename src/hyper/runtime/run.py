@@ -722,7 +722,7 @@ async def start_process(
 ) -> ProcessChannel:
     """Ask the agent to `start` a container's main process or `exec` one into it;
     a command that cannot run raises ContainerExit with Docker's 126 or 127."""
-    channel = agent.open_process(stream)
+    channel = agent.open_process(stream, keep=kind == "start")
     rows, cols = size
     try:
         confinement = None if process.confinement is None else process.confinement.message()
