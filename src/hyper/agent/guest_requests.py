@@ -46,13 +46,24 @@ class ContainerRequests:
         raise NotImplementedError
 
     def _wait_for_disk(self, serial: str) -> str:
+        """The disk's device, once it can be used: a disk hot-added on the SCSI
+        controller shows in sysfs before its device node opens (ENXIO) and
+        before its size is read."""
         deadline = time.monotonic() + 10
-        while (device := sys_.find_disk(serial)) is None:
+        while True:
+            device = sys_.find_disk(serial)
+            if device is not None and sys_.disk_size(device) > 0:
+                try:
+                    sys_.flush_block_device(device)
+                    return device
+                except OSError as exc:
+                    if exc.errno not in (errno.ENXIO, errno.ENOENT, errno.ENODEV):
+                        raise
             if time.monotonic() > deadline:
-                raise guest_container.StartError("mount", errno.ENODEV, f"no disk with serial {serial}")
+                raise guest_container.StartError(
+                    "mount", errno.ENODEV, f"no usable disk with serial {serial}"
+                )
             time.sleep(0.01)
-        sys_.flush_block_device(device)
-        return device
 
     def _do_mount_container(self, message: dict[str, Any]) -> dict[str, Any]:
         container_id = require(message, "container", str)

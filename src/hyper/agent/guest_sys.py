@@ -119,6 +119,15 @@ def add_entropy(seed: bytes) -> None:
         os.close(fd)
 
 
+def disk_size(device: str) -> int:
+    """The disk's size in 512-byte sectors; 0 while the kernel has not read it yet."""
+    try:
+        with open(f"/sys/block/{os.path.basename(device)}/size") as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def flush_block_device(device: str) -> None:
     """Drop the guest's cached blocks of `device`.
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from hyper.agent.host import AgentClient, ProcessChannel
-from hyper.daemon.pods import EXIT_VM_DIED, OOM_REASON, SHUTDOWN_SECONDS, Pod, State
+from hyper.daemon.pod_requests import SHUTDOWN_SECONDS
+from hyper.daemon.pods import EXIT_VM_DIED, OOM_REASON, Pod, State
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument
 from hyper.runtime import resources
 from hyper.runtime import spec as specs

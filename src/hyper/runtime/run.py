@@ -368,6 +368,11 @@ class ContainerRun:
             raise
         return Launched(vm, agent, channel)
 
+    def layer_serials(self, count: int) -> list[str]:
+        """The serials the VM's layer disks carry in the guest: a template's or a
+        boot's slots, or a pool VM's hot-added disks."""
+        return self._serials[0] if self._serials else [templates.layer_serial(i) for i in range(count)]
+
     async def make_files(self, prepared: Prepared) -> Path:
         """The container's directory and writable disk (for a container joining
         a running VM, hyper.daemon.members); returns the disk."""
