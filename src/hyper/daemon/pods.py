@@ -41,7 +41,6 @@ from hyper.image import ImageStore
 from hyper.network.manager import NetworkManager
 from hyper.paths import HyperPaths
 from hyper.runtime import spec as specs
-from hyper.runtime import templates
 from hyper.runtime.pool import VmPool
 from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun, Launched
 from hyper.runtime.settings import Settings
@@ -261,8 +260,9 @@ class Pod(PodRequests):
         finally:
             if run.network is not None:
                 run.network.close()  # QEMU holds its own copies of the taps now
+        serials = run.layer_serials(len(prepared.layers))
         self.layer_serials = {
-            str(layer.path): templates.layer_serial(i) for i, layer in enumerate(prepared.layers)
+            str(layer.path): serial for layer, serial in zip(prepared.layers, serials, strict=True)
         }
         self.vm_disks = VmDisks()
         return launched

@@ -14,6 +14,9 @@ from hyper.vm.driver import HotDisk
 from hyper.vm.qemu import QemuDriver
 
 MAX_SCSI_TARGETS = 255  # virtio-scsi's targets per controller (LUN 0 each)
+# The first target for members' disks: those below are a pool VM's own
+# (hyper.runtime.pool hot-adds a container's layers and writable from 0 up).
+FIRST_TARGET = 32
 
 
 @dataclass
@@ -26,7 +29,7 @@ class VmDisks:
 
     def _free_target(self) -> int:
         used = {disk.target for disk in self.disks.values()}
-        for target in range(1, MAX_SCSI_TARGETS):
+        for target in range(FIRST_TARGET, MAX_SCSI_TARGETS):
             if target not in used:
                 return target
         raise FailedPrecondition("the VM has no free SCSI target for another disk")
