@@ -17,9 +17,14 @@ import threading
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from hyper.agent.host import ProcessChannel
 from hyper.agent.protocol import FrameKind
+
+if TYPE_CHECKING:
+    # Only a type here: the CLI's thin client of hyperd imports this module, and
+    # the agent's host side (only the direct path uses it) is not cheap.
+    from hyper.agent.host import ProcessChannel
 
 # Signals an attached client passes on to the container (Docker's list, less
 # the terminal's own: SIGWINCH is a resize, SIGCHLD and SIGPIPE are local).
