@@ -1,4 +1,4 @@
-"""User-mode networking for a hyperd without root: one passt per pod.
+"""User-mode networking: one passt per pod (a hyperd without root, and a direct run).
 
 Without root there is no bridge, tap or nftables, so each pod's NIC is
 connected to its own passt (Debian's `passt`, the user-mode network of
@@ -18,7 +18,9 @@ How one pod's passt is tied to its VM:
   published ports: a port it cannot bind fails the start, before the VM boots.
   Its pid file and log are `RUNTIME/passt/ID.pid|log`; a later hyperd finds a
   running pod's passt again by that pid file on its command line, and kills
-  any passt whose pod no longer runs (`reap`).
+  any passt whose pod no longer runs (`reap`). A passt started as root (a
+  direct run's) becomes `nobody` before it opens those files, so it gets
+  none and is known by the socket it holds instead (PasstProcess).
 - It is started with an empty environment, no descriptor but the socket and
   /dev/null, in a session of its own; passt then confines itself (own user,
   mount, IPC, UTS and PID namespaces, an empty root, no capabilities,
