@@ -1,8 +1,8 @@
 """Docker's JSON for containers, to and from Hyper's types. Pure functions.
 
-What Hyper cannot honour (bind mounts, published ports, privileged mode, …)
-is refused by name rather than ignored: a container that silently lacks its
-volume is a wrong result.
+What Hyper cannot honour (host devices, sysctls, Windows options, …) is
+refused by name rather than ignored (hyper.api.docker.fields): a container
+that silently lacks what it asked for is a wrong result.
 """
 
 from __future__ import annotations
