@@ -124,6 +124,14 @@ def test_volume_create_ls_inspect_rm_and_prune_with_the_docker_cli(hyperd: Docke
     assert "volume is in use" in failed(hyperd.docker("volume", "rm", "-f", "cli-db"))
     anonymous = str(mounts_of(hyperd, user)["/anon"]["Name"])
     assert len(anonymous) == 64 and anonymous in volume_names(hyperd)
+    labelled = ok(
+        hyperd.docker(
+            "create", "--mount", "type=volume,source=cli-lbl,target=/l,volume-label=team=x", "busybox"
+        )
+    ).strip()
+    assert json.loads(ok(hyperd.docker("volume", "inspect", "cli-lbl")))[0]["Labels"] == {"team": "x"}
+    ok(hyperd.docker("rm", labelled))
+    ok(hyperd.docker("volume", "rm", "cli-lbl"))
     ok(hyperd.docker("rm", user))  # without -v: its anonymous volume stays, unused
     assert {"cli-db", anonymous} <= volume_names(hyperd, "--filter", "dangling=true")
 

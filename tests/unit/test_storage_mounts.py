@@ -213,7 +213,11 @@ def test_storage_opt_size() -> None:
         ({"Type": "tmpfs", "Target": "/x", "TmpfsOptions": {"Mode": True}}, "Mode of a mount"),
         ({"Type": "volume", "Target": 5}, "Target of a mount must be a string"),
         ({"Type": "volume", "Target": "/x", "VolumeOptions": {"DriverConfig": "x"}}, "must be an object"),
-        ({"Type": "volume", "Target": "/x", "VolumeOptions": {"Labels": {"a": "b"}}}, "VolumeOptions.Labels"),
+        ({"Type": "volume", "Target": "/x", "VolumeOptions": {"Labels": {"a": 1}}}, "VolumeOptions.Labels"),
+        (
+            {"Type": "bind", "Source": "/a", "Target": "/x", "VolumeOptions": {"Labels": {"a": "b"}}},
+            "applies to",
+        ),
         (
             {"Type": "bind", "Source": "/a", "Target": "/x", "BindOptions": {"CreateMountpoint": True}},
             "Create",
@@ -231,5 +235,12 @@ def test_api_mount_paths_with_commas_and_quotes_stay_whole() -> None:
     mount = from_api_mount({"Type": "bind", "Source": '/a,"b', "Target": "/x,y"})
     assert (mount.source, mount.target) == ('/a,"b', "/x,y")
     assert parse_mount(mount.canonical()) == mount
-    with pytest.raises(InvalidArgument, match="volume-label"):
-        parse_mount("type=volume,source=v1,target=/x,volume-label=a=b")
+    labelled = parse_mount("type=volume,source=v1,target=/x,volume-label=a=b,volume-label=c=")
+    assert labelled.volume_labels == (("a", "b"), ("c", ""))
+    assert parse_mount(labelled.canonical()) == labelled
+    api = from_api_mount(
+        {"Type": "volume", "Source": "v1", "Target": "/x", "VolumeOptions": {"Labels": {"a": "b"}}}
+    )
+    assert api.volume_labels == (("a", "b"),)
+    with pytest.raises(InvalidArgument, match="volume-label applies to volumes"):
+        parse_mount("type=tmpfs,target=/x,volume-label=a=b")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hyper.errors import FailedPrecondition, InvalidArgument, NotFound
-from hyper.storage.mounts import parse_all
+from hyper.storage.mounts import parse_all, parse_mount
 from hyper.storage.plan import resolve_mounts, share_plan
 from hyper.storage.share import ShareEntry
 from hyper.storage.volumes import ANONYMOUS_LABEL, VolumeStore
@@ -119,6 +119,20 @@ def test_an_empty_read_only_volume_is_writable_to_its_copy_up_only(
     assert all(m["read_only"] for m in plan.guest)
     (store.get("ro-vol").mountpoint / "passwd").write_text("root:x:0:0::/:/bin/sh\n")
     assert [e.read_only for e in share_plan(store, resolved, "c" * 12).entries] == [True, True]
+
+
+def test_a_volume_a_mount_creates_gets_its_labels(store: VolumeStore) -> None:
+    store.create("existing", labels={"kept": "yes"})
+    mounts = [
+        "type=volume,source=fresh,target=/a,volume-label=team=db",
+        "type=volume,source=existing,target=/b,volume-label=team=db",
+        "type=volume,target=/c,volume-label=team=db",
+    ]
+    resolved = resolve_mounts(store, mounts, [], live(store, "c" * 64))
+    assert store.get("fresh").labels == {"team": "db"}
+    assert store.get("existing").labels == {"kept": "yes"}  # as Docker: an existing volume keeps its own
+    anonymous = parse_mount(resolved[2]).source
+    assert store.get(anonymous).labels == {"team": "db", ANONYMOUS_LABEL: ""}
 
 
 def test_mount_source_must_exist(store: VolumeStore, tmp_path: Path) -> None:

@@ -49,6 +49,8 @@ class Mount:
     tmpfs_size: int | None = None  # bytes
     tmpfs_mode: int | None = None
     tmpfs_flags: tuple[str, ...] = ()
+    # volume: the labels of a volume this mount creates (Docker's volume-label); one that exists keeps its own
+    volume_labels: tuple[tuple[str, str], ...] = ()
 
     def canonical(self) -> str:
         """The --mount form a container keeps (parse_mount reads it back)."""
@@ -69,6 +71,7 @@ class Mount:
         if self.tmpfs_mode is not None:
             fields.append(f"tmpfs-mode={self.tmpfs_mode:o}")
         fields += [f"tmpfs-flag={flag}" for flag in self.tmpfs_flags]
+        fields += [f"volume-label={key}={value}" for key, value in self.volume_labels]
         return _csv_line(fields)
 
     def document(self) -> dict[str, Any]:
@@ -182,11 +185,18 @@ def parse_mount(text: str) -> Mount:
         raise InvalidArgument(f"invalid --mount {text!r}", hint="use type=…,source=…,target=…") from None
     values: dict[str, str | None] = {}
     flags: list[str] = []
+    labels: list[tuple[str, str]] = []
     for field in fields:
         key, sep, value = field.partition("=")
         key = key.strip().lower()
         if key == "tmpfs-flag" and sep:
             flags.append(value)
+            continue
+        if key == "volume-label" and sep:
+            name, _, label = value.partition("=")
+            if not name:
+                raise InvalidArgument(f"invalid volume-label {value!r}", hint="use volume-label=KEY=VALUE")
+            labels.append((name, label))
             continue
         if key in values:
             raise InvalidArgument(f"--mount names {key} twice: {text!r}")
@@ -234,11 +244,7 @@ def parse_mount(text: str) -> Mount:
             raise InvalidArgument(
                 f"volume driver {driver!r} is not supported", hint="Hyper has the local driver"
             )
-        if values.get("volume-label"):
-            raise InvalidArgument(
-                "volume-label is not supported yet", hint="create the volume with its labels first"
-            )
-        values.pop("volume-label", None)
+        mount = replace(mount, volume_labels=tuple(labels))
     else:
         if source:
             raise InvalidArgument("a tmpfs mount takes no source")
@@ -250,6 +256,8 @@ def parse_mount(text: str) -> Mount:
             tmpfs_mode=None if mode is None else _parse_mode(mode),
             tmpfs_flags=tuple(_tmpfs_flag(f) for f in flags),
         )
+    if labels and mount_type is not MountType.VOLUME:
+        raise InvalidArgument(f"volume-label applies to volumes, not to a {kind} mount")
     if values:
         raise InvalidArgument(f"unknown --mount key {sorted(values)[0]!r} for a {kind} mount")
     return mount
@@ -303,7 +311,7 @@ _API_MOUNT_KEYS = {
         "TmpfsOptions",
     },
     "BindOptions": {"Propagation", "NonRecursive"},
-    "VolumeOptions": {"NoCopy", "DriverConfig"},
+    "VolumeOptions": {"NoCopy", "DriverConfig", "Labels"},
     "TmpfsOptions": {"SizeBytes", "Mode"},
 }
 
@@ -356,6 +364,10 @@ def from_api_mount(item: Mapping[str, Any]) -> Mount:
         fields.append("bind-nonrecursive")
     if volume.get("NoCopy"):
         fields.append("volume-nocopy")
+    labels = volume.get("Labels") or {}
+    if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidArgument("VolumeOptions.Labels must map names to strings")
+    fields += [f"volume-label={key}={value}" for key, value in labels.items()]
     driver_config = volume.get("DriverConfig") or {}
     if not isinstance(driver_config, Mapping):
         raise InvalidArgument("VolumeOptions.DriverConfig must be an object")
@@ -453,7 +465,7 @@ def inherited_mounts(mounts: Iterable[str], read_only: bool | None) -> tuple[Mou
         if mount.type is MountType.VOLUME and not mount.source:
             raise InvalidArgument(f"the volume at {mount.target} has no name yet")
         mode = mount.read_only if read_only is None else read_only
-        result.append(replace(mount, read_only=mode, anonymous=False, create_source=False))
+        result.append(replace(mount, read_only=mode, anonymous=False, create_source=False, volume_labels=()))
     return tuple(result)
 
 

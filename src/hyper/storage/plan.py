@@ -44,7 +44,8 @@ def resolve_mounts(
     resolved = []
     for mount in with_image_volumes(parse_canonical(mounts), image_volumes):
         if mount.type is MountType.VOLUME:
-            resolved.append(replace(mount, source=store.create(mount.source or None).name))
+            volume = store.create(mount.source or None, labels=dict(mount.volume_labels))
+            resolved.append(replace(mount, source=volume.name))
             continue
         if mount.type is MountType.BIND:
             check_bind_source(mount)
