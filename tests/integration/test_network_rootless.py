@@ -122,6 +122,22 @@ def test_info_says_user_mode_and_why(hyperd: DockerHyperd, lab: NetLab) -> None:
     assert "user (not root" in line and "passt" in line, info.stdout + info.stderr
 
 
+def test_direct_run_without_root_has_a_passt_of_its_own(hyperd: DockerHyperd, lab: NetLab) -> None:
+    done = lab.exec(
+        lab.host,
+        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "env", f"HOME={hyperd.root}", f"HYPER_STATE_DIR={hyperd.state}", f"HYPER_CACHE_DIR={hyperd.cache}",
+        f"HYPER_RUNTIME_DIR={hyperd.runtime}", "HYPER_BRIDGE=bridge", "HYPER_RUN_DIRECT=1",
+        sys.executable, "-m", "hyper.cli.main", "run", "--rm", BUSYBOX, "sh", "-c",
+        f"ip -o -4 addr show eth0; wget -qO- http://{OUTSIDE_NAME}:{HTTP_PORT}/",
+        check=False, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "inet 172.17.0.2/16" in done.stdout and OUTSIDE_PAGE.strip() in done.stdout
+    assert passt_processes(hyperd) == []  # its pid file was in the run's directory, now gone
+    assert not list((hyperd.runtime / "foreground").glob("*"))
+
+
 def test_outbound_connections_and_names_go_through_passt(hyperd: DockerHyperd, lab: NetLab) -> None:
     out = ok(
         hyperd.docker(
