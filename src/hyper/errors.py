@@ -18,6 +18,7 @@ class Category(enum.Enum):
     UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline exceeded"
     PERMISSION_DENIED = "permission denied"
+    UNAUTHENTICATED = "unauthenticated"
     RESOURCE_EXHAUSTED = "resource exhausted"
     DATA_LOSS = "data loss"
     INTERNAL = "internal"
@@ -68,6 +69,12 @@ class DeadlineExceeded(HyperError):
 
 class PermissionDenied(HyperError):
     category = Category.PERMISSION_DENIED
+
+
+class Unauthenticated(HyperError):
+    """A request without valid credentials (a tenant's key or token): HTTP 401."""
+
+    category = Category.UNAUTHENTICATED
 
 
 class ResourceExhausted(HyperError):

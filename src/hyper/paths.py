@@ -31,9 +31,18 @@ class HyperPaths:
     state: Path
     cache: Path
     runtime: Path
+    # The tenant whose images and VM templates these are ("": the admin's):
+    # tenants share no image store and no template (hyper.tenants).
+    tenant: str = ""
+
+    def scoped(self, tenant: str) -> HyperPaths:
+        """These paths as `tenant` sees them: its own image store and VM templates."""
+        return HyperPaths(self.state, self.cache, self.runtime, tenant)
 
     @property
     def images(self) -> Path:
+        if self.tenant:
+            return self.state / "tenants" / self.tenant / "images"
         return self.state / "images"
 
     @property
@@ -54,6 +63,10 @@ class HyperPaths:
 
     @property
     def templates(self) -> Path:
+        # Clones of one template share its guest kernel's KASLR layout and
+        # pointer-hashing key: each tenant boots templates of its own.
+        if self.tenant:
+            return self.cache / "templates" / "tenants" / self.tenant
         return self.cache / "templates"
 
 

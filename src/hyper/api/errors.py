@@ -13,6 +13,7 @@ HTTP_STATUS: dict[Category, int] = {
     Category.ALREADY_EXISTS: 409,
     Category.FAILED_PRECONDITION: 409,
     Category.PERMISSION_DENIED: 403,
+    Category.UNAUTHENTICATED: 401,
     Category.RESOURCE_EXHAUSTED: 429,
     Category.DEADLINE_EXCEEDED: 504,
     Category.UNAVAILABLE: 503,

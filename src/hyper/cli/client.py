@@ -95,6 +95,7 @@ _ERROR_CLASSES: Mapping[Category, type[HyperError]] = {
     Category.UNAVAILABLE: errors.Unavailable,
     Category.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
     Category.PERMISSION_DENIED: errors.PermissionDenied,
+    Category.UNAUTHENTICATED: errors.Unauthenticated,
     Category.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
     Category.DATA_LOSS: errors.DataLoss,
     Category.INTERNAL: errors.InternalError,
@@ -104,6 +105,7 @@ _ERROR_CLASSES: Mapping[Category, type[HyperError]] = {
 # of their kind. 409 is Docker's "conflict" (a name taken, a container running).
 _DOCKER_STATUS_CLASSES: Mapping[int, type[HyperError]] = {
     400: errors.InvalidArgument,
+    401: errors.Unauthenticated,
     403: errors.PermissionDenied,
     404: errors.NotFound,
     409: errors.FailedPrecondition,
@@ -358,6 +360,13 @@ class DaemonClient:
     ) -> Any:
         """A Docker API answer's JSON (None when empty): `hyper network` and `port` use these."""
         response = self._docker(method, path, params=params, json=json)
+        return response.json() if response.content else None
+
+    def admin_document(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None, json: object = None
+    ) -> Any:
+        """An answer of hyperd's own API as JSON (None when empty): `hyper tenant` uses these."""
+        response = self._request(method, path, params=params, json=json)
         return response.json() if response.content else None
 
     def _docker(

@@ -40,6 +40,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         network_commands,
         pod_commands,
         session_commands,
+        tenant_commands,
         volume_commands,
     )
 
@@ -59,6 +60,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     network_commands.register(subparsers)
     volume_commands.register(subparsers)
     pod_commands.register(subparsers)
+    tenant_commands.register(subparsers)
     return parser
 
 

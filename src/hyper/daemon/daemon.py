@@ -49,6 +49,7 @@ class Daemon:
             NetworkConfig.from_env(),
             container_name=self._container_name,
             runtime=paths.runtime,
+            container_owner=self._container_owner,
         )
         self.execs: dict[str, ExecSession] = {}
         self.pool = VmPool(paths, settings, pool or PoolConfig())
@@ -61,6 +62,10 @@ class Daemon:
     def _container_name(self, container_id: str) -> str | None:
         pod = self.pods.get(container_id)
         return pod.record.name if pod is not None else None
+
+    def _container_owner(self, container_id: str) -> str:
+        pod = self.pods.get(container_id)
+        return pod.record.owner if pod is not None else ""
 
     def _pod(self, record: Any) -> Pod:
         options = run_options_from(record.options)
@@ -211,7 +216,8 @@ class Daemon:
             request = dataclasses.replace(
                 request, options=dataclasses.replace(request.options, mounts=mounts)
             )
-        image = await asyncio.to_thread(ImageStore(self.paths.images).get, request.options.image)
+        images = ImageStore(self.paths.scoped(request.options.owner).images)  # a tenant's own store
+        image = await asyncio.to_thread(images.get, request.options.image)
         # The image's EXPOSE joins the container's (as Docker merges them), so -P
         # publishes the same ports after a hyperd restart.
         exposed = tuple(dict.fromkeys((*request.options.expose, *image.config.exposed_ports)))
@@ -230,6 +236,8 @@ class Daemon:
             self.pods[pod.id] = pod
             return pod
         network_request = request_for(request.options)
+        if request.options.owner:
+            await self.network.ensure_default(request.options.owner)  # a tenant's own `bridge`
         self.network.check_request(network_request)  # bad network options create nothing
         pod = await Pod.create(self.paths, self.settings, self.state, self.events, request)
         pod.on_auto_remove = self._auto_remove
@@ -254,8 +262,9 @@ class Daemon:
             raise
         return pod
 
-    def find(self, ref: str) -> Pod:
-        record = self.state.resolve(ref)
+    def find(self, ref: str, owner: str | None = None) -> Pod:
+        """A container by ID, prefix or name, among `owner`'s (a tenant's; None: all)."""
+        record = self.state.resolve(ref, owner)
         pod = self.pods.get(record.id)
         if pod is None:
             raise NotFound(f"no such container: {ref}")
@@ -284,10 +293,12 @@ class Daemon:
         self.execs[session.id] = session
         return session
 
-    def find_exec(self, exec_id: str) -> ExecSession:
-        session = self.execs.get(exec_id)
+    def find_exec(self, exec_id: str, owner: str | None = None) -> ExecSession:
+        """An exec by ID or prefix, among those in `owner`'s containers (None: all)."""
+        execs = {key: s for key, s in self.execs.items() if owner is None or s.pod.record.owner == owner}
+        session = execs.get(exec_id)
         if session is None:
-            matches = [s for key, s in self.execs.items() if key.startswith(exec_id)] if exec_id else []
+            matches = [s for key, s in execs.items() if key.startswith(exec_id)] if exec_id else []
             if len(matches) != 1:
                 raise NotFound(f"no such exec instance: {exec_id}")
             session = matches[0]

@@ -21,6 +21,7 @@ class Event:
     actor_id: str
     attributes: dict[str, str] = field(default_factory=dict)
     time_ns: int = field(default_factory=time.time_ns)
+    owner: str = ""  # the tenant whose object it is ("": the admin's); tenants see only their own
 
 
 class EventBus:

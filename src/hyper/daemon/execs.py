@@ -47,7 +47,9 @@ class ExecSession:
 
     def _publish(self, action: str) -> None:
         attributes = {"name": self.pod.record.name, "image": self.pod.record.image, "execID": self.id}
-        self.pod.events.publish(Event("container", action, self.pod.id, attributes))
+        self.pod.events.publish(
+            Event("container", action, self.pod.id, attributes, owner=self.pod.record.owner)
+        )
 
     async def start(self, rows: int = 24, cols: int = 80) -> None:
         """Start the process; raises ContainerExit (126/127) when it cannot run."""

@@ -10,19 +10,26 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
+from hyper.api import tenant_admin
 from hyper.api.docker.server import make_docker_app
 from hyper.api.server import make_app
+from hyper.api.tenant_gate import parse_listen, tls_context
+from hyper.api.tls import TLSSite
 from hyper.daemon.daemon import Daemon
-from hyper.errors import HyperError
+from hyper.errors import HyperError, InvalidArgument
 from hyper.paths import HyperPaths, default_paths
 from hyper.paths import prepare as prepare_paths
 from hyper.runtime.pool import DEFAULT_MEMORY_MIB, DEFAULT_SIZE, PoolConfig, config_from
 from hyper.runtime.settings import Settings
+from hyper.tenants.keystone import KeystoneValidator, ServiceCredentials
+from hyper.tenants.service import TenantService
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 
@@ -50,6 +57,23 @@ async def _serve_app(app: web.Application, socket: Path) -> web.AppRunner:
     return runner
 
 
+@dataclass(frozen=True)
+class TenantListener:
+    """Where tenants reach the Docker Engine API: HOST:PORT, over TLS."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext
+
+
+async def _serve_tenants(app: web.Application, listener: TenantListener) -> web.AppRunner:
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    await runner.setup()
+    site = TLSSite(runner, listener.host, listener.port, listener.tls)  # TLS that half-closes, as Go's
+    await site.start()
+    return runner
+
+
 async def serve(
     paths: HyperPaths,
     socket: Path,
@@ -58,6 +82,8 @@ async def serve(
     cni: tuple[Path | None, list[Path]] = (None, []),
     *,
     pool: PoolConfig | None = None,
+    tenant_listener: TenantListener | None = None,
+    keystone: KeystoneValidator | None = None,
 ) -> None:
     prepare_paths(paths)
     sockets = [path for path in (socket, docker_socket, cri_socket) if path is not None]
@@ -65,7 +91,10 @@ async def serve(
         await _claim(path)
     daemon = Daemon(paths, Settings.from_env(), pool)
     await daemon.adopt_all()
+    tenants = TenantService(daemon, keystone)
+    await tenants.start()
     app = make_app(daemon)
+    tenant_admin.add_routes(app, tenants)  # `hyper tenant …`, the admin's alone
     # The hyper CLI's exec, attach, cp, inspect, top and stats use the Docker
     # Engine API's streams, which hyperd's own socket serves under /docker.
     app.add_subapp("/docker", make_docker_app(daemon))
@@ -82,6 +111,9 @@ async def serve(
         conf_dir, bin_dirs = cni
         cri = await start_cri_server(daemon, cri_socket, conf_dir, bin_dirs or None)
         served += f" and the CRI on {cri_socket}"
+    if tenant_listener is not None:
+        runners.append(await _serve_tenants(make_docker_app(daemon, tenants), tenant_listener))
+        served += f", and to tenants on {tenant_listener.host}:{tenant_listener.port} (TLS)"
     print(f"hyperd: serving {served} (pid {os.getpid()}, state {paths.state})", file=sys.stderr, flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,6 +127,7 @@ async def serve(
             await cri.stop(SHUTDOWN_GRACE_SECONDS)
         for runner in runners:
             await runner.cleanup()
+        await tenants.close()
         await daemon.shutdown()
         for path in sockets:
             with contextlib.suppress(FileNotFoundError):
@@ -161,6 +194,21 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the most guest RAM the ready VMs hold together (default {DEFAULT_MEMORY_MIB}m; "
         "also HYPER_POOL_MEMORY)",
     )
+    parser.add_argument(
+        "--tenant-listen",
+        metavar="HOST:PORT",
+        help="serve the Docker Engine API to tenants on this TCP address, over TLS (docs/tenants.md)",
+    )
+    parser.add_argument("--tls-cert", type=Path, help="the tenant listener's certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="the tenant listener's private key (PEM)")
+    parser.add_argument(
+        "--keystone-url", help="accept OpenStack Keystone tokens (X-Auth-Token), checked by this Keystone"
+    )
+    parser.add_argument(
+        "--keystone-credentials",
+        type=Path,
+        help="a JSON file with the service user hyperd checks tokens as (default: tokens check themselves)",
+    )
     args = parser.parse_args(argv)
     defaults = default_paths()
     paths = HyperPaths(
@@ -170,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.umask(0o077)  # containers' environments, logs and disks are hyperd's user's alone
     try:
+        listener = _tenant_listener(args)
+        keystone = None
+        if args.keystone_url:
+            credentials = (
+                ServiceCredentials.load(args.keystone_credentials) if args.keystone_credentials else None
+            )
+            keystone = KeystoneValidator(args.keystone_url, credentials)
         asyncio.run(
             serve(
                 paths,
@@ -178,12 +233,28 @@ def main(argv: list[str] | None = None) -> int:
                 args.cri_socket,
                 (args.cni_conf_dir, args.cni_bin_dir),
                 pool=config_from(args.pool, args.pool_memory),
+                tenant_listener=listener,
+                keystone=keystone,
             )
         )
     except HyperError as exc:
         print(f"hyperd: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _tenant_listener(args: argparse.Namespace) -> TenantListener | None:
+    if not args.tenant_listen:
+        if args.tls_cert or args.tls_key or args.keystone_url:
+            raise InvalidArgument("--tls-cert, --tls-key and --keystone-url go with --tenant-listen")
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise InvalidArgument(
+            "--tenant-listen needs --tls-cert and --tls-key: tenants' tokens never cross a network in clear",
+            hint="make a pair for a trial with `hyper tenant cert --host HOST`",
+        )
+    host, port = parse_listen(args.tenant_listen)
+    return TenantListener(host, port, tls_context(args.tls_cert, args.tls_key))
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ class Pod(PodRequests):
 
     def _publish(self, action: str, **attributes: str) -> None:
         attributes = {"name": self.record.name, "image": self.record.image, **attributes}
-        self.events.publish(Event("container", action, self.id, attributes))
+        self.events.publish(Event("container", action, self.id, attributes, owner=self.record.owner))
 
     def _move(self, new: specs.ContainerState, **changes: Any) -> None:
         if new is not self.status and new not in specs.CONTAINER_TRANSITIONS[self.status]:
@@ -175,7 +175,8 @@ class Pod(PodRequests):
         request: CreateRequest,
     ) -> Pod:
         """Record a container and make its directory; no VM runs until `start`."""
-        image = await asyncio.to_thread(ImageStore(paths.images).get, request.options.image)
+        images = ImageStore(paths.scoped(request.options.owner).images)  # a tenant's own store
+        image = await asyncio.to_thread(images.get, request.options.image)
         container_id = secrets.token_hex(32)
         directory = paths.containers / container_id
         directory.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,15 @@ from typing import Any
 
 from hyper.errors import AlreadyExists, InvalidArgument, NotFound
 
+# Names are unique per owner (a tenant, or "" for hyperd's admin): two tenants
+# may both have a container named `web` (hyper.tenants).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS containers (
     id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    doc TEXT NOT NULL
+    owner TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    UNIQUE (owner, name)
 )
 """
 POD_SCHEMA = """
@@ -29,6 +33,13 @@ CREATE TABLE IF NOT EXISTS pods (
     doc TEXT NOT NULL
 )
 """
+# A state directory from before owners: its names were unique over all, and all the admin's.
+MIGRATE_OWNERS = (
+    "ALTER TABLE containers RENAME TO containers_before_owners",
+    SCHEMA,
+    "INSERT INTO containers (id, owner, name, doc) SELECT id, '', name, doc FROM containers_before_owners",
+    "DROP TABLE containers_before_owners",
+)
 
 # Docker's rule for container names (ASCII only, at least two characters), with
 # a bound on the length that Docker leaves open.
@@ -83,6 +94,11 @@ class ContainerRecord:
     paused_stats: dict[str, Any] | None = None  # the guest's figures as it was paused, for `stats`
     oom_killed: bool = False  # its last run ended in an OOM kill (reason "OOMKilled")
 
+    @property
+    def owner(self) -> str:
+        """The tenant the container belongs to; "" for hyperd's admin."""
+        return str(self.options.get("owner") or "")
+
     def public(self) -> dict[str, Any]:
         """The API's view (docs/hyperd-api.md)."""
         hidden = (
@@ -115,6 +131,16 @@ class StateStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(containers)")]
+        if columns and "owner" not in columns:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATE_OWNERS:
+                    self._db.execute(statement)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
         self._db.execute(SCHEMA)
         self._db.execute(POD_SCHEMA)
 
@@ -165,8 +191,8 @@ class StateStore:
     def insert(self, record: ContainerRecord) -> None:
         try:
             self._db.execute(
-                "INSERT INTO containers (id, name, doc) VALUES (?, ?, ?)",
-                (record.id, record.name, json.dumps(asdict(record))),
+                "INSERT INTO containers (id, owner, name, doc) VALUES (?, ?, ?, ?)",
+                (record.id, record.owner, record.name, json.dumps(asdict(record))),
             )
         except sqlite3.IntegrityError:
             raise AlreadyExists(
@@ -199,14 +225,24 @@ class StateStore:
         records = [ContainerRecord(**json.loads(doc)) for (doc,) in rows]
         return sorted(records, key=lambda r: r.created, reverse=True)
 
-    def resolve(self, ref: str) -> ContainerRecord:
-        """A container by full ID, name, or unambiguous ID prefix."""
+    def resolve(self, ref: str, owner: str | None = None) -> ContainerRecord:
+        """A container by full ID, name, or unambiguous ID prefix, among `owner`'s
+        (None: everyone's, where a name two owners use means the admin's)."""
         if not ref:
             raise InvalidArgument("an empty container reference")
-        records = self.all()
+        records = [r for r in self.all() if owner is None or r.owner == owner]
         for record in records:
-            if ref in (record.id, record.name):
+            if ref == record.id:
                 return record
+        named = [r for r in records if r.name == ref]
+        if len(named) > 1:
+            named = [r for r in named if not r.owner] or named
+            if len(named) > 1:
+                raise InvalidArgument(
+                    f"{len(named)} tenants have a container named {ref!r}", hint="give its ID instead"
+                )
+        if named:
+            return named[0]
         matches = [r for r in records if r.id.startswith(ref)]
         if len(matches) == 1:
             return matches[0]

@@ -226,6 +226,22 @@ class BlobStore:
             return None
         return StagedBlob(digest, path.stat().st_size, path)
 
+    def link_in(self, source: Path, digest: str) -> StagedBlob:
+        """Stage the committed blob `source` of another store (same file system: a
+        hard link; else a copy), checked by digest when it is copied."""
+        validate_digest(digest)
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        owner = ingest_owner(self.ingest_dir)
+        path = self.ingest_dir / f"{owner}.link-{digest_hex(digest)[:16]}-{next(_link_counter)}"
+        try:
+            os.link(source, path)
+        except FileNotFoundError:
+            raise DataLoss(f"blob {digest} is missing from the image store at {source.parent}") from None
+        except OSError:
+            with source.open("rb") as f:
+                return self.stage(f, expected_digest=digest, what=f"blob {digest}")
+        return StagedBlob(digest, path.stat().st_size, path)
+
     def stage_bytes(self, data: bytes, *, what: str = "blob") -> StagedBlob:
         import io
 

@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -173,6 +174,37 @@ class ImageStore:
             for blob in staged_blobs:
                 self._blobs.discard(blob)
         return self._image(index, config_blob.digest)
+
+    def link_from(self, other: ImageStore, image: Image, reference: str) -> Image:
+        """Add `image` of `other` (a store on the same file system) under `reference`,
+        its blobs and built layer disks hard-linked, not copied: a tenant's copy of
+        an image the admin made public shares the admin's files and page cache."""
+        staged: list[StagedBlob] = []
+        try:
+            for digest in (image.id, image.manifest_digest or "", *image.layers):
+                staged.append(self._blobs.link_in(other.blobs.path(digest), digest))
+            config, manifest, *layers = staged
+            parsed = parse_config(config.path.read_bytes(), f"config {image.id}")
+            added = self.add_staged(
+                [StagedImage(config, manifest, tuple(layers), parsed, (str(parse_reference(reference)),))]
+            )
+        finally:
+            for blob in staged:
+                self._blobs.discard(blob)
+        for diff_id in image.diff_ids:
+            source = _existing_disk(diff_id, other._layers_dir / digest_hex(diff_id))
+            target = self._layers_dir / digest_hex(diff_id)
+            if source is None or _existing_disk(diff_id, target) is not None:
+                continue  # built here on first use, as for any image
+            self._layers_dir.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f".link-{target.name[:12]}-", dir=self._layers_dir))
+            try:
+                _link_or_copy(source.path, work / source.path.name)
+                os.chmod(work, 0o755)
+                os.rename(work, target)
+            except OSError:
+                remove_tree(work)  # another writer was first, or the disk is full: built on use
+        return added[0]
 
     @property
     def blobs(self) -> BlobStore:
@@ -461,6 +493,14 @@ class ImageStore:
                 remove_tree(build_dir)
                 raise
         return LayerDisk(diff_id, final / DISK_FILE[fs_type], fs_type)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copyfile(source, target)
+        os.chmod(target, 0o444)
 
 
 def allocated_bytes(path: Path) -> int:

@@ -60,7 +60,7 @@ from hyper.network.passt import PasstProcess, find_passt, passt_processes, reap
 from hyper.network.pod import GuestInterface, PodNetwork, no_network
 from hyper.network.ports import PortReservations
 from hyper.network.request import NetworkConfig, NetworkRequest
-from hyper.network.store import NetworkStore
+from hyper.network.store import NetworkStore, PortTaken
 
 log = logging.getLogger("hyper.network")
 
@@ -98,10 +98,12 @@ class NetworkManager:
         *,
         container_name: Callable[[str], str | None] = lambda container_id: None,
         runtime: Path | None = None,
+        container_owner: Callable[[str], str] = lambda container_id: "",
     ) -> None:
         self.store = NetworkStore(db_path)
         self.config = config or NetworkConfig()
         self.container_name = container_name
+        self.container_owner = container_owner  # whose container it is: errors name only one's own
         self.dns = dns.DnsServer()
         self._reservations: dict[str, PortReservations] = {}
         self._requests: dict[str, NetworkRequest] = {}
@@ -116,23 +118,25 @@ class NetworkManager:
         self.external: Callable[[str], Callable[[str], Awaitable[PodNetwork]] | None] = lambda _: None
 
     # -- networks ---------------------------------------------------------------
-    async def ensure_default(self) -> Network | None:
-        """Docker's `bridge` network, made at the first start; none when this
-        hyperd has no default bridge (HYPER_BRIDGE=none, or not root)."""
+    async def ensure_default(self, owner: str = "") -> Network | None:
+        """Docker's `bridge` network, made at the first start (a tenant's own
+        `bridge` at its first need); none when this hyperd has no default bridge
+        (HYPER_BRIDGE=none, or not root)."""
         if self.default_mode() == NO_NETWORK:
             return None
         with contextlib.suppress(NotFound):
-            return self.store.resolve(DEFAULT_NETWORK)
-        subnet = self.config.bridge_subnet
+            return self.store.resolve(DEFAULT_NETWORK, owner)
+        subnet = None if owner else self.config.bridge_subnet
         if subnet is None:
             taken = await asyncio.to_thread(self._taken_subnets)
-            subnet = choose_subnet(taken)
+            subnet = choose_subnet(taken, self.config.tenant_candidates()) if owner else choose_subnet(taken)
         network = Network(
             id=secrets.token_hex(32),
             name=DEFAULT_NETWORK,
             subnet=subnet,
             gateway=subnet.network_address + 1,
             created=time.time(),
+            owner=owner,
         )
         self.store.insert_network(network)
         return network
@@ -158,6 +162,7 @@ class NetworkManager:
         labels: Mapping[str, str] | None = None,
         driver: str = "bridge",
         options: Mapping[str, str] | None = None,
+        owner: str = "",
     ) -> Network:
         check_network_name(name)
         mtu = network_options(options or {})
@@ -171,14 +176,16 @@ class NetworkManager:
         if name in (NO_NETWORK, "host", "default"):
             raise InvalidArgument(f"{name!r} is a reserved network name", hint="choose another name")
         existing = self.store.networks()
-        if any(n.name == name for n in existing):
+        if any(n.name == name and n.owner == owner for n in existing):
             raise AlreadyExists(f"a network named {name!r} already exists", hint="choose another name")
         if subnet:
             chosen = parse_subnet(subnet)
             clash = overlapping(chosen, existing)
             if clash is not None:
+                # Another tenant's network is neither named nor shown.
+                whose = f"the subnet {clash.subnet} of network {clash.name}" if clash.owner == owner else ""
                 raise InvalidArgument(
-                    f"the subnet {chosen} overlaps the subnet {clash.subnet} of network {clash.name}",
+                    f"the subnet {chosen} overlaps {whose or 'a subnet in use'}",
                     hint="choose a subnet that no other network uses",
                 )
             routes = await asyncio.to_thread(self._taken_subnets)
@@ -193,7 +200,8 @@ class NetworkManager:
         else:
             if gateway:
                 raise InvalidArgument("--gateway needs --subnet", hint="give the subnet the gateway is in")
-            chosen = choose_subnet(await asyncio.to_thread(self._taken_subnets))
+            taken = await asyncio.to_thread(self._taken_subnets)
+            chosen = choose_subnet(taken, self.config.tenant_candidates()) if owner else choose_subnet(taken)
         gateway_address = parse_address(gateway, "gateway") if gateway else chosen.network_address + 1
         check_in_subnet(gateway_address, chosen, "gateway")
         network = Network(
@@ -205,25 +213,27 @@ class NetworkManager:
             labels=dict(labels or {}),
             created=time.time(),
             mtu=mtu,
+            owner=owner,
         )
         self.store.insert_network(network)
         return network
 
-    def networks(self) -> list[Network]:
-        return self.store.networks()
+    def networks(self, owner: str | None = None) -> list[Network]:
+        """Every network, or `owner`'s (a tenant's; "" the admin's)."""
+        return self.store.networks(owner)
 
     def mtu(self, network: Network) -> int:
         """The MTU of a network's bridge, taps and NICs: its own, else hyperd's."""
         return network.mtu or self.config.mtu
 
-    def find(self, ref: str) -> Network:
-        return self.store.resolve(ref)
+    def find(self, ref: str, owner: str | None = None) -> Network:
+        return self.store.resolve(ref, owner)
 
     def endpoints(self, network: Network) -> list[Endpoint]:
         return self.store.endpoints(network_id=network.id)
 
-    async def remove(self, ref: str) -> Network:
-        network = self.store.resolve(ref)
+    async def remove(self, ref: str, owner: str | None = None) -> Network:
+        network = self.store.resolve(ref, owner)
         if network.is_default:
             raise FailedPrecondition(
                 "bridge is a pre-defined network and cannot be removed", hint="remove your own networks only"
@@ -238,9 +248,12 @@ class NetworkManager:
         self.store.delete_network(network.id)
         return network
 
-    async def prune(self, keep: Callable[[Network], bool] = lambda n: False) -> list[Network]:
+    async def prune(
+        self, keep: Callable[[Network], bool] = lambda n: False, owner: str = ""
+    ) -> list[Network]:
+        """`owner`'s unused networks (the admin prunes its own, not its tenants')."""
         removed = []
-        for network in self.store.networks():
+        for network in self.store.networks(owner):
             if network.is_default or keep(network) or self.store.attached_containers(network.id):
                 continue
             self.store.delete_network(network.id)
@@ -282,7 +295,7 @@ class NetworkManager:
                 raise InvalidArgument("--network none takes no alias or address")
             return None
         try:
-            network = self.store.resolve(request.mode)
+            network = self.store.resolve(request.mode, request.owner)
         except NotFound as exc:
             # A bad argument of the create (a 404 would send the docker CLI pulling the image).
             raise InvalidArgument(exc.message, hint="`hyper network ls` lists the networks") from None
@@ -331,8 +344,9 @@ class NetworkManager:
         aliases: tuple[str, ...] = (),
         ip: str | None = None,
         running: bool,
+        owner: str | None = None,
     ) -> Network:
-        network = self.store.resolve(ref)
+        network = self.store.resolve(ref, owner)
         if running:
             raise FailedPrecondition(
                 f"cannot connect a running container to network {network.name}: {NO_HOTPLUG}",
@@ -343,12 +357,15 @@ class NetworkManager:
             raise FailedPrecondition(
                 "the container has --network none", hint="create it on a network to connect it to others"
             )
-        self.check_request(dataclasses.replace(request, mode=network.id, aliases=aliases, ip=ip, ports=()))
+        wish = dataclasses.replace(request, mode=network.id, aliases=aliases, ip=ip, ports=())
+        self.check_request(dataclasses.replace(wish, owner=network.owner))
         self.store.attach(container_id, Attachment(network.id, aliases, IPv4Address(ip) if ip else None))
         return network
 
-    async def disconnect(self, container_id: str, ref: str, *, running: bool) -> Network:
-        network = self.store.resolve(ref)
+    async def disconnect(
+        self, container_id: str, ref: str, *, running: bool, owner: str | None = None
+    ) -> Network:
+        network = self.store.resolve(ref, owner)
         if network.id not in [a.network_id for a in self.store.attachments(container_id)]:
             raise FailedPrecondition(f"the container is not connected to network {network.name}")
         if running:
@@ -401,9 +418,17 @@ class NetworkManager:
                 ]
                 primary_network, _ = attachments[0]
                 held = await asyncio.to_thread(reservations.hold_all, request.ports)
-                self.store.publish(
-                    [Publication(container_id, primary_network.id, endpoints[0].ip, port) for port in held]
-                )
+                address = endpoints[0].ip
+                try:
+                    self.store.publish(
+                        [Publication(container_id, primary_network.id, address, port) for port in held]
+                    )
+                except PortTaken as exc:
+                    if self.container_owner(exc.holder) == request.owner:
+                        raise
+                    raise AlreadyExists(  # another tenant's container is not named
+                        exc.message.partition(" is already")[0] + " is already in use", hint=exc.hint
+                    ) from None
                 await self._sync(host_resolv)
                 interfaces = []
                 pod = PodNetwork((), "", "")

@@ -48,6 +48,7 @@ class Network:
     labels: Mapping[str, str] = field(default_factory=dict)
     created: float = 0.0
     mtu: int = 0  # `-o com.docker.network.driver.mtu=N`; 0: hyperd's (HYPER_NETWORK_MTU)
+    owner: str = ""  # the tenant whose network it is ("": hyperd's admin); each tenant has its `bridge`
 
     @property
     def is_default(self) -> bool:
@@ -55,7 +56,9 @@ class Network:
 
     @property
     def bridge(self) -> str:
-        return DEFAULT_BRIDGE if self.is_default else f"{BRIDGE_PREFIX}{self.id[:12]}"
+        if self.is_default and not self.owner:
+            return DEFAULT_BRIDGE
+        return f"{BRIDGE_PREFIX}{self.id[:12]}"
 
     @property
     def gateway_interface(self) -> IPv4Interface:
@@ -182,10 +185,12 @@ def network_options(options: Mapping[str, str]) -> int:
     return mtu
 
 
-def choose_subnet(taken: Iterable[IPv4Network]) -> IPv4Network:
+def choose_subnet(
+    taken: Iterable[IPv4Network], candidates: Iterable[IPv4Network] = SUBNET_CANDIDATES
+) -> IPv4Network:
     """The first candidate that overlaps none of `taken` (host routes, other networks)."""
     used = list(taken)
-    for candidate in SUBNET_CANDIDATES:
+    for candidate in candidates:
         if not any(candidate.overlaps(other) for other in used):
             return candidate
     raise InvalidArgument("no free subnet is left for a new network", hint="give one with --subnet")

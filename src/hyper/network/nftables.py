@@ -12,8 +12,11 @@ With no active network the table is deleted. Input and output are nft's JSON
 Per network (bridge B, subnet S, gateway G):
 - outbound NAT: `ip saddr S oifname != B masquerade` (not for --internal);
 - isolation: traffic from B to any other Hyper bridge is dropped, so two
-  networks cannot reach each other; an internal network's traffic may not
-  leave B at all, and reaches the host only for DNS on G;
+  networks cannot reach each other, and so is traffic from B to the host's
+  address on another network (its gateway, where that network's resolver
+  answers): a pod reaches no other network's host side either, which keeps
+  tenants apart; an internal network's traffic may not leave B at all, and
+  reaches the host only for DNS on G;
 - published ports reached from the host itself through 127.0.0.1 (DNAT in
   the output hook; the kernel routes 127/8 out of B because B has
   route_localnet) get their source rewritten to G: `oifname B ip saddr
@@ -96,8 +99,11 @@ def _rule(chain: str, expr: Rule, comment: str) -> dict[str, Any]:
     }
 
 
-def network_rules(active: ActiveNetwork, others: Sequence[str]) -> list[dict[str, Any]]:
-    """The rules one network needs; `others` are the other Hyper bridges."""
+def network_rules(
+    active: ActiveNetwork, others: Sequence[str], other_gateways: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The rules one network needs; `others` are the other Hyper bridges and
+    `other_gateways` the host's addresses on them."""
     net, bridge = active.network, active.bridge
     tag = f"net:{net.id[:12]}"
     rules = []
@@ -106,6 +112,18 @@ def network_rules(active: ActiveNetwork, others: Sequence[str]) -> list[dict[str
             _rule(
                 "forward",
                 [_match(_meta("iifname"), bridge), _match(_meta("oifname"), _names(others)), {"drop": None}],
+                tag,
+            )
+        )
+    if other_gateways:
+        rules.append(
+            _rule(
+                "input",
+                [
+                    _match(_meta("iifname"), bridge),
+                    _match(_payload("ip", "daddr"), _names(other_gateways)),
+                    {"drop": None},
+                ],
                 tag,
             )
         )
@@ -222,7 +240,8 @@ def ruleset(active: Sequence[ActiveNetwork], publications: Iterable[Publication]
         ),
     ]
     for item in active:
-        commands += network_rules(item, [b for b in bridges if b != item.bridge])
+        gateways = [str(a.network.gateway) for a in active if a.bridge != item.bridge]
+        commands += network_rules(item, [b for b in bridges if b != item.bridge], gateways)
     known = {a.network.id for a in active}
     commands += [port_rule(p) for p in publications if p.network_id in known]
     return commands

@@ -26,6 +26,11 @@ from hyper.network.model import (
 if TYPE_CHECKING:
     from hyper.runtime.spec import RunOptions
 
+# Tenants' networks get /24s from their own pool, not Docker's 31 candidates:
+# a service with many tenants would run out of those.
+DEFAULT_TENANT_SUBNETS = IPv4Network("10.210.0.0/16")
+TENANT_PREFIX = 24
+
 
 @dataclass(frozen=True)
 class NetworkRequest:
@@ -39,6 +44,7 @@ class NetworkRequest:
     dns_search: tuple[str, ...] = ()
     dns_options: tuple[str, ...] = ()
     extra_hosts: tuple[tuple[str, str], ...] = ()
+    owner: str = ""  # the tenant asking ("": the admin): names resolve among its networks
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class NetworkConfig:
     | HYPER_BRIDGE_SUBNET | the default `bridge` network's subnet (made once, then kept) | see below |
     | HYPER_NETWORK_MTU | the MTU of bridges, taps and the pods' NICs | 1500 |
     | HYPER_BRIDGE | `none`: a container given no --network gets none (dockerd's --bridge=none) | bridge |
+    | HYPER_TENANT_SUBNETS | tenants' networks' subnets (/24 each) when they give none | 10.210.0.0/16 |
 
     Without HYPER_BRIDGE_SUBNET the default network takes the first of
     172.17-31.0.0/16, then 192.168.N.0/20, that no host route overlaps.
@@ -60,6 +67,13 @@ class NetworkConfig:
     default_bridge: bool = (
         True  # HYPER_BRIDGE=none: containers get no network unless asked (dockerd's --bridge=none)
     )
+    tenant_subnets: IPv4Network = DEFAULT_TENANT_SUBNETS
+
+    def tenant_candidates(self) -> list[IPv4Network]:
+        """The /24s a tenant's network may get (a small pool has one subnet)."""
+        if self.tenant_subnets.prefixlen >= TENANT_PREFIX:
+            return [self.tenant_subnets]
+        return list(self.tenant_subnets.subnets(new_prefix=TENANT_PREFIX))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> NetworkConfig:
@@ -71,7 +85,13 @@ class NetworkConfig:
         bridge = env.get("HYPER_BRIDGE", "bridge")
         if bridge not in ("bridge", "none"):
             raise InvalidArgument(f"HYPER_BRIDGE={bridge!r}", hint="give bridge (the default) or none")
-        return cls(parse_subnet(subnet) if subnet else None, int(mtu_text), bridge == "bridge")
+        pool = env.get("HYPER_TENANT_SUBNETS")
+        return cls(
+            parse_subnet(subnet) if subnet else None,
+            int(mtu_text),
+            bridge == "bridge",
+            parse_subnet(pool) if pool else DEFAULT_TENANT_SUBNETS,
+        )
 
 
 def request_from_options(
@@ -86,6 +106,7 @@ def request_from_options(
     dns_search: Iterable[str] = (),
     dns_options: Iterable[str] = (),
     extra_hosts: Iterable[str] = (),
+    owner: str = "",
 ) -> NetworkRequest:
     """RunOptions' textual network options as a checked NetworkRequest (pure)."""
     ports: list[PortSpec] = []
@@ -116,6 +137,7 @@ def request_from_options(
         dns_search=tuple(dns_search),
         dns_options=tuple(dns_options),
         extra_hosts=tuple(parse_extra_host(h) for h in extra_hosts),
+        owner=owner,
     )
 
 
@@ -132,4 +154,5 @@ def request_for(options: RunOptions, image_exposed: Iterable[str] = ()) -> Netwo
         dns_search=options.dns_search,
         dns_options=options.dns_options,
         extra_hosts=options.extra_hosts,
+        owner=options.owner,
     )

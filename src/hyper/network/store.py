@@ -23,8 +23,10 @@ from hyper.network.model import Attachment, Endpoint, Network, PortSpec, Publica
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (
     id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    doc TEXT NOT NULL
+    owner TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    UNIQUE (owner, name)
 );
 CREATE TABLE IF NOT EXISTS network_attachments (
     container_id TEXT NOT NULL,
@@ -56,6 +58,29 @@ CREATE TABLE IF NOT EXISTS network_ports (
 """
 
 
+# Networks from before owners (names unique over all; all the admin's) get an owner column.
+MIGRATE_OWNERS = """
+ALTER TABLE networks RENAME TO networks_before_owners;
+CREATE TABLE networks (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    UNIQUE (owner, name)
+);
+INSERT INTO networks (id, owner, name, doc) SELECT id, '', name, doc FROM networks_before_owners;
+DROP TABLE networks_before_owners;
+"""
+
+
+class PortTaken(AlreadyExists):
+    """A host port another container has published (`holder`)."""
+
+    def __init__(self, message: str, *, holder: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.holder = holder
+
+
 def _network_doc(network: Network) -> str:
     return json.dumps(
         {
@@ -69,8 +94,8 @@ def _network_doc(network: Network) -> str:
     )
 
 
-def _network(row: tuple[str, str, str]) -> Network:
-    network_id, name, doc_text = row
+def _network(row: tuple[str, str, str, str]) -> Network:
+    network_id, owner, name, doc_text = row
     doc = json.loads(doc_text)
     return Network(
         id=network_id,
@@ -81,6 +106,7 @@ def _network(row: tuple[str, str, str]) -> Network:
         labels=dict(doc.get("labels") or {}),
         created=float(doc.get("created") or 0),
         mtu=int(doc.get("mtu") or 0),
+        owner=owner,
     )
 
 
@@ -99,6 +125,9 @@ class NetworkStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(networks)")]
+        if columns and "owner" not in columns:
+            self._db.executescript(f"BEGIN IMMEDIATE;{MIGRATE_OWNERS}COMMIT;")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -115,15 +144,17 @@ class NetworkStore:
         self._db.execute("COMMIT")
 
     # -- networks ---------------------------------------------------------------
-    def networks(self) -> list[Network]:
-        rows = self._db.execute("SELECT id, name, doc FROM networks").fetchall()
-        return sorted((_network(r) for r in rows), key=lambda n: n.created)
+    def networks(self, owner: str | None = None) -> list[Network]:
+        """Every network, or `owner`'s only (a tenant's, or "" for the admin's)."""
+        rows = self._db.execute("SELECT id, owner, name, doc FROM networks").fetchall()
+        found = (_network(r) for r in rows)
+        return sorted((n for n in found if owner is None or n.owner == owner), key=lambda n: n.created)
 
     def insert_network(self, network: Network) -> None:
         try:
             self._db.execute(
-                "INSERT INTO networks (id, name, doc) VALUES (?, ?, ?)",
-                (network.id, network.name, _network_doc(network)),
+                "INSERT INTO networks (id, owner, name, doc) VALUES (?, ?, ?, ?)",
+                (network.id, network.owner, network.name, _network_doc(network)),
             )
         except sqlite3.IntegrityError:
             raise AlreadyExists(
@@ -133,13 +164,17 @@ class NetworkStore:
     def delete_network(self, network_id: str) -> None:
         self._db.execute("DELETE FROM networks WHERE id = ?", (network_id,))
 
-    def resolve(self, ref: str) -> Network:
-        """A network by name, full ID or unambiguous ID prefix (Docker's order)."""
+    def resolve(self, ref: str, owner: str | None = None) -> Network:
+        """A network by name, full ID or unambiguous ID prefix (Docker's order), among
+        `owner`'s (None: everyone's, where a name several owners use means the admin's)."""
         if not ref:
             raise InvalidArgument("an empty network name")
-        networks = self.networks()
+        networks = self.networks(owner)
+        named = sorted((n for n in networks if n.name == ref), key=lambda n: bool(n.owner))
+        if named:
+            return named[0]
         for network in networks:
-            if ref in (network.name, network.id):
+            if ref == network.id:
                 return network
         matches = [n for n in networks if n.id.startswith(ref)]
         if len(matches) == 1:
@@ -280,9 +315,10 @@ class NetworkStore:
                     (port.protocol, port.host_port, port.host_ip, port.host_ip),
                 ).fetchone()
                 if clash is not None:
-                    raise AlreadyExists(
+                    raise PortTaken(
                         f"the host port {port.host_ip or '0.0.0.0'}:{port.host_port}/{port.protocol}"
                         f" is already published by container {clash[0][:12]}",
+                        holder=clash[0],
                         hint="choose another host port",
                     )
                 db.execute(

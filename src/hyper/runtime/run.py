@@ -158,7 +158,7 @@ class ContainerRun:
     ) -> None:
         self.options = options
         self.detached = detached  # hyperd's VMs outlive hyperd
-        self.paths = paths
+        self.paths = paths.scoped(options.owner)  # a tenant's own images and VM templates
         self.settings = settings
         self.id = container_id or new_container_id()
         self.dir = paths.containers / self.id

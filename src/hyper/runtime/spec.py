@@ -124,6 +124,9 @@ class RunOptions:
     # the VM up (the guest's, not the image's command), its network is the pod's.
     pod: str = ""
     infra: bool = False
+    # The tenant the container belongs to ("": hyperd's admin). Set by the
+    # tenant front end (hyper.tenants), never taken from a request body.
+    owner: str = ""
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,18 @@ from hyper.daemon.daemon import Daemon
 from hyper.daemon.pods import Pod
 from hyper.errors import HyperError, InvalidArgument, NotFound
 from hyper.runtime.detach import DetachScanner, parse_detach_keys
+from hyper.tenants.scope import ADMIN, Scope
+from hyper.tenants.service import TenantService
 
 __all__ = ["DetachScanner", "parse_detach_keys"]  # shared with the CLI, from hyper.runtime.detach
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON = web.AppKey("docker-daemon", Daemon)
+# The tenant service of an app that serves tenants (hyperd --tenant-listen), and
+# the Scope its gate gives each request; the local sockets' requests have none:
+# they are the admin's, and see everything.
+TENANTS = web.AppKey("tenants", TenantService)
+SCOPE = web.RequestKey("scope", Scope)
 
 MIN_API_VERSION = "1.41"
 API_VERSION = "1.43"
@@ -37,17 +44,34 @@ def daemon_of(request: web.Request) -> Daemon:
     return request.app[DAEMON]
 
 
-def find_container(daemon: Daemon, ref: str) -> Pod:
+def scope_of(request: web.Request) -> Scope:
+    """Whose objects the request sees: a tenant's own, or (the local sockets) all."""
+    scope: Scope = request.get(SCOPE, ADMIN)
+    return scope
+
+
+def tenants_of(request: web.Request) -> TenantService | None:
+    """The tenant service, for a request that came through the tenants' door."""
+    return request.app.get(TENANTS) if SCOPE in request else None
+
+
+def visible_pods(request: web.Request) -> list[Pod]:
+    scope = scope_of(request)
+    return [pod for pod in daemon_of(request).pods.values() if scope.sees(pod.record.owner)]
+
+
+def find_container(daemon: Daemon, ref: str, scope: Scope = ADMIN) -> Pod:
     try:
-        return daemon.find(ref)
+        return daemon.find(ref, scope.owner)
     except NotFound:
-        # Docker's words: scripts and the docker CLI's users match on them.
+        # Docker's words: scripts and the docker CLI's users match on them. A
+        # tenant is told the same of another tenant's container.
         raise NotFound(f"No such container: {ref}") from None
 
 
 def container_of(request: web.Request) -> Pod:
     """The container the request's path names (`{id}`: an ID, a prefix of one, or a name)."""
-    return find_container(daemon_of(request), request.match_info["id"])
+    return find_container(daemon_of(request), request.match_info["id"], scope_of(request))
 
 
 def docker_error(status: int, message: str) -> web.Response:

@@ -34,6 +34,8 @@ from hyper.api.docker.common import (
     parse_detach_keys,
     parse_time,
     rfc3339,
+    scope_of,
+    tenants_of,
 )
 from hyper.daemon.logs import LogRecord, split_lines
 from hyper.daemon.pods import Pod
@@ -43,6 +45,7 @@ from hyper.image import ImageStore
 from hyper.image.registry.platform import image_platform, parse_platform, platform_matches, require_runnable
 from hyper.runtime import spec as specs
 from hyper.runtime.run import ContainerExit
+from hyper.tenants.service import claim_of
 
 FOLLOW_POLL_SECONDS = 0.5
 
@@ -50,14 +53,21 @@ FOLLOW_POLL_SECONDS = 0.5
 # -- create, list, inspect ------------------------------------------------------
 async def create(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
+    scope = scope_of(request)
+    tenants = tenants_of(request)
     body = await json_body(request)
     create_request = convert.create_request(body, request.query.get("name"), daemon.settings)
+    if tenants is not None:
+        create_request = tenants.confine(scope, create_request)  # its owner, no host paths
     image = create_request.options.image
     wanted = parse_platform(request.query["platform"]) if request.query.get("platform") else None
     if wanted is not None:
         require_runnable(wanted)
     try:
-        found = await asyncio.to_thread(ImageStore(daemon.paths.images).get, image)
+        if tenants is not None:  # a public image is linked into the tenant's own store
+            found = await asyncio.to_thread(tenants.image_view(scope).localize, image)
+        else:
+            found = await asyncio.to_thread(ImageStore(daemon.paths.images).get, image)
     except NotFound:
         # The docker CLI pulls on a 404 that says so, then creates again.
         raise NotFound(f"No such image: {image}") from None
@@ -68,14 +78,20 @@ async def create(request: web.Request) -> web.StreamResponse:
             f"image with reference {image} was found but does not match the specified platform: "
             f"wanted {wanted}, actual: {have}"
         )
-    pod = await daemon.create(create_request)
+    if tenants is None:
+        pod = await daemon.create(create_request)
+    else:
+        claim = claim_of(create_request.options, found.config.exposed_ports)
+        async with tenants.admitted(scope, claim):  # its quotas, atomically
+            pod = await daemon.create(create_request)
     return web.json_response({"Id": pod.id, "Warnings": []}, status=201)
 
 
 async def list_containers(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
     wanted = filters(request)
-    records = [r for r in daemon.state.all() if r.id in daemon.pods]
+    scope = scope_of(request)
+    records = [r for r in daemon.state.all() if r.id in daemon.pods and scope.sees(r.owner)]
     if not flag(request, "all") and "status" not in wanted:
         records = [r for r in records if r.state in ("running", "paused", "restarting")]
     records = [r for r in records if convert.matches_filters(r, wanted)]
@@ -101,7 +117,8 @@ async def inspect(request: web.Request) -> web.StreamResponse:
     exec_ids = [key for key, session in daemon.execs.items() if session.pod is pod]
     log_path = str(pod.log.path) if pod.log is not None else ""
     try:
-        image = await asyncio.to_thread(ImageStore(daemon.paths.images).get, pod.record.image_id)
+        images = ImageStore(daemon.paths.scoped(pod.record.owner).images)
+        image = await asyncio.to_thread(images.get, pod.record.image_id)
     except NotFound:
         image_config = None  # removed since: inspect still answers, from the record alone
     else:
@@ -206,7 +223,7 @@ async def remove(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("Hyper has no container links to remove")
     daemon = daemon_of(request)
     await daemon.remove(
-        find_container(daemon, request.match_info["id"]).id,
+        find_container(daemon, request.match_info["id"], scope_of(request)).id,
         force=flag(request, "force"),
         volumes=flag(request, "v"),
     )
@@ -225,7 +242,10 @@ async def prune(request: web.Request) -> web.StreamResponse:
     until = parse_time(wanted["until"][-1]) if wanted.get("until") else None
     labels = {"label": wanted["label"]} if wanted.get("label") else {}
     deleted = []
+    scope = scope_of(request)
     for record in daemon.state.all():
+        if not scope.sees(record.owner):
+            continue
         stopped = record.state in (specs.ContainerState.EXITED.value, specs.ContainerState.CREATED.value)
         if record.id not in daemon.pods or not stopped or not convert.matches_filters(record, labels):
             continue

@@ -26,6 +26,7 @@ from hyper.api.docker.common import (
     integer,
     json_body,
     parse_detach_keys,
+    scope_of,
 )
 from hyper.daemon.execs import ExecSession, ExecState
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument, NotFound
@@ -72,7 +73,7 @@ def _console_size(body: dict[str, Any]) -> tuple[int, int]:
 def _exec(request: web.Request) -> ExecSession:
     exec_id = request.match_info["id"]
     try:
-        return daemon_of(request).find_exec(exec_id)
+        return daemon_of(request).find_exec(exec_id, scope_of(request).owner)
     except NotFound:
         raise NotFound(f"No such exec instance: {exec_id}") from None
 

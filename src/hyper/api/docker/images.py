@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from hyper.api.docker import image_json
-from hyper.api.docker.common import DAEMON, Handler, docker_error, filters, flag
+from hyper.api.docker.common import DAEMON, Handler, docker_error, filters, flag, scope_of, tenants_of
 from hyper.daemon.daemon import Daemon
 from hyper.daemon.events import Event
 from hyper.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -40,6 +40,7 @@ from hyper.image.registry import (
 from hyper.image.registry.progress import short_id
 from hyper.image.store import PruneReport, RemoveReport, familiar_name, repo_digests
 from hyper.image.usage import images_in_use
+from hyper.tenants.images import ImageView
 
 T = TypeVar("T")
 Message = dict[str, Any]
@@ -53,8 +54,17 @@ def _daemon(request: web.Request) -> Daemon:
     return request.app[DAEMON]
 
 
+def _view(request: web.Request) -> ImageView:
+    """The images the request sees: a tenant's own and the public ones, or (the admin) the store."""
+    tenants = tenants_of(request)
+    if tenants is not None:
+        return tenants.image_view(scope_of(request))
+    return ImageView(ImageStore(_daemon(request).paths.images))
+
+
 def _store(request: web.Request) -> ImageStore:
-    return ImageStore(_daemon(request).paths.images)
+    """The store the request's pulls, loads, tags and removals change."""
+    return _view(request).store
 
 
 async def list_store_images(daemon: Daemon) -> list[Image]:
@@ -72,22 +82,30 @@ def _names_an_image(name: str) -> bool:
     return True
 
 
-def _find(store: ImageStore, name: str) -> Image:
+def _find(store: ImageStore | ImageView, name: str) -> Image:
     """The image `name` names; Docker's `No such image` (404) otherwise, which clients rely on."""
     if not _names_an_image(name):
         raise NotFound(f"No such image: {name}")
     try:
-        return store.get(name)
+        return store.find(name) if isinstance(store, ImageView) else store.get(name)
     except NotFound:
         raise NotFound(f"No such image: {name}") from None
 
 
-def _containers_using_images(daemon: Daemon) -> dict[str, list[str]]:
-    """Image ID → hyperd's containers using it (read on the event loop, which owns them)."""
+def _containers_using_images(request: web.Request) -> dict[str, list[str]]:
+    """Image ID → the containers using it that the request sees (read on the
+    event loop, which owns them)."""
+    scope = scope_of(request)
     users: dict[str, list[str]] = {}
-    for pod in daemon.pods.values():
-        users.setdefault(pod.record.image_id, []).append(pod.id)
+    for pod in _daemon(request).pods.values():
+        if scope.sees(pod.record.owner):
+            users.setdefault(pod.record.image_id, []).append(pod.id)
     return users
+
+
+def _on_disk_users(request: web.Request, daemon: Daemon) -> Mapping[str, Sequence[str]]:
+    """The containers `hyper run` recorded on disk: the admin's own (a tenant has none)."""
+    return images_in_use(daemon.paths.containers) if scope_of(request).is_admin else {}
 
 
 def _merge_users(*sources: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
@@ -109,14 +127,14 @@ async def list_images(request: web.Request) -> web.StreamResponse:
     if legacy:
         wanted.setdefault("reference", []).append(legacy)
     image_json.check_list_filters(wanted)
-    store = _store(request)
+    view = _view(request)
 
     def select() -> list[Message]:
         def created(key: str) -> float | None:
             names = wanted.get(key)
             if not names:
                 return None
-            return image_json.created_time(_find(store, names[-1]).created)
+            return image_json.created_time(_find(view, names[-1]).created)
 
         selection = image_json.ImageFilters(
             references=tuple(wanted.get("reference", ())),
@@ -125,28 +143,29 @@ async def list_images(request: web.Request) -> web.StreamResponse:
             before=created("before"),
             since=created("since"),
         )
-        return image_json.image_summaries(store.images(), selection)
+        return image_json.image_summaries(view.images(), selection)
 
     return web.json_response(await asyncio.to_thread(select))
 
 
 async def inspect_image(request: web.Request) -> web.StreamResponse:
-    store = _store(request)
+    view = _view(request)
     name = request.match_info["name"]
 
     def inspect() -> Message:
-        image = _find(store, name)
-        return image_json.inspect_document(image, store.config_document(image))
+        image = _find(view, name)
+        return image_json.inspect_document(image, view.store_for(image).config_document(image))
 
     return web.json_response(await asyncio.to_thread(inspect))
 
 
 async def image_history(request: web.Request) -> web.StreamResponse:
-    store = _store(request)
+    view = _view(request)
     name = request.match_info["name"]
 
     def history() -> list[Message]:
-        image = _find(store, name)
+        image = _find(view, name)
+        store = view.store_for(image)
         return image_json.history_entries(image, store.config_document(image), store.layer_sizes(image))
 
     return web.json_response(await asyncio.to_thread(history))
@@ -155,36 +174,41 @@ async def image_history(request: web.Request) -> web.StreamResponse:
 # -- tag, remove, prune --------------------------------------------------------------------------
 
 
-def _publish(daemon: Daemon, action: str, actor: str, name: str) -> None:
-    daemon.events.publish(Event("image", action, actor, {"name": name}))
+def _publish(request: web.Request, action: str, actor: str, name: str) -> None:
+    owner = scope_of(request).creator  # a tenant's image events are its own
+    _daemon(request).events.publish(Event("image", action, actor, {"name": name}, owner=owner))
 
 
 async def tag_image(request: web.Request) -> web.StreamResponse:
-    daemon = _daemon(request)
-    store = _store(request)
+    view = _view(request)
+    store = view.store
     name = request.match_info["name"]
     target = image_json.tag_target(request.query.get("repo", ""), request.query.get("tag", ""))
 
     def tag() -> Image:
-        image = _find(store, name)
+        _find(view, name)
+        image = view.localize(name)  # a public image becomes the tenant's own first
         store.tag(image.id, target)
         return image
 
     image = await asyncio.to_thread(tag)
-    _publish(daemon, "tag", image.id, familiar_name(target))
+    _publish(request, "tag", image.id, familiar_name(target))
     return web.Response(status=201)
 
 
 async def remove_image(request: web.Request) -> web.StreamResponse:
     daemon = _daemon(request)
-    store = _store(request)
+    view = _view(request)
+    store = view.store
     name = request.match_info["name"]
     force = flag(request, "force")  # noprune has no meaning here: Hyper's images have no parent images
-    running_users = _containers_using_images(daemon)
+    running_users = _containers_using_images(request)
 
     def remove() -> tuple[RemoveReport, list[str]]:
+        if _names_an_image(name):
+            view.refuse_public_removal(name)
         image = _find(store, name)
-        users = _merge_users(running_users, images_in_use(daemon.paths.containers))
+        users = _merge_users(running_users, _on_disk_users(request, daemon))
         try:
             report = store.remove_report(name, force=force, in_use=users)
         except FailedPrecondition as exc:
@@ -199,11 +223,11 @@ async def remove_image(request: web.Request) -> web.StreamResponse:
     answer: list[Message] = []
     for tag in report.untagged:
         answer.append({"Untagged": familiar_name(tag)})
-        _publish(daemon, "untag", report.image_id, familiar_name(tag))
+        _publish(request, "untag", report.image_id, familiar_name(tag))
     answer.extend({"Untagged": digest} for digest in untagged_digests)
     for image_id in report.deleted:
         answer.append({"Deleted": image_id})
-        _publish(daemon, "delete", image_id, image_id)
+        _publish(request, "delete", image_id, image_id)
     return web.json_response(answer)
 
 
@@ -217,17 +241,17 @@ async def prune_images(request: web.Request) -> web.StreamResponse:
                 f"invalid filter {key!r} for image prune", hint="Hyper prunes by dangling only"
             )
     dangling = image_json.dangling_filter(wanted.get("dangling", ()))
-    running_users = _containers_using_images(daemon)
+    running_users = _containers_using_images(request)
 
     def prune() -> PruneReport:
-        users = _merge_users(running_users, images_in_use(daemon.paths.containers))
+        users = _merge_users(running_users, _on_disk_users(request, daemon))
         return store.prune(all_unused=dangling is False, in_use=users)
 
     report = await asyncio.to_thread(prune)
     deleted: list[Message] = [{"Untagged": name} for name in report.untagged]
     deleted += [{"Deleted": image_id} for image_id in report.deleted]
     for image_id in report.deleted:
-        _publish(daemon, "delete", image_id, image_id)
+        _publish(request, "delete", image_id, image_id)
     return web.json_response({"ImagesDeleted": deleted or None, "SpaceReclaimed": report.reclaimed_bytes})
 
 
@@ -316,17 +340,18 @@ class _ProgressStream:
 
 
 def _registry_options(request: web.Request) -> RegistryOptions:
-    """The registry settings of hyperd; the client's X-Registry-Auth before the stored credentials."""
+    """The registry settings of hyperd; the client's X-Registry-Auth before the
+    stored credentials, which are the admin's: a tenant's request uses its own only."""
     credentials = image_json.registry_auth(request.headers.get("X-Registry-Auth"))
-    if credentials is None:
+    if credentials is None and scope_of(request).is_admin:
         return RegistryOptions()
     return RegistryOptions(credentials=_RequestCredentials(credentials))
 
 
 class _RequestCredentials(CredentialStore):
-    """The credentials one request carried, for whichever registry it reaches."""
+    """The credentials one request carried (None: none), for whichever registry it reaches."""
 
-    def __init__(self, credentials: Credentials) -> None:
+    def __init__(self, credentials: Credentials | None) -> None:
         super().__init__()
         self._credentials = credentials
 
@@ -356,7 +381,6 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     reference = image_json.pull_reference(query["fromImage"], query.get("tag", ""))
     platform = parse_platform(query["platform"]) if query.get("platform") else None
     options = _registry_options(request)
-    daemon = _daemon(request)
     store = _store(request)
     name = image_json.familiar(reference)
     before = await asyncio.to_thread(_current_id, store, str(reference))
@@ -374,7 +398,7 @@ async def create_image(request: web.Request) -> web.StreamResponse:
         await stream.send(
             [{"status": f"Digest: {image.manifest_digest}"}, {"status": f"Status: {state} for {name}"}]
         )
-        _publish(daemon, "pull", name, name)
+        _publish(request, "pull", name, name)
     return await stream.finish()
 
 
@@ -415,7 +439,6 @@ async def push_images(request: web.Request) -> web.StreamResponse:
     if not _names_an_image(name):
         raise InvalidArgument(f"invalid reference format: {name}", hint="push NAME[:TAG]")
     options = _registry_options(request)
-    daemon = _daemon(request)
     store = _store(request)
     targets = await asyncio.to_thread(_push_targets, store, name, request.query.get("tag", ""))
     stream = _ProgressStream(request)
@@ -435,7 +458,7 @@ async def push_images(request: web.Request) -> web.StreamResponse:
 
     pushed = await stream.run(push)
     for reference in pushed or ():
-        _publish(daemon, "push", reference, reference)
+        _publish(request, "push", reference, reference)
     return await stream.finish()
 
 
@@ -451,11 +474,13 @@ async def save_images(request: web.Request) -> web.StreamResponse:
     )
     if not names:
         raise InvalidArgument("no image to save", hint="give names=IMAGE")
-    store = _store(request)
+    view = _view(request)
+    store = view.store
 
     def save() -> Path:
         for name in names:
-            _find(store, name)
+            _find(view, name)
+            view.localize(name)  # a public image is saved from the tenant's own store
         handle, target = store.blobs.new_ingest_file("docker-save-")
         os.close(handle)
         try:
@@ -487,7 +512,6 @@ async def save_images(request: web.Request) -> web.StreamResponse:
 async def load_images(request: web.Request) -> web.StreamResponse:
     """POST /images/load: the body is a docker-archive or OCI-layout tar (`docker load`)."""
     store = _store(request)
-    daemon = _daemon(request)
     handle, upload = await asyncio.to_thread(store.blobs.new_ingest_file, "docker-load-")
     try:
         with open(handle, "wb") as out:
@@ -506,10 +530,10 @@ async def load_images(request: web.Request) -> web.StreamResponse:
         names = [familiar_name(tag) for tag in image.repo_tags]
         for tag in names:
             lines.append({"stream": f"Loaded image: {tag}\n"})
-            _publish(daemon, "load", tag, tag)
+            _publish(request, "load", tag, tag)
         if not names:
             lines.append({"stream": f"Loaded image ID: {image.id}\n"})
-            _publish(daemon, "load", image.id, image.id)
+            _publish(request, "load", image.id, image.id)
     # A chunked stream of JSON lines, as dockerd sends it: docker-py decodes a
     # chunked answer line by line, and a plain body as one JSON document.
     response = web.StreamResponse(headers={"Content-Type": "application/json"})

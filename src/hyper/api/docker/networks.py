@@ -8,6 +8,7 @@ Docker's JSON (a network, a container's NetworkSettings, the Ports of
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,9 @@ from hyper.api.docker.common import (
     json_body,
     parse_time,
     rfc3339,
+    scope_of,
+    tenants_of,
+    visible_pods,
 )
 from hyper.api.docker.labels import label_matches
 from hyper.api.docker.system import check_prune_filters
@@ -35,6 +39,7 @@ from hyper.network.model import (
     parse_port_key,
     parse_publish,
 )
+from hyper.tenants.quotas import Claim
 
 # -- the create body's network fields ----------------------------------------------------
 
@@ -265,7 +270,7 @@ def summary_ports(publications: list[Publication]) -> list[dict[str, Any]]:
 
 
 def _names(request: web.Request) -> dict[str, str]:
-    return {pod.id: pod.record.name for pod in daemon_of(request).pods.values()}
+    return {pod.id: pod.record.name for pod in visible_pods(request)}
 
 
 def _matches(network: Network, wanted: dict[str, list[str]], used: bool) -> bool:
@@ -299,7 +304,7 @@ async def list_networks(request: web.Request) -> web.StreamResponse:
     wanted = filters(request)
     names = _names(request)
     documents = []
-    for network in manager.networks():
+    for network in manager.networks(scope_of(request).owner):
         used = bool(manager.store.attached_containers(network.id))
         if _matches(network, wanted, used):
             documents.append(network_document(network, manager.endpoints(network), names))
@@ -308,7 +313,7 @@ async def list_networks(request: web.Request) -> web.StreamResponse:
 
 async def inspect_network(request: web.Request) -> web.StreamResponse:
     manager = daemon_of(request).network
-    network = manager.find(request.match_info["id"])
+    network = manager.find(request.match_info["id"], scope_of(request).owner)
     return web.json_response(network_document(network, manager.endpoints(network), _names(request)))
 
 
@@ -337,20 +342,25 @@ async def create_network(request: web.Request) -> web.StreamResponse:
     options = body.get("Options") or {}
     if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
         raise InvalidArgument("Options must map names to strings")
-    network = await manager.create(
-        name,
-        subnet=config.get("Subnet") or None,
-        gateway=config.get("Gateway") or None,
-        internal=bool(body.get("Internal")),
-        labels=labels,
-        driver=str(body.get("Driver") or "bridge"),
-        options=options,
-    )
+    scope, tenants = scope_of(request), tenants_of(request)
+    if tenants is not None and not scope.is_admin:
+        await manager.ensure_default(scope.creator)  # its `bridge` is taken, as Docker's is
+    async with tenants.admitted(scope, Claim(networks=1)) if tenants else contextlib.nullcontext():
+        network = await manager.create(
+            name,
+            subnet=config.get("Subnet") or None,
+            gateway=config.get("Gateway") or None,
+            internal=bool(body.get("Internal")),
+            labels=labels,
+            driver=str(body.get("Driver") or "bridge"),
+            options=options,
+            owner=scope.creator,
+        )
     return web.json_response({"Id": network.id, "Warning": ""}, status=201)
 
 
 async def remove_network(request: web.Request) -> web.StreamResponse:
-    await daemon_of(request).network.remove(request.match_info["id"])
+    await daemon_of(request).network.remove(request.match_info["id"], scope_of(request).owner)
     return web.Response(status=204)
 
 
@@ -368,14 +378,15 @@ async def prune_networks(request: web.Request) -> web.StreamResponse:
             or any(t is not None and network.created >= t for t in until)
         )
 
-    removed = await manager.prune(keep=keep)
+    removed = await manager.prune(keep=keep, owner=scope_of(request).creator)
     return web.json_response({"NetworksDeleted": [n.name for n in removed]})
 
 
 async def connect(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
     body = await json_body(request)
-    pod = find_container(daemon, str(body.get("Container") or ""))
+    scope = scope_of(request)
+    pod = find_container(daemon, str(body.get("Container") or ""), scope)
     endpoint = body.get("EndpointConfig") or {}
     ipam = endpoint.get("IPAMConfig") or {}
     await daemon.network.connect(
@@ -384,6 +395,7 @@ async def connect(request: web.Request) -> web.StreamResponse:
         aliases=_strings(endpoint.get("Aliases"), "Aliases"),
         ip=ipam.get("IPv4Address") or None,
         running=pod.running,
+        owner=scope.owner,
     )
     return web.Response(status=200)
 
@@ -391,8 +403,9 @@ async def connect(request: web.Request) -> web.StreamResponse:
 async def disconnect(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
     body = await json_body(request)
-    pod = find_container(daemon, str(body.get("Container") or ""))
-    await daemon.network.disconnect(pod.id, request.match_info["id"], running=pod.running)
+    scope = scope_of(request)
+    pod = find_container(daemon, str(body.get("Container") or ""), scope)
+    await daemon.network.disconnect(pod.id, request.match_info["id"], running=pod.running, owner=scope.owner)
     return web.Response(status=200)
 
 

@@ -8,6 +8,7 @@ answers 501 naming it, never a silent wrong result.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -22,17 +23,22 @@ from hyper.api.docker.common import (
     API_VERSION,
     DAEMON,
     MIN_API_VERSION,
+    TENANTS,
     Handler,
     docker_error,
     error_response,
     filters,
     parse_time,
+    scope_of,
+    tenants_of,
+    visible_pods,
 )
 from hyper.api.docker.labels import label_matches
 from hyper.daemon.daemon import Daemon
 from hyper.daemon.events import Event
 from hyper.errors import HyperError
 from hyper.runtime import spec as specs
+from hyper.tenants.service import TenantService
 from hyper.vm.accel import choose_accel, probe_host
 
 Route = tuple[str, str, Handler]
@@ -137,10 +143,14 @@ async def version(request: web.Request) -> web.StreamResponse:
 
 async def info(request: web.Request) -> web.StreamResponse:
     daemon = request.app[DAEMON]
-    states = [pod.status for pod in daemon.pods.values()]
+    states = [pod.status for pod in visible_pods(request)]
     running = sum(1 for s in states if s is specs.ContainerState.RUNNING)
     paused = sum(1 for s in states if s is specs.ContainerState.PAUSED)
-    image_count = len(await images.list_store_images(daemon))
+    tenants = tenants_of(request)
+    if tenants is None:
+        image_count = len(await images.list_store_images(daemon))
+    else:
+        image_count = len(await asyncio.to_thread(tenants.image_view(scope_of(request)).images))
     with open("/proc/meminfo") as f:
         mem_kib = int(f.readline().split()[1])
     try:
@@ -187,7 +197,7 @@ async def info(request: web.Request) -> web.StreamResponse:
             "RegistryConfig": {"InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {}, "Mirrors": []},
             "NCPU": os.cpu_count() or 1,
             "MemTotal": mem_kib * 1024,
-            "DockerRootDir": str(daemon.paths.state),
+            "DockerRootDir": str(daemon.paths.state) if tenants is None else "",
             "Name": os.uname().nodename,
             "Labels": [],
             "ExperimentalBuild": False,
@@ -247,6 +257,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     response.enable_chunked_encoding()
     await response.prepare(request)
     until_ns = None if until is None else int(until * 1e9)
+    scope = scope_of(request)
     subscription = daemon.events.subscribe(since_ns=None if since is None else int(since * 1e9))
     try:
         transport = request.transport
@@ -260,7 +271,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if until_ns is not None and event.time_ns > until_ns:
                 break
-            if _event_matches(event, wanted):
+            if scope.sees(event.owner) and _event_matches(event, wanted):
                 await response.write(json.dumps(_event_document(event)).encode() + b"\n")
     except ConnectionError:
         pass
@@ -286,10 +297,17 @@ def _routes() -> list[Route]:
     ]
 
 
-def make_docker_app(daemon: Daemon) -> web.Application:
+def make_docker_app(daemon: Daemon, tenants: TenantService | None = None) -> web.Application:
+    """The Docker Engine API; with `tenants`, for tenants: every request through
+    the tenant gate (authenticated, scoped, capped and audited) first."""
+    from hyper.api.tenant_gate import tenant_gate
+
     # Bodies read whole are JSON, bounded; archives and image loads stream instead.
-    app = web.Application(middlewares=[docker_errors], client_max_size=MAX_JSON_BODY)
+    middlewares = [docker_errors] if tenants is None else [tenant_gate, docker_errors]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_JSON_BODY)
     app[DAEMON] = daemon
+    if tenants is not None:
+        app[TENANTS] = tenants
     for method, path, handler in _routes():
         for prefix in ("", "/v{api_version:[0-9]+[.][0-9]+}"):
             app.router.add_route(method, prefix + path, handler)

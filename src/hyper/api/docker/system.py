@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from hyper.api.docker import convert, image_json
-from hyper.api.docker.common import Handler, daemon_of, filters
+from hyper.api.docker.common import Handler, daemon_of, filters, scope_of, tenants_of, visible_pods
 from hyper.daemon.state import ContainerRecord
 from hyper.errors import InvalidArgument
 from hyper.image import Image, ImageStore
@@ -98,11 +98,13 @@ async def disk_usage(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument(
             f"unknown type {unknown[0]!r}", hint="use container, image, volume or build-cache"
         )
-    records = [pod.record for pod in daemon.pods.values()]
+    records = [pod.record for pod in visible_pods(request)]
     users: dict[str, int] = {}
     for record in records:
         users[record.image_id] = users.get(record.image_id, 0) + 1
-    store = ImageStore(daemon.paths.images)
+    tenants = tenants_of(request)
+    # A tenant's own image store (public images are the admin's, and take none of its room).
+    store = tenants.image_view(scope_of(request)).store if tenants else ImageStore(daemon.paths.images)
 
     def measure() -> tuple[int, list[Image], dict[str, dict[str, int]], dict[str, int], list[dict[str, Any]]]:
         images = store.images()

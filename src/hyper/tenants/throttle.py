@@ -1,0 +1,54 @@
+"""Failed logins, throttled per client address.
+
+An address with FAILURES failed logins within WINDOW seconds is refused
+(429, with Retry-After) without its credentials being looked at, until the
+oldest of those failures is WINDOW seconds old. Other addresses are served
+as usual, whatever one address sends. Memory is bounded: at most
+MAX_ADDRESSES addresses are remembered, the stalest forgotten first.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+from hyper.errors import ResourceExhausted
+
+FAILURES = 20
+WINDOW = 60.0
+MAX_ADDRESSES = 10_000
+
+
+class Throttled(ResourceExhausted):
+    """Too many failed logins from one address."""
+
+    def __init__(self, address: str, retry_after: float) -> None:
+        super().__init__(
+            f"too many failed logins from {address}; try again in {math.ceil(retry_after)} s",
+            hint="check the access token or key",
+        )
+        self.retry_after = retry_after
+
+
+class LoginThrottle:
+    def __init__(self, failures: int = FAILURES, window: float = WINDOW) -> None:
+        self.failures = failures
+        self.window = window
+        self._seen: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
+
+    def check(self, address: str, now: float) -> None:
+        """Raise Throttled when `address` may not try again yet."""
+        recent = self._seen.get(address)
+        if recent is None:
+            return
+        while recent and recent[0] <= now - self.window:
+            recent.popleft()
+        if len(recent) >= self.failures:
+            raise Throttled(address, recent[0] + self.window - now)
+
+    def failed(self, address: str, now: float) -> None:
+        recent = self._seen.pop(address, None) or collections.deque(maxlen=self.failures)
+        recent.append(now)
+        self._seen[address] = recent  # now the most recent
+        while len(self._seen) > MAX_ADDRESSES:
+            self._seen.popitem(last=False)
