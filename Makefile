@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBIAN_PACKAGES := qemu-system-x86 busybox-static erofs-utils e2fsprogs skopeo docker-registry openssl python3-venv dpkg apt ca-certificates procps podman nftables iperf3 passt containernetworking-plugins
+DEBIAN_PACKAGES := qemu-system-x86 busybox-static erofs-utils e2fsprogs skopeo docker-registry openssl python3-venv dpkg apt ca-certificates procps podman nftables iperf3 passt containernetworking-plugins keystone
 APT_UPDATED := /var/lib/apt/periodic/.hyper-apt-updated
 
 .PHONY: demo test lint typecheck unit integration system-deps venv bench clean

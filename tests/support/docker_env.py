@@ -56,6 +56,7 @@ class DockerHyperd:
         environ: dict[str, str] | None = None,
         netns: str | None = None,
         user: int | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         # Unix socket paths are short (108 bytes): the root lives directly under /tmp.
         self.root = Path(tempfile.mkdtemp(prefix="hdk-", dir="/tmp"))
@@ -81,6 +82,7 @@ class DockerHyperd:
         }
         self.netns = netns
         self.user = user  # hyperd runs as this uid (and gid), its directories made its own
+        self.args = args  # more of hyperd's options (e.g. --tenant-listen)
         self._process: subprocess.Popen[bytes] | None = None
         self.keep_root = False  # restart(): the next hyperd takes over this state
         self.final_log = ""
@@ -120,6 +122,7 @@ class DockerHyperd:
                     str(self.socket),
                     "--docker-socket",
                     str(self.docker_socket),
+                    *self.args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

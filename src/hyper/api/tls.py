@@ -18,11 +18,15 @@ Python 3.11 (Debian 12's) and is checked by tests/unit/test_tenant_tls.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from asyncio import sslproto
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+MAX_LOGGED_REASON = 200  # aiohttp's reason quotes what the client sent
 
 
 class HalfCloseTLSProtocol(sslproto.SSLProtocol):
@@ -88,3 +92,24 @@ class TLSSite(web.BaseSite):
         self._server = await loop.create_server(
             lambda: HalfCloseTLSProtocol(loop, server(), context), self._host, self._port, reuse_address=True
         )
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs each request it cannot parse (an oversized header, a bad
+    request line) with a traceback. On a listener open to a network that is
+    routine, and a traceback per request would let anyone fill hyperd's log:
+    one line says it. aiohttp has already answered 400."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            source = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            reason = str(exc).replace("\n", " ").strip()[:MAX_LOGGED_REASON]
+            record.msg, record.args = "refused a malformed request from %s (400): %s", (source, reason)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+SERVER_LOGGER = logging.getLogger("hyper.tenants.http")
+SERVER_LOGGER.addFilter(_MalformedRequests())

@@ -21,7 +21,7 @@ from hyper.api import tenant_admin
 from hyper.api.docker.server import make_docker_app
 from hyper.api.server import make_app
 from hyper.api.tenant_gate import parse_listen, tls_context
-from hyper.api.tls import TLSSite
+from hyper.api.tls import SERVER_LOGGER, TLSSite
 from hyper.daemon.daemon import Daemon
 from hyper.errors import HyperError, InvalidArgument
 from hyper.paths import HyperPaths, default_paths
@@ -67,7 +67,10 @@ class TenantListener:
 
 
 async def _serve_tenants(app: web.Application, listener: TenantListener) -> web.AppRunner:
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    # Requests aiohttp cannot parse are logged in one line (SERVER_LOGGER), not with a traceback.
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, logger=SERVER_LOGGER
+    )
     await runner.setup()
     site = TLSSite(runner, listener.host, listener.port, listener.tls)  # TLS that half-closes, as Go's
     await site.start()
