@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 
 from hyper.image import ImageStore
+from hyper.tenants import signing
+from hyper.tenants.model import derive_signing_key
 from tests.integration.conftest import BUSYBOX
 from tests.integration.test_docker_containers import serving
 from tests.support.docker_env import DOCKER_CLI, docker_cli_available, docker_py_available
@@ -274,3 +276,67 @@ def test_a_thousand_failed_logins_are_throttled_and_others_still_served(
     assert int(answer.headers["Retry-After"]) >= 1
     with alpha.http() as http:  # the tenant, from another address, is served
         assert [c["Id"] for c in http.get("/containers/json").json()] == [webs["alpha"]]
+
+
+def signed(key: dict[str, str], method: str, path: str, body: bytes = b"", **query: str) -> dict[str, str]:
+    signing_key = derive_signing_key(key["secret"])
+    return signing.sign_headers(
+        key["id"], signing_key, method=method, path=path, query=list(query.items()), body=body
+    )
+
+
+def test_signed_requests_act_once_and_any_change_is_refused(listener: TenantListener) -> None:
+    key = json.loads(admin_ok(listener.daemon, "tenant", "key", "create", "alpha", "--format", "json"))
+    client = TenantClient(listener, "alpha-signed", {}, key["id"])
+    body = json.dumps({"Image": "busybox", "Cmd": ["true"]}).encode()
+    with client.http(headers={}, source="127.0.0.40") as http:
+        headers = signed(key, "POST", "/containers/create", body, name="signed")
+        made = http.post("/containers/create", params={"name": "signed"}, content=body, headers=headers)
+        assert made.status_code == 201, made.text
+        again = http.post("/containers/create", params={"name": "signed"}, content=body, headers=headers)
+        assert again.status_code == 401 and "a replay" in again.text, again.text
+        for query, content in ((("name", "other"),), body), ((("name", "signed2"),), body + b" "):
+            headers = signed(key, "POST", "/containers/create", body, name="signed2")
+            changed = http.post("/containers/create", params=dict(query), content=content, headers=headers)
+            assert changed.status_code == 401, (query, content, changed.text)
+        listed = http.get(
+            "/containers/json", params={"all": "1"}, headers=signed(key, "GET", "/containers/json", all="1")
+        )
+        assert made.json()["Id"] in [c["Id"] for c in listed.json()]
+        http.delete(
+            f"/containers/{made.json()['Id']}",
+            headers=signed(key, "DELETE", f"/containers/{made.json()['Id']}"),
+        )
+    admin_ok(listener.daemon, "tenant", "key", "revoke", "alpha", key["id"])
+
+
+def test_hyperd_restart_keeps_tenants_keys_quotas_and_owners(image_state: Path, shared_cache: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="tenants-restart-") as scratch:
+        state = Path(scratch) / "state"
+        shutil.copytree(image_state, state, symlinks=True)
+        ImageStore(state / "images").tag(BUSYBOX, "busybox:latest")
+        made = tenant_hyperd(state=state, cache=shared_cache)
+        with serving(made.daemon) as daemon:
+            admin_ok(daemon, "tenant", "public", "add", "busybox:latest")
+            admin_ok(daemon, "tenant", "create", "alpha", "--quota", "containers=1")
+            admin_ok(daemon, "tenant", "create", "beta")
+            alpha = TenantClient.with_new_key(made, "alpha")
+            beta = TenantClient.with_new_key(made, "beta")
+            revoked = TenantClient.with_new_key(made, "beta")
+            admin_ok(daemon, "tenant", "key", "revoke", "beta", revoked.key_id)
+            webs = {
+                c.name: ok(c.docker("create", "--name", "web", "busybox", "true")).strip()
+                for c in (alpha, beta)
+            }
+            daemon.keep_root = True  # the same state, certificate and port again
+            daemon.close()
+            daemon.start()
+            daemon.keep_root = False
+            for me in (alpha, beta):
+                assert ok(me.docker("ps", "-aq", "--no-trunc")).split() == [webs[me.name]]
+            done = alpha.docker("create", "busybox", "true")
+            assert done.returncode != 0 and "may have 1 containers and uses 1" in done.stderr, done.stderr
+            done = revoked.docker("ps")
+            assert done.returncode != 0 and "revoked" in done.stderr, done.stderr
+            assert {"alpha", "beta"} <= set(admin_ok(daemon, "tenant", "ls", "-q").split())
+            assert "intact" in admin_ok(daemon, "tenant", "audit", "--verify")

@@ -48,11 +48,16 @@ class TenantListener:
 
 
 def tenant_hyperd(
-    *, state: Path | None = None, cache: Path | None = None, extra: tuple[str, ...] = ()
+    *,
+    state: Path | None = None,
+    cache: Path | None = None,
+    extra: tuple[str, ...] = (),
+    netns: str | None = None,
 ) -> TenantListener:
-    """A hyperd (not started yet) with --tenant-listen on a free loopback port."""
+    """A hyperd (not started yet) with --tenant-listen on a free loopback port
+    (in the network namespace `netns`, when given: its clients run there too)."""
     port = free_port()
-    daemon = DockerHyperd(state=state, cache=cache)
+    daemon = DockerHyperd(state=state, cache=cache, netns=netns)
     cert, key, ca = make_self_signed(["127.0.0.1"], daemon.root / "tls", 1)
     listen = ("--tenant-listen", f"127.0.0.1:{port}", "--tls-cert", str(cert), "--tls-key", str(key))
     daemon.args = (*listen, *extra)
@@ -88,6 +93,7 @@ class TenantClient:
         self.headers = headers
         self.key_id = key_id
         self.port = listener.port
+        self.netns = listener.daemon.netns
         root = listener.daemon.root
         self.config = root / f"docker-{name}-{key_id}"  # one config per key: a tenant may have several
         self.config.mkdir(exist_ok=True)
@@ -122,7 +128,7 @@ class TenantClient:
         self, *args: str, input: str | None = None, timeout: float = 180
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [DOCKER_CLI, *args],
+            [*(["ip", "netns", "exec", self.netns] if self.netns else []), DOCKER_CLI, *args],
             input=input,
             capture_output=True,
             text=True,

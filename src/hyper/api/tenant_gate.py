@@ -123,7 +123,11 @@ async def tenant_gate(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         if signed is not None:
             # The one place Hyper reaches into aiohttp: the body the handler reads is checked.
-            request._payload = VerifiedBody(request.content, signed.content_sha256, request)
+            # Request.content is cached (reify) on first use, so the cache is replaced too:
+            # without it a handler read the unchecked body (tests/integration/test_tenants.py).
+            verified = VerifiedBody(request._payload, signed.content_sha256, request)
+            request._payload = verified
+            request._cache["content"] = verified
         request[SCOPE] = Scope(principal)
         response = await handler(request)
         status = response.status
