@@ -340,3 +340,38 @@ def test_hyperd_restart_keeps_tenants_keys_quotas_and_owners(image_state: Path, 
             assert done.returncode != 0 and "revoked" in done.stderr, done.stderr
             assert {"alpha", "beta"} <= set(admin_ok(daemon, "tenant", "ls", "-q").split())
             assert "intact" in admin_ok(daemon, "tenant", "audit", "--verify")
+
+
+def test_volumes_are_per_tenant_by_the_names_they_gave(
+    listener: TenantListener, alpha: TenantClient, beta: TenantClient
+) -> None:
+    ok(alpha.docker("volume", "create", "data"))
+    try:
+        assert "data" not in ok(beta.docker("volume", "ls", "-q")).split()
+        done = beta.docker("volume", "inspect", "data")
+        assert done.returncode != 0 and "no such volume" in done.stderr, done.stderr
+        done = beta.docker("volume", "rm", "data")
+        assert done.returncode != 0 and "no such volume" in done.stderr, done.stderr
+        ok(beta.docker("volume", "create", "data"))  # its own, of the same name
+        for client in (alpha, beta):
+            assert ok(client.docker("volume", "ls", "-q")).split() == ["data"]
+            assert json.loads(ok(client.docker("volume", "inspect", "data")))[0]["Name"] == "data"
+        ok(beta.docker("volume", "prune", "-af"))
+        assert ok(alpha.docker("volume", "ls", "-q")).split() == ["data"]  # beta's prune took only its own
+        with listener.daemon.http() as http:  # the admin sees both, by the store's names
+            names = [v["Name"] for v in http.get("/volumes").json()["Volumes"]]
+        assert len([n for n in names if n.endswith(".data")]) == 1
+    finally:
+        alpha.docker("volume", "rm", "-f", "data")
+        beta.docker("volume", "rm", "-f", "data")
+
+
+def test_a_tenant_cannot_join_or_borrow_from_the_other_tenants_container(
+    alpha: TenantClient, webs: dict[str, str]
+) -> None:
+    theirs = webs["beta"]
+    done = alpha.docker("create", "--network", f"container:{theirs}", "busybox", "true")
+    assert done.returncode != 0 and "no such container" in done.stderr.lower(), done.stderr
+    done = alpha.docker("create", "--volumes-from", theirs, "busybox", "true")
+    assert done.returncode != 0 and "no such container" in done.stderr.lower(), done.stderr
+    assert theirs not in ok(alpha.docker("ps", "-aq", "--no-trunc"))

@@ -12,6 +12,7 @@ GRPC_STATUS: dict[Category, grpc.StatusCode] = {
     Category.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     Category.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     Category.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Category.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     Category.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Category.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     Category.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,

@@ -111,6 +111,9 @@ class Daemon:
         resolved to IDs (the pod, or the container that owns the VM); its own
         network options refused (hyper.daemon.members)."""
         host_ref = members.host_reference(options)
+        if options.pod and options.owner:
+            # Named pods are the admin's (`hyper pod`): a tenant's container joins none.
+            raise NotFound(f"no such pod: {options.pod}")
         if options.pod:
             if host_ref is not None:
                 raise InvalidArgument("conflicting options: --pod and --network container:")
@@ -118,7 +121,14 @@ class Daemon:
             members.check_member(options, f"pod {record.name}")
             return dataclasses.replace(options, pod=record.id, network="")
         assert host_ref is not None
-        host = self.find(host_ref)
+        try:
+            host = self.find(host_ref, options.owner or None)  # a tenant joins only its own containers' VMs
+        except NotFound:
+            # Not a 404: the docker CLI answers a 404 from create by pulling the image.
+            raise InvalidArgument(
+                f"no such container: {host_ref}",
+                hint="--network container: names a running container; `hyper ps -a` lists them",
+            ) from None
         members.check_member(options, host.record.name)
         if host.options.pod:  # a pod's container or infra: the pod
             return dataclasses.replace(options, pod=host.options.pod, network="")
@@ -212,7 +222,8 @@ class Daemon:
         if request.auto_remove and request.restart.name.value != "no":
             raise InvalidArgument("conflicting options: a restart policy and automatic removal (--rm)")
         if request.options.volumes_from:
-            mounts = self.with_volumes_from(request.options.mounts, request.options.volumes_from)
+            owner = request.options.owner or None
+            mounts = self.with_volumes_from(request.options.mounts, request.options.volumes_from, owner)
             request = dataclasses.replace(
                 request, options=dataclasses.replace(request.options, mounts=mounts)
             )
@@ -270,14 +281,17 @@ class Daemon:
             raise NotFound(f"no such container: {ref}")
         return pod
 
-    def with_volumes_from(self, mounts: tuple[str, ...], sources: tuple[str, ...]) -> tuple[str, ...]:
+    def with_volumes_from(
+        self, mounts: tuple[str, ...], sources: tuple[str, ...], owner: str | None = None
+    ) -> tuple[str, ...]:
         """`mounts` with the volumes and bind mounts of the containers `sources`
-        names (--volumes-from), taken once, at create, as Docker does."""
+        names (--volumes-from), taken once, at create, as Docker does; only
+        `owner`'s containers (a tenant's) are found."""
         inherited: list[storage_mounts.Mount] = []
         for text in sources:
             ref, read_only = storage_mounts.parse_volumes_from(text)
             try:
-                source = self.find(ref)
+                source = self.find(ref, owner)
             except NotFound:
                 # Not a 404: the docker CLI answers a 404 from create by pulling the image.
                 raise InvalidArgument(

@@ -6,23 +6,30 @@ front end is every front end's. The store is SQLite: each request opens it
 in a thread and closes it. Filters are Docker's, and one Docker does not
 know for an endpoint is refused rather than ignored (a prune with a filter
 it did not apply would remove what the user meant to keep).
+
+A tenant (hyper.tenants) sees only its own volumes, by the names it gave:
+the store keeps them as TENANT_ID.NAME (Scope.volume_name), and every
+handler here maps names both ways, so another tenant's volume is "no such
+volume" exactly as one that does not exist.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from hyper.api.docker.common import Handler, daemon_of, filters, flag, json_body
+from hyper.api.docker.common import Handler, daemon_of, filters, flag, json_body, scope_of
 from hyper.api.docker.labels import label_matches
 from hyper.api.docker.system import check_prune_filters
 from hyper.errors import FailedPrecondition, InvalidArgument, NotFound
 from hyper.storage.volumes import Volume, VolumeStore, directory_size
+from hyper.tenants.scope import Scope
 
 LIST_FILTERS = frozenset({"dangling", "driver", "label", "name"})
 T = TypeVar("T")
@@ -78,6 +85,10 @@ async def _with_store(request: web.Request, work: Callable[[VolumeStore], T]) ->
     return await asyncio.to_thread(run)
 
 
+def _mine(scope: Scope, store: VolumeStore) -> list[Volume]:
+    return [v for v in store.all() if scope.shown_volume_name(v.name) is not None]
+
+
 def _docker_not_found(name: str) -> NotFound:
     # Docker's words: the docker CLI's users and scripts match on them.
     return NotFound(f"get {name}: no such volume")
@@ -88,8 +99,15 @@ async def list_volumes(request: web.Request) -> web.StreamResponse:
     _check_filters(wanted, LIST_FILTERS, "volumes")
     _boolean(wanted.get("dangling", ()), "dangling")
 
+    scope = scope_of(request)
+
     def listing(store: VolumeStore) -> list[dict[str, Any]]:
-        return [v.document() for v in store.all() if list_matches(v, bool(store.users(v.name)), wanted)]
+        found = []
+        for volume in _mine(scope, store):
+            shown = dataclasses.replace(volume, name=scope.shown_volume_name(volume.name) or volume.name)
+            if list_matches(shown, bool(store.users(volume.name)), wanted):
+                found.append(shown.document())
+        return found
 
     return web.json_response({"Volumes": await _with_store(request, listing), "Warnings": []})
 
@@ -115,21 +133,25 @@ async def create_volume(request: web.Request) -> web.StreamResponse:
     if body.get("ClusterVolumeSpec"):
         raise InvalidArgument("cluster volumes are not supported", hint="Hyper has no swarm")
 
+    scope = scope_of(request)
+
     def create(store: VolumeStore) -> dict[str, Any]:
         # `docker volume create` without a name makes a named volume with a random
         # name (not an anonymous one, which a plain prune would take).
         chosen = name if name is not None else secrets.token_hex(32)
-        return store.create(chosen, labels=labels, options=options, driver=driver).document()
+        made = store.create(scope.volume_name(chosen), labels=labels, options=options, driver=driver)
+        return {**made.document(), "Name": chosen}
 
     return web.json_response(await _with_store(request, create), status=201)
 
 
 async def inspect_volume(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
+    scope = scope_of(request)
 
     def inspect(store: VolumeStore) -> dict[str, Any]:
         try:
-            return store.get(name).document()
+            return {**store.get(scope.volume_name(name)).document(), "Name": name}
         except NotFound:
             raise _docker_not_found(name) from None
 
@@ -139,21 +161,22 @@ async def inspect_volume(request: web.Request) -> web.StreamResponse:
 async def remove_volume(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     force = flag(request, "force")
+    stored = scope_of(request).volume_name(name)
 
     def remove(store: VolumeStore) -> None:
         try:
-            store.get(name)
+            store.get(stored)
         except NotFound:
             if force:
                 return  # Docker: -f of a missing volume is not an error
             raise _docker_not_found(name) from None
-        users = store.users(name)
+        users = store.users(stored)  # a tenant's volume is only in its own containers
         if users:  # as Docker's, even with force: a running VM may be writing it
             raise FailedPrecondition(
                 f"remove {name}: volume is in use - [{', '.join(users)}]",
                 hint="remove those containers first",
             )
-        store.remove(name)
+        store.remove(stored)
 
     await _with_store(request, remove)
     return web.Response(status=204)
@@ -164,10 +187,11 @@ async def prune_volumes(request: web.Request) -> web.StreamResponse:
     wanted = filters(request)
     check_prune_filters("volumes", wanted)
     every = bool(_boolean(wanted.get("all", ()), "all"))
+    scope = scope_of(request)
 
     def prune(store: VolumeStore) -> tuple[list[str], int]:
         removed, reclaimed = [], 0
-        for volume in store.all():
+        for volume in _mine(scope, store):
             if not (volume.anonymous or every) or store.users(volume.name):
                 continue
             if not labels_match(volume, wanted):
@@ -175,7 +199,7 @@ async def prune_volumes(request: web.Request) -> web.StreamResponse:
             size = directory_size(volume.mountpoint)
             with contextlib.suppress(NotFound, FailedPrecondition):  # gone, or used meanwhile
                 store.remove(volume.name)
-                removed.append(volume.name)
+                removed.append(scope.shown_volume_name(volume.name) or volume.name)
                 reclaimed += size
         return removed, reclaimed
 
