@@ -213,7 +213,9 @@ class Pod(PodRequests):
         assert self.log is not None
         options = self.options
         run = ContainerRun(options, self.paths, self.settings, detached=True, container_id=self.id)
-        run.pool = self.pool
+        # The pool's VMs are clones of the admin's template: a tenant's never comes from it
+        # (clones share the guest's KASLR layout and boot ID; docs/tenants.md).
+        run.pool = self.pool if not options.owner else None
         try:
             launched = await self._run_vm(run)
         except ContainerExit as exc:
