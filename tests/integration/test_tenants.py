@@ -375,3 +375,29 @@ def test_a_tenant_cannot_join_or_borrow_from_the_other_tenants_container(
     done = alpha.docker("create", "--volumes-from", theirs, "busybox", "true")
     assert done.returncode != 0 and "no such container" in done.stderr.lower(), done.stderr
     assert theirs not in ok(alpha.docker("ps", "-aq", "--no-trunc"))
+
+
+def test_a_tenants_container_never_takes_a_pooled_vm(image_state: Path, shared_cache: Path) -> None:
+    """The pool's ready VMs are clones of the admin's template: a tenant boots from its own."""
+    from hyper.cli.client import DaemonClient
+
+    with tempfile.TemporaryDirectory(prefix="tenants-pool-") as scratch:
+        state = Path(scratch) / "state"
+        shutil.copytree(image_state, state, symlinks=True)
+        ImageStore(state / "images").tag(BUSYBOX, "busybox:latest")
+        made = tenant_hyperd(state=state, cache=shared_cache, extra=("--pool", "1", "--pool-memory", "1g"))
+        with serving(made.daemon) as daemon:
+
+            def pool() -> dict[str, object]:
+                with DaemonClient(daemon.socket) as client:
+                    return client.pool()
+
+            deadline = time.monotonic() + 300
+            while pool()["ready"] != 1:
+                assert time.monotonic() < deadline, f"no ready VM: {pool()}"
+                time.sleep(0.2)
+            admin_ok(daemon, "tenant", "public", "add", "busybox:latest")
+            admin_ok(daemon, "tenant", "create", "alpha")
+            alpha = TenantClient.with_new_key(made, "alpha")
+            assert ok(alpha.docker("run", "--rm", "busybox", "echo", "booted")) == "booted\n"
+            assert pool()["claimed"] == 0 and pool()["ready"] == 1, pool()
