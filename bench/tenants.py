@@ -12,7 +12,8 @@ measures:
   (e) the same through the tenant listener (DOCKER_HOST=tcp://, TLS, the
       bearer token from config.json).
 (a)-(c) are medians over R requests (default 200) after 20 warm-up ones;
-(d) and (e) medians over N runs (default 10), one VM each. hyperd runs with
+(d) and (e) medians over N runs each (default 10), alternated, one VM each,
+after one warm-up run of each (the tenant boots from a VM template of its own). hyperd runs with
 HYPER_BRIDGE=none: the bench touches no network of the machine's.
 
 Usage: python bench/tenants.py [-n N] [-r R]
@@ -198,9 +199,13 @@ def main() -> None:
                 checked(tenant.get("/containers/json", headers=headers))
 
             c = median_of(args.r, signed_request)
-        docker_run(bench.docker_env(None))  # warms the template
-        d = statistics.median(docker_run(bench.docker_env(None)) for _ in range(args.n))
-        e = statistics.median(docker_run(bench.docker_env(config)) for _ in range(args.n))
+        docker_run(bench.docker_env(None))  # warms the admin's template
+        docker_run(bench.docker_env(config))  # and the tenant's own
+        locals_, tenants = [], []
+        for _ in range(args.n):  # alternated, so the machine's load weighs on both alike
+            locals_.append(docker_run(bench.docker_env(None)))
+            tenants.append(docker_run(bench.docker_env(config)))
+        d, e = statistics.median(locals_), statistics.median(tenants)
     finally:
         bench.close()
         shutil.rmtree(root, ignore_errors=True)
