@@ -188,3 +188,27 @@ def test_a_pod_of_three_outlives_a_killed_hyperd_and_loses_no_output(hyper_env: 
     assert ok(hyper_env.run("logs", "late")) == "joined\n"
     ok(hyper_env.run("pod", "rm", "-f", "crash"))
     assert hyper_env.qemu_processes() == []
+
+
+def test_a_pod_may_share_one_pid_namespace(hyper_env: HyperEnv) -> None:
+    ok(hyper_env.run("pod", "create", "--share", "pid", "one"))
+    ok(hyper_env.run("run", "-d", "--pod", "one", "--name", "sleeper", BUSYBOX, "sleep", "1001"))
+    ok(hyper_env.run("run", "-d", "--pod", "one", "--name", "looker", BUSYBOX, "ps", "-o", "args"))
+    assert ok(hyper_env.run("wait", "looker")).strip() == "0"
+    seen = ok(hyper_env.run("logs", "looker")).splitlines()
+    assert "sleep 1001" in seen and "ps -o args" in seen  # the other container's process, and its own
+    assert ok(hyper_env.run("exec", "sleeper", "kill", "-0", "1")) == ""  # PID 1: the pod's keep-alive
+    ok(hyper_env.run("stop", "-t", "1", "sleeper"))  # one container stops, the namespace stays
+    ok(hyper_env.run("start", "looker"))
+    assert ok(hyper_env.run("wait", "looker")).strip() == "0"
+
+    # Without --share pid each container has its own.
+    ok(hyper_env.run("pod", "create", "two"))
+    ok(hyper_env.run("run", "-d", "--pod", "two", "--name", "sleeper2", BUSYBOX, "sleep", "1002"))
+    ok(hyper_env.run("run", "-d", "--pod", "two", "--name", "looker2", BUSYBOX, "ps", "-o", "args"))
+    assert ok(hyper_env.run("wait", "looker2")).strip() == "0"
+    assert "sleep 1002" not in ok(hyper_env.run("logs", "looker2")).splitlines()
+    refused = hyper_env.run("pod", "create", "--share", "mnt", "three")
+    assert refused.returncode == 125 and b"cannot share the 'mnt' namespace" in refused.stderr
+    ok(hyper_env.run("pod", "rm", "-f", "one", "two"))
+    assert hyper_env.qemu_processes() == []

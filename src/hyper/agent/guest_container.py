@@ -149,6 +149,7 @@ class ProcessRequest:
         "hostname",
         "init",
         "make_cwd",
+        "pid_ns_fd",
         "privileged",
         "rootfs",
         "rows",
@@ -176,6 +177,7 @@ class ProcessRequest:
         init: bool = False,
         cgroup_fd: int | None = None,
         cgroupns_fd: int | None = None,
+        pid_ns_fd: int | None = None,
     ) -> None:
         self.rootfs, self.args, self.env, self.cwd, self.user = rootfs, args, env, cwd, user
         self.hostname, self.tty, self.stdin, self.rows, self.cols = hostname, tty, stdin, rows, cols
@@ -191,6 +193,8 @@ class ProcessRequest:
         # also joins the main process's cgroup namespace (`cgroupns_fd`).
         self.cgroup_fd = cgroup_fd
         self.cgroupns_fd = cgroupns_fd
+        # A PID namespace to join instead of a new one: a pod's that shares one.
+        self.pid_ns_fd = pid_ns_fd
 
 
 class Identity:

@@ -186,7 +186,7 @@ def spawn(stream: int, request: containers.ProcessRequest, join: ContainerRoot |
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
     # The cgroup's descriptors are the agent's (it closes them); the child joins through them.
-    cgroup_fds = [fd for fd in (request.cgroup_fd, request.cgroupns_fd) if fd is not None]
+    cgroup_fds = [fd for fd in (request.cgroup_fd, request.cgroupns_fd, request.pid_ns_fd) if fd is not None]
     shim = os.fork()
     if shim == 0:
         _run_shim(
@@ -235,7 +235,10 @@ def _run_shim(
     the process, relays its status."""
     try:
         _leave_agent([*keep, *(join.fds if join is not None else ())])
-        if join is None:
+        if join is None and request.pid_ns_fd is not None:
+            sys_.unshare(sys_.CLONE_NEWNS)
+            sys_.setns(request.pid_ns_fd, sys_.CLONE_NEWPID)  # the fork below is the pod's
+        elif join is None:
             sys_.unshare(sys_.CLONE_NEWNS | sys_.CLONE_NEWPID)
         else:
             join.enter(pid_namespace=True)
@@ -326,3 +329,49 @@ def _read_all(fd: int) -> bytes:
 
 def _open_fds() -> list[int]:
     return [int(name) for name in os.listdir("/proc/self/fd")]
+
+
+def spawn_keepalive(stream: int) -> Process:
+    """A pod's infra process: PID 1 of a new PID namespace, which the pod's
+    containers join when the pod shares one (`hyper pod create --share pid`),
+    reaping what is reparented to it, until a signal ends it."""
+    pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+    shim = os.fork()
+    if shim == 0:
+        try:
+            _leave_agent([pid_w])
+            os.closerange(0, 3)
+            sys_.unshare(sys_.CLONE_NEWPID)
+            init = os.fork()
+            if init == 0:
+                os.close(pid_w)  # the agent reads the pid until every copy is closed
+                _keep_alive()
+            os.write(pid_w, str(init).encode())
+            os.close(pid_w)
+            _, status = os.waitpid(init, 0)
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
+        except BaseException:
+            os._exit(125)
+    os.close(pid_w)
+    init_text = _read_all(pid_r)
+    if not init_text.isdigit():
+        raise containers.StartError("setup", 0, "the pod's keep-alive could not be started")
+    return Process(stream, shim, int(init_text))
+
+
+def _keep_alive() -> None:
+    """PID 1 of the pod's PID namespace: reap, until SIGTERM, SIGINT or SIGHUP
+    (a namespace's init gets only the signals it handles)."""
+
+    def end(signum: int, frame: object) -> None:
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, end)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    while True:
+        signal.pause()
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass

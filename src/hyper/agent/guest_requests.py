@@ -20,7 +20,7 @@ from hyper.agent import guest_archive as archive
 from hyper.agent import guest_cgroups, guest_container, guest_net, guest_security, guest_volumes
 from hyper.agent import guest_stats as stats
 from hyper.agent import guest_sys as sys_
-from hyper.agent.guest_process import ContainerRoot, Process, spawn, spawn_call
+from hyper.agent.guest_process import ContainerRoot, Process, spawn, spawn_call, spawn_keepalive
 from hyper.agent.protocol import require
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs the guest
@@ -209,14 +209,21 @@ class ContainerRequests:
             # (it owns the pod's network), whatever the image holds.
             if not first:
                 raise ValueError("keepalive is a container's main process")
-            process = self._register(spawn_call(stream, _keep_alive, stdin=False, keep=[]))
+            process = self._register(spawn_keepalive(stream))
             process.owner = container
             container.main = process
             return {"pid": process.init_pid}
         request = self._process_request(message, container)
+        shared = message.get("pid_namespace")
+        if shared is not None:
+            request.pid_ns_fd = self._pid_namespace(str(shared))
         if first and container.cgroup is not None:
             container.oom_base = guest_cgroups.oom_kills(container.cgroup)
-        process = self._spawn_main_or_exec(stream, request, container, None)
+        try:
+            process = self._spawn_main_or_exec(stream, request, container, None)
+        finally:
+            if request.pid_ns_fd is not None:
+                os.close(request.pid_ns_fd)
         if first:
             process.owner = container
             container.confinement = request.confinement
@@ -226,6 +233,20 @@ class ContainerRequests:
                 container.pid_ns = 0  # already gone: nothing can join it
             container.main = process
         return {"pid": process.init_pid}
+
+    def _pid_namespace(self, container_id: str) -> int:
+        """The PID namespace of a running container's main process (a pod's
+        infra, whose containers share it), opened."""
+        holder = self.containers.get(container_id)
+        main = holder.running_main() if holder is not None else None
+        if main is None:
+            raise guest_container.not_running(container_id)
+        try:
+            return os.open(f"/proc/{main.init_pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise guest_container.StartError(
+                "setup", exc.errno or 0, f"the pod's PID namespace: {exc.strerror}"
+            ) from exc
 
     def _do_exec(self, message: dict[str, Any]) -> dict[str, Any]:
         """Start a process in the namespaces and root of a running container's main process."""
@@ -294,11 +315,3 @@ class ContainerRequests:
                 return call()
 
             self._register(spawn_call(stream, in_root, stdin=stdin, keep=root.fds))
-
-
-def _keep_alive() -> int:
-    """Wait for a signal that ends the process (stop's SIGTERM, or SIGKILL)."""
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)  # the agent's handlers are not this child's
-    while True:
-        signal.pause()

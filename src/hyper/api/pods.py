@@ -28,6 +28,9 @@ def _options(body: dict[str, object]) -> PodOptions:
     hostname = body.get("hostname")
     network = body.get("network") or ""
     publish = body.get("publish") or []
+    share = body.get("share") or []
+    if not isinstance(share, list) or not all(isinstance(p, str) for p in share):
+        raise InvalidArgument("'share' must be a list of strings")
     if hostname is not None and not isinstance(hostname, str):
         raise InvalidArgument("'hostname' must be a string")
     if not isinstance(network, str):
@@ -40,6 +43,7 @@ def _options(body: dict[str, object]) -> PodOptions:
         cpus=optional_int("cpus"),
         network=network,
         publish=tuple(publish),
+        share=tuple(share),
     )
 
 
@@ -47,7 +51,9 @@ async def create(request: web.Request) -> web.StreamResponse:
     body = await read_json_body(request)
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
-    unknown = sorted(set(body) - {"name", "labels", "hostname", "memory_mib", "cpus", "network", "publish"})
+    unknown = sorted(
+        set(body) - {"name", "labels", "hostname", "memory_mib", "cpus", "network", "publish", "share"}
+    )
     if unknown:
         raise InvalidArgument(
             f"unknown field {unknown[0]!r} in the pod request", hint="see docs/hyperd-api.md"

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("-m", "--memory", metavar="SIZE", help="the VM's RAM (default: from its containers)")
     create.add_argument("--cpus", type=int, metavar="N", help="the VM's vCPUs (default: from its containers)")
     create.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
+    create.add_argument(
+        "--share", default="", metavar="NAMESPACES", help="pid: one PID namespace for its containers"
+    )
     create.set_defaults(func=cmd_create)
 
     start = commands.add_parser("start", help="start pods: their VM, then their containers")
@@ -76,6 +79,7 @@ def cmd_create(args: argparse.Namespace, ctx: CliContext) -> int:
         "publish": args.publish,
         "memory_mib": None if args.memory is None else specs.parse_memory(args.memory),
         "cpus": args.cpus,
+        "share": [name for name in args.share.split(",") if name],
     }
     with connect_daemon(ctx) as client:
         answer = _document(client, "POST", "/v1/pods", json=body)

@@ -37,6 +37,7 @@ from hyper.vm.driver import HotDisk
 from hyper.vm.qemu import QemuDriver
 
 CONTAINER_MODE = "container:"
+SHARE_PID_LABEL = "hyper.pod.share-pid"  # on a pod's infra container whose containers share its PID namespace
 
 # A member cannot have these of its own: they are its host's (RunOptions field → flag).
 HOST_OWNED = {
@@ -143,8 +144,16 @@ class Member(Pod):
                 resources=specs.container_resources(self.options).message(),
             )
             stream = host.new_stream()
+            # A pod that shares one PID namespace: its infra's (hyper.daemon.named_pods).
+            shared = host.id[:12] if host.record.labels.get(SHARE_PID_LABEL) == "true" else None
             channel = await start_process(
-                agent, "start", container=self.id[:12], stream=stream, process=prepared.process, size=(24, 80)
+                agent,
+                "start",
+                container=self.id[:12],
+                stream=stream,
+                process=prepared.process,
+                size=(24, 80),
+                pid_namespace=shared,
             )
         except BaseException:
             if mounted:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hyper.daemon.members import SHARE_PID_LABEL
 from hyper.daemon.policy import RestartPolicy
 from hyper.daemon.requests import CreateRequest
 from hyper.daemon.state import PodRecord, valid_name
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 INFRA_SUFFIX = "-infra"
 INFRA_COMMAND = ("keepalive",)  # recorded only: the guest runs its own keep-alive (RunOptions.infra)
 POD_LABEL = "hyper.pod"
+SHAREABLE = ("pid", "ipc", "uts", "net")
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,18 @@ class PodOptions:
     cpus: int | None = None
     network: str = ""
     publish: tuple[str, ...] = ()
+    share: tuple[str, ...] = ()  # namespaces shared beyond the network, UTS and IPC: "pid"
     dns: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
     dns_options: tuple[str, ...] = ()
 
     def check(self) -> None:
+        unknown = [name for name in self.share if name not in SHAREABLE]
+        if unknown:
+            raise InvalidArgument(
+                f"a pod cannot share the {unknown[0]!r} namespace",
+                hint="--share takes pid (ipc, uts and the network are always shared)",
+            )
         if self.memory_mib is not None and self.memory_mib < specs.MIN_MEMORY_MIB:
             raise InvalidArgument(f"a pod's VM needs at least {specs.MIN_MEMORY_MIB} MiB")
         if self.cpus is not None and self.cpus < 1:
@@ -166,7 +175,7 @@ class NamedPods:
         )
         request = CreateRequest(
             options=run_options,
-            labels={POD_LABEL: record.name},
+            labels={POD_LABEL: record.name} | ({SHARE_PID_LABEL: "true"} if "pid" in options.share else {}),
             restart=RestartPolicy.parse("no"),
             auto_remove=False,
             stdin_once=False,

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hyper.agent.host import AgentClient, AgentRequestError, ProcessChannel
 from hyper.errors import Category, FailedPrecondition, HyperError, InvalidArgument
@@ -724,6 +724,7 @@ async def start_process(
     process: specs.ProcessSpec,
     size: tuple[int, int],
     keepalive: bool = False,
+    pid_namespace: str | None = None,
 ) -> ProcessChannel:
     """Ask the agent to `start` a container's main process or `exec` one into it;
     a command that cannot run raises ContainerExit with Docker's 126 or 127."""
@@ -731,6 +732,11 @@ async def start_process(
     rows, cols = size
     try:
         confinement = None if process.confinement is None else process.confinement.message()
+        extra: dict[str, Any] = {}  # only when asked: other requests stay as they were
+        if keepalive:
+            extra["keepalive"] = True
+        if pid_namespace:
+            extra["pid_namespace"] = pid_namespace
         await agent.request(
             kind,
             container=container,
@@ -745,7 +751,7 @@ async def start_process(
             cols=cols,
             confinement=confinement,
             init=process.init,
-            **({"keepalive": True} if keepalive else {}),
+            **extra,
         )
     except AgentRequestError as exc:
         if exc.stage in ("exec", "user", "cwd"):
