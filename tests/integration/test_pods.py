@@ -212,3 +212,35 @@ def test_a_pod_may_share_one_pid_namespace(hyper_env: HyperEnv) -> None:
     assert refused.returncode == 125 and b"cannot share the 'mnt' namespace" in refused.stderr
     ok(hyper_env.run("pod", "rm", "-f", "one", "two"))
     assert hyper_env.qemu_processes() == []
+
+
+def test_a_pods_containers_share_a_volume(hyper_env: HyperEnv) -> None:
+    ok(hyper_env.run("pod", "create", "vols"))
+    ok(hyper_env.run("volume", "create", "data"))
+    writer = "echo from-writer > /data/note && sync"
+    ok(
+        hyper_env.run(
+            "run", "-d", "--pod", "vols", "--name", "writer", "-v", "data:/data", BUSYBOX, "sh", "-c", writer
+        )
+    )
+    assert ok(hyper_env.run("wait", "writer")).strip() == "0"
+    ok(
+        hyper_env.run(
+            "run",
+            "-d",
+            "--pod",
+            "vols",
+            "--name",
+            "reader",
+            "-v",
+            "data:/data:ro",
+            BUSYBOX,
+            "cat",
+            "/data/note",
+        )
+    )
+    assert ok(hyper_env.run("wait", "reader")).strip() == "0"
+    assert ok(hyper_env.run("logs", "reader")) == "from-writer\n"
+    assert len(hyper_env.qemu_processes()) == 1
+    ok(hyper_env.run("pod", "rm", "-f", "vols"))
+    assert hyper_env.qemu_processes() == []
