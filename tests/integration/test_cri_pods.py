@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -379,3 +380,57 @@ def test_bad_requests_are_refused_with_reasons(hyperd: CriHyperd, tmp_path: Path
             cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id),
             cri.RemovePodSandboxResponse,
         )
+
+
+def test_container_events_stream_a_containers_life(hyperd: CriHyperd, tmp_path: Path) -> None:
+    sandbox_config = _sandbox_config("events", tmp_path / "logs")
+    with hyperd.client() as client, hyperd.client() as watcher:
+        stream = watcher.stream("GetContainerEvents", cri.GetEventsRequest(), cri.ContainerEventResponse)
+        seen: list[tuple[str, int]] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            try:
+                for event in stream:
+                    seen.append((event.container_id, event.container_event_type))
+                    assert event.pod_sandbox_status.metadata.name == "events"
+                    if event.container_event_type == cri.CONTAINER_DELETED_EVENT:
+                        return
+            except grpc.RpcError:
+                pass  # cancelled below if the test fails first
+            finally:
+                done.set()
+
+        reader = threading.Thread(target=watch)
+        reader.start()
+        try:
+            sandbox_id = _run_sandbox(client, sandbox_config)
+            container_id = _create(
+                client, sandbox_id, _container_config("main", ["sleep", "600"]), sandbox_config
+            )
+            client.call(
+                "StartContainer",
+                cri.StartContainerRequest(container_id=container_id),
+                cri.StartContainerResponse,
+            )
+            client.call(
+                "StopContainer",
+                cri.StopContainerRequest(container_id=container_id, timeout=0),
+                cri.StopContainerResponse,
+            )
+            client.call(
+                "RemovePodSandbox",
+                cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id),
+                cri.RemovePodSandboxResponse,
+            )
+            assert done.wait(120), seen
+        finally:
+            stream.cancel()  # type: ignore[attr-defined]
+            reader.join(30)
+        # Only the CRI container's events: the pod's infra VM is hyperd's own.
+        assert seen == [
+            (container_id, cri.CONTAINER_CREATED_EVENT),
+            (container_id, cri.CONTAINER_STARTED_EVENT),
+            (container_id, cri.CONTAINER_STOPPED_EVENT),
+            (container_id, cri.CONTAINER_DELETED_EVENT),
+        ]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,6 +46,18 @@ class CriClient:
         )
         answer: Response = method(request, timeout=timeout)
         return answer
+
+    def stream(
+        self, rpc: str, request: Message, response: type[Response], timeout: float = 240
+    ) -> Iterator[Response]:
+        """A server-streaming RPC's answers as they come (cancel with `.cancel()` on the result)."""
+        method = self.channel.unary_stream(
+            f"/{_service_of(rpc)}/{rpc}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response.FromString,
+        )
+        answers: Iterator[Response] = method(request, timeout=timeout)
+        return answers
 
     def close(self) -> None:
         self.channel.close()

@@ -7,9 +7,12 @@ and answer UNIMPLEMENTED with that text (`hyper.cri.service`).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from cri_api.v1 import api_pb2
 
 import hyper
+from hyper.cri.events import container_events
 from hyper.cri.sandboxes import RUNTIME_HANDLERS, PodSandboxes
 
 RUNTIME_NAME = "hyper"
@@ -27,7 +30,6 @@ MISSING: dict[str, str] = {
     "ListPodSandboxStats": "pod sandbox statistics are not served over the CRI yet",
     "UpdateRuntimeConfig": "the pod CIDR comes from CNI, which Hyper's CRI does not call yet",
     "CheckpointContainer": "checkpointing a container out of its VM is not supported",
-    "GetContainerEvents": "the container event stream (evented PLEG) is not served yet",
     "ListMetricDescriptors": "CRI metrics are not served yet",
     "ListPodSandboxMetrics": "CRI metrics are not served yet",
     "UpdatePodSandboxResources": "a running VM's memory and CPUs cannot be changed yet (no hotplug)",
@@ -66,6 +68,13 @@ class RuntimeService(PodSandboxes):
             runtime_handlers=handlers,
             features=api_pb2.RuntimeFeatures(supplemental_groups_policy=False),
         )
+
+    async def get_container_events(
+        self, request: api_pb2.GetEventsRequest
+    ) -> AsyncIterator[api_pb2.ContainerEventResponse]:
+        del request
+        async for event in container_events(self):
+            yield event
 
     async def runtime_config(self, request: api_pb2.RuntimeConfigRequest) -> api_pb2.RuntimeConfigResponse:
         del request

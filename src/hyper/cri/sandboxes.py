@@ -281,6 +281,12 @@ class PodSandboxes:
             runtime_handler=sandbox.runtime_handler,
         )
 
+    def sandbox_status(self, sandbox: SandboxRecord) -> api_pb2.PodSandboxStatus:
+        return self._sandbox_status(sandbox)
+
+    def container_statuses(self, sandbox: SandboxRecord) -> list[api_pb2.ContainerStatus]:
+        return [self._container_status(c) for c in self._in(sandbox)]
+
     async def pod_sandbox_status(
         self, request: api_pb2.PodSandboxStatusRequest
     ) -> api_pb2.PodSandboxStatusResponse:
