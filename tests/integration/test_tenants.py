@@ -401,3 +401,23 @@ def test_a_tenants_container_never_takes_a_pooled_vm(image_state: Path, shared_c
             alpha = TenantClient.with_new_key(made, "alpha")
             assert ok(alpha.docker("run", "--rm", "busybox", "echo", "booted")) == "booted\n"
             assert pool()["claimed"] == 0 and pool()["ready"] == 1, pool()
+
+
+def test_images_and_prunes_stay_within_a_tenant(alpha: TenantClient, beta: TenantClient) -> None:
+    ok(alpha.docker("tag", "busybox", "alpha-only:1"))
+    try:
+        assert "alpha-only" in ok(alpha.docker("images", "--format", "{{.Repository}}"))
+        assert "alpha-only" not in ok(beta.docker("images", "--format", "{{.Repository}}"))
+        done = beta.docker("image", "inspect", "alpha-only:1")
+        assert done.returncode != 0 and "no such image" in done.stderr.lower(), done.stderr
+        done = beta.docker("rmi", "alpha-only:1")
+        assert done.returncode != 0, done.stdout
+        # busybox is public: beta sees it too, and alpha's tag leaves beta's view alone
+        assert "busybox" in ok(beta.docker("images", "--format", "{{.Repository}}"))
+        stopped = ok(beta.docker("create", "--name", "stopped", "busybox", "true")).strip()
+        pruned = ok(alpha.docker("container", "prune", "-f"))
+        assert stopped not in pruned
+        assert json.loads(ok(beta.docker("inspect", "stopped")))[0]["Id"] == stopped
+    finally:
+        alpha.docker("rmi", "alpha-only:1")
+        beta.docker("rm", "-f", "stopped")
