@@ -203,7 +203,10 @@ def test_bad_unknown_and_revoked_keys_get_401_and_nothing_else(
     assert webs["alpha"][:12] not in done.stdout + done.stderr
 
 
-def test_a_tenant_cannot_publish_the_hosts_low_ports(alpha: TenantClient) -> None:
+def test_a_tenant_cannot_mount_host_directories_or_publish_low_ports(alpha: TenantClient) -> None:
+    for mount in (("-v", "/etc:/host"), ("--mount", "type=bind,source=/etc,target=/host")):
+        done = alpha.docker("create", *mount, "busybox", "true")
+        assert done.returncode != 0 and "cannot mount a host directory (/etc)" in done.stderr, done.stderr
     done = alpha.docker("create", "-p", "80:80", "busybox", "true")
     assert done.returncode != 0 and "host port 80" in done.stderr, done.stderr
 
