@@ -241,6 +241,8 @@ def test_a_pods_containers_share_a_volume(hyper_env: HyperEnv) -> None:
     )
     assert ok(hyper_env.run("wait", "reader")).strip() == "0"
     assert ok(hyper_env.run("logs", "reader")) == "from-writer\n"
+    # With -f the pod's logs end once each of its containers has exited and all its output came.
+    assert ok(hyper_env.run("pod", "logs", "-f", "vols")).splitlines() == ["reader | from-writer"]
     assert len(hyper_env.qemu_processes()) == 1
     ok(hyper_env.run("pod", "rm", "-f", "vols"))
     assert hyper_env.qemu_processes() == []
