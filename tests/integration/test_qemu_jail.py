@@ -316,7 +316,9 @@ def test_info_says_what_confines_qemu(hyper_env: HyperEnv) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
     assert "Confinement:  QEMU runs in a privileged jail (docs/confinement.md)" in lines
-    layers = [line for line in lines if line.startswith("  ")]
+    start = lines.index("Confinement:  QEMU runs in a privileged jail (docs/confinement.md)") + 1
+    layers = [line for line in lines[start:] if line.startswith("  ")][:6]
+    assert lines[start + 6].startswith("Network:"), lines[start:]
     assert len(layers) == 6 and all(line.startswith("  yes  ") for line in layers), layers
 
 

@@ -253,11 +253,6 @@ def _ensure_file(root: str, relative: str) -> str:
     return path
 
 
-def mount_layer(device: str, fstype: str, target: str) -> None:
-    os.makedirs(target, exist_ok=True)
-    sys_.mount(device, target, fstype, MS_RDONLY)
-
-
 def assemble_rootfs(
     container_id: str,
     layer_dirs: list[str],

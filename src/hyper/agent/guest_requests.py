@@ -45,17 +45,19 @@ class ContainerRequests:
         """Watch a new process's stdio and report its exit (the Agent's)."""
         raise NotImplementedError
 
-    def _wait_for_disk(self, serial: str) -> str:
-        """The disk's device, once it can be used: a disk hot-added on the SCSI
-        controller shows in sysfs before its device node opens (ENXIO) and
-        before its size is read."""
+    def _mount_disk(self, serial: str, target: str, fstype: str, flags: int, options: str = "") -> None:
+        """Mount the disk whose serial is `serial` once it can be used: a disk
+        hot-added on the SCSI controller shows in sysfs before its device node
+        opens, and before its size is read; its first opens, the mount's
+        included, may still answer ENXIO while the kernel settles the new unit."""
         deadline = time.monotonic() + 10
         while True:
             device = sys_.find_disk(serial)
             if device is not None and sys_.disk_size(device) > 0:
                 try:
                     sys_.flush_block_device(device)
-                    return device
+                    sys_.mount(device, target, fstype, flags, options)
+                    return
                 except OSError as exc:
                     if exc.errno not in (errno.ENXIO, errno.ENOENT, errno.ENODEV):
                         raise
@@ -74,20 +76,15 @@ class ContainerRequests:
             serial, fstype = str(layer["serial"]), str(layer["fstype"])
             if serial not in self.layer_mounts:
                 target = f"{guest_container.RUN_ROOT}/layers/{serial}"
-                guest_container.mount_layer(self._wait_for_disk(serial), fstype, target)
+                os.makedirs(target, exist_ok=True)
+                self._mount_disk(serial, target, fstype, sys_.MS_RDONLY)
                 self.layer_mounts[serial] = target
             layer_dirs.append(self.layer_mounts[serial])
         writable = require(message, "writable", dict)
         target = f"{guest_container.RUN_ROOT}/writable/{container_id}"
         os.makedirs(target, exist_ok=True)
         options = str(writable.get("options", ""))
-        sys_.mount(
-            self._wait_for_disk(str(writable["serial"])),
-            target,
-            str(writable["fstype"]),
-            0,
-            options,
-        )
+        self._mount_disk(str(writable["serial"]), target, str(writable["fstype"]), 0, options)
         self.other_mounts.append(target)
         shm = message.get("shm_size") or guest_container.DEFAULT_SHM_BYTES
         if not isinstance(shm, int) or isinstance(shm, bool) or shm <= 0:
