@@ -30,6 +30,7 @@ CONTROLLERS = ("cpu", "cpuset", "memory", "pids")
 CLONE_NEWCGROUP = 0x02000000
 CPU_PERIOD_US = 100_000  # cpu.max's period, Docker's default
 EMPTY_WAIT_SECONDS = 5.0
+UPDATABLE = ("cpuset.cpus", "cpu.max", "cpu.weight", "memory.swap.max", "memory.max")
 
 
 def mount_hierarchy(log: list[str]) -> bool:
@@ -174,6 +175,37 @@ def remove(path: str) -> None:
             if time.monotonic() > deadline:
                 return  # a process stuck in the kernel; the VM's end takes it
             time.sleep(0.01)
+
+
+def figures(path: str) -> dict[str, int]:
+    """What the kernel counts of the cgroup: CPU time (µs), memory (bytes, with
+    memory.stat's anon, file, inactive_file and page faults), processes."""
+    found: dict[str, int] = {}
+    for name, text in (("cpu", _read(f"{path}/cpu.stat")), ("memory", _read(f"{path}/memory.stat"))):
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().isdigit():
+                found[f"{name}.{key}"] = int(value)
+    for name in ("memory.current", "memory.max", "pids.current"):
+        value = _read(f"{path}/{name}").strip()
+        if value.isdigit():
+            found[name] = int(value)
+    return found
+
+
+def update(path: str, values: dict[str, str]) -> None:
+    """Write new limits into a running container's cgroup (`docker update`):
+    `values` maps cpu.max, cpu.weight, memory.max, memory.swap.max or cpuset.cpus
+    to what the file takes."""
+    for name in values:
+        if name not in UPDATABLE:
+            raise ValueError(f"{name} is not a limit the agent updates")
+    for name in UPDATABLE:  # cpuset first: the others do not depend on it
+        if name in values:
+            value = values[name]
+            if not isinstance(value, str) or not value or any(c not in "0123456789,- max" for c in value):
+                raise ValueError(f"{name}: invalid value {value!r}")
+            _write(f"{path}/{name}", value)
 
 
 def _read(path: str) -> str:

@@ -264,3 +264,32 @@ def link_states(root: str = SYS_NET) -> dict[str, dict[str, Any]]:
                 continue
         states[name] = entry
     return states
+
+
+def relay_tcp(port: int, stdin: int = 0, stdout: int = 1) -> int:
+    """In a child of the agent (`port_forward`): connect to `port` on the VM's
+    loopback, where a pod's containers listen (they share the VM's network), and
+    relay bytes between the connection and this child's stdin and stdout. Stdin's
+    end half-closes the connection; the connection's end ends the relay. A refused
+    connection raises, which the agent reports on stderr with exit status 1."""
+    import select
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.settimeout(None)
+        sources = [stdin, conn.fileno()]
+        while True:
+            readable, _, _ = select.select(sources, [], [])
+            if stdin in readable:
+                data = os.read(stdin, 64 * 1024)
+                if data:
+                    conn.sendall(data)
+                else:
+                    conn.shutdown(socket.SHUT_WR)
+                    sources.remove(stdin)
+            if conn.fileno() in readable:
+                data = conn.recv(64 * 1024)
+                if not data:
+                    return 0
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(stdout, view) :]

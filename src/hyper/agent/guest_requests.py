@@ -269,7 +269,28 @@ class ContainerRequests:
 
     def _do_stats(self, message: dict[str, Any]) -> dict[str, Any]:
         # Link state beside the counters: a NIC that is down is why traffic stopped.
-        return {**stats.guest_stats(), "links": guest_net.link_states()}
+        figures = {**stats.guest_stats(), "links": guest_net.link_states()}
+        if "container" in message:  # and the container's own, from its cgroup
+            cgroup = self._container(message).cgroup
+            figures["cgroup"] = guest_cgroups.figures(cgroup) if cgroup is not None else {}
+        return figures
+
+    def _do_update_resources(self, message: dict[str, Any]) -> dict[str, Any]:
+        """New limits for a container's cgroup (`docker update`, the CRI's UpdateContainerResources)."""
+        cgroup = self._container(message).cgroup
+        if cgroup is None:
+            raise ValueError("the guest has no cgroup2: limits cannot be changed")
+        guest_cgroups.update(cgroup, require(message, "values", dict))
+        return {}
+
+    def _do_port_forward(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Fork a child that relays its stdin and stdout to a TCP port on the VM's loopback."""
+        stream = self._new_stream(message)
+        port = require(message, "port", int)
+        if not 0 < port < 65536:
+            raise ValueError(f"no TCP port {port}")
+        self._register(spawn_call(stream, lambda: guest_net.relay_tcp(port), stdin=True, keep=[]))
+        return {}
 
     def _do_archive_stat(self, message: dict[str, Any]) -> dict[str, Any]:
         container = self._container(message)

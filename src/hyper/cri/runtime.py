@@ -13,21 +13,17 @@ from cri_api.v1 import api_pb2
 
 import hyper
 from hyper.cri.events import container_events
-from hyper.cri.sandboxes import RUNTIME_HANDLERS, PodSandboxes
+from hyper.cri.sandboxes import RUNTIME_HANDLERS
+from hyper.cri.stats import Statistics
 
 RUNTIME_NAME = "hyper"
 CRI_VERSION = "0.1.0"  # the kubelet's "version of the kubelet runtime API" (containerd's too)
 RUNTIME_API_VERSION = "v1"
 
 MISSING: dict[str, str] = {
-    "UpdateContainerResources": "a running VM's memory and CPUs cannot be changed yet (no hotplug)",
     "Exec": "the streaming server (remotecommand over SPDY and WebSocket) is not built yet",
     "Attach": "the streaming server (remotecommand over SPDY and WebSocket) is not built yet",
     "PortForward": "the streaming server (the portforward protocol) is not built yet",
-    "ContainerStats": "container statistics are not served over the CRI yet",
-    "ListContainerStats": "container statistics are not served over the CRI yet",
-    "PodSandboxStats": "pod sandbox statistics are not served over the CRI yet",
-    "ListPodSandboxStats": "pod sandbox statistics are not served over the CRI yet",
     "UpdateRuntimeConfig": "the pod CIDR comes from CNI, which Hyper's CRI does not call yet",
     "CheckpointContainer": "checkpointing a container out of its VM is not supported",
     "ListMetricDescriptors": "CRI metrics are not served yet",
@@ -36,7 +32,7 @@ MISSING: dict[str, str] = {
 }
 
 
-class RuntimeService(PodSandboxes):
+class RuntimeService(Statistics):
     async def version(self, request: api_pb2.VersionRequest) -> api_pb2.VersionResponse:
         del request
         return api_pb2.VersionResponse(
