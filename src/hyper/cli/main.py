@@ -36,6 +36,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         copy_commands,
         image_commands,
         inspect_commands,
+        kube_commands,
         lifecycle_commands,
         network_commands,
         pod_commands,
@@ -60,6 +61,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     network_commands.register(subparsers)
     volume_commands.register(subparsers)
     pod_commands.register(subparsers)
+    kube_commands.register(subparsers)
     tenant_commands.register(subparsers)
     return parser
 
