@@ -274,7 +274,11 @@ def relay_tcp(port: int, stdin: int = 0, stdout: int = 1) -> int:
     connection raises, which the agent reports on stderr with exit status 1."""
     import select
 
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+    # Not create_connection: its getaddrinfo needs the idna codec, which the
+    # appliance leaves out; a numeric ASCII address is used as it is.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(("127.0.0.1", port))
         conn.settimeout(None)
         sources = [stdin, conn.fileno()]
         while True:

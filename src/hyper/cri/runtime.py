@@ -10,20 +10,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from cri_api.v1 import api_pb2
+from google.protobuf.message import Message
 
 import hyper
 from hyper.cri.events import container_events
+from hyper.cri.records import SandboxState
 from hyper.cri.sandboxes import RUNTIME_HANDLERS
 from hyper.cri.stats import Statistics
+from hyper.cri.streaming import StreamingServer
+from hyper.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 RUNTIME_NAME = "hyper"
 CRI_VERSION = "0.1.0"  # the kubelet's "version of the kubelet runtime API" (containerd's too)
 RUNTIME_API_VERSION = "v1"
 
 MISSING: dict[str, str] = {
-    "Exec": "the streaming server (remotecommand over SPDY and WebSocket) is not built yet",
-    "Attach": "the streaming server (remotecommand over SPDY and WebSocket) is not built yet",
-    "PortForward": "the streaming server (the portforward protocol) is not built yet",
     "UpdateRuntimeConfig": "the pod CIDR comes from CNI, which Hyper's CRI does not call yet",
     "CheckpointContainer": "checkpointing a container out of its VM is not supported",
     "ListMetricDescriptors": "CRI metrics are not served yet",
@@ -32,7 +33,53 @@ MISSING: dict[str, str] = {
 }
 
 
+def _check_streams(request: api_pb2.ExecRequest | api_pb2.AttachRequest) -> None:
+    """The kubelet's own rules for a stream's flags."""
+    if request.tty and request.stderr:
+        raise InvalidArgument("tty and stderr cannot both be true", hint="a terminal has one output")
+    if not (request.stdin or request.stdout or request.stderr):
+        raise InvalidArgument("one of stdin, stdout or stderr must be set")
+
+
 class RuntimeService(Statistics):
+    streaming: StreamingServer | None = None  # set once the streaming server serves
+
+    def _stream_url(self, kind: str, request: Message) -> str:
+        if self.streaming is None:
+            raise Unavailable("the CRI streaming server is not serving", hint="restart hyperd")
+        return self.streaming.url(kind, request)
+
+    async def exec(self, request: api_pb2.ExecRequest) -> api_pb2.ExecResponse:
+        """A one-time URL where the command runs over the remotecommand protocol."""
+        record = self._container(request.container_id)
+        if not request.cmd:
+            raise InvalidArgument("Exec needs a command")
+        _check_streams(request)
+        if not self._pod(record).running:
+            raise FailedPrecondition(f"container {record.id[:12]} is not running", hint="start it first")
+        return api_pb2.ExecResponse(url=self._stream_url("exec", request))
+
+    async def attach(self, request: api_pb2.AttachRequest) -> api_pb2.AttachResponse:
+        record = self._container(request.container_id)
+        _check_streams(request)
+        pod = self._pod(record)
+        if not pod.running:
+            raise FailedPrecondition(f"container {record.id[:12]} is not running", hint="start it first")
+        if request.stdin and not pod.record.options.get("interactive"):
+            raise InvalidArgument(
+                f"container {record.id[:12]} was created without stdin", hint="attach without stdin"
+            )
+        return api_pb2.AttachResponse(url=self._stream_url("attach", request))
+
+    async def port_forward(self, request: api_pb2.PortForwardRequest) -> api_pb2.PortForwardResponse:
+        sandbox = self._sandbox(request.pod_sandbox_id)
+        if sandbox.state is not SandboxState.READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox.id[:12]} is stopped")
+        for port in request.port:
+            if not 0 < port < 65536:
+                raise InvalidArgument(f"no TCP port {port}", hint="give ports from 1 to 65535")
+        return api_pb2.PortForwardResponse(url=self._stream_url("portforward", request))
+
     async def version(self, request: api_pb2.VersionRequest) -> api_pb2.VersionResponse:
         del request
         return api_pb2.VersionResponse(

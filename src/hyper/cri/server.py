@@ -12,12 +12,16 @@ import grpc
 from hyper.cri import images, runtime
 from hyper.cri.cni import DEFAULT_BIN_DIRS, CniPlugins, load_network
 from hyper.cri.service import IMAGE_SERVICE, RUNTIME_SERVICE, generic_handler
+from hyper.cri.streaming import StreamingServer
 from hyper.daemon.daemon import Daemon
 from hyper.errors import FailedPrecondition, Unavailable
 
 # A PullImage's answer waits for the whole pull; other messages are small. The
 # kubelet's own client allows 16 MiB messages, as do these.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The streaming server's address: loopback, a free port (the kubelet's default is
+# loopback too; a cluster whose API server proxies to it gives a routable one).
+DEFAULT_STREAMING_ADDRESS = "127.0.0.1:0"
 
 
 class CriServer:
@@ -29,6 +33,8 @@ class CriServer:
     async def stop(self, grace: float) -> None:
         """Stop taking calls; those under way get `grace` seconds, then are cancelled."""
         await self.server.stop(grace)
+        if self.runtime.streaming is not None:
+            await self.runtime.streaming.stop()
         await self.runtime.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
@@ -39,9 +45,11 @@ async def start_cri_server(
     socket: Path,
     cni_conf_dir: Path | None = None,
     cni_bin_dirs: Sequence[Path] | None = None,
+    streaming_address: str = DEFAULT_STREAMING_ADDRESS,
 ) -> CriServer:
     """Serve the CRI on `socket`; with `cni_conf_dir`, pods get their network from its
-    first CNI configuration (else they join hyperd's own network)."""
+    first CNI configuration (else they join hyperd's own network). Exec, Attach and
+    PortForward lead to the streaming server on `streaming_address`."""
     plugins = None
     if cni_conf_dir is not None:
         network = load_network(cni_conf_dir)
@@ -57,6 +65,9 @@ async def start_cri_server(
     ]
     service = runtime.RuntimeService(daemon, plugins)
     service.resume()  # sandboxes and containers of an earlier hyperd: their logs are copied on
+    streaming = StreamingServer(service, streaming_address)
+    await streaming.start()
+    service.streaming = streaming
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers(
         (
@@ -67,9 +78,14 @@ async def start_cri_server(
     try:
         server.add_insecure_port(f"unix:{socket}")
     except RuntimeError as exc:
+        await streaming.stop()
         raise Unavailable(
             f"cannot serve the CRI on {socket}: {exc}", hint="check the socket's directory"
         ) from exc
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await streaming.stop()
+        raise
     os.chmod(socket, 0o600)  # the CRI runs VMs: only hyperd's user may use it
     return CriServer(server, socket, service)

@@ -84,6 +84,7 @@ async def serve(
     cri_socket: Path | None = None,
     cni: tuple[Path | None, list[Path]] = (None, []),
     *,
+    cri_streaming: str | None = None,
     pool: PoolConfig | None = None,
     tenant_listener: TenantListener | None = None,
     keystone: KeystoneValidator | None = None,
@@ -112,7 +113,9 @@ async def serve(
         from hyper.cri import start_cri_server  # grpc loads only where the CRI is served
 
         conf_dir, bin_dirs = cni
-        cri = await start_cri_server(daemon, cri_socket, conf_dir, bin_dirs or None)
+        cri = await start_cri_server(
+            daemon, cri_socket, conf_dir, bin_dirs or None, *([cri_streaming] if cri_streaming else [])
+        )
         served += f" and the CRI on {cri_socket}"
     if tenant_listener is not None:
         runners.append(await _serve_tenants(make_docker_app(daemon, tenants), tenant_listener))
@@ -170,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         "--cri-socket",
         type=Path,
         help="also serve the Kubernetes CRI (v1) on this socket, for a kubelet or crictl (docs/cri.md)",
+    )
+    parser.add_argument(
+        "--cri-streaming-address",
+        metavar="HOST:PORT",
+        help="with --cri-socket: where the exec, attach and port-forward streams are served "
+        "(default 127.0.0.1 and a free port)",
     )
     parser.add_argument(
         "--cni-conf-dir",
@@ -235,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.docker_socket,
                 args.cri_socket,
                 (args.cni_conf_dir, args.cni_bin_dir),
+                cri_streaming=args.cri_streaming_address,
                 pool=config_from(args.pool, args.pool_memory),
                 tenant_listener=listener,
                 keystone=keystone,

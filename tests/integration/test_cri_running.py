@@ -1,19 +1,27 @@
-"""CRI statistics and UpdateContainerResources against a real hyperd and a real VM.
+"""A running pod through the CRI, against a real hyperd and a real VM: statistics,
+UpdateContainerResources, and the streaming server (exec, attach, port-forward).
 
 One hyperd and one pod sandbox serve every test here (the module's fixture),
 so the VM boots once: a container serving busybox httpd keeps running, others
 join the same VM. The figures come from the guest kernel (the container's
-cgroup, the VM's counters); the limits are read back from inside the container.
+cgroup, the VM's counters); the limits are read back from inside the
+container. The streams are driven by aiohttp's WebSocket client, an
+implementation independent of the server's, speaking Kubernetes'
+remotecommand and port-forward protocols.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from cri_api.v1 import api_pb2 as cri
@@ -226,3 +234,152 @@ def test_update_container_resources_changes_its_cgroup(pod: Pod) -> None:
     )
     client.call("UpdateContainerResources", unlimited, cri.UpdateContainerResourcesResponse)
     assert exec_sync(client, pod.web, "cat", "/sys/fs/cgroup/cpu.max").stdout == b"max 100000\n"
+
+
+# -- streaming ----------------------------------------------------------------------
+V5, V4 = "v5.channel.k8s.io", "v4.channel.k8s.io"
+
+
+def exec_url(client: CriClient, container_id: str, cmd: list[str], **flags: bool) -> str:
+    request = cri.ExecRequest(container_id=container_id, cmd=cmd, **flags)
+    return client.call("Exec", request, cri.ExecResponse).url
+
+
+class Channels:
+    """What a remotecommand or port-forward server sent, by channel, in order of arrival."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[int, bytes]] = []
+
+    def of(self, channel: int) -> bytes:
+        return b"".join(data for c, data in self.messages if c == channel)
+
+    async def read_until(self, ws: aiohttp.ClientWebSocketResponse, done: object = None) -> None:
+        """Messages until `done(self)` holds, or until the server closes the connection."""
+        while not (callable(done) and done(self)):
+            message = await asyncio.wait_for(ws.receive(), 120)
+            if message.type is not aiohttp.WSMsgType.BINARY:
+                return
+            self.messages.append((message.data[0], message.data[1:]))
+
+
+def run(coroutine: object) -> None:
+    asyncio.run(coroutine)  # type: ignore[arg-type]
+
+
+def test_exec_streams_stdin_stdout_stderr_and_the_exit_status(pod: Pod) -> None:
+    script = "read line; echo out:$line; echo err:$line >&2; exit 3"
+    url = exec_url(pod.client, pod.web, ["sh", "-c", script], stdin=True, stdout=True, stderr=True)
+    assert url.startswith("http://127.0.0.1:")
+
+    async def session() -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(url, protocols=(V5,)) as ws:
+                assert ws.protocol == V5
+                got = Channels()
+                await got.read_until(ws, lambda c: len(c.messages) >= 1)
+                assert got.messages[0] == (1, b"")  # the streams are up
+                await ws.send_bytes(b"\x00hello\n")
+                await ws.send_bytes(b"\xff\x00")  # v5: stdin is closed
+                await got.read_until(ws)
+            assert got.of(1) == b"out:hello\n" and got.of(2) == b"err:hello\n"
+            status = json.loads(got.of(3))
+            assert status["status"] == "Failure" and status["reason"] == "NonZeroExitCode"
+            assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+            # The token was for one connection.
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(url, protocols=(V5,))
+            assert refused.value.status == 404
+
+            # v4, a command that succeeds; and SPDY is refused with the reason.
+            url4 = exec_url(pod.client, pod.web, ["sh", "-c", "echo v4"], stdout=True)
+            async with http.ws_connect(url4, protocols=(V4,)) as ws:
+                assert ws.protocol == V4
+                got = Channels()
+                await got.read_until(ws)
+            assert got.of(1) == b"v4\n" and json.loads(got.of(3)) == {"metadata": {}, "status": "Success"}
+            spdy = exec_url(pod.client, pod.web, ["true"], stdout=True)
+            headers = {"Connection": "Upgrade", "Upgrade": "SPDY/3.1", "X-Stream-Protocol-Version": V4}
+            async with http.get(spdy, headers=headers) as answer:
+                assert answer.status == 400 and "SPDY/3.1 is not served" in await answer.text()
+
+    run(session())
+    bad = cri.ExecRequest(container_id=pod.web, cmd=["sh"], tty=True, stderr=True)
+    _fails(pod.client, "Exec", bad, cri.ExecResponse, grpc.StatusCode.INVALID_ARGUMENT)
+    absent = cri.ExecRequest(container_id="absent", cmd=["sh"], stdout=True)
+    _fails(pod.client, "Exec", absent, cri.ExecResponse, grpc.StatusCode.NOT_FOUND)
+
+
+def test_exec_with_a_terminal_follows_its_resizes(pod: Pod) -> None:
+    script = "read x; stty size; read y; stty size"
+    url = exec_url(pod.client, pod.web, ["sh", "-c", script], stdin=True, stdout=True, tty=True)
+
+    async def session() -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=(V5,)) as ws:
+            got = Channels()
+            await ws.send_bytes(b"\x04" + json.dumps({"Width": 100, "Height": 30}).encode())
+            await ws.send_bytes(b"\x00a\n")
+            await got.read_until(ws, lambda c: b"30 100" in c.of(1))
+            await ws.send_bytes(b"\x04" + json.dumps({"Width": 120, "Height": 40}).encode())
+            await ws.send_bytes(b"\x00b\n")
+            await got.read_until(ws)
+            assert b"40 120" in got.of(1) and got.of(2) == b""
+            assert json.loads(got.of(3))["status"] == "Success"
+
+    run(session())
+
+
+def test_attach_joins_the_containers_stdio(pod: Pod) -> None:
+    client = pod.client
+    script = "while read line; do echo got:$line; echo err:$line >&2; done; echo bye"
+    config = _container_config("talk", ["sh", "-c", script], stdin=True, stdin_once=True)
+    talk = _create(client, pod.sandbox_id, config, pod.config)
+    start(client, talk)
+    _until(lambda: _status(client, talk).state == cri.CONTAINER_RUNNING, "the container to run")
+    request = cri.AttachRequest(container_id=talk, stdin=True, stdout=True, stderr=True)
+    url = client.call("Attach", request, cri.AttachResponse).url
+
+    async def session() -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=(V5,)) as ws:
+            got = Channels()
+            await got.read_until(ws, lambda c: len(c.messages) >= 1)
+            await ws.send_bytes(b"\x00hi\n")
+            await got.read_until(ws, lambda c: b"got:hi" in c.of(1) and b"err:hi" in c.of(2))
+            await ws.send_bytes(b"\xff\x00")  # stdin_once: the container's stdin ends with ours
+            await got.read_until(ws)
+            assert got.of(1) == b"got:hi\nbye\n" and got.of(2) == b"err:hi\n"
+            assert json.loads(got.of(3))["status"] == "Success"
+
+    run(session())
+    _until(lambda: _status(client, talk).state == cri.CONTAINER_EXITED, "the container to exit")
+    client.call("RemoveContainer", cri.RemoveContainerRequest(container_id=talk), cri.RemoveContainerResponse)
+    no_stdin = cri.AttachRequest(container_id=pod.web, stdin=True, stdout=True)
+    _fails(client, "Attach", no_stdin, cri.AttachResponse, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_port_forward_reaches_a_port_inside_the_vm(pod: Pod) -> None:
+    def forward_url(*ports: int) -> str:
+        request = cri.PortForwardRequest(pod_sandbox_id=pod.sandbox_id, port=list(ports))
+        return pod.client.call("PortForward", request, cri.PortForwardResponse).url
+
+    async def session() -> None:
+        async with aiohttp.ClientSession() as http:
+            url = forward_url(8080) + "?port=8080"
+            async with http.ws_connect(url, protocols=("portforward.k8s.io",)) as ws:
+                got = Channels()
+                await got.read_until(ws, lambda c: len(c.messages) >= 2)
+                assert got.messages[:2] == [(0, struct.pack("<H", 8080)), (1, struct.pack("<H", 8080))]
+                await ws.send_bytes(b"\x00GET /index.html HTTP/1.0\r\n\r\n")
+                await got.read_until(ws)  # httpd answers and closes: so does the stream
+            data = got.of(0)[2:]
+            assert data.startswith(b"HTTP/1.") and data.endswith(b"hello-from-the-pod\n"), data
+            assert got.of(1)[2:] == b""
+
+            # Nothing listens on port 9: the error channel says so, and the stream ends.
+            async with http.ws_connect(forward_url() + "?port=9", protocols=("v4.channel.k8s.io",)) as ws:
+                got = Channels()
+                await got.read_until(ws)
+            error = got.of(1)[2:].decode()
+            assert error.startswith("error forwarding port 9 to pod") and "refused" in error, error
+
+    run(session())
