@@ -26,6 +26,7 @@ import pytest
 
 from hyper.image import ImageConfig, ImageStore
 from hyper.paths import default_paths
+from hyper.storage.volume_disk import unmount_all
 from tests.support.images import make_busybox_image
 
 RESULTS = Path(__file__).resolve().parents[2] / "test-results"
@@ -197,6 +198,7 @@ def hyper_env(request: pytest.FixtureRequest, image_state: Path, shared_cache: P
         for line in leftovers:
             subprocess.run(["kill", "-9", line.split()[0]], check=False)
         shutil.rmtree(runtime, ignore_errors=True)
+        unmount_all(state / "volumes")  # sized volumes' file systems, or rmtree stops at them
         shutil.rmtree(state, ignore_errors=True)
         if not request.node.stash.get(_FAILED, True):
             shutil.rmtree(logs, ignore_errors=True)

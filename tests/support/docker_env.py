@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from hyper.storage.volume_disk import unmount_all
+
 if TYPE_CHECKING:
     from docker import DockerClient
 
@@ -198,6 +200,7 @@ class DockerHyperd:
         if self.log.exists():
             self.final_log = self.log.read_text(errors="replace")  # what it said up to its exit
         if not self.keep_root:
+            unmount_all(self.state / "volumes")  # sized volumes' file systems, or rmtree stops at them
             shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> DockerHyperd:

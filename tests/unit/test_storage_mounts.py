@@ -17,8 +17,10 @@ from hyper.storage.mounts import (
     parse_mount,
     parse_tmpfs,
     parse_volume,
+    parse_volume_size,
     parse_volumes_from,
     storage_size,
+    volume_size,
     with_image_volumes,
 )
 
@@ -108,6 +110,7 @@ def test_tmpfs_flag() -> None:
         Mount(MountType.BIND, "/x", '/a,b"c', read_only=True, create_source=True),
         Mount(MountType.VOLUME, "/x", "0123abcd", no_copy=True, anonymous=True),
         Mount(MountType.TMPFS, "/t", tmpfs_size=1024, tmpfs_mode=0o700, tmpfs_flags=("exec", "dev")),
+        Mount(MountType.VOLUME, "/x", anonymous=True, volume_size=64 << 20),
     ],
 )
 def test_canonical_round_trip(mount: Mount) -> None:
@@ -244,3 +247,42 @@ def test_api_mount_paths_with_commas_and_quotes_stay_whole() -> None:
     assert api.volume_labels == (("a", "b"),)
     with pytest.raises(InvalidArgument, match="volume-label applies to volumes"):
         parse_mount("type=tmpfs,target=/x,volume-label=a=b")
+
+
+def test_volume_sizes_and_their_bad_forms() -> None:
+    assert parse_volume_size("64m") == 64 << 20
+    assert parse_volume_size(" 10GiB ") == 10 << 30
+    assert parse_volume_size(str(8 << 20)) == 8 << 20
+    assert volume_size({}) is None and volume_size({"size": "1g"}) == 1 << 30
+    for bad, words in (
+        ("", "invalid volume size"),
+        ("lots", "invalid volume size"),
+        ("1.5g", "invalid volume size"),
+        ("-1g", "invalid volume size"),
+        ("3m", "out of range"),
+        ("17t", "out of range"),
+        ("0", "out of range"),
+    ):
+        with pytest.raises(InvalidArgument, match=words):
+            parse_volume_size(bad)
+    with pytest.raises(InvalidArgument, match="volume option 'type' is not supported"):
+        volume_size({"type": "tmpfs", "size": "1g"})
+
+
+def test_a_mount_may_size_the_volume_it_creates() -> None:
+    mount = parse_mount("type=volume,target=/data,volume-opt=size=64m")
+    assert mount.volume_size == 64 << 20 and mount.anonymous
+    assert parse_mount(mount.canonical()) == mount
+    api = from_api_mount(
+        {"Type": "volume", "Target": "/d", "VolumeOptions": {"DriverConfig": {"Options": {"size": "1g"}}}}
+    )
+    assert api.volume_size == 1 << 30
+    for text, words in (
+        ("type=volume,target=/d,volume-opt=type=nfs", "volume option 'type'"),
+        ("type=volume,target=/d,volume-opt=size=huge", "invalid volume size"),
+        ("type=bind,source=/a,target=/d,volume-opt=size=1g", "volume-opt applies to volumes"),
+    ):
+        with pytest.raises(InvalidArgument, match=words):
+            parse_mount(text)
+    with pytest.raises(InvalidArgument, match=r"DriverConfig\.Options"):
+        from_api_mount({"Type": "volume", "Target": "/d", "VolumeOptions": {"DriverConfig": {"Options": 1}}})

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hyper.errors import FailedPrecondition, InvalidArgument, NotFound
+from hyper.storage import volume_disk
 from hyper.storage.mounts import parse_all, parse_mount
 from hyper.storage.plan import resolve_mounts, share_plan
 from hyper.storage.share import ShareEntry
@@ -42,8 +43,11 @@ def test_bad_requests(store: VolumeStore) -> None:
         store.create("-x")
     with pytest.raises(InvalidArgument, match="driver"):
         store.create("x1", driver="nfs")
-    with pytest.raises(InvalidArgument, match="options"):
+    with pytest.raises(InvalidArgument, match="volume option 'type' is not supported"):
         store.create("x1", options={"type": "tmpfs"})
+    with pytest.raises(InvalidArgument, match="out of range"):
+        store.create("x1", options={"size": "1k"})
+    assert store.all() == []  # nothing made of a refused create
     with pytest.raises(NotFound):
         store.get("nope")
     with pytest.raises(NotFound):
@@ -139,3 +143,49 @@ def test_mount_source_must_exist(store: VolumeStore, tmp_path: Path) -> None:
     [mount] = parse_all(mounts=[f"type=bind,source={tmp_path}/absent,target=/x"])
     with pytest.raises(InvalidArgument, match="bind source path does not exist"):
         resolve_mounts(store, [mount.canonical()], [], "c1")
+
+
+def test_a_tenants_anonymous_volumes_are_named_in_its_space(
+    store: VolumeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """And a tenant's volume is made only with the size its quota was charged for."""
+    sizes: list[int] = []
+
+    def fake_disk(directory: Path, size: int) -> None:  # no loop mounts in unit tests
+        (directory / "_data").mkdir(parents=True)
+        sizes.append(size)
+
+    monkeypatch.setattr(volume_disk, "make_disk", fake_disk)
+    sized = "type=volume,target=/a,volume-opt=size=8m"
+    store.create("t1.kept", size=None)  # one that exists: its size charged when it was made
+    resolved = resolve_mounts(
+        store, [sized, "type=volume,source=t1.kept,target=/k"], [], live(store, "c" * 64), owner="t1"
+    )
+    anonymous = store.get(parse_mount(resolved[0]).source)
+    assert anonymous.name.startswith("t1.") and len(anonymous.name) == 3 + 64 and anonymous.anonymous
+    assert parse_mount(resolved[0]).volume_size == 8 << 20 and sizes == [8 << 20]
+    with pytest.raises(FailedPrecondition, match="volume gone no longer exists"):
+        resolve_mounts(store, ["type=volume,source=t1.gone,target=/g"], [], live(store, "d" * 64), owner="t1")
+    assert not store.exists("t1.gone")
+
+
+def test_sizes_are_summed_by_owner_prefix_and_an_old_store_gets_its_size_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    root = tmp_path / "volumes"
+    root.mkdir()
+    old = sqlite3.connect(root / "volumes.db")
+    old.execute(
+        "CREATE TABLE volumes (name TEXT PRIMARY KEY, created REAL NOT NULL,"
+        " anonymous INTEGER NOT NULL, labels TEXT NOT NULL)"
+    )
+    old.execute("INSERT INTO volumes VALUES ('t1.old', 0, 0, '{}')")
+    old.commit()
+    old.close()
+    with VolumeStore(root, tmp_path) as store:
+        assert store.get("t1.old").size == 0 and store.get("t1.old").document()["Options"] is None
+        store._db.execute("INSERT INTO volumes VALUES ('t1.a', 0, 0, '{}', 100)")
+        store._db.execute("INSERT INTO volumes VALUES ('t1.b', 0, 1, '{}', 20)")
+        store._db.execute("INSERT INTO volumes VALUES ('t10.c', 0, 0, '{}', 7)")
+        assert (store.total_size("t1."), store.total_size("t10."), store.total_size("x.")) == (120, 7, 0)
+        assert store.get("t1.a").document()["Options"] == {"size": "100"}

@@ -38,7 +38,7 @@ from hyper.tenants.model import (
     parse_token,
     secret_matches,
 )
-from hyper.tenants.quotas import Claim, QuotaGate, RequestLimiter
+from hyper.tenants.quotas import Claim, QuotaGate, RequestLimiter, binary_size
 from hyper.tenants.scope import ADMIN, Principal, Scope
 from hyper.tenants.store import Metering, TenantStore
 from hyper.tenants.throttle import LoginThrottle, Throttled
@@ -78,6 +78,62 @@ def test_quotas_parse_names_units_and_refuse_the_rest() -> None:
     for bad in ("containers", "cpu=3", "containers=-1", "containers=x", "memory=lots"):
         with pytest.raises(InvalidArgument):
             parse_quotas([bad])
+
+
+def test_the_default_volume_size_is_set_like_a_quota_within_a_volumes_bounds() -> None:
+    assert Quotas().volume_size == 1 << 30
+    assert parse_quotas(["volume-size=64m"]).volume_size == 64 << 20
+    for bad, words in (("volume-size=1k", "out of range"), ("volume-size=big", "invalid")):
+        with pytest.raises(InvalidArgument, match=words):
+            parse_quotas([bad])
+    assert Quotas().document()["volume-size"] == 1 << 30
+
+
+def test_volume_bytes_are_refused_in_sizes_naming_the_quota_and_its_use() -> None:
+    tenant = _tenant(volume_bytes=100 << 20)
+    gate = QuotaGate(lambda tenant_id: Claim(volume_bytes=64 << 20))
+
+    async def admit(claim: Claim) -> None:
+        async with gate.admit(tenant, claim):
+            pass
+
+    with pytest.raises(ResourceExhausted) as refused:
+        asyncio.run(admit(Claim(volume_bytes=64 << 20)))
+    assert refused.value.message == (
+        "quota exceeded: tenant acme may have 100 MiB of volumes (volume-bytes) and uses 64 MiB;"
+        " this request needs 64 MiB more"
+    )
+    asyncio.run(admit(Claim(volume_bytes=36 << 20)))  # exactly to the quota
+    assert [binary_size(n) for n in (512, 1536, 10 << 30, (3 << 29), 2 << 40)] == [
+        "512 B",
+        "1.5 KiB",
+        "10 GiB",
+        "1.5 GiB",
+        "2 TiB",
+    ]
+
+
+def test_racing_volume_creates_take_the_quota_once() -> None:
+    """Each create's size is held from its admission until its row is in the store."""
+    tenant = _tenant(volume_bytes=1 << 30)
+    made: list[int] = []
+    gate = QuotaGate(lambda tenant_id: Claim(volume_bytes=sum(made)))
+    refused = 0
+
+    async def create(size: int) -> None:
+        nonlocal refused
+        try:
+            async with gate.admit(tenant, Claim(volume_bytes=size)):
+                await asyncio.sleep(0.01)  # mkfs in a thread
+                made.append(size)
+        except ResourceExhausted:
+            refused += 1
+
+    async def main() -> None:
+        await asyncio.gather(*(create(256 << 20) for _ in range(20)))
+
+    asyncio.run(main())
+    assert (len(made), refused, sum(made)) == (4, 16, 1 << 30)
 
 
 def test_usage_adds_seconds_at_the_sizes_given() -> None:

@@ -32,6 +32,7 @@ from hyper.runtime.pool import PoolConfig, VmPool
 from hyper.runtime.run import ContainerRun, prepare_vm_inputs
 from hyper.runtime.settings import Settings
 from hyper.storage import mounts as storage_mounts
+from hyper.storage.volumes import mount_sized_volumes
 from hyper.vm import confine, orphans
 
 ADOPTED_STATES = (specs.ContainerState.RUNNING.value, specs.ContainerState.PAUSED.value)
@@ -140,6 +141,11 @@ class Daemon:
         """Every container of the state: running ones are adopted, the others listed,
         and those whose restart policy says so started again."""
         await asyncio.to_thread(confine.sweep)  # cgroups and uid leases of VMs that are gone
+        # Sized volumes' file systems (hyper.storage.volume_disk), after a reboot or an unmount.
+        for failure in await asyncio.to_thread(
+            mount_sized_volumes, self.paths.volumes, self.paths.containers
+        ):
+            print(f"hyperd: {failure}", file=sys.stderr, flush=True)
         await self.network.ensure_default()
         adoptions, starts, joined = [], [], []
         for record in self.state.all():

@@ -183,7 +183,12 @@ class Pod(PodRequests):
         try:
             # Volumes named (anonymous ones too) and made once, before any VM boots.
             mounts = await asyncio.to_thread(
-                resolve_container_mounts, paths, request.options.mounts, image.config.volumes, container_id
+                resolve_container_mounts,
+                paths,
+                request.options.mounts,
+                image.config.volumes,
+                container_id,
+                request.options.owner,
             )
             options = dataclasses.replace(request.options, mounts=mounts)
             record = new_record(
@@ -537,12 +542,17 @@ class Pod(PodRequests):
 
 
 def resolve_container_mounts(
-    paths: HyperPaths, mounts: tuple[str, ...], image_volumes: tuple[str, ...], container_id: str
+    paths: HyperPaths,
+    mounts: tuple[str, ...],
+    image_volumes: tuple[str, ...],
+    container_id: str,
+    owner: str = "",
 ) -> tuple[str, ...]:
     """A new container's mounts with its volumes named and made, an anonymous one
-    for each of the image's VOLUME paths not mounted otherwise (hyper.storage). Blocking."""
+    for each of the image's VOLUME paths not mounted otherwise (hyper.storage), a
+    tenant's in its own space. Blocking."""
     with VolumeStore(paths.volumes, paths.containers) as store:
-        return storage_plan.resolve_mounts(store, mounts, image_volumes, container_id)
+        return storage_plan.resolve_mounts(store, mounts, image_volumes, container_id, owner=owner)
 
 
 def release_container_volumes(paths: HyperPaths, container_id: str, *, anonymous: bool) -> None:

@@ -310,7 +310,9 @@ class ContainerRun:
         """Volumes named and made, host paths checked, the share's entries and the
         guest's mounts decided: before any VM boots. Blocking."""
         with VolumeStore(self.paths.volumes, self.paths.containers) as volumes:
-            mounts = storage_plan.resolve_mounts(volumes, self.options.mounts, image.config.volumes, self.id)
+            mounts = storage_plan.resolve_mounts(
+                volumes, self.options.mounts, image.config.volumes, self.id, owner=self.options.owner
+            )
             self.options = dataclasses.replace(self.options, mounts=mounts)
             plan = storage_plan.share_plan(volumes, mounts, self.id[:12])
         if plan.needs_share and share_mode() is None:

@@ -51,6 +51,8 @@ class Mount:
     tmpfs_flags: tuple[str, ...] = ()
     # volume: the labels of a volume this mount creates (Docker's volume-label); one that exists keeps its own
     volume_labels: tuple[tuple[str, str], ...] = ()
+    # volume: the size of a volume this mount creates (volume-opt=size=…); one that exists keeps its own
+    volume_size: int | None = None
 
     def canonical(self) -> str:
         """The --mount form a container keeps (parse_mount reads it back)."""
@@ -72,6 +74,8 @@ class Mount:
             fields.append(f"tmpfs-mode={self.tmpfs_mode:o}")
         fields += [f"tmpfs-flag={flag}" for flag in self.tmpfs_flags]
         fields += [f"volume-label={key}={value}" for key, value in self.volume_labels]
+        if self.volume_size is not None:
+            fields.append(f"volume-opt=size={self.volume_size}")
         return _csv_line(fields)
 
     def document(self) -> dict[str, Any]:
@@ -186,6 +190,7 @@ def parse_mount(text: str) -> Mount:
     values: dict[str, str | None] = {}
     flags: list[str] = []
     labels: list[tuple[str, str]] = []
+    volume_options: dict[str, str] = {}
     for field in fields:
         key, sep, value = field.partition("=")
         key = key.strip().lower()
@@ -197,6 +202,10 @@ def parse_mount(text: str) -> Mount:
             if not name:
                 raise InvalidArgument(f"invalid volume-label {value!r}", hint="use volume-label=KEY=VALUE")
             labels.append((name, label))
+            continue
+        if key == "volume-opt" and sep:
+            name, _, option = value.partition("=")
+            volume_options[name.strip()] = option
             continue
         if key in values:
             raise InvalidArgument(f"--mount names {key} twice: {text!r}")
@@ -244,7 +253,8 @@ def parse_mount(text: str) -> Mount:
             raise InvalidArgument(
                 f"volume driver {driver!r} is not supported", hint="Hyper has the local driver"
             )
-        mount = replace(mount, volume_labels=tuple(labels))
+        asked = volume_size(volume_options) if volume_options else None
+        mount = replace(mount, volume_labels=tuple(labels), volume_size=asked)
     else:
         if source:
             raise InvalidArgument("a tmpfs mount takes no source")
@@ -258,6 +268,8 @@ def parse_mount(text: str) -> Mount:
         )
     if labels and mount_type is not MountType.VOLUME:
         raise InvalidArgument(f"volume-label applies to volumes, not to a {kind} mount")
+    if volume_options and mount_type is not MountType.VOLUME:
+        raise InvalidArgument(f"volume-opt applies to volumes, not to a {kind} mount")
     if values:
         raise InvalidArgument(f"unknown --mount key {sorted(values)[0]!r} for a {kind} mount")
     return mount
@@ -371,8 +383,10 @@ def from_api_mount(item: Mapping[str, Any]) -> Mount:
     driver_config = volume.get("DriverConfig") or {}
     if not isinstance(driver_config, Mapping):
         raise InvalidArgument("VolumeOptions.DriverConfig must be an object")
-    if driver_config.get("Options"):
-        raise InvalidArgument("Hyper does not support volume driver options (VolumeOptions.DriverConfig)")
+    opts = driver_config.get("Options") or {}
+    if not isinstance(opts, Mapping) or not all(isinstance(v, str) for v in opts.values()):
+        raise InvalidArgument("VolumeOptions.DriverConfig.Options must map names to strings")
+    fields += [f"volume-opt={key}={value}" for key, value in opts.items()]
     driver = _api_text(driver_config.get("Name"), "VolumeOptions.DriverConfig.Name")
     if driver:
         fields.append(f"volume-driver={driver}")
@@ -407,6 +421,39 @@ def with_image_volumes(mounts: tuple[Mount, ...], image_volumes: Iterable[str]) 
             taken.add(target)
             extra.append(Mount(MountType.VOLUME, target, anonymous=True))
     return (*mounts, *extra)
+
+
+# A sized volume's bounds (hyper.storage.volume_disk): below, ext4's own tables leave
+# almost no room; above, ext4's largest file on the host (16 TiB with 4 KiB blocks).
+MIN_VOLUME_BYTES = 4 << 20
+MAX_VOLUME_BYTES = 1 << 44
+_VOLUME_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_VOLUME_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+
+
+def parse_volume_size(text: str) -> int:
+    """A volume's `size` option in bytes: `64m`, `10g`, `1GiB` or a number of bytes."""
+    match = _VOLUME_SIZE.fullmatch(text.strip())
+    if match is None:
+        raise InvalidArgument(f"invalid volume size {text!r}", hint="give a size such as 64m or 10g")
+    size = int(match.group(1)) << _VOLUME_SHIFT[match.group(2).lower()]
+    if not MIN_VOLUME_BYTES <= size <= MAX_VOLUME_BYTES:
+        raise InvalidArgument(
+            f"volume size {text.strip()} is out of range", hint="give between 4m and 16t, such as 1g"
+        )
+    return size
+
+
+def volume_size(options: Mapping[str, str]) -> int | None:
+    """The size a volume's driver options ask for (None: no size, a plain directory).
+    `size` is the one option of Hyper's local driver; others are refused."""
+    unknown = sorted(key for key in options if key != "size")
+    if unknown:
+        raise InvalidArgument(
+            f"volume option {unknown[0]!r} is not supported",
+            hint="the local driver takes size=SIZE (a volume of that size); leave the others out",
+        )
+    return parse_volume_size(options["size"]) if "size" in options else None
 
 
 # The writable disk's bounds: below, ext4 and its journal leave no room; above,

@@ -12,6 +12,7 @@ where (hyper.agent.guest_volumes reads that list).
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ from typing import Any
 from hyper.errors import FailedPrecondition, InvalidArgument
 from hyper.storage.mounts import Mount, MountType, check_unique, parse_mount, with_image_volumes
 from hyper.storage.share import ShareEntry
-from hyper.storage.volumes import VolumeStore
+from hyper.storage.volumes import VOLUME_SEPARATOR, VolumeStore
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,28 @@ def parse_canonical(mounts: Iterable[str]) -> tuple[Mount, ...]:
 
 
 def resolve_mounts(
-    store: VolumeStore, mounts: Iterable[str], image_volumes: Iterable[str], container_id: str
+    store: VolumeStore,
+    mounts: Iterable[str],
+    image_volumes: Iterable[str],
+    container_id: str,
+    *,
+    owner: str = "",
 ) -> tuple[str, ...]:
-    """The container's mounts with every volume named and made; canonical strings. Blocking."""
+    """The container's mounts with every volume named and made; canonical strings. Blocking.
+    A tenant's (`owner`) anonymous volumes are named as its own: OWNER.RANDOM."""
     resolved = []
     for mount in with_image_volumes(parse_canonical(mounts), image_volumes):
         if mount.type is MountType.VOLUME:
-            volume = store.create(mount.source or None, labels=dict(mount.volume_labels))
+            if owner and mount.volume_size is None and not store.exists(mount.source):
+                # A tenant's volume is made only with the size its quota was charged for.
+                raise FailedPrecondition(
+                    f"volume {mount.source.partition(VOLUME_SEPARATOR)[2] or mount.source} no longer exists",
+                    hint="create the container again",
+                )
+            name = mount.source or (anonymous_volume_name(owner) if owner else None)
+            volume = store.create(
+                name, labels=dict(mount.volume_labels), size=mount.volume_size, anonymous=not mount.source
+            )
             resolved.append(replace(mount, source=volume.name))
             continue
         if mount.type is MountType.BIND:
@@ -52,6 +68,12 @@ def resolve_mounts(
         resolved.append(mount)
     store.use((m.source for m in resolved if m.type is MountType.VOLUME), container_id)
     return tuple(m.canonical() for m in resolved)
+
+
+def anonymous_volume_name(owner: str) -> str:
+    """A tenant's anonymous volume: named in its own space (hyper.tenants.scope), so it
+    shows in its `docker volume ls` and nowhere else."""
+    return f"{owner}{VOLUME_SEPARATOR}{secrets.token_hex(32)}"
 
 
 def release_volumes(store: VolumeStore, container_id: str, *, anonymous: bool) -> list[str]:
@@ -104,7 +126,7 @@ def share_plan(store: VolumeStore, mounts: Iterable[str], container: str) -> Sha
         if mount.type is MountType.VOLUME:
             if not mount.source:
                 raise FailedPrecondition(f"the volume for {mount.target} has no name yet")
-            source = str(store.get(mount.source).mountpoint)
+            source = str(store.ensure_mounted(store.get(mount.source)).mountpoint)
         else:
             check_bind_source(mount)
             source = mount.source

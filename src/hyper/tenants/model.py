@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyper.errors import InvalidArgument, Unauthenticated
+from hyper.storage.mounts import parse_volume_size
 
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 KEY_PREFIX = "HK"
@@ -44,7 +45,8 @@ class Quotas:
     containers: int = 20
     vcpus: int = 16
     memory_mib: int = 32 * 1024
-    volume_bytes: int = 10 << 30
+    volume_bytes: int = 10 << 30  # the sizes of its volumes, summed (each is bounded by its own file system)
+    volume_size: int = 1 << 30  # not a bound: the size a volume gets when its maker gives none
     networks: int = 5  # besides its default network
     published_ports: int = 10
     api_requests: int = 32  # requests in progress at once (streams count while they last)
@@ -66,6 +68,7 @@ QUOTA_SPECS = (
     QuotaSpec("vcpus", "vcpus", False, "vCPUs"),
     QuotaSpec("memory", "memory_mib", True, "memory (MiB)"),
     QuotaSpec("volume-bytes", "volume_bytes", True, "volume bytes"),
+    QuotaSpec("volume-size", "volume_size", True, "default volume size"),
     QuotaSpec("networks", "networks", False, "networks"),
     QuotaSpec("published-ports", "published_ports", False, "published ports"),
     QuotaSpec("api-requests", "api_requests", False, "concurrent API requests"),
@@ -94,6 +97,8 @@ def parse_quotas(texts: Iterable[str], base: Quotas | None = None) -> Quotas:
             )
         if spec.size:
             number = parse_size(value)
+            if spec.field == "volume_size":
+                number = parse_volume_size(value)  # a volume's own bounds
             if spec.field == "memory_mib":
                 number = number >> 20 if number >= 1 << 20 else number  # 8g or 8192 (MiB)
         elif value.strip().isdigit():

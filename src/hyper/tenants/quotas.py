@@ -1,12 +1,13 @@
 """Quotas, enforced at the moment of admission; and a cap on requests in progress.
 
 A create is admitted by `QuotaGate.admit`: what the tenant holds (read from
-hyperd's pods and networks), plus what creates already admitted but not
+hyperd's pods, networks and volume store), plus what creates already admitted but not
 finished claim, plus this request's claim, must fit every quota. The check
 and the claim happen with no `await` between them, so on hyperd's one event
 loop no two creates can both take the last unit: 50 concurrent creates
 against a quota of 10 make exactly 10. The claim is dropped when the create
-ends; by then a created container is among hyperd's pods and counted there.
+ends; by then a created container is among hyperd's pods and a created
+volume in the volume store, and counted there.
 """
 
 from __future__ import annotations
@@ -37,6 +38,27 @@ class Claim:
 _WHAT = {spec.field: spec.what for spec in QUOTA_SPECS}
 
 
+def binary_size(size: int) -> str:
+    """Bytes as the quotas are set: `10 GiB`, `64 MiB`, `1.5 GiB`, `512 B`."""
+    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.4g} {unit}"
+    return f"{size} B"
+
+
+def exceeded(tenant: Tenant, quota: str, limit: int, used: int, asked: int) -> str:
+    """The refusal's words: the quota, its limit, the tenant's use and the request's need."""
+    if quota == "volume_bytes":  # sizes, as the admin set them
+        return (
+            f"quota exceeded: tenant {tenant.name} may have {binary_size(limit)} of volumes (volume-bytes)"
+            f" and uses {binary_size(used)}; this request needs {binary_size(asked)} more"
+        )
+    return (
+        f"quota exceeded: tenant {tenant.name} may have {limit} {_WHAT[quota]} and uses {used};"
+        f" this request needs {asked} more"
+    )
+
+
 def check_fits(tenant: Tenant, held: Claim, wanted: Claim) -> None:
     """Raise ResourceExhausted naming the first quota `wanted` would pass."""
     for item in fields(Claim):
@@ -46,8 +68,7 @@ def check_fits(tenant: Tenant, held: Claim, wanted: Claim) -> None:
         used, limit = getattr(held, item.name), getattr(tenant.quotas, item.name)
         if used + asked > limit:
             raise ResourceExhausted(
-                f"quota exceeded: tenant {tenant.name} may have {limit} {_WHAT[item.name]} and uses {used};"
-                f" this request needs {asked} more",
+                exceeded(tenant, item.name, limit, used, asked),
                 hint="remove what it no longer needs, or ask hyperd's admin to raise the quota",
             )
 

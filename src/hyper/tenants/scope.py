@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hyper.storage.volumes import VOLUME_SEPARATOR
 from hyper.tenants.model import Tenant
 
-# A tenant's named volumes live in the one volume store under names of their
-# own: its ID, this separator, and the name it gave.
-VOLUME_SEPARATOR = "."
+# A tenant's volumes live in the one volume store under names of their own: its
+# ID, VOLUME_SEPARATOR, and the name it gave (or a random one, for an anonymous one).
 
 
 @dataclass(frozen=True)

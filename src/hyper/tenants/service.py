@@ -38,6 +38,7 @@ from hyper.image.reference import parse_reference
 from hyper.network.model import parse_publish
 from hyper.network.request import request_for
 from hyper.storage import mounts as storage_mounts
+from hyper.storage.volumes import VOLUME_SEPARATOR, VolumeStore
 from hyper.tenants import signing
 from hyper.tenants.audit import AuditEntry, AuditLog
 from hyper.tenants.images import ImageView
@@ -85,6 +86,9 @@ class TenantService:
         self.limiter = RequestLimiter()
         self.quotas = QuotaGate(self.held)
         self.meter = Meter(self.store, lambda: daemon.pods)
+        # Read on the event loop by `held`, so that a volume's admission is atomic: one
+        # indexed sum over a small table, as the tenant store's own reads.
+        self.volumes = VolumeStore(daemon.paths.volumes, daemon.paths.containers)
         self._tenants = {t.id: t for t in self.store.tenants()}
         self._keys = {k.id: k for k in self.store.access_keys()}
         self._meter_task: asyncio.Task[None] | None = None
@@ -101,6 +105,7 @@ class TenantService:
             self.meter.reconcile()
         self.audit.close()
         self.store.close()
+        self.volumes.close()
 
     # -- tenants (the admin's) ---------------------------------------------------------
     def tenants(self) -> list[Tenant]:
@@ -141,6 +146,7 @@ class TenantService:
             "containers": held.containers,
             "vcpus": held.vcpus,
             "memory": held.memory_mib,
+            "volume-bytes": held.volume_bytes,
             "networks": held.networks,
             "published-ports": held.published_ports,
             "api-requests": self.limiter.active(tenant.id),
@@ -150,14 +156,19 @@ class TenantService:
         tenant = self.find(ref)
         mine = [pod for pod in self.daemon.pods.values() if pod.record.owner == tenant.id]
         networks = [n for n in self.daemon.network.networks(tenant.id) if not n.is_default]
-        if (mine or networks) and not force:
+        volumes = [v.name for v in self.volumes.all() if v.name.startswith(tenant.id + VOLUME_SEPARATOR)]
+        if (mine or networks or volumes) and not force:
             raise FailedPrecondition(
-                f"tenant {tenant.name} still has {len(mine)} containers and {len(networks)} networks",
+                f"tenant {tenant.name} still has {len(mine)} containers, {len(networks)} networks"
+                f" and {len(volumes)} volumes",
                 hint="remove them first, or remove the tenant with --force",
             )
         for pod in mine:
             with contextlib.suppress(NotFound):
                 await self.daemon.remove(pod.id, force=True, volumes=True)
+        for name in volumes:
+            with contextlib.suppress(NotFound):
+                await asyncio.to_thread(self._remove_volume, name)
         for network in self.daemon.network.networks(tenant.id):
             with contextlib.suppress(HyperError):
                 self.daemon.network.store.delete_network(network.id)
@@ -170,6 +181,10 @@ class TenantService:
         await asyncio.to_thread(shutil.rmtree, paths.images.parent, ignore_errors=True)
         await asyncio.to_thread(shutil.rmtree, paths.templates, ignore_errors=True)
         return tenant
+
+    def _remove_volume(self, name: str) -> None:
+        with VolumeStore(self.daemon.paths.volumes, self.daemon.paths.containers) as store:
+            store.remove(name, force=True)
 
     # -- keys --------------------------------------------------------------------------
     def create_key(self, ref: str) -> NewKey:
@@ -321,7 +336,8 @@ class TenantService:
             if pod.record.owner == tenant_id:
                 held = held.plus(claim_of(pod.options))
         networks = [n for n in self.daemon.network.networks(tenant_id) if not n.is_default]
-        return dataclasses.replace(held, networks=len(networks))
+        volume_bytes = self.volumes.total_size(tenant_id + VOLUME_SEPARATOR)  # anonymous ones too
+        return dataclasses.replace(held, networks=len(networks), volume_bytes=volume_bytes)
 
     def confine(self, scope: Scope, request: CreateRequest) -> CreateRequest:
         """A tenant's create request as it may run: its owner, no host directory,
@@ -349,6 +365,35 @@ class TenantService:
                     )
         options = dataclasses.replace(options, owner=scope.creator, mounts=tuple(mounts))
         return dataclasses.replace(request, options=options)
+
+    def size_volumes(
+        self, scope: Scope, request: CreateRequest, image_volumes: Iterable[str]
+    ) -> tuple[CreateRequest, int]:
+        """A tenant's (confined) create request with each volume it would make given a
+        size, the image's VOLUME paths among them (anonymous volumes, made explicit
+        here); and the bytes those new volumes take of its quota. Blocking (reads the
+        volume store).
+
+        A named volume that exists keeps its own size and takes nothing more; the
+        daemon makes none of a tenant's volumes without a size (hyper.storage.plan),
+        so one removed after this count is refused, not made unaccounted."""
+        if scope.principal is None:
+            return request, 0
+        default = scope.principal.tenant.quotas.volume_size
+        mounts, claimed = [], 0
+        parsed = storage_mounts.check_unique(storage_mounts.parse_mount(m) for m in request.options.mounts)
+        with VolumeStore(self.daemon.paths.volumes, self.daemon.paths.containers) as store:
+            for mount in storage_mounts.with_image_volumes(parsed, image_volumes):
+                sized = mount
+                if mount.type is storage_mounts.MountType.VOLUME:
+                    if mount.source and store.exists(mount.source):
+                        sized = dataclasses.replace(mount, volume_size=None)
+                    else:
+                        sized = dataclasses.replace(mount, volume_size=mount.volume_size or default)
+                        claimed += sized.volume_size or 0
+                mounts.append(sized.canonical())
+        options = dataclasses.replace(request.options, mounts=tuple(mounts))
+        return dataclasses.replace(request, options=options), claimed
 
     @contextlib.asynccontextmanager
     async def admitted(self, scope: Scope, claim: Claim) -> AsyncIterator[None]:

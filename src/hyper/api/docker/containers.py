@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -81,7 +82,13 @@ async def create(request: web.Request) -> web.StreamResponse:
     if tenants is None:
         pod = await daemon.create(create_request)
     else:
-        claim = claim_of(create_request.options, found.config.exposed_ports)
+        # Its volumes sized (the image's VOLUME paths too), their bytes charged.
+        create_request, volume_bytes = await asyncio.to_thread(
+            tenants.size_volumes, scope, create_request, found.config.volumes
+        )
+        claim = dataclasses.replace(
+            claim_of(create_request.options, found.config.exposed_ports), volume_bytes=volume_bytes
+        )
         async with tenants.admitted(scope, claim):  # its quotas, atomically
             pod = await daemon.create(create_request)
     return web.json_response({"Id": pod.id, "Warnings": []}, status=201)

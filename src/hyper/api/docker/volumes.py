@@ -10,7 +10,9 @@ it did not apply would remove what the user meant to keep).
 A tenant (hyper.tenants) sees only its own volumes, by the names it gave:
 the store keeps them as TENANT_ID.NAME (Scope.volume_name), and every
 handler here maps names both ways, so another tenant's volume is "no such
-volume" exactly as one that does not exist.
+volume" exactly as one that does not exist. A tenant's volume always has a
+size (`--opt size=`, else its tenant's `volume-size`), charged to its
+`volume-bytes` quota when it is made.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from hyper.api.docker.common import Handler, daemon_of, filters, flag, json_body, scope_of
+from hyper.api.docker.common import Handler, daemon_of, filters, flag, json_body, scope_of, tenants_of
 from hyper.api.docker.labels import label_matches
 from hyper.api.docker.system import check_prune_filters
 from hyper.errors import FailedPrecondition, InvalidArgument, NotFound
+from hyper.storage.mounts import volume_size
 from hyper.storage.volumes import Volume, VolumeStore, directory_size
+from hyper.tenants.quotas import Claim
 from hyper.tenants.scope import Scope
 
 LIST_FILTERS = frozenset({"dangling", "driver", "label", "name"})
@@ -134,15 +138,23 @@ async def create_volume(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("cluster volumes are not supported", hint="Hyper has no swarm")
 
     scope = scope_of(request)
+    tenants = tenants_of(request)
+    # `docker volume create` without a name makes a named volume with a random
+    # name (not an anonymous one, which a plain prune would take).
+    chosen = name if name is not None else secrets.token_hex(32)
+    stored = scope.volume_name(chosen)
+    asked = volume_size(options)  # bad options refused before anything is made
+    default = None if scope.principal is None else scope.principal.tenant.quotas.volume_size
 
     def create(store: VolumeStore) -> dict[str, Any]:
-        # `docker volume create` without a name makes a named volume with a random
-        # name (not an anonymous one, which a plain prune would take).
-        chosen = name if name is not None else secrets.token_hex(32)
-        made = store.create(scope.volume_name(chosen), labels=labels, options=options, driver=driver)
+        made = store.create(stored, labels=labels, options=options, driver=driver, size=default)
         return {**made.document(), "Name": chosen}
 
-    return web.json_response(await _with_store(request, create), status=201)
+    if tenants is None or scope.principal is None or await _with_store(request, lambda s: s.exists(stored)):
+        return web.json_response(await _with_store(request, create), status=201)
+    # A tenant's new volume: its size charged to its volume-bytes quota, atomically.
+    async with tenants.admitted(scope, Claim(volume_bytes=asked or default or 0)):
+        return web.json_response(await _with_store(request, create), status=201)
 
 
 async def inspect_volume(request: web.Request) -> web.StreamResponse:
