@@ -1,18 +1,22 @@
 """`hyper kube play|down` in real VMs: a Pod manifest of two containers run as
 one pod (an emptyDir and localhost shared, a hostPath seen inside, env, args,
 workingDir, limits and restartPolicy honoured, the VM sized from requests),
-then `kube down` leaving no QEMU, pod, container or emptyDir volume; and a
-manifest that fails part way leaving nothing."""
+then `kube down` leaving no QEMU, pod, container or emptyDir volume; a
+manifest that fails part way leaving nothing; and a hostPort published, in
+network namespaces the test makes."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BUSYBOX, HyperEnv
+from tests.integration.conftest import BUSYBOX, HyperEnv, stop_hyperd
 
 pytestmark = pytest.mark.vm
 
@@ -142,3 +146,66 @@ def test_a_manifest_that_fails_part_way_leaves_nothing(hyper_env: HyperEnv, tmp_
     assert refused.returncode == 125 and b"was not made by hyper kube play" in refused.stderr
     assert ok(hyper_env.run("pod", "ps", "-q")).split() != []
     assert hyper_env.qemu_processes() == []
+
+
+WEB = """
+apiVersion: v1
+kind: Pod
+metadata: {name: kubeweb}
+spec:
+  containers:
+  - name: web
+    image: %(image)s
+    command: [sh, -c]
+    args: ['mkdir -p /www && echo "page of $(hostname)" > /www/index.html && exec httpd -f -p 80 -h /www']
+    ports: [{containerPort: 80, hostPort: 8090}, {containerPort: 81}]
+  - name: ticker
+    image: %(image)s
+    command: [sh, -c, 'echo tick; exit 3']
+"""
+
+
+def test_a_host_port_is_published_and_restart_always_restarts(hyper_env: HyperEnv, tmp_path: Path) -> None:
+    """In network namespaces of the test's own (tests/support/netns.py), hyperd on its bridge."""
+    from tests.support.netns import HOST_IP, NetLab
+
+    manifest = tmp_path / "web.yaml"
+    manifest.write_text(WEB % {"image": BUSYBOX})
+    with NetLab() as lab:
+
+        def hyper(*args: str) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
+                ["ip", "netns", "exec", lab.host, sys.executable, "-m", "hyper.cli.main", *args],
+                capture_output=True,
+                env=hyper_env.environ(HYPER_BRIDGE="bridge"),
+                timeout=300,
+                check=False,
+            )
+
+        before = lab.listening()
+        try:
+            ok(hyper("kube", "play", str(manifest)))
+            until(lambda: lab.fetch(lab.host, "http://127.0.0.1:8090/", 5).returncode == 0, "the hostPort")
+            # $(hostname) names no env variable: left to the shell, as in Kubernetes.
+            assert lab.fetch(lab.outside, f"http://{HOST_IP}:8090/").stdout.strip() == "page of kubeweb"
+            pod = json.loads(ok(hyper("pod", "inspect", "kubeweb")))[0]
+            assert pod["Options"]["publish"] == ["8090:80/tcp"]  # containerPort 81 has no hostPort
+
+            def restarts() -> int:
+                state = json.loads(ok(hyper("inspect", "kubeweb-ticker")))[0]
+                return int(state["RestartCount"])
+
+            until(lambda: restarts() >= 2, "restartPolicy Always (the default) to restart the ticker")
+            ok(hyper("kube", "down", str(manifest)))
+            assert hyper_env.qemu_processes() == []
+            until(lambda: lab.listening() == before, "the hostPort to be free")
+        finally:
+            hyper("kube", "down", str(manifest))
+            stop_hyperd(hyper_env)  # before its network namespace goes
+
+
+def until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 180
+    while not check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.2)

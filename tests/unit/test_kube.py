@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from hyper.cli.kube_commands import read_manifests
 from hyper.errors import InvalidArgument
 from hyper.kube.manifest import EmptyDir, HostPath, Port, parse_manifests, parse_pod, parse_quantity
 from hyper.kube.plan import plan_pod, vm_size
@@ -261,3 +263,14 @@ def test_hostports_clash_across_containers() -> None:
     assert "ports[0].hostPort: 18080/TCP is already published by container web" in refused(doc)
     doc = changed("spec.containers[1].ports", [{"containerPort": 8080, "protocol": "UDP"}])
     assert parse_pod(doc).containers[1].ports == (Port(8080, "udp"),)  # another protocol: no clash
+
+
+def test_manifest_files_are_read_as_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "pod.yaml"
+    path.write_text(MANIFEST + "---\n" + MANIFEST.replace("name: shop", "name: two"))
+    assert [p.name for p in read_manifests(str(path))] == ["shop", "two"]
+    path.write_text("kind: Pod\n  bad: [\n")
+    with pytest.raises(InvalidArgument, match=r"pod\.yaml is not valid YAML at line 2"):
+        read_manifests(str(path))
+    with pytest.raises(InvalidArgument, match=r"cannot read .*nosuch\.yaml: No such file"):
+        read_manifests(str(tmp_path / "nosuch.yaml"))

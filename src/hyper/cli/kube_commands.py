@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hyper.cli.context import CliContext
-from hyper.errors import FailedPrecondition, HyperError, InvalidArgument, NotFound
+from hyper.errors import AlreadyExists, FailedPrecondition, HyperError, InvalidArgument, NotFound
 from hyper.kube.manifest import KUBE_LABEL, KUBE_POD_LABEL, PodManifest, parse_manifests
 from hyper.kube.plan import ContainerPlan, PodPlan, plan_pod
 
@@ -142,19 +142,21 @@ def _pull_images(plans: list[PodPlan], ctx: CliContext, *, quiet: bool) -> None:
 
 def create_pod(client: Any, plan: PodPlan) -> None:
     """`hyper pod create` of the plan's pod: its VM's size, ports and namespaces."""
-    client.api_request(
-        "POST",
-        "/v1/pods",
-        json={
-            "name": plan.name,
-            "labels": dict(plan.labels),
-            "hostname": plan.hostname,
-            "publish": list(plan.publish),
-            "memory_mib": plan.memory_mib,
-            "cpus": plan.cpus,
-            "share": list(plan.share),
-        },
-    )
+    body = {
+        "name": plan.name,
+        "labels": dict(plan.labels),
+        "hostname": plan.hostname,
+        "publish": list(plan.publish),
+        "memory_mib": plan.memory_mib,
+        "cpus": plan.cpus,
+        "share": list(plan.share),
+    }
+    try:
+        client.api_request("POST", "/v1/pods", json=body)
+    except AlreadyExists as exc:
+        raise AlreadyExists(
+            exc.message, hint="`hyper kube down FILE` removes a pod a play made; or rename metadata.name"
+        ) from None
 
 
 def container_request(plan: PodPlan, container: ContainerPlan) -> Any:
