@@ -176,6 +176,14 @@ def test_a_pod_gets_its_address_from_cni_and_reaches_the_bridge(lab: CniLab, tmp
             if back.returncode == 0 or time.monotonic() > deadline:
                 break
         assert back.returncode == 0, back.stdout + back.stderr
+        # The sandbox's stats count that traffic on the pod's interface.
+        stats = client.call(
+            "PodSandboxStats",
+            cri.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id),
+            cri.PodSandboxStatsResponse,
+        ).stats
+        default = stats.linux.network.default_interface
+        assert default.name == "eth0" and default.rx_bytes.value > 0 and default.tx_bytes.value > 0, default
 
         # Teardown: CNI DEL frees the address, the namespace goes; doing it again is no error.
         for _ in range(2):

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 TOKEN_SECONDS = 60.0  # the kubelet's streaming server gives a token a minute
 MAX_PENDING = 1000  # the kubelet's bound on tokens not yet used
 KINDS = ("exec", "attach", "portforward")
+SHUTDOWN_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,11 @@ class StreamingServer:
         app = web.Application()
         for kind, handler in handlers.items():
             app.router.add_get(f"/{kind}/{{token}}", self._handle(kind, handler))
-        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        # At hyperd's stop, streams still open (an exec of `sleep`) are cut after a
+        # moment rather than holding the stop for aiohttp's default minute.
+        self.runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port)
         try:
