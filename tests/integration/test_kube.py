@@ -34,10 +34,10 @@ spec:
     command: [sh, -c]
     args:
     - >-
-      echo shared > /cache/note && mkdir -p /www && echo from-srv > /www/index.html
-      && exec httpd -f -p 8080 -h /www
+      echo shared > /cache/note && echo written > /etc/note && mkdir -p /www
+      && echo from-srv > /www/index.html && exec httpd -f -p 8080 -h /www
     ports: [{containerPort: 8080}]
-    volumeMounts: [{name: cache, mountPath: /cache}]
+    volumeMounts: [{name: cache, mountPath: /cache}, {name: note, mountPath: /etc/note}]
     resources:
       requests: {memory: 128Mi, cpu: 100m}
   - name: reader
@@ -62,6 +62,8 @@ spec:
   - {name: cache, emptyDir: {}}
   - name: site
     hostPath: {path: %(site)s, type: Directory}
+  - name: note
+    hostPath: {path: %(note)s, type: FileOrCreate}
 """
 
 
@@ -79,7 +81,7 @@ def test_a_pod_manifest_plays_as_one_pod_and_goes_down_whole(hyper_env: HyperEnv
     site.mkdir()
     (site / "hello.txt").write_text("from-the-host\n")
     manifest = tmp_path / "pod.yaml"
-    manifest.write_text(POD % {"image": BUSYBOX, "site": site})
+    manifest.write_text(POD % {"image": BUSYBOX, "site": site, "note": site / "note"})
     assert volumes(hyper_env) == []
 
     lines = ok(hyper_env.run("kube", "play", str(manifest))).splitlines()
@@ -122,16 +124,28 @@ def test_a_pod_manifest_plays_as_one_pod_and_goes_down_whole(hyper_env: HyperEnv
     assert (site / "hello.txt").read_text() == "from-the-host\n"  # a hostPath stays
     gone = hyper_env.run("kube", "down", str(manifest))
     assert gone.returncode == 125 and b"no such pod: kubeshop" in gone.stderr
+    assert (site / "note").read_text() == "written\n"  # a FileOrCreate made, written by the pod
+
+    # `pod rm` of a played pod leaves its emptyDir volume; kube down then removes it.
+    ok(hyper_env.run("kube", "play", str(manifest)))
+    ok(hyper_env.run("pod", "rm", "-f", "kubeshop"))
+    assert len(volumes(hyper_env)) == 1
+    assert "Volumes removed:" in ok(hyper_env.run("kube", "down", str(manifest)))
+    assert volumes(hyper_env) == [] and hyper_env.qemu_processes() == []
 
 
 def test_a_manifest_that_fails_part_way_leaves_nothing(hyper_env: HyperEnv, tmp_path: Path) -> None:
     manifest = tmp_path / "pod.yaml"
     missing = tmp_path / "missing"
-    manifest.write_text(POD % {"image": BUSYBOX, "site": missing})
+    manifest.write_text(POD % {"image": BUSYBOX, "site": missing, "note": tmp_path / "note"})
     refused = hyper_env.run("kube", "play", str(manifest))
     assert refused.returncode == 125 and b"hostPath " + str(missing).encode() in refused.stderr
     # Without a type nothing is checked first: hyperd refuses the bind once the pod exists.
-    manifest.write_text((POD % {"image": BUSYBOX, "site": missing}).replace(", type: Directory", ""))
+    manifest.write_text(
+        (POD % {"image": BUSYBOX, "site": missing, "note": tmp_path / "note"}).replace(
+            ", type: Directory", ""
+        )
+    )
     refused = hyper_env.run("kube", "play", str(manifest))
     assert refused.returncode == 125 and b"bind source path does not exist" in refused.stderr
     assert ok(hyper_env.run("pod", "ps", "-q")).split() == []
@@ -141,7 +155,7 @@ def test_a_manifest_that_fails_part_way_leaves_nothing(hyper_env: HyperEnv, tmp_
     refused = hyper_env.run("kube", "play", str(manifest))
     assert refused.stderr.decode().startswith("hyper: kind: Deployment is not supported")
     ok(hyper_env.run("pod", "create", "kubeshop"))
-    manifest.write_text(POD % {"image": BUSYBOX, "site": tmp_path})
+    manifest.write_text(POD % {"image": BUSYBOX, "site": tmp_path, "note": tmp_path / "note"})
     refused = hyper_env.run("kube", "down", str(manifest))
     assert refused.returncode == 125 and b"was not made by hyper kube play" in refused.stderr
     assert ok(hyper_env.run("pod", "ps", "-q")).split() != []

@@ -200,7 +200,7 @@ def changed(path: str, value: object) -> dict[str, Any]:
         ("spec.restartPolicy", "Sometimes", "spec.restartPolicy: 'Sometimes' is not one of"),
         ("spec.containers", [], "spec.containers: required"),
         ("spec.volumes[0]", {"name": "cache", "configMap": {}}, "volume type configMap is not supported"),
-        ("spec.volumes[1].hostPath.type", "Socket", "hostPath.type: Socket is not supported"),
+        ("spec.volumes[1].hostPath.type", "Socket", "hostPath.type: Socket is not supported (Directory,"),
         ("spec.volumes[1].hostPath.type", "Dir", "hostPath.type: unknown type 'Dir'"),
         ("spec.volumes[1].hostPath.path", "srv", "hostPath.path: 'srv' must be an absolute path"),
         ("spec.volumes[1].name", "cache", "spec.volumes[1].name: volume cache is given twice"),
@@ -274,3 +274,11 @@ def test_manifest_files_are_read_as_yaml(tmp_path: Path) -> None:
         read_manifests(str(path))
     with pytest.raises(InvalidArgument, match=r"cannot read .*nosuch\.yaml: No such file"):
         read_manifests(str(tmp_path / "nosuch.yaml"))
+
+
+def test_host_path_files_are_bound_as_they_are() -> None:
+    doc = changed("spec.volumes[1].hostPath", {"path": "/etc/app.conf", "type": "FileOrCreate"})
+    plan = plan_pod(parse_pod(doc), source="-", host_cpus=2, default_memory_mib=512, volume_suffix="x")
+    site = parse_mount(plan.containers[0].mounts[1])
+    assert (site.source, site.create_source) == ("/etc/app.conf", False)  # the CLI makes the file
+    assert plan.host_paths == (HostPath("site", "/etc/app.conf", "FileOrCreate"),)

@@ -108,23 +108,26 @@ def cmd_play(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def prepare_host_paths(plan: PodPlan) -> None:
-    """Kubernetes' hostPath types: Directory must be one; DirectoryOrCreate is
-    made (0755) when missing, here, before any VM boots."""
+    """Kubernetes' hostPath types, here before any VM boots: Directory and File
+    must be one; DirectoryOrCreate is made (0755) when missing, FileOrCreate
+    an empty file (0644, in a directory that exists)."""
     for host in plan.host_paths:
-        if host.type == "Directory" and not os.path.isdir(host.path):
-            raise FailedPrecondition(
-                f"hostPath {host.path} of volume {host.name} is not a directory",
-                hint="create it, or give type: DirectoryOrCreate",
-            )
-        if host.type == "DirectoryOrCreate":
-            try:
+        what = f"hostPath {host.path} of volume {host.name}"
+        try:
+            if host.type == "DirectoryOrCreate" and not os.path.lexists(host.path):
                 os.makedirs(host.path, 0o755, exist_ok=True)
-            except FileExistsError:
-                raise FailedPrecondition(
-                    f"hostPath {host.path} of volume {host.name} exists and is not a directory"
-                ) from None
-            except OSError as exc:
-                raise FailedPrecondition(f"cannot create hostPath {host.path}: {exc.strerror}") from None
+            if host.type == "FileOrCreate" and not os.path.lexists(host.path):
+                os.close(os.open(host.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            pass  # made meanwhile: checked below
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot create {what}: {exc.strerror}") from None
+        if host.type.startswith("Directory") and not os.path.isdir(host.path):
+            raise FailedPrecondition(
+                f"{what} is not a directory", hint="create it, or give type: DirectoryOrCreate"
+            )
+        if host.type.startswith("File") and not os.path.isfile(host.path):
+            raise FailedPrecondition(f"{what} is not a file", hint="create it, or give type: FileOrCreate")
 
 
 def _pull_images(plans: list[PodPlan], ctx: CliContext, *, quiet: bool) -> None:
@@ -191,38 +194,56 @@ def container_request(plan: PodPlan, container: ContainerPlan) -> Any:
 def remove_pod(client: Any, name: str, ctx: CliContext) -> list[str]:
     """Remove the pod `name` with its containers (force), then its emptyDir
     volumes; the volumes' names."""
-    from hyper.storage.volumes import VolumeStore
-
     with contextlib.suppress(NotFound):
         client.api_request("DELETE", f"/v1/pods/{name}", params={"force": "1"}, timeout=None)
-    removed = []
+    return remove_volumes(name, ctx)
+
+
+def remove_volumes(pod: str, ctx: CliContext, *, dry_run: bool = False) -> list[str]:
+    """The emptyDir volumes a play made for the pod `pod`, removed (unless `dry_run`)."""
+    from hyper.storage.volumes import VolumeStore
+
+    found = []
     with VolumeStore(ctx.paths.volumes, ctx.paths.containers) as store:
         for volume in store.all():
-            if volume.labels.get(KUBE_POD_LABEL) == name:
-                store.remove(volume.name, force=True)
-                removed.append(volume.name)
-    return removed
+            if volume.labels.get(KUBE_POD_LABEL) == pod:
+                if not dry_run:
+                    store.remove(volume.name, force=True)
+                found.append(volume.name)
+    return found
 
 
 def cmd_down(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Stop and remove the file's pods; a pod already removed (`hyper pod rm`)
+    that left emptyDir volumes has those removed."""
     from hyper.cli.container_commands import connect_daemon
 
     pods = read_manifests(args.file)
     stopped: list[str] = []
     volumes: list[str] = []
     with connect_daemon(ctx) as client:
+        present = []
         for pod in pods:
-            document = client.api_request("GET", f"/v1/pods/{pod.name}").json()
-            if document.get("Name") != pod.name:  # an ID's prefix, not the name
-                raise NotFound(f"no such pod: {pod.name}")
-            if KUBE_LABEL not in (document.get("Labels") or {}):
+            try:
+                document = client.api_request("GET", f"/v1/pods/{pod.name}").json()
+            except NotFound:
+                document = {}
+            if document.get("Name") != pod.name:  # none, or an ID's prefix, not the name
+                if not remove_volumes(pod.name, ctx, dry_run=True):
+                    raise NotFound(f"no such pod: {pod.name}", hint="hyper pod ps lists the pods")
+            elif KUBE_LABEL not in (document.get("Labels") or {}):
                 raise FailedPrecondition(
                     f"pod {pod.name} was not made by hyper kube play", hint=f"hyper pod rm -f {pod.name}"
                 )
+            else:
+                present.append(pod.name)
         for pod in pods:
-            client.api_request("POST", f"/v1/pods/{pod.name}/stop", timeout=None)
-            stopped.append(pod.name)
-            volumes += remove_pod(client, pod.name, ctx)
+            if pod.name in present:
+                client.api_request("POST", f"/v1/pods/{pod.name}/stop", timeout=None)
+                stopped.append(pod.name)
+                volumes += remove_pod(client, pod.name, ctx)
+            else:
+                volumes += remove_volumes(pod.name, ctx)
     print("Pods stopped:", file=ctx.stdout)
     for name in stopped:
         print(name, file=ctx.stdout)

@@ -48,8 +48,9 @@ _SUFFIXES = {
 }
 RESTART_POLICIES = {"Always": "always", "OnFailure": "on-failure", "Never": "no"}
 PULL_POLICIES = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
-HOST_PATH_TYPES = ("", "Directory", "DirectoryOrCreate")
-_OTHER_HOST_PATH_TYPES = ("File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice")
+HOST_PATH_TYPES = ("", "Directory", "DirectoryOrCreate", "File", "FileOrCreate")
+# A unix socket over 9p connects nowhere, and a VM gets no host devices.
+_OTHER_HOST_PATH_TYPES = ("Socket", "CharDevice", "BlockDevice")
 # Fields of a Pod's spec that mean nothing on one host with no cluster:
 # where to schedule it, and its service account. Accepted and ignored.
 IGNORED_SPEC = frozenset(
@@ -254,7 +255,7 @@ class EmptyDir:
 class HostPath:
     name: str
     path: str
-    type: str = ""  # "", Directory, DirectoryOrCreate
+    type: str = ""  # HOST_PATH_TYPES: "" checks nothing
 
 
 Volume = EmptyDir | HostPath
@@ -391,7 +392,7 @@ def _volumes(spec: _Fields) -> tuple[Volume, ...]:
             if kind in _OTHER_HOST_PATH_TYPES:
                 raise _fail(
                     f"{path}.hostPath.type",
-                    f"{kind} is not supported (Directory, DirectoryOrCreate or none are)",
+                    f"{kind} is not supported (Directory, DirectoryOrCreate, File, FileOrCreate or none are)",
                 )
             if kind not in HOST_PATH_TYPES:
                 raise _fail(f"{path}.hostPath.type", f"unknown type {kind!r}")
