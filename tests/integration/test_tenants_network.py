@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,3 +110,25 @@ def test_a_host_port_taken_by_one_tenant_is_refused_to_the_other_anonymously(
     finally:
         alpha.docker("rm", "-f", "pub")
         beta.docker("rm", "-f", "pub")
+
+
+def test_network_connect_and_disconnect_events_are_the_tenants_own(listener: TenantListener) -> None:
+    alpha = TenantClient.with_new_key(listener, "alpha")
+    beta = TenantClient.with_new_key(listener, "beta")
+    since = time.time()
+    network = ok(alpha.docker("network", "create", "joined")).strip()
+    made = ok(alpha.docker("create", "--name", "joiner", "busybox", "true")).strip()  # no VM boots
+    try:
+        ok(alpha.docker("network", "connect", "joined", "joiner"))
+        ok(alpha.docker("network", "disconnect", "joined", "joiner"))
+    finally:
+        alpha.docker("rm", "joiner")
+        ok(alpha.docker("network", "rm", "joined"))
+    window = ("--since", f"{since:.9f}", "--until", f"{time.time():.9f}", "--filter", "type=network")
+    shape = "{{.Action}} {{.Actor.ID}} {{.Actor.Attributes.name}} {{.Actor.Attributes.container}}"
+    seen = ok(alpha.docker("events", *window, "--format", shape)).splitlines()
+    assert [line.split()[:3] for line in seen] == [
+        [action, network, "joined"] for action in ("create", "connect", "disconnect", "destroy")
+    ]
+    assert [line.split()[3] for line in seen[1:3]] == [made, made]
+    assert ok(beta.docker("events", *window)) == ""

@@ -6,7 +6,9 @@ Each volume of a tenant has a size (`--opt size=`, else the tenant's
 (hyper.storage.volume_disk): creates past the quota are refused with the
 quota's name and use, racing creates take it exactly, a write past the
 size gets ENOSPC inside the container, and hyperd's restart mounts the file
-systems again. The real docker CLI and docker-py, one VM in the module.
+systems again. Volume and network events are Docker's, and a tenant's
+stream holds its own only. The real docker CLI and docker-py, one VM in
+the module.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,8 +28,8 @@ import pytest
 from hyper.image import ImageStore
 from tests.integration.conftest import BUSYBOX
 from tests.integration.test_docker_containers import serving
-from tests.support.docker_env import DOCKER_CLI, docker_cli_available, docker_py_available
-from tests.support.tenants import TenantClient, TenantListener, admin_ok, tenant_hyperd
+from tests.support.docker_env import DOCKER_CLI, DockerHyperd, docker_cli_available, docker_py_available
+from tests.support.tenants import TenantClient, TenantListener, admin, admin_ok, tenant_hyperd
 
 pytestmark = [
     pytest.mark.vm,
@@ -137,11 +140,61 @@ def test_racing_volume_creates_take_the_quota_exactly(listener: TenantListener) 
         statuses = list(pool.map(create, range(12)))
     assert statuses.count(201) == 4 and statuses.count(403) + statuses.count(429) == 8, statuses
     assert len(ok(volc.docker("volume", "ls", "-q")).split()) == 4
-    holds = json.loads(admin_ok(listener.daemon, "tenant", "inspect", "volc"))[0]["holds"]
-    assert holds["volume-bytes"] == 64 * MIB
+    inspected = json.loads(admin_ok(listener.daemon, "tenant", "inspect", "volc"))[0]
+    assert inspected["holds"]["volume-bytes"] == 64 * MIB
+
+    # The tenant goes only with -f, and its volumes' file systems with it.
+    done = admin(listener.daemon, "tenant", "rm", "volc")
+    assert done.returncode != 0 and "and 4 volumes" in done.stderr, done.stderr
+    with listener.daemon.http() as http:
+        volumes = http.get("/volumes").json()["Volumes"]
+    mountpoints = [Path(v["Mountpoint"]) for v in volumes if v["Name"].startswith(inspected["id"] + ".")]
+    assert len(mountpoints) == 4 and all(os.path.ismount(m) for m in mountpoints)
+    admin_ok(listener.daemon, "tenant", "rm", "-f", "volc")
+    assert not any(m.parent.exists() for m in mountpoints)
+
+
+EVENT = '{{.Type}} {{.Action}} {{.Actor.ID}} {{index .Actor.Attributes "name"}}'
+
+
+def events(client: TenantClient | DockerHyperd, since: float, *filters: str) -> list[str]:
+    """The volume and network events (and `filters`) between `since` and now, as EVENT lines."""
+    window = ("--since", f"{since:.9f}", "--until", f"{time.time():.9f}")
+    kinds = ("--filter", "type=volume", "--filter", "type=network")
+    return ok(client.docker("events", *window, *kinds, *filters, "--format", EVENT)).splitlines()
+
+
+def test_volume_and_network_events_are_dockers_and_only_the_tenants_own(
+    listener: TenantListener, vola: TenantClient, volb: TenantClient
+) -> None:
+    since = time.time()
+    ok(vola.docker("volume", "create", "ev"))
+    network = ok(vola.docker("network", "create", "evnet")).strip()
+    made = ok(vola.docker("create", "--name", "evc", "-v", "/anon", "busybox", "true")).strip()
+    anonymous = json.loads(ok(vola.docker("inspect", made)))[0]["Mounts"][0]["Name"].rpartition(".")[2]
+    ok(vola.docker("rm", "-v", "evc"))
+    ok(vola.docker("volume", "rm", "ev"))
+    ok(vola.docker("network", "rm", "evnet"))
+    ok(listener.daemon.docker("volume", "create", "admins"))
+    ok(listener.daemon.docker("volume", "rm", "admins"))
+    assert events(vola, since) == [
+        "volume create ev ",
+        f"network create {network} evnet",
+        f"volume create {anonymous} ",
+        f"volume destroy {anonymous} ",
+        "volume destroy ev ",
+        f"network destroy {network} evnet",
+    ]
+    assert events(vola, since, "--filter", "volume=ev") == ["volume create ev ", "volume destroy ev "]
+    assert events(vola, since, "--filter", "network=evnet")[0] == f"network create {network} evnet"
+    assert events(volb, since) == []  # another tenant's events never show
+    admins = events(listener.daemon, since)  # the admin sees all, by the store's names
+    assert "volume create admins " in admins and "volume destroy admins " in admins
+    assert any(line.endswith(".ev ") for line in admins) and f"network destroy {network} evnet" in admins
 
 
 def test_a_write_past_a_volumes_size_gets_enospc_in_the_vm(vola: TenantClient) -> None:
+    since = time.time()
     ok(vola.docker("volume", "create", "--opt", "size=8m", "tiny"))
     script = (
         "dd if=/dev/zero of=/data/fill bs=1M count=32 conv=fsync 2>&1; echo dd=$?;"
@@ -153,6 +206,9 @@ def test_a_write_past_a_volumes_size_gets_enospc_in_the_vm(vola: TenantClient) -
     kib = int(out.strip().splitlines()[-1].split()[0])
     assert 0 < kib <= 8 * 1024, out
     ok(vola.docker("volume", "rm", "tiny"))
+    assert events(vola, since, "--filter", "volume=tiny") == [
+        f"volume {action} tiny " for action in ("create", "mount", "unmount", "destroy")
+    ]
 
 
 def test_hyperd_restart_mounts_sized_volumes_again(listener: TenantListener, vola: TenantClient) -> None:

@@ -25,7 +25,7 @@ from hyper.api.docker.common import (
     rfc3339,
 )
 from hyper.api.docker.server import _event_document, _event_matches, version_document
-from hyper.daemon.events import Event
+from hyper.daemon.events import Event, network_event, volume_event
 from hyper.daemon.policy import PolicyName, RestartPolicy
 from hyper.daemon.state import ContainerRecord
 from hyper.errors import InvalidArgument, NotFound
@@ -33,6 +33,8 @@ from hyper.humanize import human_duration
 from hyper.image import ImageConfig
 from hyper.runtime import spec as specs
 from hyper.storage import mounts as storage_mounts
+from hyper.tenants.model import Tenant
+from hyper.tenants.scope import Principal, Scope
 
 ID = "0123456789ab" + "c" * 52
 IMAGE_ID = "sha256:" + "1" * 64
@@ -454,6 +456,30 @@ def test_events_match_dockers_filters_and_shape() -> None:
         "busybox",
     )
     assert (doc["time"], doc["timeNano"]) == (1_700_000_000, 1_700_000_000_500_000_000)
+
+
+def test_volume_and_network_events_match_by_their_names_and_a_tenant_sees_its_own_names() -> None:
+    tenant = Tenant("t1", "acme", 0.0)
+    scope = Scope(Principal(tenant, "HKKEY"))
+    made = volume_event("create", "t1.data", "t1")
+    assert made.attributes == {"driver": "local"} and made.owner == "t1"
+    assert _event_document(made, scope)["Actor"] == {"ID": "data", "Attributes": {"driver": "local"}}
+    assert _event_document(made)["Actor"]["ID"] == "t1.data"  # type: ignore[index]
+    assert _event_matches(made, {"volume": ["data"], "type": ["volume"]}, scope)
+    assert _event_matches(made, {"volume": ["t1.data"]})  # the admin's name of it
+    assert not _event_matches(made, {"container": ["data"]}, scope)
+    joined = network_event("connect", "n" * 64, "back", "t1", container=ID)
+    assert joined.attributes == {"name": "back", "type": "bridge", "container": ID}
+    for wanted in (
+        {"network": ["back"]},
+        {"network": ["n" * 12]},
+        {"event": ["connect"], "type": ["network"]},
+    ):
+        assert _event_matches(joined, wanted, scope)
+    assert not _event_matches(joined, {"network": ["front"]}) and not _event_matches(
+        joined, {"volume": ["back"]}
+    )
+    assert "status" not in _event_document(joined)  # the old top-level fields are containers' only
 
 
 def test_hijacked_connection_tells_a_half_close_from_a_close() -> None:

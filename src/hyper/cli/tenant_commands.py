@@ -55,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     rm = commands.add_parser("rm", help="remove tenants (with -f, and everything they have)")
     rm.add_argument("names", nargs="+", metavar="NAME")
-    rm.add_argument("-f", "--force", action="store_true", help="remove their containers and networks too")
+    rm.add_argument(
+        "-f", "--force", action="store_true", help="remove their containers, networks and volumes too"
+    )
     rm.set_defaults(func=cmd_rm)
 
     key = commands.add_parser("key", help="a tenant's access keys")

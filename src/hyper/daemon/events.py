@@ -1,4 +1,4 @@
-"""What happened to containers and images, for `events` subscribers.
+"""What happened to containers, images, volumes and networks, for `events` subscribers.
 
 Each subscriber gets its own bounded queue; one that does not keep up loses
 its subscription (and is told so) rather than slowing hyperd down.
@@ -16,12 +16,24 @@ RECENT_EVENTS = 256  # kept for `since`
 
 @dataclass(frozen=True)
 class Event:
-    type: str  # container | image
-    action: str  # create, start, die, stop, kill, pause, unpause, rename, destroy, exec_start, ...
+    type: str  # container | image | volume | network
+    # create, start, die, stop, kill, pause, unpause, rename, destroy, exec_start, ...;
+    # volumes: create, mount, unmount, destroy; networks: create, connect, disconnect, destroy
+    action: str
     actor_id: str
     attributes: dict[str, str] = field(default_factory=dict)
     time_ns: int = field(default_factory=time.time_ns)
     owner: str = ""  # the tenant whose object it is ("": the admin's); tenants see only their own
+
+
+def volume_event(action: str, name: str, owner: str, **attributes: str) -> Event:
+    """Docker's volume event: its name (the store's) as the actor, its driver among the attributes."""
+    return Event("volume", action, name, {"driver": "local", **attributes}, owner=owner)
+
+
+def network_event(action: str, network_id: str, name: str, owner: str, **attributes: str) -> Event:
+    """Docker's network event: its ID as the actor, its name and type among the attributes."""
+    return Event("network", action, network_id, {"name": name, "type": "bridge", **attributes}, owner=owner)
 
 
 class EventBus:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from hyper.agent.host import AgentClient, AgentConnectionLost, ProcessChannel
 from hyper.agent.protocol import FrameKind
 from hyper.daemon import health
-from hyper.daemon.events import Event, EventBus
+from hyper.daemon.events import Event, EventBus, volume_event
 from hyper.daemon.logs import LogFile, LogLimits, log_limits
 from hyper.daemon.pod_requests import SHUTDOWN_SECONDS, PodRequests
 from hyper.daemon.policy import RestartPolicy, next_delay
@@ -45,6 +45,7 @@ from hyper.runtime.pool import VmPool
 from hyper.runtime.run import MAIN_PROCESS, ContainerExit, ContainerRun, Launched
 from hyper.runtime.settings import Settings
 from hyper.storage import plan as storage_plan
+from hyper.storage.mounts import MountType
 from hyper.storage.share import ProxyShare
 from hyper.storage.volumes import VolumeStore
 from hyper.vm.driver import VmState
@@ -150,6 +151,24 @@ class Pod(PodRequests):
         attributes = {"name": self.record.name, "image": self.record.image, **attributes}
         self.events.publish(Event("container", action, self.id, attributes, owner=self.record.owner))
 
+    def _publish_volumes(self, action: str, names: list[str] | None = None) -> None:
+        """Docker's volume events of this container: `names` made or removed, or each of
+        its volumes mounted (at start) or unmounted (when it stops)."""
+        owner = self.record.owner
+        if names is not None:
+            for name in names:
+                self.events.publish(volume_event(action, name, owner))
+            return
+        for mount in storage_plan.parse_canonical(self.options.mounts):
+            if mount.type is MountType.VOLUME and mount.source:
+                extra = {
+                    "destination": mount.target,
+                    "propagation": "",
+                    "read/write": str(not mount.read_only),
+                }
+                attributes = {"container": self.id, **(extra if action == "mount" else {})}
+                self.events.publish(volume_event(action, mount.source, owner, **attributes))
+
     def _move(self, new: specs.ContainerState, **changes: Any) -> None:
         if new is not self.status and new not in specs.CONTAINER_TRANSITIONS[self.status]:
             raise FailedPrecondition(
@@ -182,7 +201,7 @@ class Pod(PodRequests):
         directory.mkdir(parents=True, exist_ok=True)
         try:
             # Volumes named (anonymous ones too) and made once, before any VM boots.
-            mounts = await asyncio.to_thread(
+            mounts, made = await asyncio.to_thread(
                 resolve_container_mounts,
                 paths,
                 request.options.mounts,
@@ -201,6 +220,7 @@ class Pod(PodRequests):
             raise
         pod = cls(paths, settings, state, record, events)
         pod.log = LogFile(pod.dir / "log.jsonl", pod._log_limits())
+        pod._publish_volumes("create", made)
         pod._publish("create")
         return pod
 
@@ -252,6 +272,7 @@ class Pod(PodRequests):
             rows, cols = self.record.console_size  # Docker's ConsoleSize: the TTY's first size
             with contextlib.suppress(HyperError):
                 await self.resize(rows, cols)
+        self._publish_volumes("mount")
         self._publish("start")
 
     async def _run_vm(self, run: ContainerRun) -> Launched:
@@ -406,6 +427,7 @@ class Pod(PodRequests):
             if self.exited.is_set() or generation not in (None, self._generation):
                 return
             await self._power_off(status, reason, oom_killed=oom_killed)
+        self._publish_volumes("unmount")
         self._publish("die", exitCode=str(status))
         policy = self.restart_policy
         if policy.should_restart(
@@ -523,11 +545,12 @@ class Pod(PodRequests):
         if self.network is not None:
             self.network.forget(self.id)
         self.state.delete(self.id)
-        await asyncio.to_thread(release_container_volumes, self.paths, self.id, anonymous=volumes)
+        removed = await asyncio.to_thread(release_container_volumes, self.paths, self.id, anonymous=volumes)
         self.removed.set()
         async with self._changed:
             self._changed.notify_all()
         self._publish("destroy")
+        self._publish_volumes("destroy", removed)
 
     async def release(self) -> None:
         """hyperd is stopping: let go of the VM, which keeps running for the next hyperd."""
@@ -547,15 +570,27 @@ def resolve_container_mounts(
     image_volumes: tuple[str, ...],
     container_id: str,
     owner: str = "",
-) -> tuple[str, ...]:
+) -> tuple[tuple[str, ...], list[str]]:
     """A new container's mounts with its volumes named and made, an anonymous one
     for each of the image's VOLUME paths not mounted otherwise (hyper.storage), a
-    tenant's in its own space. Blocking."""
+    tenant's in its own space; and the volumes it made (for their events). Blocking."""
     with VolumeStore(paths.volumes, paths.containers) as store:
-        return storage_plan.resolve_mounts(store, mounts, image_volumes, container_id, owner=owner)
+        existed = {
+            m.source for m in storage_plan.parse_canonical(mounts) if m.source and store.exists(m.source)
+        }
+        resolved = storage_plan.resolve_mounts(store, mounts, image_volumes, container_id, owner=owner)
+    made = [
+        m.source
+        for m in storage_plan.parse_canonical(resolved)
+        if m.type is MountType.VOLUME and m.source not in existed
+    ]
+    return resolved, made
 
 
-def release_container_volumes(paths: HyperPaths, container_id: str, *, anonymous: bool) -> None:
-    if paths.volumes.exists():
-        with VolumeStore(paths.volumes, paths.containers) as store:
-            storage_plan.release_volumes(store, container_id, anonymous=anonymous)
+def release_container_volumes(paths: HyperPaths, container_id: str, *, anonymous: bool) -> list[str]:
+    """The container no longer uses its volumes; with `anonymous` its anonymous ones
+    are removed: those. Blocking."""
+    if not paths.volumes.exists():
+        return []
+    with VolumeStore(paths.volumes, paths.containers) as store:
+        return storage_plan.release_volumes(store, container_id, anonymous=anonymous)

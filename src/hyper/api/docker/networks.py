@@ -26,6 +26,7 @@ from hyper.api.docker.common import (
 )
 from hyper.api.docker.labels import label_matches
 from hyper.api.docker.system import check_prune_filters
+from hyper.daemon.events import network_event
 from hyper.errors import InvalidArgument
 from hyper.network.manager import NetworkManager
 from hyper.network.model import (
@@ -356,11 +357,19 @@ async def create_network(request: web.Request) -> web.StreamResponse:
             options=options,
             owner=scope.creator,
         )
+    _publish(request, "create", network)
     return web.json_response({"Id": network.id, "Warning": ""}, status=201)
 
 
+def _publish(request: web.Request, action: str, network: Network, **attributes: str) -> None:
+    """Docker's network event, its owner's (a tenant sees only its own networks' events)."""
+    event = network_event(action, network.id, network.name, network.owner, **attributes)
+    daemon_of(request).events.publish(event)
+
+
 async def remove_network(request: web.Request) -> web.StreamResponse:
-    await daemon_of(request).network.remove(request.match_info["id"], scope_of(request).owner)
+    removed = await daemon_of(request).network.remove(request.match_info["id"], scope_of(request).owner)
+    _publish(request, "destroy", removed)
     return web.Response(status=204)
 
 
@@ -379,6 +388,8 @@ async def prune_networks(request: web.Request) -> web.StreamResponse:
         )
 
     removed = await manager.prune(keep=keep, owner=scope_of(request).creator)
+    for network in removed:
+        _publish(request, "destroy", network)
     return web.json_response({"NetworksDeleted": [n.name for n in removed]})
 
 
@@ -389,7 +400,7 @@ async def connect(request: web.Request) -> web.StreamResponse:
     pod = find_container(daemon, str(body.get("Container") or ""), scope)
     endpoint = body.get("EndpointConfig") or {}
     ipam = endpoint.get("IPAMConfig") or {}
-    await daemon.network.connect(
+    network = await daemon.network.connect(
         pod.id,
         request.match_info["id"],
         aliases=_strings(endpoint.get("Aliases"), "Aliases"),
@@ -397,6 +408,7 @@ async def connect(request: web.Request) -> web.StreamResponse:
         running=pod.running,
         owner=scope.owner,
     )
+    _publish(request, "connect", network, container=pod.id)
     return web.Response(status=200)
 
 
@@ -405,7 +417,10 @@ async def disconnect(request: web.Request) -> web.StreamResponse:
     body = await json_body(request)
     scope = scope_of(request)
     pod = find_container(daemon, str(body.get("Container") or ""), scope)
-    await daemon.network.disconnect(pod.id, request.match_info["id"], running=pod.running, owner=scope.owner)
+    network = await daemon.network.disconnect(
+        pod.id, request.match_info["id"], running=pod.running, owner=scope.owner
+    )
+    _publish(request, "disconnect", network, container=pod.id)
     return web.Response(status=200)
 
 

@@ -38,6 +38,7 @@ from hyper.daemon.daemon import Daemon
 from hyper.daemon.events import Event
 from hyper.errors import HyperError
 from hyper.runtime import spec as specs
+from hyper.tenants.scope import ADMIN, Scope
 from hyper.tenants.service import TenantService
 from hyper.vm.accel import choose_accel, probe_host
 
@@ -215,11 +216,18 @@ async def info(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _event_document(event: Event) -> dict[str, object]:
+def _actor(event: Event, scope: Scope) -> str:
+    """The event's actor as `scope` names it: a tenant's volume by the name it gave."""
+    if event.type == "volume":
+        return scope.shown_volume_name(event.actor_id) or event.actor_id
+    return event.actor_id
+
+
+def _event_document(event: Event, scope: Scope = ADMIN) -> dict[str, object]:
     doc: dict[str, object] = {
         "Type": event.type,
         "Action": event.action,
-        "Actor": {"ID": event.actor_id, "Attributes": event.attributes},
+        "Actor": {"ID": _actor(event, scope), "Attributes": event.attributes},
         "scope": "local",
         "time": event.time_ns // 1_000_000_000,
         "timeNano": event.time_ns,
@@ -229,12 +237,16 @@ def _event_document(event: Event) -> dict[str, object]:
     return doc
 
 
-def _event_matches(event: Event, wanted: dict[str, list[str]]) -> bool:
+def _event_matches(event: Event, wanted: dict[str, list[str]], scope: Scope = ADMIN) -> bool:
+    actor = _actor(event, scope)
+    named = [actor, actor[:12], event.attributes.get("name", "")]  # Docker's fuzzy match of each type
     checks = {
         "type": [event.type],
         "event": [event.action, event.action.split(":")[0]],
-        "container": [event.actor_id, event.actor_id[:12], event.attributes.get("name", "")],
+        "container": named if event.type == "container" else [],
         "image": [event.attributes.get("image", "")],
+        "volume": [actor] if event.type == "volume" else [],
+        "network": named if event.type == "network" else [],
     }
     for key, values in wanted.items():
         have = checks.get(key)
@@ -271,8 +283,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if until_ns is not None and event.time_ns > until_ns:
                 break
-            if scope.sees(event.owner) and _event_matches(event, wanted):
-                await response.write(json.dumps(_event_document(event)).encode() + b"\n")
+            if scope.sees(event.owner) and _event_matches(event, wanted, scope):
+                await response.write(json.dumps(_event_document(event, scope)).encode() + b"\n")
     except ConnectionError:
         pass
     finally:

@@ -29,6 +29,7 @@ from aiohttp import web
 from hyper.api.docker.common import Handler, daemon_of, filters, flag, json_body, scope_of, tenants_of
 from hyper.api.docker.labels import label_matches
 from hyper.api.docker.system import check_prune_filters
+from hyper.daemon.events import volume_event
 from hyper.errors import FailedPrecondition, InvalidArgument, NotFound
 from hyper.storage.mounts import volume_size
 from hyper.storage.volumes import Volume, VolumeStore, directory_size
@@ -150,11 +151,20 @@ async def create_volume(request: web.Request) -> web.StreamResponse:
         made = store.create(stored, labels=labels, options=options, driver=driver, size=default)
         return {**made.document(), "Name": chosen}
 
-    if tenants is None or scope.principal is None or await _with_store(request, lambda s: s.exists(stored)):
-        return web.json_response(await _with_store(request, create), status=201)
-    # A tenant's new volume: its size charged to its volume-bytes quota, atomically.
-    async with tenants.admitted(scope, Claim(volume_bytes=asked or default or 0)):
-        return web.json_response(await _with_store(request, create), status=201)
+    existed = await _with_store(request, lambda store: store.exists(stored))
+    if tenants is None or scope.principal is None or existed:
+        document = await _with_store(request, create)
+    else:  # a tenant's new volume: its size charged to its volume-bytes quota, atomically
+        async with tenants.admitted(scope, Claim(volume_bytes=asked or default or 0)):
+            document = await _with_store(request, create)
+    if not existed:
+        _publish(request, "create", stored)
+    return web.json_response(document, status=201)
+
+
+def _publish(request: web.Request, action: str, stored: str) -> None:
+    """Docker's volume event, the tenant's own (its request made it) or the admin's."""
+    daemon_of(request).events.publish(volume_event(action, stored, scope_of(request).creator))
 
 
 async def inspect_volume(request: web.Request) -> web.StreamResponse:
@@ -189,8 +199,12 @@ async def remove_volume(request: web.Request) -> web.StreamResponse:
                 hint="remove those containers first",
             )
         store.remove(stored)
+        removed.append(stored)
 
+    removed: list[str] = []
     await _with_store(request, remove)
+    for name in removed:
+        _publish(request, "destroy", name)
     return web.Response(status=204)
 
 
@@ -200,6 +214,8 @@ async def prune_volumes(request: web.Request) -> web.StreamResponse:
     check_prune_filters("volumes", wanted)
     every = bool(_boolean(wanted.get("all", ()), "all"))
     scope = scope_of(request)
+
+    gone: list[str] = []
 
     def prune(store: VolumeStore) -> tuple[list[str], int]:
         removed, reclaimed = [], 0
@@ -211,11 +227,14 @@ async def prune_volumes(request: web.Request) -> web.StreamResponse:
             size = directory_size(volume.mountpoint)
             with contextlib.suppress(NotFound, FailedPrecondition):  # gone, or used meanwhile
                 store.remove(volume.name)
+                gone.append(volume.name)
                 removed.append(scope.shown_volume_name(volume.name) or volume.name)
                 reclaimed += size
         return removed, reclaimed
 
     removed, reclaimed = await _with_store(request, prune)
+    for name in gone:
+        _publish(request, "destroy", name)
     return web.json_response({"VolumesDeleted": removed or None, "SpaceReclaimed": reclaimed})
 
 
