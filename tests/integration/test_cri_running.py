@@ -357,6 +357,31 @@ def test_attach_joins_the_containers_stdio(pod: Pod) -> None:
     _fails(client, "Attach", no_stdin, cri.AttachResponse, grpc.StatusCode.INVALID_ARGUMENT)
 
 
+def test_attach_to_a_terminal_follows_its_resizes(pod: Pod) -> None:
+    client = pod.client
+    config = _container_config("term", ["sh", "-c", "read x; stty size; read y"], stdin=True, tty=True)
+    term = _create(client, pod.sandbox_id, config, pod.config)
+    start(client, term)
+    _until(lambda: _status(client, term).state == cri.CONTAINER_RUNNING, "the container to run")
+    request = cri.AttachRequest(container_id=term, stdin=True, stdout=True, tty=True)
+    url = client.call("Attach", request, cri.AttachResponse).url
+
+    async def session() -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=(V4,)) as ws:
+            got = Channels()
+            await got.read_until(ws, lambda c: len(c.messages) >= 1)
+            await ws.send_bytes(b"\x04" + json.dumps({"Width": 90, "Height": 20}).encode())
+            await ws.send_bytes(b"\x00a\n")
+            await got.read_until(ws, lambda c: b"20 90" in c.of(1))
+            await ws.send_bytes(b"\x00b\n")  # the container's last read: it exits, the attach ends
+            await got.read_until(ws)
+            assert json.loads(got.of(3))["status"] == "Success"
+
+    run(session())
+    _until(lambda: _status(client, term).state == cri.CONTAINER_EXITED, "the container to exit")
+    client.call("RemoveContainer", cri.RemoveContainerRequest(container_id=term), cri.RemoveContainerResponse)
+
+
 def test_port_forward_reaches_a_port_inside_the_vm(pod: Pod) -> None:
     def forward_url(*ports: int) -> str:
         request = cri.PortForwardRequest(pod_sandbox_id=pod.sandbox_id, port=list(ports))

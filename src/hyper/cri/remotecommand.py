@@ -28,10 +28,10 @@ from cri_api.v1 import api_pb2
 from google.protobuf.message import Message
 
 from hyper.agent.protocol import FrameKind
+from hyper.cri import translate
 from hyper.daemon.execs import ExecSession
 from hyper.daemon.pods import Pod
 from hyper.errors import HyperError
-from hyper.runtime import spec as specs
 from hyper.runtime.run import ContainerExit
 
 if TYPE_CHECKING:
@@ -173,14 +173,7 @@ async def serve_exec(server: StreamingServer, request: web.Request, pending: Mes
     try:
         pod = runtime._pod(runtime._container(pending.container_id))
         main = pod.record.process or {}
-        process = specs.ProcessSpec(
-            args=tuple(pending.cmd),
-            env=tuple(main.get("env", [])),
-            cwd=main.get("cwd") or "/",
-            user=main.get("user") or "0",
-            tty=pending.tty,
-            stdin=pending.stdin,
-        )
+        process = translate.exec_process(main, list(pending.cmd), tty=pending.tty, stdin=pending.stdin)
         session = runtime.daemon.exec_create(pod, process)
     except HyperError as exc:
         await streams.finish(internal_error(str(exc)))

@@ -526,15 +526,7 @@ class PodSandboxes:
         pod = self._pod(record)
         if not request.cmd:
             raise InvalidArgument("ExecSync needs a command")
-        main = pod.record.process or {}
-        process = specs.ProcessSpec(
-            args=tuple(request.cmd),
-            env=tuple(main.get("env", [])),
-            cwd=main.get("cwd") or "/",
-            user=main.get("user") or "0",
-            tty=False,
-            stdin=False,
-        )
+        process = translate.exec_process(pod.record.process or {}, list(request.cmd))
         session = self.daemon.exec_create(pod, process)
         output = {FrameKind.STDOUT: bytearray(), FrameKind.STDERR: bytearray()}
 

@@ -284,6 +284,22 @@ def sandbox_metadata(value: Metadata) -> api_pb2.PodSandboxMetadata:
     )
 
 
+def exec_process(
+    main: Mapping[str, object], cmd: list[str], *, tty: bool = False, stdin: bool = False
+) -> specs.ProcessSpec:
+    """A command run in a container (ExecSync, Exec) with its main process's
+    environment, working directory and user (`main`: hyperd's record of it)."""
+    env = main.get("env")
+    return specs.ProcessSpec(
+        args=tuple(cmd),
+        env=tuple(str(e) for e in env) if isinstance(env, list) else (),
+        cwd=str(main.get("cwd") or "/"),
+        user=str(main.get("user") or "0"),
+        tty=tty,
+        stdin=stdin,
+    )
+
+
 def labels_match(labels: dict[str, str], selector: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
