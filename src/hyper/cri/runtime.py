@@ -25,10 +25,13 @@ CRI_VERSION = "0.1.0"  # the kubelet's "version of the kubelet runtime API" (con
 RUNTIME_API_VERSION = "v1"
 
 MISSING: dict[str, str] = {
-    "UpdateRuntimeConfig": "the pod CIDR comes from CNI, which Hyper's CRI does not call yet",
+    "UpdateRuntimeConfig": "the pod CIDR is the CNI configuration's (--cni-conf-dir); "
+    "hyperd does not take one from the kubelet yet",
     "CheckpointContainer": "checkpointing a container out of its VM is not supported",
-    "ListMetricDescriptors": "CRI metrics are not served yet",
-    "ListPodSandboxMetrics": "CRI metrics are not served yet",
+    "ListMetricDescriptors": "CRI metrics (Prometheus descriptors) are not served yet; "
+    "ContainerStats and PodSandboxStats are",
+    "ListPodSandboxMetrics": "CRI metrics (Prometheus descriptors) are not served yet; "
+    "ContainerStats and PodSandboxStats are",
     "UpdatePodSandboxResources": "a running VM's memory and CPUs cannot be changed yet (no hotplug)",
 }
 
@@ -91,8 +94,8 @@ class RuntimeService(Statistics):
 
     async def status(self, request: api_pb2.StatusRequest) -> api_pb2.StatusResponse:
         del request
-        # Pods join hyperd's own network (its bridge, or user-mode networking), which
-        # is ready whenever hyperd serves; CNI is not called yet (docs/cri.md).
+        # Pods join hyperd's own network (its bridge, or user-mode networking), ready
+        # whenever hyperd serves, or CNI's, whose configuration hyperd checked at start.
         conditions = [
             api_pb2.RuntimeCondition(type="RuntimeReady", status=True),
             api_pb2.RuntimeCondition(type="NetworkReady", status=True),
