@@ -204,3 +204,16 @@ def test_a_scsi_controller_takes_disks_hot_added_later() -> None:
         "hotdev3",
         1003,
     )  # clear of the fixed sets
+
+
+def test_template_memory_is_private_and_never_discarded_by_a_balloon() -> None:
+    """A clone maps the template's memory file private; QEMU 7.2 discards a
+    balloon's or free-page report's range by punching a hole in that file,
+    which would zero the template under every other clone (docs/pool.md)."""
+    for shared in (False, True):
+        spec = make_spec(memory_file=Path("/cache/templates/k/memory"), memory_shared=shared)
+        command = build_command(spec)
+        [backend] = [v for v in option_values(command, "-object") if v.startswith("memory-backend-file")]
+        assert f"share={'on' if shared else 'off'}" in backend.split(",")
+        assert option_value(command, "-M") == "microvm,memory-backend=ram"
+        assert not any("balloon" in device for device in option_values(command, "-device"))

@@ -43,6 +43,12 @@ JAIL_ID_SLOTS = 65536
 # fills 190 MiB of an unbounded one; a busy clone of a template used 32 MiB),
 # plus 53 MiB seen for the rest: binary and libraries 26, heap 19, kernel
 # memory 7, page tables 1. Rounded up.
+# 64 and not less, measured (bench/idle.py, docs/pool.md "Idle memory"): an
+# idle pod resumed from a template holds 50 MiB of it; 32 or 16 MiB cut its
+# PSS from 107 to 84 or 66 MiB, but a run then retranslates the agent's
+# interpreter each time the buffer fills: `run --rm … true` took 1.5 times as
+# long with either (1.5-2.2x in two runs), a CPU-bound loop up to 1.6 times.
+# The first target is a run's latency; KVM has no such buffer.
 TCG_TB_MIB = 64
 QEMU_OVERHEAD_MIB = TCG_TB_MIB + 64
 CPU_PERIOD_US = 100_000
