@@ -7,12 +7,20 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := qemu-system-x86 busybox-static erofs-utils e2fsprogs skopeo docker-registry openssl python3-venv dpkg apt ca-certificates procps podman nftables iperf3 passt containernetworking-plugins keystone
+# What bench/ compares Hyper with (gVisor, runc/crun, containerd) and builds with (gcc); not needed by make test.
+BENCH_PACKAGES := runsc runc crun containerd gcc libc6-dev util-linux
 APT_UPDATED := /var/lib/apt/periodic/.hyper-apt-updated
 
-.PHONY: demo test lint typecheck unit integration system-deps venv bench clean
+.PHONY: demo test lint typecheck unit integration system-deps bench-deps install-debian venv bench clean
 
 system-deps:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	@$(MAKE) --no-print-directory install-debian PACKAGES='$(DEBIAN_PACKAGES)'
+
+bench-deps:
+	@$(MAKE) --no-print-directory install-debian PACKAGES='$(BENCH_PACKAGES)'
+
+install-debian:
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -51,7 +59,7 @@ integration: venv
 test: lint typecheck
 	$(BIN)/pytest -q -rs tests
 
-bench: venv
+bench: venv bench-deps
 	$(BIN)/python bench/boot.py
 
 clean:
