@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hyper.cli.kube_commands import read_manifests
 from hyper.errors import InvalidArgument
-from hyper.kube.manifest import EmptyDir, HostPath, Port, parse_manifests, parse_pod, parse_quantity
+from hyper.kube.fields import parse_quantity
+from hyper.kube.manifest import EmptyDir, HostPath, Port, parse_manifests, parse_pod
 from hyper.kube.plan import plan_pod, vm_size
 from hyper.storage.mounts import parse_mount
 
@@ -282,3 +285,42 @@ def test_host_path_files_are_bound_as_they_are() -> None:
     site = parse_mount(plan.containers[0].mounts[1])
     assert (site.source, site.create_source) == ("/etc/app.conf", False)  # the CLI makes the file
     assert plan.host_paths == (HostPath("site", "/etc/app.conf", "FileOrCreate"),)
+
+
+_KEYS = st.text(max_size=6) | st.integers(0, 3)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
+    max_leaves=8,
+)
+_PATHS = [
+    "kind",
+    "metadata",
+    "metadata.name",
+    "spec",
+    "spec.volumes",
+    "spec.volumes[0]",
+    "spec.volumes[1].hostPath",
+    "spec.containers",
+    "spec.containers[0]",
+    "spec.containers[0].env",
+    "spec.containers[0].env[0]",
+    "spec.containers[0].ports[0]",
+    "spec.containers[0].volumeMounts",
+    "spec.containers[0].resources",
+    "spec.containers[0].resources.limits",
+    "spec.containers[0].securityContext",
+    "spec.containers[1].command",
+    "spec.securityContext",
+]
+
+
+@given(path=st.sampled_from(_PATHS), value=_JSON)
+@settings(max_examples=300, deadline=None)
+def test_any_value_anywhere_is_planned_or_refused_in_one_line(path: str, value: object) -> None:
+    try:
+        pod = parse_pod(changed(path, value))
+    except InvalidArgument as exc:
+        assert "\n" not in str(exc)
+        return
+    plan_pod(pod, source="-", host_cpus=2, default_memory_mib=512, volume_suffix="x")
