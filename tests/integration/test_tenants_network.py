@@ -99,6 +99,7 @@ def test_a_host_port_taken_by_one_tenant_is_refused_to_the_other_anonymously(
 ) -> None:
     alpha = TenantClient.with_new_key(listener, "alpha")
     beta = TenantClient.with_new_key(listener, "beta")
+    since = time.time()
     made = ok(alpha.docker("run", "-d", "--name", "pub", "-p", "18080:80", "busybox", "sleep", "600")).strip()
     try:
         done = beta.docker("run", "-d", "--name", "pub", "-p", "18080:80", "busybox", "sleep", "600")
@@ -110,6 +111,15 @@ def test_a_host_port_taken_by_one_tenant_is_refused_to_the_other_anonymously(
     finally:
         alpha.docker("rm", "-f", "pub")
         beta.docker("rm", "-f", "pub")
+    # Its start connected it to its tenant's bridge, its end disconnected it: Docker's events.
+    window = ("--since", f"{since:.9f}", "--until", f"{time.time():.9f}", "--filter", "type=network")
+    shape = "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.container}}"
+    seen = ok(alpha.docker("events", *window, "--format", shape)).splitlines()
+    assert [line for line in seen if line.endswith(made)] == [
+        f"connect bridge {made}",
+        f"disconnect bridge {made}",
+    ]
+    assert made not in ok(beta.docker("events", *window))
 
 
 def test_network_connect_and_disconnect_events_are_the_tenants_own(listener: TenantListener) -> None:

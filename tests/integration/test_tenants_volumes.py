@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -96,9 +97,14 @@ def test_volume_bytes_are_charged_anonymous_volumes_included_and_refused_past_th
     # An anonymous volume (-v /data) is the tenant's, sized and charged like the others.
     made = ok(vola.docker("create", "-v", "/data", "busybox", "true")).strip()
     [mount] = json.loads(ok(vola.docker("inspect", made)))[0]["Mounts"]
-    anonymous = mount["Name"].rpartition(".")[2]
-    assert anonymous in ok(vola.docker("volume", "ls", "-q")).split()
+    anonymous = mount["Name"]  # by the name the tenant knows it by
+    assert len(anonymous) == 64 and anonymous in ok(vola.docker("volume", "ls", "-q")).split()
+    for client, names in ((vola, {"big", "small", anonymous}), (volb, set())):
+        with closing(client.docker_py()) as py:  # `docker system df`: its own volumes only
+            assert {v["Name"] for v in py.df()["Volumes"] or ()} == names
     assert anonymous not in ok(volb.docker("volume", "ls", "-q")).split()
+    listed = ok(vola.docker("ps", "-aq", "--no-trunc", "--filter", f"volume={anonymous}"))
+    assert listed.split() == [made]
     done = volb.docker("volume", "inspect", anonymous)
     assert done.returncode != 0 and "no such volume" in done.stderr, done.stderr
     holds = json.loads(admin_ok(listener.daemon, "tenant", "inspect", "vola"))[0]["holds"]
@@ -171,7 +177,7 @@ def test_volume_and_network_events_are_dockers_and_only_the_tenants_own(
     ok(vola.docker("volume", "create", "ev"))
     network = ok(vola.docker("network", "create", "evnet")).strip()
     made = ok(vola.docker("create", "--name", "evc", "-v", "/anon", "busybox", "true")).strip()
-    anonymous = json.loads(ok(vola.docker("inspect", made)))[0]["Mounts"][0]["Name"].rpartition(".")[2]
+    anonymous = json.loads(ok(vola.docker("inspect", made)))[0]["Mounts"][0]["Name"]
     ok(vola.docker("rm", "-v", "evc"))
     ok(vola.docker("volume", "rm", "ev"))
     ok(vola.docker("network", "rm", "evnet"))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from hyper.agent.host import AgentClient, AgentConnectionLost, ProcessChannel
 from hyper.agent.protocol import FrameKind
 from hyper.daemon import health
-from hyper.daemon.events import Event, EventBus, volume_event
+from hyper.daemon.events import Event, EventBus, network_event, volume_event
 from hyper.daemon.logs import LogFile, LogLimits, log_limits
 from hyper.daemon.pod_requests import SHUTDOWN_SECONDS, PodRequests
 from hyper.daemon.policy import RestartPolicy, next_delay
@@ -169,6 +169,15 @@ class Pod(PodRequests):
                 attributes = {"container": self.id, **(extra if action == "mount" else {})}
                 self.events.publish(volume_event(action, mount.source, owner, **attributes))
 
+    def _publish_networks(self, action: str) -> None:
+        """Docker's network `connect` at a container's start and `disconnect` when it stops,
+        for each network it is on (each event its network's owner's)."""
+        if self.network is None:
+            return
+        for network, _ in self.network.attachments(self.id):
+            event = network_event(action, network.id, network.name, network.owner, container=self.id)
+            self.events.publish(event)
+
     def _move(self, new: specs.ContainerState, **changes: Any) -> None:
         if new is not self.status and new not in specs.CONTAINER_TRANSITIONS[self.status]:
             raise FailedPrecondition(
@@ -273,6 +282,7 @@ class Pod(PodRequests):
             with contextlib.suppress(HyperError):
                 await self.resize(rows, cols)
         self._publish_volumes("mount")
+        self._publish_networks("connect")
         self._publish("start")
 
     async def _run_vm(self, run: ContainerRun) -> Launched:
@@ -427,6 +437,7 @@ class Pod(PodRequests):
             if self.exited.is_set() or generation not in (None, self._generation):
                 return
             await self._power_off(status, reason, oom_killed=oom_killed)
+        self._publish_networks("disconnect")
         self._publish_volumes("unmount")
         self._publish("die", exitCode=str(status))
         policy = self.restart_policy

@@ -10,6 +10,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -46,6 +47,7 @@ from hyper.image import ImageStore
 from hyper.image.registry.platform import image_platform, parse_platform, platform_matches, require_runnable
 from hyper.runtime import spec as specs
 from hyper.runtime.run import ContainerExit
+from hyper.tenants.scope import Scope
 from hyper.tenants.service import claim_of
 
 FOLLOW_POLL_SECONDS = 0.5
@@ -94,10 +96,21 @@ async def create(request: web.Request) -> web.StreamResponse:
     return web.json_response({"Id": pod.id, "Warnings": []}, status=201)
 
 
+def _mounts_shown(scope: Scope, options: dict[str, Any], volumes_root: Path) -> list[dict[str, Any]]:
+    """Inspect's and list's `Mounts`, a tenant's volumes by the names it gave them."""
+    documents = convert.mount_documents(options, volumes_root)
+    for document in documents:
+        if document.get("Name"):
+            document["Name"] = scope.shown_volume_name(document["Name"]) or document["Name"]
+    return documents
+
+
 async def list_containers(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
     wanted = filters(request)
     scope = scope_of(request)
+    if "volume" in wanted:  # a tenant's volumes by the names it gave (a destination is a path)
+        wanted["volume"] = [v if v.startswith("/") else scope.volume_name(v) for v in wanted["volume"]]
     records = [r for r in daemon.state.all() if r.id in daemon.pods and scope.sees(r.owner)]
     if not flag(request, "all") and "status" not in wanted:
         records = [r for r in records if r.state in ("running", "paused", "restarting")]
@@ -113,7 +126,7 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
         summary["Ports"] = networks.summary_ports(daemon.network.publications(record.id))
         summary["HostConfig"] = {"NetworkMode": view["host_config"]["NetworkMode"]}
         summary["NetworkSettings"] = {"Networks": view["settings"]["Networks"]}
-        summary["Mounts"] = convert.mount_documents(record.options, daemon.paths.volumes)
+        summary["Mounts"] = _mounts_shown(scope, record.options, daemon.paths.volumes)
         summaries.append(summary)
     return web.json_response(summaries)
 
@@ -131,7 +144,7 @@ async def inspect(request: web.Request) -> web.StreamResponse:
     else:
         image_config = image.config
     document = convert.inspect(pod.record, exec_ids, log_path, image_config)
-    document["Mounts"] = convert.mount_documents(pod.record.options, daemon.paths.volumes)
+    document["Mounts"] = _mounts_shown(scope_of(request), pod.record.options, daemon.paths.volumes)
     view = networks.container_network(daemon.network, pod.id, pod.record.options)
     document["HostConfig"].update(view["host_config"])
     document["NetworkSettings"] = view["settings"]

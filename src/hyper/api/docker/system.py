@@ -104,7 +104,8 @@ async def disk_usage(request: web.Request) -> web.StreamResponse:
         users[record.image_id] = users.get(record.image_id, 0) + 1
     tenants = tenants_of(request)
     # A tenant's own image store (public images are the admin's, and take none of its room).
-    store = tenants.image_view(scope_of(request)).store if tenants else ImageStore(daemon.paths.images)
+    scope = scope_of(request)
+    store = tenants.image_view(scope).store if tenants else ImageStore(daemon.paths.images)
 
     def measure() -> tuple[int, list[Image], dict[str, dict[str, int]], dict[str, int], list[dict[str, Any]]]:
         images = store.images()
@@ -113,10 +114,11 @@ async def disk_usage(request: web.Request) -> web.StreamResponse:
         volumes = []
         if "volume" in kinds:
             with VolumeStore(daemon.paths.volumes, daemon.paths.containers) as volume_store:
-                volumes = [
-                    v.document(usage=(directory_size(v.mountpoint), len(volume_store.users(v.name))))
-                    for v in volume_store.all()
-                ]
+                for volume in volume_store.all():
+                    shown = scope.shown_volume_name(volume.name)  # a tenant's own only, by its names
+                    if shown is not None:
+                        used = (directory_size(volume.mountpoint), len(volume_store.users(volume.name)))
+                        volumes.append({**volume.document(usage=used), "Name": shown})
         return store.disk_usage(), images, usage, writable, volumes
 
     layers_size, images, usage, writable, volumes = await asyncio.to_thread(measure)
