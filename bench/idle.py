@@ -14,7 +14,9 @@ kernel and template cache, no network), in one run:
   (c) in one idle pod, `hyper exec` of `dd bs=200M`, which allocates, touches
       and frees 200 MiB in the guest: its QEMU's RSS and PSS before and after
       (what a guest frees stays with the host without a balloon).
-With --ksm, while the first size's pods are idle: KSM turned on host-wide
+With --pool N, hyperd keeps N ready VMs (docs/pool.md) and each pod is started
+once one is ready, so that every pod takes one; the ready VM left over is not
+counted. With --ksm, while the first size's pods are idle: KSM turned on host-wide
 (`/sys/kernel/mm/ksm/run`, pages_to_scan raised, both restored on every path)
 until ksmd finishes two full scans; PSS before and after, each QEMU's
 ksm_merging_pages, the host's pages_sharing, and ksmd's CPU time meanwhile.
@@ -22,7 +24,7 @@ ksm_merging_pages, the host's pages_sharing, and ksmd's CPU time meanwhile.
 The size is set by patching hyper.vm.jail/qemu_command's TCG_TB_MIB in the
 hyperd this starts (a benchmark-only override, not a setting).
 
-Usage: python bench/idle.py [-n N] [-r R] [--sizes 64,32,16] [--ksm]
+Usage: python bench/idle.py [-n N] [-r R] [--sizes 64,32,16] [--pool N] [--ksm]
 """
 
 from __future__ import annotations
@@ -120,8 +122,9 @@ def mib(kib: float) -> str:
 class Hyperd:
     """A hyperd of its own whose QEMUs use `tb_mib` MiB of translation buffer."""
 
-    def __init__(self, tb_mib: int, images: Path) -> None:
+    def __init__(self, tb_mib: int, images: Path, pool: int = 0) -> None:
         self.tb_mib = tb_mib
+        self.pool = pool
         self.root = Path(tempfile.mkdtemp(prefix=f"hy-idle{tb_mib}-", dir="/tmp"))
         shutil.copytree(images, self.root / "state" / "images", symlinks=True)
         self.env = dict(
@@ -135,6 +138,7 @@ class Hyperd:
         command = [
             sys.executable, "-c", _PATCH, str(tb_mib), "--state-dir", str(self.root / "state"),
             "--cache-dir", str(default_paths().cache), "--runtime-dir", str(self.root / "run"),
+            "--pool", str(pool),
         ]  # fmt: skip
         log = (self.root / "hyperd.log").open("wb")
         self.process = subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
@@ -162,22 +166,40 @@ class Hyperd:
             raise SystemExit(f"hyper {' '.join(arguments)}: exit {done.returncode}: {done.stderr[-2000:]}")
         return time.perf_counter() - begin
 
+    def pool_status(self) -> dict[str, int]:
+        with self.client() as http:
+            status: dict[str, int] = http.get("/v1/pool").json()
+            return status
+
+    def wait_pool(self, timeout: float = 300) -> None:
+        """Until the pool (if any) has a ready VM: each pod then takes one."""
+        deadline = time.monotonic() + timeout
+        while self.pool and self.pool_status()["ready"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def start_idle(self, count: int) -> None:
         with self.client() as http:
             for index in range(count):
+                self.wait_pool()
                 body = {"image": IMAGE, "command": IDLE, "name": f"idle{index}"}
                 answer = http.post("/v1/containers", json=body)
                 if answer.is_error:
                     raise SystemExit(f"run -d: {answer.status_code} {answer.text}")
 
-    def qemu_of(self, name: str) -> int:
-        """The pid of the QEMU that runs container `name` (its VM is named for its id)."""
-        with self.client() as http:
-            container_id = http.get(f"/v1/containers/{name}").json()["id"]
-        pattern = f"qemu-system.* -name hyper-{container_id[:12]} "
-        found = subprocess.run(["pgrep", "-f", pattern], check=False, capture_output=True, text=True)
-        [pid] = found.stdout.split()
-        return int(pid)
+    def pod_pids(self, count: int) -> list[int]:
+        """The QEMUs of `count` idle pods, settled; a pool's ready VM left out
+        (the pool refills after the last claim: it is the newest QEMU)."""
+        pids = settle(self.root, count + (1 if self.pool else 0))
+        if self.pool:
+            self.wait_pool()
+            newest = subprocess.run(
+                ["pgrep", "-n", "-f", f"qemu-system.*{self.root}"],
+                check=False,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            pids = [pid for pid in pids if str(pid) not in newest]
+        return pids
 
     def remove_all(self) -> None:
         with self.client() as http:
@@ -307,6 +329,9 @@ def main() -> None:
     parser.add_argument("-r", type=int, default=5, help="timed runs of each kind per size (default 5)")
     parser.add_argument("--sizes", default="64,32,16", help="tb-size values in MiB (default 64,32,16)")
     parser.add_argument("--ram", type=int, default=512, help="the guests' RAM in MiB (hyperd's default: 512)")
+    parser.add_argument(
+        "--pool", type=int, default=0, help="hyperd's --pool N: pods from ready VMs (default 0)"
+    )
     parser.add_argument("--ksm", action="store_true", help="also measure KSM (host-wide, restored after)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
@@ -320,7 +345,7 @@ def main() -> None:
         )
         store.layer_disks(store.get(IMAGE))
         for size in sizes:
-            daemons[size] = Hyperd(size, scratch / "images")
+            daemons[size] = Hyperd(size, scratch / "images", args.pool)
             daemons[size].hyper("run", "--rm", IMAGE, "true")  # warm: the template, untimed
         times: dict[int, dict[str, list[float]]] = {size: {"true": [], "loop": []} for size in sizes}
         for round_ in range(args.r):
@@ -334,15 +359,20 @@ def main() -> None:
             )
         for index, (size, daemon) in enumerate(daemons.items()):
             daemon.start_idle(args.n)
-            pids = settle(daemon.root, args.n)
-            report_idle(f"tb-size {size} MiB", [footprint(pid, args.ram) for pid in pids])
+            pids = daemon.pod_pids(args.n)
+            label = f"tb-size {size} MiB" + (
+                f", pool {args.pool} ({daemon.pool_status()})" if args.pool else ""
+            )
+            report_idle(label, [footprint(pid, args.ram) for pid in pids])
             if args.ksm and index == 0:
                 measure_ksm(pids, args.ram)
-            churned = daemon.qemu_of("idle0")
-            before = footprint(churned, args.ram)
+            # The pod's QEMU is the one that grew (a pool VM keeps its own name).
+            ahead = {pid: footprint(pid, args.ram) for pid in pids}
             daemon.hyper("exec", "idle0", *CHURN)
-            settle(daemon.root, args.n)
-            after = footprint(churned, args.ram)
+            settle(daemon.root, len(pids))
+            behind = {pid: footprint(pid, args.ram) for pid in pids}
+            churned = max(pids, key=lambda pid: behind[pid].total_rss - ahead[pid].total_rss)
+            before, after = ahead[churned], behind[churned]
             print(
                 "  one pod allocating and freeing 200 MiB:"
                 f" RSS {mib(before.total_rss)} -> {mib(after.total_rss)},"
