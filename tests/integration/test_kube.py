@@ -28,6 +28,7 @@ metadata:
   labels: {app: shop}
 spec:
   restartPolicy: Never
+  terminationGracePeriodSeconds: 1  # httpd, PID 1 of its container, ignores SIGTERM
   containers:
   - name: srv
     image: %(image)s
@@ -108,6 +109,7 @@ def test_a_pod_manifest_plays_as_one_pod_and_goes_down_whole(hyper_env: HyperEnv
     assert reader["HostConfig"]["Memory"] == 96 << 20  # the limit, the container's cgroup's
     assert srv["HostConfig"]["Memory"] == 512 << 20  # none: the VM's
     assert reader["HostConfig"]["RestartPolicy"]["Name"] == "no"  # restartPolicy: Never
+    assert srv["Config"]["StopTimeout"] == 1  # terminationGracePeriodSeconds
     assert srv["State"]["Running"] is True
     assert len(volumes(hyper_env)) == 1  # the emptyDir, one volume for both containers
 
@@ -167,6 +169,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: kubeweb}
 spec:
+  terminationGracePeriodSeconds: 1
   containers:
   - name: web
     image: %(image)s
