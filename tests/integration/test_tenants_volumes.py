@@ -7,7 +7,8 @@ Each volume of a tenant has a size (`--opt size=`, else the tenant's
 quota's name and use, racing creates take it exactly, a write past the
 size gets ENOSPC inside the container, and hyperd's restart mounts the file
 systems again. Volume and network events are Docker's, and a tenant's
-stream holds its own only. The real docker CLI and docker-py, one VM in
+stream holds its own only. A tenant's VM boots stay within its
+boots-per-minute. The real docker CLI and docker-py, one VM in
 the module.
 """
 
@@ -199,7 +200,11 @@ def test_volume_and_network_events_are_dockers_and_only_the_tenants_own(
     assert any(line.endswith(".ev ") for line in admins) and f"network destroy {network} evnet" in admins
 
 
-def test_a_write_past_a_volumes_size_gets_enospc_in_the_vm(vola: TenantClient) -> None:
+def test_a_write_past_a_volumes_size_gets_enospc_in_the_vm(
+    listener: TenantListener, vola: TenantClient
+) -> None:
+    """And the tenant's VM boots are within its boots-per-minute: this run's is its one."""
+    admin_ok(listener.daemon, "tenant", "quota", "vola", "boots-per-minute=1")
     since = time.time()
     ok(vola.docker("volume", "create", "--opt", "size=8m", "tiny"))
     script = (
@@ -215,6 +220,14 @@ def test_a_write_past_a_volumes_size_gets_enospc_in_the_vm(vola: TenantClient) -
     assert events(vola, since, "--filter", "volume=tiny") == [
         f"volume {action} tiny " for action in ("create", "mount", "unmount", "destroy")
     ]
+    made = ok(vola.docker("create", "busybox", "true")).strip()
+    done = vola.docker("start", made)  # refused before any VM boots
+    assert done.returncode != 0
+    assert "may boot 1 VMs a minute (boots-per-minute) and booted 1 in the last 60 s" in done.stderr, (
+        done.stderr
+    )
+    ok(vola.docker("rm", made))
+    admin_ok(listener.daemon, "tenant", "quota", "vola", "boots-per-minute=60")
 
 
 def test_hyperd_restart_mounts_sized_volumes_again(listener: TenantListener, vola: TenantClient) -> None:

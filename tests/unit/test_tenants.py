@@ -41,7 +41,7 @@ from hyper.tenants.model import (
 from hyper.tenants.quotas import Claim, QuotaGate, RequestLimiter, binary_size
 from hyper.tenants.scope import ADMIN, Principal, Scope
 from hyper.tenants.store import Metering, TenantStore
-from hyper.tenants.throttle import LoginThrottle, Throttled
+from hyper.tenants.throttle import BootRate, LoginThrottle, Throttled
 
 
 def _tenant(name: str = "acme", **quotas: int) -> Tenant:
@@ -111,6 +111,24 @@ def test_volume_bytes_are_refused_in_sizes_naming_the_quota_and_its_use() -> Non
         "1.5 GiB",
         "2 TiB",
     ]
+
+
+def test_boots_are_counted_per_tenant_in_a_sliding_minute() -> None:
+    rate = BootRate()
+    acme, other = _tenant(boots_per_minute=2), _tenant("other", boots_per_minute=2)
+    rate.admit(acme, 100.0)
+    rate.admit(acme, 110.0)
+    with pytest.raises(ResourceExhausted) as refused:
+        rate.admit(acme, 130.0)
+    assert refused.value.message == (
+        "quota exceeded: tenant acme may boot 2 VMs a minute (boots-per-minute)"
+        " and booted 2 in the last 60 s; try again in 30 s"
+    )
+    rate.admit(other, 130.0)  # another tenant's boots are its own
+    rate.admit(acme, 160.5)  # the first boot is a minute old
+    with pytest.raises(ResourceExhausted, match="raise it"):
+        rate.admit(_tenant("stopped", boots_per_minute=0), 0.0)
+    assert parse_quotas(["boots-per-minute=0"]).boots_per_minute == 0
 
 
 def test_racing_volume_creates_take_the_quota_once() -> None:

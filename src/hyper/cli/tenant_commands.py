@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="containers, vcpus, memory (8g), volume-bytes, networks, published-ports, api-requests",
+        help="containers, vcpus, memory (8g), volume-bytes, volume-size, networks, published-ports,"
+        " api-requests, boots-per-minute",
     )
     create.add_argument("--keystone-project", metavar="ID", help="the Keystone project that acts as it")
     create.set_defaults(func=cmd_create)

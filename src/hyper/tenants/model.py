@@ -50,6 +50,7 @@ class Quotas:
     networks: int = 5  # besides its default network
     published_ports: int = 10
     api_requests: int = 32  # requests in progress at once (streams count while they last)
+    boots_per_minute: int = 60  # VMs its starts and restarts may boot in any 60 s (0: none)
 
     def document(self) -> dict[str, int]:
         return {spec.name: getattr(self, spec.field) for spec in QUOTA_SPECS}
@@ -72,6 +73,7 @@ QUOTA_SPECS = (
     QuotaSpec("networks", "networks", False, "networks"),
     QuotaSpec("published-ports", "published_ports", False, "published ports"),
     QuotaSpec("api-requests", "api_requests", False, "concurrent API requests"),
+    QuotaSpec("boots-per-minute", "boots_per_minute", False, "VM boots a minute"),
 )
 _SPEC_BY_NAME = {spec.name: spec for spec in QUOTA_SPECS}
 

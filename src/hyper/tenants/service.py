@@ -58,7 +58,7 @@ from hyper.tenants.model import (
 from hyper.tenants.quotas import Claim, QuotaGate, RequestLimiter
 from hyper.tenants.scope import Principal, Scope
 from hyper.tenants.store import TenantStore
-from hyper.tenants.throttle import LoginThrottle
+from hyper.tenants.throttle import BootRate, LoginThrottle
 from hyper.tenants.usage import Meter
 
 MIN_TENANT_HOST_PORT = 1024  # ports below are the host's own services'
@@ -84,6 +84,7 @@ class TenantService:
         self.replays = signing.ReplayCache()
         self.throttle = LoginThrottle()
         self.limiter = RequestLimiter()
+        self.boots = BootRate()
         self.quotas = QuotaGate(self.held)
         self.meter = Meter(self.store, lambda: daemon.pods)
         # Read on the event loop by `held`, so that a volume's admission is atomic: one
@@ -175,6 +176,7 @@ class TenantService:
         self.meter.reconcile()
         self.store.delete_tenant(tenant.id)
         self._tenants.pop(tenant.id, None)
+        self.boots.forget(tenant.id)
         for key_id in [k for k, key in self._keys.items() if key.tenant_id == tenant.id]:
             del self._keys[key_id]
         paths = self.daemon.paths.scoped(tenant.id)
@@ -394,6 +396,12 @@ class TenantService:
                 mounts.append(sized.canonical())
         options = dataclasses.replace(request.options, mounts=tuple(mounts))
         return dataclasses.replace(request, options=options), claimed
+
+    def admit_boot(self, scope: Scope) -> None:
+        """A tenant's request is to boot a VM (a start or restart): within its boots-per-minute.
+        (Restarts by a restart policy are hyperd's, not the tenant's requests: not counted.)"""
+        if scope.principal is not None:
+            self.boots.admit(scope.principal.tenant, time.monotonic())
 
     @contextlib.asynccontextmanager
     async def admitted(self, scope: Scope, claim: Claim) -> AsyncIterator[None]:

@@ -1,4 +1,4 @@
-"""Failed logins, throttled per client address.
+"""Failed logins, throttled per client address; and each tenant's rate of VM boots.
 
 An address with FAILURES failed logins within WINDOW seconds is refused
 (429, with Retry-After) without its credentials being looked at, until the
@@ -13,6 +13,7 @@ import collections
 import math
 
 from hyper.errors import ResourceExhausted
+from hyper.tenants.model import Tenant
 
 FAILURES = 20
 WINDOW = 60.0
@@ -52,3 +53,35 @@ class LoginThrottle:
         self._seen[address] = recent  # now the most recent
         while len(self._seen) > MAX_ADDRESSES:
             self._seen.popitem(last=False)
+
+
+class BootRate:
+    """At most a tenant's `boots-per-minute` VM boots (its starts and restarts) in any
+    WINDOW seconds: a tenant cannot keep the host's CPUs booting VMs, each boot
+    being the costliest thing it can ask for (0 stops its boots, suspending it)."""
+
+    def __init__(self, window: float = WINDOW) -> None:
+        self.window = window
+        self._boots: dict[str, collections.deque[float]] = {}
+
+    def admit(self, tenant: Tenant, now: float) -> None:
+        """Count a boot of `tenant`'s, or raise ResourceExhausted saying when it may boot again."""
+        limit = tenant.quotas.boots_per_minute
+        recent = self._boots.setdefault(tenant.id, collections.deque())
+        while recent and recent[0] <= now - self.window:
+            recent.popleft()
+        if len(recent) >= limit:
+            when = (
+                f"try again in {math.ceil(recent[0] + self.window - now)} s"
+                if recent and limit
+                else "ask hyperd's admin to raise it"
+            )
+            raise ResourceExhausted(
+                f"quota exceeded: tenant {tenant.name} may boot {limit} VMs a minute (boots-per-minute)"
+                f" and booted {len(recent)} in the last {self.window:.0f} s; {when}",
+                hint="start fewer containers at once",
+            )
+        recent.append(now)
+
+    def forget(self, tenant_id: str) -> None:
+        self._boots.pop(tenant_id, None)

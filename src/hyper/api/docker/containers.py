@@ -165,6 +165,9 @@ def start_failure_message(message: str) -> str:
 async def start(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
     pod = container_of(request)
+    tenants = tenants_of(request)
+    if tenants is not None and not pod.running:
+        tenants.admit_boot(scope_of(request))  # its boots-per-minute
     try:
         started = await pod.start()
     except ContainerExit as exc:
@@ -193,7 +196,11 @@ def _stop_options(request: web.Request) -> tuple[float | None, int | None]:
 
 
 async def restart(request: web.Request) -> web.StreamResponse:
-    await container_of(request).restart(*_stop_options(request))
+    pod = container_of(request)
+    tenants = tenants_of(request)
+    if tenants is not None:
+        tenants.admit_boot(scope_of(request))  # a restart boots a new VM
+    await pod.restart(*_stop_options(request))
     return web.Response(status=204)
 
 
