@@ -124,7 +124,7 @@ def test_volume_bytes_are_charged_anonymous_volumes_included_and_refused_past_th
     assert holds["volume-bytes"] == 16 * MIB
 
 
-def test_racing_volume_creates_take_the_quota_exactly(listener: TenantListener) -> None:
+def test_racing_volume_and_container_creates_take_the_quota_exactly(listener: TenantListener) -> None:
     admin_ok(
         listener.daemon,
         "tenant",
@@ -139,24 +139,32 @@ def test_racing_volume_creates_take_the_quota_exactly(listener: TenantListener) 
     )
     volc = TenantClient.with_new_key(listener, "volc")
 
-    def create(index: int) -> int:
+    def create_volume(index: int) -> int:
         with volc.http() as http:
             return http.post("/volumes/create", json={"Name": f"v{index}"}).status_code
 
-    with ThreadPoolExecutor(12) as pool:
-        statuses = list(pool.map(create, range(12)))
-    assert statuses.count(201) == 4 and statuses.count(403) + statuses.count(429) == 8, statuses
-    assert len(ok(volc.docker("volume", "ls", "-q")).split()) == 4
+    def create_container(index: int) -> int:  # each with an anonymous volume of 16 MiB
+        with volc.http() as http:
+            body = {"Image": "busybox", "Cmd": ["true"], "Volumes": {"/data": {}}}
+            return http.post("/containers/create", params={"name": f"c{index}"}, json=body).status_code
+
+    for create, quota in ((create_volume, "64m"), (create_container, "128m")):  # 64 MiB more: 4 of 12
+        admin_ok(listener.daemon, "tenant", "quota", "volc", f"volume-bytes={quota}")
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(create, range(12)))
+        assert statuses.count(201) == 4 and statuses.count(403) + statuses.count(429) == 8, statuses
+    assert len(ok(volc.docker("volume", "ls", "-q")).split()) == 8
+    assert len(ok(volc.docker("ps", "-aq")).split()) == 4
     inspected = json.loads(admin_ok(listener.daemon, "tenant", "inspect", "volc"))[0]
-    assert inspected["holds"]["volume-bytes"] == 64 * MIB
+    assert inspected["holds"]["volume-bytes"] == 128 * MIB
 
     # The tenant goes only with -f, and its volumes' file systems with it.
     done = admin(listener.daemon, "tenant", "rm", "volc")
-    assert done.returncode != 0 and "and 4 volumes" in done.stderr, done.stderr
+    assert done.returncode != 0 and "4 containers, 0 networks and 8 volumes" in done.stderr, done.stderr
     with listener.daemon.http() as http:
         volumes = http.get("/volumes").json()["Volumes"]
     mountpoints = [Path(v["Mountpoint"]) for v in volumes if v["Name"].startswith(inspected["id"] + ".")]
-    assert len(mountpoints) == 4 and all(os.path.ismount(m) for m in mountpoints)
+    assert len(mountpoints) == 8 and all(os.path.ismount(m) for m in mountpoints)
     admin_ok(listener.daemon, "tenant", "rm", "-f", "volc")
     assert not any(m.parent.exists() for m in mountpoints)
 
