@@ -265,7 +265,7 @@ def test_the_audit_log_records_tenants_mutations_in_an_intact_chain(
 
 
 def test_a_thousand_failed_logins_are_throttled_and_others_still_served(
-    alpha: TenantClient, webs: dict[str, str]
+    listener: TenantListener, alpha: TenantClient, webs: dict[str, str]
 ) -> None:
     bad = {"Authorization": f"Bearer {alpha.key_id}.{'B' * 43}"}
     statuses = []
@@ -279,6 +279,21 @@ def test_a_thousand_failed_logins_are_throttled_and_others_still_served(
     assert int(answer.headers["Retry-After"]) >= 1
     with alpha.http() as http:  # the tenant, from another address, is served
         assert [c["Id"] for c in http.get("/containers/json").json()] == [webs["alpha"]]
+
+    # Behind one address (a NAT): the guessed key stays throttled there, even with its
+    # real secret; another key from that address is served; made-up keys are throttled
+    # per address without touching the real ones.
+    with alpha.http(source="127.0.0.3") as http:
+        assert http.get("/containers/json").status_code == 429
+    other = TenantClient.with_new_key(listener, "alpha")
+    with other.http(source="127.0.0.3") as http:
+        assert [c["Id"] for c in http.get("/containers/json").json()] == [webs["alpha"]]
+    made_up = {"Authorization": f"Bearer HK{'A' * 16}.{'C' * 43}"}
+    with other.http(headers=made_up, source="127.0.0.3") as http:
+        sprayed = [http.get("/_ping").status_code for _ in range(25)]
+    assert sprayed[0] == 401 and sprayed[-1] == 429, sprayed
+    with other.http(source="127.0.0.3") as http:
+        assert http.get("/containers/json").status_code == 200
 
 
 def signed(key: dict[str, str], method: str, path: str, body: bytes = b"", **query: str) -> dict[str, str]:

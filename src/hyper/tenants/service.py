@@ -3,7 +3,7 @@
 - the admin's operations (`hyper tenant …` on hyperd's local socket):
   tenants, quotas, keys, usage, the audit log, public images;
 - authentication of a tenant request: a bearer token, a signed request or a
-  Keystone token, with failed logins throttled per address;
+  Keystone token, with failed logins throttled per address and key;
 - what a tenant request may do: its create requests confined (its own
   owner, no host directories, volume names of its own, host ports from
   1024), admitted against its quotas; its requests in progress capped;
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -62,6 +63,7 @@ from hyper.tenants.throttle import BootRate, LoginThrottle
 from hyper.tenants.usage import Meter
 
 MIN_TENANT_HOST_PORT = 1024  # ports below are the host's own services'
+SIGNED_CREDENTIAL = re.compile(r"Credential=(HK[A-Z2-7]{16})\b")
 KEYSTONE_PREFIX = "keystone:"
 
 
@@ -257,12 +259,28 @@ class TenantService:
     ) -> tuple[Principal, signing.SignedRequest | None]:
         """Who sent the request; raises Unauthenticated (401) or Throttled (429)."""
         now = time.time()
-        self.throttle.check(source, now)
+        bucket = self._login_bucket(credentials, source)
+        self.throttle.check(bucket, now, source)
         try:
             return await self._authenticate(credentials, method, path, query, now)
         except Unauthenticated:
-            self.throttle.failed(source, now)
+            self.throttle.failed(bucket, now)
             raise
+
+    def _login_bucket(self, credentials: Credentials, source: str) -> str:
+        """Where a request's failed logins count (hyper.tenants.throttle): its address
+        and the access key it names when that key exists, else its address alone."""
+        scheme, _, value = credentials.authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            key_id = value.strip().partition(".")[0]
+        else:
+            named = SIGNED_CREDENTIAL.search(credentials.authorization)
+            key_id = named.group(1) if named and signing.is_signed(credentials.authorization) else ""
+        if key_id in self._keys:
+            return f"{source} {key_id}"
+        if credentials.keystone_token and not credentials.authorization:
+            return f"{source} keystone"
+        return source
 
     async def _authenticate(
         self,

@@ -1,10 +1,15 @@
-"""Failed logins, throttled per client address; and each tenant's rate of VM boots.
+"""Failed logins, throttled per client address and key; and each tenant's rate of VM boots.
 
-An address with FAILURES failed logins within WINDOW seconds is refused
-(429, with Retry-After) without its credentials being looked at, until the
-oldest of those failures is WINDOW seconds old. Other addresses are served
-as usual, whatever one address sends. Memory is bounded: at most
-MAX_ADDRESSES addresses are remembered, the stalest forgotten first.
+Failures are counted in buckets: an address together with the access key a
+request names, when that key exists, else the address alone (unknown keys,
+garbage, no credentials). A bucket with FAILURES failed logins within
+WINDOW seconds is refused (429, with Retry-After) without its credentials
+being looked at, until the oldest of those failures is WINDOW seconds old.
+So guessing one key's secret is throttled, spraying made-up keys is
+throttled per address, and the other tenants behind the same address (one
+NAT) keep using their own keys. Memory is bounded: at most MAX_ADDRESSES
+buckets are remembered, the stalest forgotten first (made-up keys never make
+buckets of their own, so they cannot push a throttled one out).
 """
 
 from __future__ import annotations
@@ -37,20 +42,21 @@ class LoginThrottle:
         self.window = window
         self._seen: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
 
-    def check(self, address: str, now: float) -> None:
-        """Raise Throttled when `address` may not try again yet."""
-        recent = self._seen.get(address)
+    def check(self, bucket: str, now: float, address: str | None = None) -> None:
+        """Raise Throttled when `bucket` (an address, or an address and key) may not try
+        again yet; the refusal names `address`."""
+        recent = self._seen.get(bucket)
         if recent is None:
             return
         while recent and recent[0] <= now - self.window:
             recent.popleft()
         if len(recent) >= self.failures:
-            raise Throttled(address, recent[0] + self.window - now)
+            raise Throttled(address or bucket, recent[0] + self.window - now)
 
-    def failed(self, address: str, now: float) -> None:
-        recent = self._seen.pop(address, None) or collections.deque(maxlen=self.failures)
+    def failed(self, bucket: str, now: float) -> None:
+        recent = self._seen.pop(bucket, None) or collections.deque(maxlen=self.failures)
         recent.append(now)
-        self._seen[address] = recent  # now the most recent
+        self._seen[bucket] = recent  # now the most recent
         while len(self._seen) > MAX_ADDRESSES:
             self._seen.popitem(last=False)
 
