@@ -10,6 +10,10 @@ DEBIAN_PACKAGES := qemu-system-x86 busybox-static erofs-utils e2fsprogs skopeo d
 # What bench/ compares Hyper with (gVisor, runc/crun, containerd) and builds with (gcc); not needed by make test.
 BENCH_PACKAGES := runsc runc crun containerd gcc libc6-dev util-linux
 APT_UPDATED := /var/lib/apt/periodic/.hyper-apt-updated
+# The tests' SPDY/3.1 client (tests/support/spdy_client.js): npm's spdy-transport, pinned,
+# under the virtualenv; node and npm from Debian (nodejs, npm) when the machine has none.
+SPDY_TRANSPORT := 3.0.0
+NODE_CLIENT := $(VENV)/node_modules/.spdy-transport-$(SPDY_TRANSPORT)
 
 .PHONY: demo test lint typecheck unit integration system-deps bench-deps install-debian venv bench clean
 
@@ -36,7 +40,12 @@ $(BIN)/.installed: pyproject.toml | system-deps
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-venv: system-deps $(BIN)/.installed
+$(NODE_CLIENT): | $(BIN)/.installed
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory install-debian PACKAGES='nodejs npm'
+	npm install --prefix $(VENV) --no-save --no-audit --no-fund --loglevel=error spdy-transport@$(SPDY_TRANSPORT)
+	touch $@
+
+venv: system-deps $(BIN)/.installed $(NODE_CLIENT)
 
 demo: venv
 	$(BIN)/python scripts/build_busybox_image.py

@@ -5,9 +5,10 @@ One hyperd and one pod sandbox serve every test here (the module's fixture),
 so the VM boots once: a container serving busybox httpd keeps running, others
 join the same VM. The figures come from the guest kernel (the container's
 cgroup, the VM's counters); the limits are read back from inside the
-container. The streams are driven by aiohttp's WebSocket client, an
-implementation independent of the server's, speaking Kubernetes'
-remotecommand and port-forward protocols.
+container. The streams are driven by aiohttp's WebSocket client and, over SPDY/3.1, by
+npm's spdy-transport (tests/support/spdy.py): implementations independent
+of the server's, speaking Kubernetes' remotecommand and port-forward
+protocols.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -36,6 +38,7 @@ from tests.integration.test_cri_pods import (
     _until,
 )
 from tests.support.cri import CriClient, CriHyperd
+from tests.support.spdy import SpdyClient
 
 pytestmark = pytest.mark.vm
 
@@ -291,17 +294,16 @@ def test_exec_streams_stdin_stdout_stderr_and_the_exit_status(pod: Pod) -> None:
                 await http.ws_connect(url, protocols=(V5,))
             assert refused.value.status == 404
 
-            # v4, a command that succeeds; and SPDY is refused with the reason.
+            # v4, a command that succeeds; and a request upgraded to neither is refused with the reason.
             url4 = exec_url(pod.client, pod.web, ["sh", "-c", "echo v4"], stdout=True)
             async with http.ws_connect(url4, protocols=(V4,)) as ws:
                 assert ws.protocol == V4
                 got = Channels()
                 await got.read_until(ws)
             assert got.of(1) == b"v4\n" and json.loads(got.of(3)) == {"metadata": {}, "status": "Success"}
-            spdy = exec_url(pod.client, pod.web, ["true"], stdout=True)
-            headers = {"Connection": "Upgrade", "Upgrade": "SPDY/3.1", "X-Stream-Protocol-Version": V4}
-            async with http.get(spdy, headers=headers) as answer:
-                assert answer.status == 400 and "SPDY/3.1 is not served" in await answer.text()
+            plain = exec_url(pod.client, pod.web, ["true"], stdout=True)
+            async with http.get(plain, headers={"X-Stream-Protocol-Version": V4}) as answer:
+                assert answer.status == 400 and "WebSocket and SPDY/3.1" in await answer.text()
 
     run(session())
     bad = cri.ExecRequest(container_id=pod.web, cmd=["sh"], tty=True, stderr=True)
@@ -406,5 +408,163 @@ def test_port_forward_reaches_a_port_inside_the_vm(pod: Pod) -> None:
                 await got.read_until(ws)
             error = got.of(1)[2:].decode()
             assert error.startswith("error forwarding port 9 to pod") and "refused" in error, error
+
+    run(session())
+
+
+# -- the same over SPDY/3.1 ---------------------------------------------------------------
+def test_spdy_exec_streams_stdin_stdout_stderr_and_the_exit_status(pod: Pod) -> None:
+    script = "read line; echo out:$line; echo err:$line >&2; exit 3"
+    url = exec_url(pod.client, pod.web, ["sh", "-c", script], stdin=True, stdout=True, stderr=True)
+
+    async def session() -> None:
+        async with await SpdyClient.connect(url, V4, "v3.channel.k8s.io") as client:
+            assert client.protocol == V4  # the client's first that the server has
+            for kind in ("error", "stdin", "stdout", "stderr"):  # client-go's order
+                await client.open(kind, streamtype=kind)
+            await client.until(lambda c: len(c.replied) == 4)
+            await client.write("stdin", b"hello\n")
+            await client.end("stdin")  # the process reads EOF
+            await client.until(lambda c: {"stdout", "stderr", "error"} <= c.ended)
+            assert client.of("stdout") == b"out:hello\n" and client.of("stderr") == b"err:hello\n"
+            status = json.loads(client.of("error"))
+            assert status["status"] == "Failure" and status["reason"] == "NonZeroExitCode"
+            assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+            await client.until()  # the server ends the session
+            assert not client.errors, client.errors
+
+        # v3: the error stream carries a failure's message only.
+        url3 = exec_url(pod.client, pod.web, ["sh", "-c", "echo v3; exit 2"], stdout=True)
+        async with await SpdyClient.connect(url3, "v3.channel.k8s.io") as client:
+            assert client.protocol == "v3.channel.k8s.io"
+            await client.open("error", streamtype="error")
+            await client.open("stdout", streamtype="stdout")
+            await client.until()
+            assert client.of("stdout") == b"v3\n"
+            assert client.of("error").startswith(b"command terminated with non-zero exit code")
+
+        # A version the server does not speak: refused before the upgrade, with the reason.
+        refused = exec_url(pod.client, pod.web, ["true"], stdout=True)
+        async with await SpdyClient.connect(refused, "v5.channel.k8s.io") as client:
+            assert client.refused is not None and client.refused[0] == 403
+            assert "unable to negotiate protocol" in client.refused[1]
+
+    run(session())
+
+
+def test_spdy_exec_with_a_terminal_follows_its_resizes(pod: Pod) -> None:
+    url = exec_url(
+        pod.client,
+        pod.web,
+        ["sh", "-c", 'while read x && [ "$x" != q ]; do stty size; done'],
+        stdin=True,
+        stdout=True,
+        tty=True,
+    )
+
+    def lines_over(count: int, client: SpdyClient) -> bool:
+        return client.of("stdout").count(b"\n") >= count
+
+    async def until_size(client: SpdyClient, size: bytes) -> None:
+        """A line at a time until the terminal has `size`: SPDY does not order the resize
+        stream against stdin (spdy-transport schedules streams' frames as it likes)."""
+        for _ in range(50):
+            lines = client.of("stdout").count(b"\n")
+            await client.write("stdin", b"\n")
+            await client.until(partial(lines_over, lines + 2))  # the echo and the size
+            if client.of("stdout").endswith(size + b"\r\n"):
+                return
+        raise AssertionError(f"the terminal never became {size!r}: {client.of('stdout')!r}")
+
+    async def session() -> None:
+        async with await SpdyClient.connect(url, V4) as client:
+            for kind in ("error", "stdin", "stdout", "resize"):
+                await client.open(kind, streamtype=kind)
+            await client.until(lambda c: len(c.replied) == 4)
+            await client.write("resize", json.dumps({"Width": 100, "Height": 30}).encode())
+            await until_size(client, b"30 100")
+            # Two sizes in one write, as a JSON stream: the last one holds.
+            sizes = {"Width": 90, "Height": 20}, {"Width": 120, "Height": 40}
+            await client.write("resize", b"".join(json.dumps(size).encode() for size in sizes))
+            await until_size(client, b"40 120")
+            await client.write("stdin", b"q\n")  # a terminal's stdin does not end with the stream
+            await client.until()
+            assert json.loads(client.of("error"))["status"] == "Success"
+
+    run(session())
+
+
+def test_spdy_attach_joins_the_containers_stdio(pod: Pod) -> None:
+    client = pod.client
+    script = "while read line; do echo got:$line; echo err:$line >&2; done; echo bye"
+    config = _container_config("spdytalk", ["sh", "-c", script], stdin=True, stdin_once=True)
+    talk = _create(client, pod.sandbox_id, config, pod.config)
+    start(client, talk)
+    _until(lambda: _status(client, talk).state == cri.CONTAINER_RUNNING, "the container to run")
+    request = cri.AttachRequest(container_id=talk, stdin=True, stdout=True, stderr=True)
+    url = client.call("Attach", request, cri.AttachResponse).url
+
+    async def session() -> None:
+        async with await SpdyClient.connect(url, V4) as spdy:
+            for kind in ("error", "stdin", "stdout", "stderr"):
+                await spdy.open(kind, streamtype=kind)
+            await spdy.until(lambda c: len(c.replied) == 4)
+            await spdy.write("stdin", b"hi\n")
+            await spdy.until(lambda c: b"got:hi" in c.of("stdout") and b"err:hi" in c.of("stderr"))
+            await spdy.end("stdin")  # stdin_once: the container's stdin ends with ours
+            await spdy.until()
+            assert spdy.of("stdout") == b"got:hi\nbye\n" and spdy.of("stderr") == b"err:hi\n"
+            assert json.loads(spdy.of("error"))["status"] == "Success"
+
+    run(session())
+    _until(lambda: _status(client, talk).state == cri.CONTAINER_EXITED, "the container to exit")
+    client.call("RemoveContainer", cri.RemoveContainerRequest(container_id=talk), cri.RemoveContainerResponse)
+
+
+def test_spdy_port_forward_reaches_a_port_inside_the_vm(pod: Pod) -> None:
+    request = cri.PortForwardRequest(pod_sandbox_id=pod.sandbox_id, port=[8080])
+    url = pod.client.call("PortForward", request, cri.PortForwardResponse).url
+
+    async def session() -> None:
+        async with await SpdyClient.connect(url, "portforward.k8s.io") as client:
+            assert client.protocol == "portforward.k8s.io"
+            # Two connections on one session, as kubectl port-forward makes them: one to
+            # httpd, one to a port where nothing listens.
+            for request_id, port in (("0", "8080"), ("1", "9")):
+                for kind in ("error", "data"):
+                    await client.open(f"{kind}{request_id}", streamtype=kind, port=port, requestid=request_id)
+            await client.until(lambda c: len(c.replied) == 4)
+            await client.write("data0", b"GET /index.html HTTP/1.0\r\n\r\n")
+            await client.until(lambda c: {"data0", "error0", "data1", "error1"} <= c.ended)
+            data = client.of("data0")
+            assert data.startswith(b"HTTP/1.") and data.endswith(b"hello-from-the-pod\n"), data
+            assert client.of("error0") == b""
+            error = client.of("error1").decode()
+            assert error.startswith("error forwarding port 9 to pod") and "refused" in error, error
+            await client.close()
+            await client.until()
+            assert not client.errors, client.errors
+
+    run(session())
+
+
+def test_spdy_flow_control_carries_hundreds_of_kib_both_ways(pod: Pod) -> None:
+    """More than the 64 KiB windows each way: stdin through cat and back, with a client
+    that keeps SPDY/3.1's windows (a 64 KiB one of its own)."""
+    payload = bytes(range(256)) * 1600  # 400 KiB
+    url = exec_url(pod.client, pod.web, ["cat"], stdin=True, stdout=True)
+
+    async def session() -> None:
+        async with await SpdyClient.connect(url, V4, window=65535) as client:
+            for kind in ("error", "stdin", "stdout"):
+                await client.open(kind, streamtype=kind)
+            await client.until(lambda c: len(c.replied) == 3)
+            for at in range(0, len(payload), 32768):
+                await client.write("stdin", payload[at : at + 32768])
+            await client.end("stdin")
+            await client.until()
+            assert len(client.of("stdout")) == len(payload) and client.of("stdout") == payload
+            assert json.loads(client.of("error"))["status"] == "Success"
+            assert not client.errors, client.errors
 
     run(session())

@@ -155,6 +155,9 @@ def test_a_peer_that_keeps_windows_is_held_to_them() -> None:
     # The session's window (3.1) holds too: 64 KiB across streams.
     server.receive(spdy.control(Type.WINDOW_UPDATE, 0, struct.pack(">II", 1, 100000)))
     assert server.sendable(1) == min(INITIAL_WINDOW - 20000, spdy.MAX_DATA_CHUNK)
+    # An update past 2^31-1 (spdy-transport's first, on the session) holds the window at the maximum.
+    server.receive(spdy.control(Type.WINDOW_UPDATE, 0, struct.pack(">II", 0, spdy.MAX_WINDOW)))
+    assert server.send_windows[0] == spdy.MAX_WINDOW and not server.gone
     server.data_to_send()
 
 

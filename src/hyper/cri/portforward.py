@@ -1,4 +1,4 @@
-"""Kubernetes' port-forward protocol over WebSocket, for the CRI's PortForward.
+"""Kubernetes' port-forward protocol over WebSocket and SPDY/3.1, for the CRI's PortForward.
 
 The ports are the query's (`?port=8080&port=9090`, as the kubelet reads
 them; without any, the PortForward request's). Port i has two channels, data
@@ -11,6 +11,13 @@ VM's network), so it works for a VM where a runtime that enters a network
 namespace on the host cannot. A refused connection is a message on the
 error channel. The WebSocket closes when every port's connection has ended;
 the client closing it half-closes the connections, which then end.
+
+Over SPDY/3.1 (`portforward.k8s.io`, the kubelet's) the ports are not in the
+URL: the client opens, per connection it wants, an error and a data stream
+with the same `requestID` header and the `port`; each pair is one connection
+inside the VM, the data stream its bytes both ways (the client's FIN
+half-closes it), the error stream its failure as text. The session lasts
+until the client ends it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSMsgType, web
 from cri_api.v1 import api_pb2
@@ -26,6 +33,7 @@ from google.protobuf.message import Message
 
 from hyper.agent.host import AgentClient, ProcessChannel
 from hyper.agent.protocol import FrameKind
+from hyper.cri import spdystreams
 from hyper.daemon.pods import Pod
 from hyper.errors import FailedPrecondition, HyperError
 from hyper.runtime import spec as specs
@@ -34,6 +42,7 @@ if TYPE_CHECKING:
     from hyper.cri.streaming import StreamingServer
 
 PROTOCOLS = ("portforward.k8s.io", "v4.channel.k8s.io")
+SPDY_PROTOCOL = "portforward.k8s.io"
 MAX_MESSAGE = 4 * 1024 * 1024
 CLOSE_SECONDS = 10.0  # after the client left: how long a connection may take to end before it is cut
 
@@ -48,6 +57,29 @@ def query_ports(request: web.Request, fallback: list[int]) -> list[int]:
         if not 0 < port < 65536:
             raise ValueError(f"invalid port in {texts or ports}")
     return ports
+
+
+class Sink(Protocol):
+    """Where a forwarded connection's bytes and errors go to the client."""
+
+    async def data(self, payload: bytes) -> None: ...
+
+    async def error(self, message: str) -> None: ...
+
+
+class WebSocketSink:
+    """Port i's channels of a WebSocket: data 2i, error 2i+1."""
+
+    def __init__(self, ws: web.WebSocketResponse, index: int) -> None:
+        self.ws, self.channel = ws, 2 * index
+
+    async def data(self, payload: bytes) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.ws.send_bytes(bytes([self.channel]) + payload)
+
+    async def error(self, message: str) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.ws.send_bytes(bytes([self.channel + 1]) + message.encode())
 
 
 class Forward:
@@ -66,7 +98,7 @@ class Forward:
     async def start(self) -> None:
         await self.agent.request("port_forward", process=self.stream, port=self.port)
 
-    async def pump(self, ws: web.WebSocketResponse, sandbox: str) -> None:
+    async def pump(self, sink: Sink, sandbox: str) -> None:
         """The connection's bytes to the client, until it ends; then any error."""
         while True:
             if self.channel.output.empty() and self.channel.exit_status.done():
@@ -77,8 +109,7 @@ class Forward:
             kind, data, _ = item
             self.pod.consumed()
             if kind is FrameKind.STDOUT:
-                with contextlib.suppress(ConnectionError):
-                    await ws.send_bytes(bytes([self.data_channel]) + data)
+                await sink.data(data)
             else:
                 self.errors += data[: max(0, 4096 - len(self.errors))]
         try:
@@ -87,11 +118,7 @@ class Forward:
             code, self.errors[:] = 1, str(exc).encode()
         if code != 0:
             reason = self.errors.decode(errors="replace").strip() or f"exit status {code}"
-            await self.error(ws, f"error forwarding port {self.port} to pod {sandbox}: {reason}")
-
-    async def error(self, ws: web.WebSocketResponse, message: str) -> None:
-        with contextlib.suppress(ConnectionError):
-            await ws.send_bytes(bytes([self.data_channel + 1]) + message.encode())
+            await sink.error(f"error forwarding port {self.port} to pod {sandbox}: {reason}")
 
     async def write(self, data: bytes) -> None:
         if not self.channel.exit_status.done():
@@ -126,6 +153,8 @@ async def serve_port_forward(
     server: StreamingServer, request: web.Request, pending: Message
 ) -> web.StreamResponse:
     assert isinstance(pending, api_pb2.PortForwardRequest)
+    if spdystreams.is_spdy(request):
+        return await serve_spdy(server, request, pending)
     try:
         ports = query_ports(request, list(pending.port))
     except ValueError as exc:
@@ -161,11 +190,13 @@ async def _forward(ws: web.WebSocketResponse, forwards: list[Forward], sandbox: 
         try:
             await forward.start()
         except HyperError as exc:
-            await forward.error(ws, f"error forwarding port {forward.port} to pod {sandbox}: {exc}")
+            await WebSocketSink(ws, forward.index).error(
+                f"error forwarding port {forward.port} to pod {sandbox}: {exc}"
+            )
             if not forward.channel.exit_status.done():
                 forward.channel.exit_status.set_result(1)
             continue
-        pumps.append(asyncio.create_task(forward.pump(ws, sandbox)))
+        pumps.append(asyncio.create_task(forward.pump(WebSocketSink(ws, forward.index), sandbox)))
     by_channel = {f.data_channel: f for f in forwards}
     reading = asyncio.create_task(_client(ws, by_channel))
     try:
@@ -201,3 +232,129 @@ async def _client(ws: web.WebSocketResponse, by_channel: dict[int, Forward]) -> 
     finally:
         for forward in by_channel.values():
             await forward.close()
+
+
+# -- over SPDY/3.1 --------------------------------------------------------------------
+class SpdySink:
+    """A forwarded connection's pair of SPDY streams."""
+
+    def __init__(self, data_stream: spdystreams.Stream, error_stream: spdystreams.Stream) -> None:
+        self.data_stream, self.error_stream = data_stream, error_stream
+
+    async def data(self, payload: bytes) -> None:
+        await self.data_stream.write(payload)
+
+    async def error(self, message: str) -> None:
+        await self.error_stream.write(message.encode())
+
+    async def finish(self) -> None:
+        await self.data_stream.finish()
+        await self.error_stream.finish()
+
+
+def _request_id(stream: spdystreams.Stream) -> str:
+    """Which pair a stream is of: its requestID, or (older clients) its error stream's ID."""
+    given = stream.header("requestid")
+    if given:
+        return given
+    return str(stream.id - 2 if stream.header("streamtype") == "data" else stream.id)
+
+
+async def serve_spdy(server: StreamingServer, request: web.Request, pending: Message) -> web.StreamResponse:
+    """The kubelet's SPDY port-forward: for each connection the client wants, a data and
+    an error stream with the same `requestID` and the `port`; a new connection inside the
+    VM per pair, as long as the session lasts."""
+    assert isinstance(pending, api_pb2.PortForwardRequest)
+    version = spdystreams.negotiate(request, (SPDY_PROTOCOL,))
+    if isinstance(version, web.Response):
+        return version
+    try:
+        pod: Pod | None = _running_member(server, pending.pod_sandbox_id)
+        assert pod is not None
+        agent: AgentClient | None = pod.running_agent()
+        failure = ""
+    except HyperError as exc:
+        pod, agent, failure = None, None, str(exc)
+    session = await spdystreams.upgrade(request, version)
+    pairs: dict[str, dict[str, spdystreams.Stream]] = {}
+    forwards: dict[asyncio.Task[None], list[Forward]] = {}
+    try:
+        while (stream := await session.opened.get()) is not None:
+            pair = pairs.setdefault(_request_id(stream), {})
+            pair[stream.header("streamtype")] = stream
+            if "data" in pair and "error" in pair:
+                del pairs[_request_id(stream)]
+                sink = SpdySink(pair["data"], pair["error"])
+                held: list[Forward] = []
+                task = asyncio.create_task(
+                    _forward_pair(
+                        sink,
+                        stream.header("port"),
+                        pod=pod,
+                        agent=agent,
+                        failure=failure,
+                        sandbox=pending.pod_sandbox_id,
+                        held=held,
+                    )
+                )
+                forwards[task] = held
+    finally:
+        await _end_forwards(forwards)
+        await session.close()
+    return session.response
+
+
+async def _forward_pair(
+    sink: SpdySink,
+    port_text: str,
+    *,
+    pod: Pod | None,
+    agent: AgentClient | None,
+    failure: str,
+    sandbox: str,
+    held: list[Forward],
+) -> None:
+    port = int(port_text) if port_text.isdigit() else 0
+    try:
+        if not 0 < port < 65536:
+            await sink.error(f"invalid port {port_text!r}: give the port header a number from 1 to 65535")
+            return
+        if pod is None or agent is None:
+            await sink.error(f"error forwarding port {port} to pod {sandbox}: {failure}")
+            return
+        forward = Forward(0, port, pod, agent)
+        held.append(forward)
+        try:
+            await forward.start()
+        except HyperError as exc:
+            if not forward.channel.exit_status.done():
+                forward.channel.exit_status.set_result(1)
+            await sink.error(f"error forwarding port {port} to pod {sandbox}: {exc}")
+            return
+
+        async def client() -> None:
+            while (data := await sink.data_stream.read()) is not None:
+                await forward.write(data)
+            await forward.close()
+
+        reading = asyncio.create_task(client())
+        try:
+            await forward.pump(sink, sandbox)
+        finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+    finally:
+        await sink.finish()
+
+
+async def _end_forwards(forwards: dict[asyncio.Task[None], list[Forward]]) -> None:
+    """The session ended: the connections were half-closed; they end, or are cut."""
+    if not forwards:
+        return
+    _, late = await asyncio.wait(forwards, timeout=CLOSE_SECONDS)
+    for task in late:
+        for forward in forwards[task]:
+            await forward.kill()
+    if late:
+        await asyncio.wait(late)

@@ -325,11 +325,9 @@ class Connection:
             self.peer_keeps_windows = True
             if stream_id != 0 and stream_id not in self.send_windows:
                 return []  # a stream already closed
-            window = self.send_windows[stream_id] + delta
-            if window > MAX_WINDOW:
-                self.reset(stream_id, Status.FLOW_CONTROL_ERROR) if stream_id else self.go_away(1)
-                return [StreamReset(stream_id, Status.FLOW_CONTROL_ERROR)] if stream_id else []
-            self.send_windows[stream_id] = window
+            # Past 2^31-1 is the peer's error; spdy-transport makes it on the session's
+            # window (its first update is of 2^31-1): the window is held at the maximum.
+            self.send_windows[stream_id] = min(self.send_windows[stream_id] + delta, MAX_WINDOW)
             return [WindowOpened(stream_id)]
         if kind in (Type.HEADERS, Type.SYN_REPLY):
             stream_id = self._ints(payload[:4], 1)[0] & 0x7FFFFFFF

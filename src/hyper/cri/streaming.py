@@ -5,10 +5,9 @@ hyperd serves it over HTTP (127.0.0.1 and a free port unless configured).
 Each URL carries a one-time token that expires (TOKEN_SECONDS, as the
 kubelet's): the request the RPC checked is held under the token, and the
 first connection to it takes it. The protocols are Kubernetes' over
-WebSocket: remotecommand (`v5.channel.k8s.io`, `v4.channel.k8s.io`; see
-hyper.cri.remotecommand) and port-forward (hyper.cri.portforward). SPDY/3.1,
-what a kubelet's API server proxies today, is not served yet: such a request
-is answered 400 with that reason.
+WebSocket and over SPDY/3.1 (hyper.cri.spdystreams), chosen by the request's
+Upgrade header: remotecommand (hyper.cri.remotecommand) and port-forward
+(hyper.cri.portforward).
 """
 
 from __future__ import annotations
@@ -140,12 +139,11 @@ class StreamingServer:
     def _handle(self, kind: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             upgrade = request.headers.get(hdrs.UPGRADE, "").lower()
-            if upgrade != "websocket":
+            if upgrade not in {"websocket", "spdy/3.1"}:
                 return web.Response(
                     status=400,
-                    text="hyper's CRI streaming server speaks WebSocket only (SPDY/3.1 is not served "
-                    "yet); connect with a WebSocket client and the v5.channel.k8s.io or "
-                    "v4.channel.k8s.io protocol\n",
+                    text="hyper's CRI streaming server speaks WebSocket and SPDY/3.1: upgrade the "
+                    "connection to one of them (Upgrade: websocket or Upgrade: SPDY/3.1)\n",
                 )
             pending = self.tokens.take(kind, request.match_info["token"])
             if pending is None:
