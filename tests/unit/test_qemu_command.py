@@ -217,3 +217,9 @@ def test_template_memory_is_private_and_never_discarded_by_a_balloon() -> None:
         assert f"share={'on' if shared else 'off'}" in backend.split(",")
         assert option_value(command, "-M") == "microvm,memory-backend=ram"
         assert not any("balloon" in device for device in option_values(command, "-device"))
+
+
+def test_a_booted_vm_reports_free_pages_to_the_host() -> None:
+    """Anonymous guest RAM: what the guest frees, QEMU drops (MADV_DONTNEED)."""
+    devices = option_values(build_command(make_spec()), "-device")
+    assert "virtio-balloon-device,free-page-reporting=on" in devices

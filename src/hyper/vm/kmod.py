@@ -27,6 +27,9 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     # Disks hot-added to a running pod's VM (a container joining it): a
     # microvm cannot hot-plug virtio-blk, but a SCSI controller takes disks.
     "scsi": ("virtio_scsi", "sd_mod"),
+    # Free-page reporting to the host, for VMs whose RAM is anonymous (booted,
+    # not resumed from a template: hyper.vm.qemu_command says why).
+    "balloon": ("virtio_balloon",),
 }
 GUEST_MODULES = tuple(name for group in MODULE_GROUPS.values() for name in group)
 

@@ -147,12 +147,16 @@ def build_command(spec: VmSpec, binary: str = QEMU_BINARY) -> list[str]:
         "-device",
         f"virtserialport,chardev=agent,name={PORT_NAME}",
     ]
-    if spec.memory_file is not None:
-        # No virtio-balloon (free-page reporting or inflation) beside it: QEMU
-        # 7.2 discards a reported range by punching a hole in the memory file
-        # (then MADV_DONTNEED), even for a private mapping, so a clone's freed
-        # pages would zero the template's file under every other VM (seen:
-        # the next clone's agent crashed). docs/pool.md, "Idle memory".
+    if spec.memory_file is None:
+        # Memory the guest frees goes back to the host: the guest reports free
+        # 2 MiB blocks and QEMU drops them (MADV_DONTNEED on anonymous RAM).
+        command += ["-device", "virtio-balloon-device,free-page-reporting=on"]
+    else:
+        # No balloon beside a memory file: QEMU 7.2 discards a reported range
+        # by punching a hole in the file (then MADV_DONTNEED), even for a
+        # private mapping, so a clone's freed pages would zero the template's
+        # file under every other VM (seen: the next clone's agent crashed).
+        # docs/pool.md, "Idle memory".
         machine = command.index("microvm")
         command[machine] = "microvm,memory-backend=ram"
         share = "on" if spec.memory_shared else "off"
