@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hyper.database import open_database
 from hyper.errors import AlreadyExists, InvalidArgument, NotFound
 
 # Names are unique per owner (a tenant, or "" for hyperd's admin): two tenants
@@ -128,9 +129,7 @@ class PodRecord:
 class StateStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(path)
         columns = [row[1] for row in self._db.execute("PRAGMA table_info(containers)")]
         if columns and "owner" not in columns:
             self._db.execute("BEGIN IMMEDIATE")

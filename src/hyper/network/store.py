@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from hyper.database import open_database
 from hyper.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from hyper.network.model import Attachment, Endpoint, Network, PortSpec, Publication
 
@@ -122,9 +123,7 @@ def first_free_address(subnet: IPv4Network, used: Iterable[IPv4Address]) -> IPv4
 class NetworkStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(path)
         columns = [row[1] for row in self._db.execute("PRAGMA table_info(networks)")]
         if columns and "owner" not in columns:
             self._db.executescript(f"BEGIN IMMEDIATE;{MIGRATE_OWNERS}COMMIT;")

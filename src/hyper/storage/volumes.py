@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyper.database import open_database
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument, NotFound
 from hyper.locks import exclusive_lock
 from hyper.storage import volume_disk
@@ -101,10 +102,7 @@ class VolumeStore:
         self.root = root
         self.containers = containers
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(
-            root / "volumes.db", isolation_level=None, timeout=30, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_database(root / "volumes.db", timeout=30)
         for statement in SCHEMA:
             self._db.execute(statement)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(volumes)")}

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hyper.database import open_database
 from hyper.errors import AlreadyExists, InvalidArgument, NotFound
 from hyper.tenants.model import AccessKey, Quotas, Tenant, Usage, quotas_from_document
 
@@ -73,9 +74,7 @@ def _tenant(row: tuple[str, str, float, str, str | None]) -> Tenant:
 class TenantStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(path)
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
