@@ -15,7 +15,7 @@ APT_UPDATED := /var/lib/apt/periodic/.hyper-apt-updated
 SPDY_TRANSPORT := 3.0.0
 NODE_CLIENT := $(VENV)/node_modules/.spdy-transport-$(SPDY_TRANSPORT)
 
-.PHONY: demo test lint typecheck unit integration system-deps bench-deps install-debian venv bench clean
+.PHONY: demo test lint typecheck unit integration system-deps bench-deps install-debian venv test-deps bench clean
 
 system-deps:
 	@$(MAKE) --no-print-directory install-debian PACKAGES='$(DEBIAN_PACKAGES)'
@@ -45,7 +45,10 @@ $(NODE_CLIENT): | $(BIN)/.installed
 	npm install --prefix $(VENV) --no-save --no-audit --no-fund --loglevel=error spdy-transport@$(SPDY_TRANSPORT)
 	touch $@
 
-venv: system-deps $(BIN)/.installed $(NODE_CLIENT)
+venv: system-deps $(BIN)/.installed
+
+# Only the tests need node: make demo stays free of it.
+test-deps: venv $(NODE_CLIENT)
 
 demo: venv
 	$(BIN)/python scripts/build_busybox_image.py
@@ -62,10 +65,10 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-integration: venv
+integration: test-deps
 	$(BIN)/pytest -q tests/integration
 
-test: lint typecheck
+test: lint typecheck test-deps
 	$(BIN)/pytest -q -rs tests
 
 bench: venv bench-deps
