@@ -72,3 +72,25 @@ def test_port_forward_ports_come_from_the_query_else_the_request() -> None:
     for query in ("", "?port=http", "?port=0", "?port=65536"):
         with pytest.raises(ValueError):
             ports(query, [])
+
+
+def test_spdy_versions_are_the_clients_first_that_the_server_has() -> None:
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    from hyper.cri import spdystreams
+
+    def offered(*versions: str) -> object:
+        headers = CIMultiDict(
+            [("Upgrade", "SPDY/3.1")] + [(spdystreams.HEADER_PROTOCOL, v) for v in versions]
+        )
+        request = make_mocked_request("GET", "/exec/t", headers=headers)
+        assert spdystreams.is_spdy(request)
+        return spdystreams.negotiate(request, remotecommand.SPDY_PROTOCOLS)
+
+    assert offered("v5.channel.k8s.io", "v3.channel.k8s.io", "v4.channel.k8s.io") == "v3.channel.k8s.io"
+    assert offered("v2.channel.k8s.io, v4.channel.k8s.io") == "v2.channel.k8s.io"
+    refused = offered("channel.k8s.io")
+    assert getattr(refused, "status", None) == 403 and "unable to negotiate" in str(
+        getattr(refused, "text", "")
+    )

@@ -103,9 +103,6 @@ class WebSocketTransport:
         self.response: web.StreamResponse = ws
         self.closes = ws.ws_protocol == V5  # the client can close stdin alone
 
-    async def open(self) -> None:
-        pass  # Streams.open says which channel is the first
-
     async def send(self, channel: int, data: bytes) -> None:
         if self.ws.closed:
             return
@@ -149,6 +146,8 @@ class Streams:
         await self.transport.send(channel, data)
 
     async def open(self) -> None:
+        """WebSocket: an empty message on the first channel, so that the client knows the
+        streams are up (SPDY's replies to the client's streams say so)."""
         if isinstance(self.transport, WebSocketTransport):
             await self.send(STDOUT if self.stdout else STDERR if self.stderr else ERROR, b"")
 
