@@ -35,7 +35,7 @@ class SpdyClient:
     @classmethod
     async def connect(cls, url: str, *protocols: str, window: int | None = None) -> SpdyClient:
         if not (NODE_MODULES / "spdy-transport").is_dir():
-            raise RuntimeError(f"spdy-transport is not in {NODE_MODULES}: run `make venv`")
+            raise RuntimeError(f"spdy-transport is not in {NODE_MODULES}: run `make test-deps`")
         args = [url, ",".join(protocols)] + ([str(window)] if window else [])
         process = await asyncio.create_subprocess_exec(
             "node", str(SCRIPT), *args,
