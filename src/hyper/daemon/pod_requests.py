@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -200,11 +201,15 @@ class PodRequests:
 
     async def _keep_figures(self, agent: AgentClient) -> None:
         """The guest's figures, kept (in the record, for a later hyperd too) for
-        `stats` while the paused guest cannot answer."""
+        `stats` while the paused guest cannot answer; with them QEMU's CPU time
+        at the pause, which is the container's while it is frozen (QEMU's own
+        main loop still ticks, answering `stats` itself, as a cgroup freezer's
+        bookkeeping is not charged to a paused Docker container)."""
         try:
             figures = await agent.request("stats", timeout=10)
         except HyperError:
             figures = {}
+        figures["qemu_cpu_ns"] = list(process_cpu_ns(self.record.qemu_pid))
         self.record = self.state.update(self.record, paused_stats=figures)
 
     @property
@@ -266,3 +271,16 @@ class PodRequests:
                 seen = self._exits
                 await self._changed.wait_for(lambda: self._exits > seen or self.removed.is_set())
         return self.record.exit_code if self.record.exit_code is not None else 0
+
+
+def process_cpu_ns(pid: int | None) -> tuple[int, int]:
+    """User and system CPU time of process `pid` (a VM's QEMU), in ns; 0, 0 if it is gone."""
+    if pid is None:
+        return 0, 0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0, 0
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) * tick, int(fields[12]) * tick

@@ -40,6 +40,7 @@ from hyper.api.docker.common import (
     tenants_of,
 )
 from hyper.daemon.logs import LogRecord, split_lines
+from hyper.daemon.pod_requests import process_cpu_ns
 from hyper.daemon.pods import Pod
 from hyper.daemon.requests import parse_signal
 from hyper.errors import FailedPrecondition, HyperError, InvalidArgument, NotFound
@@ -479,28 +480,20 @@ def _host_cpu_ns() -> int:
     return sum(int(v) for v in fields[:8]) * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
 
 
-def _process_cpu_ns(pid: int | None) -> tuple[int, int]:
-    """User and system CPU time of the VM's QEMU process, in ns."""
-    if pid is None:
-        return 0, 0
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0, 0
-    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) * tick, int(fields[12]) * tick
-
-
 async def _stats_sample(pod: Pod) -> dict[str, Any]:
     if pod.status is specs.ContainerState.PAUSED:
-        # A paused guest cannot answer: its memory and processes are as they were
-        # at the pause, and its CPU time (QEMU's, below) does not move, as Docker shows it.
+        # A paused guest cannot answer: its memory, processes and CPU time are
+        # as they were at the pause, as Docker shows a frozen container's.
         guest = pod.figures_at_pause
+        frozen_cpu = guest.get("qemu_cpu_ns")
     else:
         guest = await pod.running_agent().request("stats")
+        frozen_cpu = None
     blocks = await pod.vm.block_stats() if pod.vm is not None else {}
-    user_ns, system_ns = _process_cpu_ns(pod.record.qemu_pid)
+    if isinstance(frozen_cpu, list) and len(frozen_cpu) == 2:
+        user_ns, system_ns = int(frozen_cpu[0]), int(frozen_cpu[1])
+    else:  # running, or paused by a hyperd that kept no CPU time
+        user_ns, system_ns = process_cpu_ns(pod.record.qemu_pid)
     memory = guest.get("memory") or {}
     io = []
     for index, (name, figures) in enumerate(sorted(blocks.items())):
