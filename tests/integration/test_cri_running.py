@@ -331,15 +331,23 @@ def test_exec_with_a_terminal_follows_its_resizes(pod: Pod) -> None:
     run(session())
 
 
-def test_attach_joins_the_containers_stdio(pod: Pod) -> None:
+def _attach_url_of_a_talker(pod: Pod, name: str) -> tuple[str, str]:
+    """A running container that echoes each stdin line to stdout and stderr and
+    says bye when its stdin ends, and an Attach URL for it."""
     client = pod.client
     script = "while read line; do echo got:$line; echo err:$line >&2; done; echo bye"
-    config = _container_config("talk", ["sh", "-c", script], stdin=True, stdin_once=True)
+    config = _container_config(name, ["sh", "-c", script], stdin=True, stdin_once=True)
     talk = _create(client, pod.sandbox_id, config, pod.config)
     start(client, talk)
     _until(lambda: _status(client, talk).state == cri.CONTAINER_RUNNING, "the container to run")
     request = cri.AttachRequest(container_id=talk, stdin=True, stdout=True, stderr=True)
-    url = client.call("Attach", request, cri.AttachResponse).url
+    url: str = client.call("Attach", request, cri.AttachResponse).url
+    return talk, url
+
+
+def test_attach_joins_the_containers_stdio(pod: Pod) -> None:
+    client = pod.client
+    talk, url = _attach_url_of_a_talker(pod, "talk")
 
     async def session() -> None:
         async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=(V5,)) as ws:
@@ -496,13 +504,7 @@ def test_spdy_exec_with_a_terminal_follows_its_resizes(pod: Pod) -> None:
 
 def test_spdy_attach_joins_the_containers_stdio(pod: Pod) -> None:
     client = pod.client
-    script = "while read line; do echo got:$line; echo err:$line >&2; done; echo bye"
-    config = _container_config("spdytalk", ["sh", "-c", script], stdin=True, stdin_once=True)
-    talk = _create(client, pod.sandbox_id, config, pod.config)
-    start(client, talk)
-    _until(lambda: _status(client, talk).state == cri.CONTAINER_RUNNING, "the container to run")
-    request = cri.AttachRequest(container_id=talk, stdin=True, stdout=True, stderr=True)
-    url = client.call("Attach", request, cri.AttachResponse).url
+    talk, url = _attach_url_of_a_talker(pod, "spdytalk")
 
     async def session() -> None:
         async with await SpdyClient.connect(url, V4) as spdy:
