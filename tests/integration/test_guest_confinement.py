@@ -169,3 +169,31 @@ def test_init_is_pid_1_reaps_and_passes_the_status_on(hyper_env: HyperEnv) -> No
     assert status == 7
     assert lines["pid"] != "1"  # the command is init's child
     assert "hyper-agent" in lines["init"] or "python" in lines["init"]
+
+
+def test_groups_sysctls_and_masked_paths_follow_the_options(hyper_env: HyperEnv) -> None:
+    """--group-add joins the user's groups, --sysctl is written in the VM
+    before the process starts, and given masked and read-only paths replace
+    runc's (CRI's masked_paths and readonly_paths)."""
+    script = (
+        "echo groups=$(id -G)\n"
+        "echo forward=$(cat /proc/sys/net/ipv4/ip_forward)\n"
+        "echo shmmax=$(cat /proc/sys/kernel/shmmax)\n"
+        "echo version=$(wc -c < /proc/version)\n"
+        "echo kcore=$(stat -c %s /proc/kcore)\n"
+        "echo sys_ro=$(grep -c ' /proc/sys ' /proc/self/mountinfo)\n"
+        "echo uptime_ro=$(grep ' /proc/uptime ' /proc/self/mountinfo | grep -c ' ro,')\n"
+    )
+    seen = probe(
+        hyper_env,
+        script,
+        group_add=["1234", "5678"],
+        sysctls=["net.ipv4.ip_forward=1", "kernel.shmmax=123456789"],
+        masked_paths=["/proc/version"],
+        readonly_paths=["/proc/uptime"],
+    )
+    assert seen["groups"].split() == ["0", "1234", "5678"]
+    assert (seen["forward"], seen["shmmax"]) == ("1", "123456789")
+    assert seen["version"] == "0"  # masked instead of runc's list...
+    assert seen["kcore"] != "0"  # ...which no longer applies
+    assert (seen["sys_ro"], seen["uptime_ro"]) == ("0", "1")

@@ -131,8 +131,8 @@ def test_what_a_vm_cannot_do_is_refused() -> None:
                 cri.Mount(container_path="/m", host_path="/h", propagation=cri.PROPAGATION_BIDIRECTIONAL)
             ],
         )
-    with pytest.raises(InvalidArgument, match="sysctls"):
-        _sandbox(linux=cri.LinuxPodSandboxConfig(sysctls={"kernel.shm_rmid_forced": "1"}))
+    with pytest.raises(InvalidArgument, match=r"'kernel\.panic' is not in a separate kernel namespace"):
+        _sandbox(linux=cri.LinuxPodSandboxConfig(sysctls={"kernel.panic": "1"}))
     with pytest.raises(InvalidArgument, match="devices"):
         _options(sandbox, devices=[cri.Device(container_path="/dev/x", host_path="/dev/x")])
     with pytest.raises(InvalidArgument, match="run_as_group"):
@@ -145,6 +145,39 @@ def test_what_a_vm_cannot_do_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="leaves"):
         translate.log_path(sandbox, cri.ContainerConfig(log_path="../../etc/passwd"))
     assert translate.log_path(sandbox, cri.ContainerConfig(log_path="c/0.log")) == "/var/log/pods/x/c/0.log"
+
+
+def test_groups_paths_and_sysctls_reach_the_options() -> None:
+    sandbox = _sandbox(
+        linux=cri.LinuxPodSandboxConfig(sysctls={"net.ipv4.ip_forward": "1", "kernel.shmmax": "4096"})
+    )
+    assert sandbox.sysctls == ("kernel.shmmax=4096", "net.ipv4.ip_forward=1")
+    context = cri.LinuxContainerSecurityContext(
+        supplemental_groups=[1234, 5678], masked_paths=["/proc/kcore"], readonly_paths=["/proc/sys"]
+    )
+    options = _options(sandbox, linux=cri.LinuxContainerConfig(security_context=context))
+    assert options.group_add == ("1234", "5678")
+    assert options.sysctls == sandbox.sysctls
+    assert (options.masked_paths, options.readonly_paths) == (("/proc/kcore",), ("/proc/sys",))
+    message = specs.container_confinement(options).message()
+    assert message["groups"] == ["1234", "5678"]
+    assert message["sysctls"] == [["kernel.shmmax", "4096"], ["net.ipv4.ip_forward", "1"]]
+    assert (message["masked_paths"], message["readonly_paths"]) == (["/proc/kcore"], ["/proc/sys"])
+    # None given: the agent keeps runc's defaults, and the message says nothing.
+    plain = specs.container_confinement(_options(_sandbox())).message()
+    assert not {"groups", "sysctls", "masked_paths", "readonly_paths"} & set(plain)
+    for bad in ("proc/kcore", "/proc/../etc"):
+        with pytest.raises(InvalidArgument, match=r"not an absolute path without '\.\.'"):
+            _options(
+                sandbox,
+                linux=cri.LinuxContainerConfig(
+                    security_context=cri.LinuxContainerSecurityContext(masked_paths=[bad])
+                ),
+            )
+    with pytest.raises(InvalidArgument, match="invalid sysctl name"):
+        _sandbox(linux=cri.LinuxPodSandboxConfig(sysctls={"net/ipv4/ip_forward": "1"}))
+    with pytest.raises(InvalidArgument, match="one line"):
+        _sandbox(linux=cri.LinuxPodSandboxConfig(sysctls={"net.ipv4.ip_forward": "1\n"}))
 
 
 def test_hyperd_names_follow_dockershim_or_are_left_to_hyperd() -> None:
@@ -183,3 +216,31 @@ def test_sandbox_records_move_only_along_their_table_and_survive_a_reload(tmp_pa
     assert RecordStore(tmp_path).sandboxes() == [stopped]
     store.delete(stopped)
     assert store.sandboxes() == []
+
+
+def test_a_localhost_seccomp_profile_is_read_from_the_node(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_text(
+        '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}'
+    )
+
+    def options_with(**fields: object) -> specs.RunOptions:
+        context = cri.LinuxContainerSecurityContext(**fields)  # type: ignore[arg-type]
+        return _options(_sandbox(), linux=cri.LinuxContainerConfig(security_context=context))
+
+    localhost = cri.SecurityProfile(profile_type=cri.SecurityProfile.Localhost, localhost_ref=str(profile))
+    assert options_with(seccomp=localhost).security_opt == ("seccomp=" + profile.read_text(),)
+    deprecated = options_with(seccomp_profile_path=f"localhost/{profile}")
+    assert deprecated.security_opt == ("seccomp=" + profile.read_text(),)
+    assert specs.container_confinement(deprecated).seccomp is not None
+    profile.write_text('{"defaultAction": "SCMP_ACT_SOMETIMES"}')
+    with pytest.raises(InvalidArgument, match=f"the Localhost seccomp profile {profile}: "):
+        options_with(seccomp=localhost)
+    profile.write_text("not json")
+    with pytest.raises(InvalidArgument, match=f"the Localhost seccomp profile {profile}: .*not valid JSON"):
+        options_with(seccomp=localhost)
+    missing = cri.SecurityProfile(
+        profile_type=cri.SecurityProfile.Localhost, localhost_ref=str(tmp_path / "none")
+    )
+    with pytest.raises(InvalidArgument, match=r"cannot read the Localhost seccomp profile .*No such file"):
+        options_with(seccomp=missing)

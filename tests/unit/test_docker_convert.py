@@ -116,7 +116,6 @@ def test_a_docker_entrypoint_of_several_words_leads_the_command() -> None:
 @pytest.mark.parametrize(
     ("host_config", "named"),
     [
-        ({"Sysctls": {"net.core.somaxconn": "1024"}}, "--sysctl"),
         ({"VolumeDriver": "nfs"}, "--volume-driver"),
         ({"Devices": [{"PathOnHost": "/dev/kvm"}]}, "host devices (--device)"),
     ],
@@ -502,3 +501,16 @@ def test_hijacked_connection_tells_a_half_close_from_a_close() -> None:
         assert reader.disconnected.is_set() and original.lost
 
     asyncio.run(scenario())
+
+
+def test_group_add_and_sysctls_reach_the_options_and_inspect() -> None:
+    body = {
+        "Image": "busybox",
+        "HostConfig": {"GroupAdd": ["audio", "1234"], "Sysctls": {"net.core.somaxconn": "1024"}},
+    }
+    options = convert.create_request(body, None).options
+    assert (options.group_add, options.sysctls) == (("audio", "1234"), ("net.core.somaxconn=1024",))
+    shown = convert.confinement({"group_add": ["audio", "1234"], "sysctls": ["net.core.somaxconn=1024"]})
+    assert (shown["GroupAdd"], shown["Sysctls"]) == (["audio", "1234"], {"net.core.somaxconn": "1024"})
+    with pytest.raises(InvalidArgument, match=r"HostConfig\.Sysctls must map names to string values"):
+        convert.create_request({"Image": "b", "HostConfig": {"Sysctls": {"net.core.somaxconn": 1}}}, None)

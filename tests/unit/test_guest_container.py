@@ -205,3 +205,13 @@ def test_describe_exec_failures_like_docker() -> None:
     denied = OSError(errno.EACCES, "Permission denied")
     assert _describe("exec", ["x"], denied) == 'exec: "x": permission denied'
     assert _describe("cwd", ["x"], denied) == "cwd: permission denied"
+
+
+def test_group_add_joins_the_users_groups_by_name_or_number(etc: tuple[str, str]) -> None:
+    # As runc: the image user's groups first, then the added ones, each once.
+    assert resolve_identity("alice", *etc, ["staff", "4000", "10"]) == Identity(
+        1000, 1000, (100, 10, 50, 4000), "/home/alice"
+    )
+    assert resolve_identity("4242", *etc, ["wheel"]) == Identity(4242, 0, (10,), "/")
+    with pytest.raises(StartError, match="unable to find group nogroup: no matching entries in group file"):
+        resolve_identity("alice", *etc, ["nogroup"])

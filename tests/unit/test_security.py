@@ -15,9 +15,12 @@ from hyper.runtime.security import (
     SecurityOptions,
     Ulimit,
     capability_numbers,
+    check_group,
+    check_paths,
     confinement,
     normalize_capability,
     parse_security_opts,
+    parse_sysctls,
     parse_ulimit,
     resolve_capabilities,
     seccomp_filter,
@@ -317,3 +320,49 @@ def test_the_guest_refuses_a_malformed_confinement(change: dict[str, object], me
     body = {**confinement(kernel=KERNEL).message(), **change}
     with pytest.raises(ValueError, match=message):
         read_confinement(body)
+
+
+def test_namespaced_sysctls_pass_and_others_are_refused_naming_the_key() -> None:
+    assert parse_sysctls(["net.ipv4.ip_forward=1", "kernel.shmmax=4096", "fs.mqueue.msg_max=20"]) == (
+        ("net.ipv4.ip_forward", "1"),
+        ("kernel.shmmax", "4096"),
+        ("fs.mqueue.msg_max", "20"),
+    )
+    for text, message in [
+        ("kernel.panic=1", "sysctl 'kernel.panic' is not in a separate kernel namespace"),
+        ("vm.swappiness=1", "sysctl 'vm.swappiness' is not in a separate kernel namespace"),
+        ("net.ipv4.ip_forward", "use --sysctl NAME=VALUE"),
+        ("net/ipv4/ip_forward=1", "invalid sysctl name"),
+        ("net..x=1", "invalid sysctl name"),
+        ("net.core.somaxconn=1\n2", "must be one line"),
+    ]:
+        with pytest.raises(InvalidArgument) as caught:
+            parse_sysctls([text])
+        assert message in str(caught.value) + (caught.value.hint or "")
+
+
+def test_group_add_and_paths_are_checked_and_carried_to_the_guest() -> None:
+    assert check_group("audio") == "audio" and check_group("4000") == "4000"
+    for bad in ("", "a:b", "a,b", str(1 << 32)):
+        with pytest.raises(InvalidArgument):
+            check_group(bad)
+    with pytest.raises(InvalidArgument, match=r"not an absolute path without '\.\.'"):
+        check_paths(["/proc/../x"], "masked path")
+    message = confinement(
+        kernel=(6, 1), group_add=["audio"], sysctls=["net.ipv4.ip_forward=1"], masked_paths=[]
+    ).message()
+    assert (message["groups"], message["sysctls"], message["masked_paths"]) == (
+        ["audio"],
+        [["net.ipv4.ip_forward", "1"]],
+        [],
+    )
+    read_confinement(message)  # the guest takes what the host sends
+    bad_fields: list[tuple[str, object]] = [
+        ("groups", ["a:b"]),
+        ("sysctls", [["kernel.panic", "1"]]),
+        ("masked_paths", ["relative"]),
+        ("readonly_paths", "/proc"),
+    ]
+    for key, wrong in bad_fields:
+        with pytest.raises(ValueError):
+            read_confinement({**message, key: wrong})

@@ -369,8 +369,11 @@ def _read_table(path: str) -> list[list[str]]:
         return []
 
 
-def resolve_identity(user: str, passwd_path: str, group_path: str) -> Identity:
-    """Docker's `-u` forms: name, uid, name:group, uid:gid, against the image's files."""
+def resolve_identity(
+    user: str, passwd_path: str, group_path: str, group_add: list[str] | None = None
+) -> Identity:
+    """Docker's `-u` forms: name, uid, name:group, uid:gid, against the image's
+    files; `group_add` (--group-add: names or numbers) joins the user's groups."""
     name, _, group = user.partition(":")
     name = name or "0"
     passwd = [row for row in _read_table(passwd_path) if len(row) >= 7]
@@ -392,12 +395,19 @@ def resolve_identity(user: str, passwd_path: str, group_path: str) -> Identity:
             gid = int(group)
         else:
             raise StartError("user", 22, f"unable to find group {group}: no matching entries in group file")
-    extra = tuple(
+    extra = [
         int(row[2])
         for row in groups
         if login and login in row[3].split(",") and row[2].isdigit() and int(row[2]) != gid
-    )
-    return Identity(uid, gid, extra, home)
+    ]
+    for added in group_add or ():
+        match = next((row for row in groups if row[0] == added), None)
+        if match is None and not added.isdigit():
+            raise StartError("user", 22, f"unable to find group {added}: no matching entries in group file")
+        number = int(match[2] if match is not None else added)
+        if number not in extra:
+            extra.append(number)
+    return Identity(uid, gid, tuple(extra), home)
 
 
 def complete_env(env: list[str], identity: Identity, hostname: str, tty: bool) -> list[str]:
@@ -462,9 +472,15 @@ def exec_in_container(
                 sys_.setns(request.cgroupns_fd, guest_cgroups.CLONE_NEWCGROUP)
         if not in_root:
             stage = "mount"
-            enter_root(rootfs, masked=not request.privileged, cgroup=request.cgroup_fd is not None)
+            enter_root(
+                rootfs,
+                masked=not request.privileged,
+                cgroup=request.cgroup_fd is not None,
+                paths=request.confinement or {},
+            )
         stage = "user"
-        identity = resolve_identity(request.user, "/etc/passwd", "/etc/group")
+        group_add = guest_security.read_groups(request.confinement) if request.confinement else None
+        identity = resolve_identity(request.user, "/etc/passwd", "/etc/group", group_add)
         full_env = complete_env(request.env, identity, request.hostname, tty_fd is not None)
         stage = "cwd"
         if cwd and request.make_cwd:
@@ -494,10 +510,13 @@ def exec_in_container(
     os._exit(127)
 
 
-def enter_root(rootfs: str, *, masked: bool, cgroup: bool = False) -> None:
+def enter_root(
+    rootfs: str, *, masked: bool, cgroup: bool = False, paths: dict[str, object] | None = None
+) -> None:
     """In a new mount namespace: this PID namespace's /proc, with `cgroup` this
     cgroup namespace's hierarchy at /sys/fs/cgroup (read-only unless privileged,
-    as Docker mounts it), runc's masked and read-only paths, then pivot_root
+    as Docker mounts it), the masked and read-only paths (runc's, or those in
+    `paths`, the confinement message, as CRI gives them), then pivot_root
     into `rootfs` with the old root detached."""
     sys_.mount(None, "/", None, MS_REC | sys_.MS_PRIVATE)
     sys_.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -505,10 +524,13 @@ def enter_root(rootfs: str, *, masked: bool, cgroup: bool = False) -> None:
         flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (MS_RDONLY if masked else 0)
         sys_.mount("cgroup2", f"{rootfs}/sys/fs/cgroup", "cgroup2", flags)
     if masked:
-        for path in MASKED_PATHS:
-            _mask(rootfs + path)
-        for path in READONLY_PATHS:
-            _read_only(rootfs + path)
+        given = paths or {}
+        masked_paths = guest_security.read_paths(given, "masked_paths")
+        readonly_paths = guest_security.read_paths(given, "readonly_paths")
+        for path in MASKED_PATHS if masked_paths is None else masked_paths:
+            _mask(_no_symlinks_under(rootfs, path))
+        for path in READONLY_PATHS if readonly_paths is None else readonly_paths:
+            _read_only(_no_symlinks_under(rootfs, path))
     os.chdir(rootfs)
     # pivot_root(".", "."): the old root is stacked under the new one, and
     # detaching "." then drops it, with no directory needed in the image.

@@ -216,6 +216,12 @@ class ContainerRequests:
             request.pid_ns_fd = self._pid_namespace(str(shared))
         if first and container.cgroup is not None:
             container.oom_base = guest_cgroups.oom_kills(container.cgroup)
+        if first and request.confinement is not None:
+            # The pod's namespaced sysctls, in the VM's kernel before the process starts.
+            try:
+                guest_security.apply_sysctls(guest_security.read_sysctls(request.confinement))
+            except OSError as exc:
+                raise guest_container.StartError("sysctl", exc.errno or 0, str(exc.strerror)) from exc
         try:
             process = self._spawn_main_or_exec(stream, request, container, None)
         finally:

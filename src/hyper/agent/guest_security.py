@@ -279,7 +279,9 @@ def read_confinement(
 
     The message is hyper.runtime.security.Confinement.message(): capability
     numbers, no_new_privileges, rlimits as [resource, soft, hard] and the
-    seccomp program in base64 (or null). Raises ValueError for anything else.
+    seccomp program in base64 (or null); and, when set, the supplementary
+    groups, masked and read-only paths and sysctls (`read_groups`,
+    `read_paths`, `read_sysctls`). Raises ValueError for anything else.
     """
     seccomp = message.get("seccomp")
     if seccomp is None:
@@ -301,6 +303,11 @@ def read_confinement(
     if not isinstance(rlimits, list):
         raise ValueError("rlimits must be a list")
     capabilities = _integers(message.get("capabilities"), "capabilities", 0, 63)
+    # What the process's setup rather than `confine` applies, checked here too.
+    read_groups(message)
+    read_paths(message, "masked_paths")
+    read_paths(message, "readonly_paths")
+    read_sysctls(message)
     return capabilities, no_new_privileges, [_rlimit(limit) for limit in rlimits], program, flags
 
 
@@ -317,3 +324,87 @@ def confine_message(message: dict[str, object], *, uid: int, gid: int, groups: S
         no_new_privileges=no_new_privileges,
         rlimits=rlimits,
     )
+
+
+# The sysctls runc lets a container set (libcontainer/configs/validate): those
+# of the IPC and network namespaces. A Hyper VM's kernel belongs to its pod, and
+# its containers share the VM's IPC and network namespaces, so these are the
+# pod's; any other sysctl is the whole VM's and stays as the agent set it.
+NAMESPACED_SYSCTLS = frozenset(
+    {
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    }
+)
+NAMESPACED_SYSCTL_PREFIXES = ("fs.mqueue.", "net.")
+_SYSCTL_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def sysctl_problem(name: str, value: str) -> str | None:
+    """Why `name`=`value` cannot be set in a container, or None (host and guest share this check)."""
+    parts = name.split(".")
+    if not name or not set(name) <= _SYSCTL_NAME_CHARS or "" in parts:
+        return f"invalid sysctl name {name!r}: use dotted names such as net.ipv4.ip_forward"
+    if "\n" in value or "\0" in value:
+        return f"the value of sysctl {name} must be one line"
+    if name not in NAMESPACED_SYSCTLS and not name.startswith(NAMESPACED_SYSCTL_PREFIXES):
+        return f"sysctl {name!r} is not in a separate kernel namespace"
+    return None
+
+
+def _strings(value: object, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{what} must be a list of strings")
+    return value
+
+
+def read_groups(message: dict[str, object]) -> list[str]:
+    """The supplementary groups to add (names or numbers) from the host's message."""
+    groups = _strings(message.get("groups", []), "groups")
+    for group in groups:
+        if not group or ":" in group or "\n" in group:
+            raise ValueError(f"invalid group {group!r}")
+    return groups
+
+
+def read_paths(message: dict[str, object], key: str) -> list[str] | None:
+    """Masked or read-only paths replacing runc's defaults; None keeps the defaults."""
+    if message.get(key) is None:
+        return None
+    paths = _strings(message[key], key)
+    for path in paths:
+        if not path.startswith("/") or ".." in path.split("/") or "\0" in path:
+            raise ValueError(f"{key}: {path!r} is not an absolute path without '..'")
+    return paths
+
+
+def read_sysctls(message: dict[str, object]) -> list[tuple[str, str]]:
+    """The sysctls to set before the container's main process starts, as [name, value] pairs."""
+    pairs = []
+    items = message.get("sysctls") or []
+    if not isinstance(items, list):
+        raise ValueError("sysctls must be a list of [name, value]")
+    for item in items:
+        if not isinstance(item, list) or len(item) != 2 or not all(isinstance(x, str) for x in item):
+            raise ValueError("each sysctl must be [name, value]")
+        problem = sysctl_problem(item[0], item[1])
+        if problem is not None:
+            raise ValueError(problem)
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
+def apply_sysctls(pairs: Iterable[tuple[str, str]]) -> None:
+    """Write the sysctls into the guest kernel's /proc/sys (the VM's, shared by its containers)."""
+    for name, value in pairs:
+        try:
+            with open("/proc/sys/" + name.replace(".", "/"), "w") as f:
+                f.write(value)
+        except OSError as exc:
+            raise OSError(exc.errno, f"setting sysctl {name}={value}: {exc.strerror}") from exc

@@ -169,6 +169,8 @@ SETTINGS = (
     "privileged",
     "security_opt",
     "ulimits",
+    "group_add",
+    "sysctls",
     "shm_size",
     "init",
     "mounts",

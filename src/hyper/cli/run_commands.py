@@ -143,6 +143,12 @@ def add_lifecycle_options(parser: argparse.ArgumentParser) -> None:
         help="no-new-privileges, seccomp=unconfined or seccomp=PROFILE.json",
     )
     confinement.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]")
+    confinement.add_argument(
+        "--group-add", action="append", default=[], metavar="GROUP", help="an extra group (name or number)"
+    )
+    confinement.add_argument(
+        "--sysctl", action="append", default=[], metavar="NAME=VALUE", help="a namespaced sysctl in the VM"
+    )
     parser.add_argument(
         "--log-driver", metavar="DRIVER", help="json-file or local: hyperd's bounded log (through hyperd)"
     )
@@ -183,7 +189,10 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
 
 
 DIRECT_ENV = "HYPER_RUN_DIRECT"
-CONFINEMENT = ("cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size", "init")
+CONFINEMENT = (
+    "cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size", "init",
+    "group_add", "sysctls",
+)  # fmt: skip
 # What shapes a VM from the environment (hyper.runtime.settings): they are the
 # settings of the process that runs it, so a run that sets one runs here, where
 # it applies, rather than in a hyperd that was started without it.
@@ -358,6 +367,8 @@ def _run_options(args: argparse.Namespace, settings: Settings) -> specs.RunOptio
         privileged=args.privileged,
         security_opt=tuple(security_options(args.security_opt)),
         ulimits=tuple(args.ulimit),
+        group_add=tuple(args.group_add),
+        sysctls=tuple(args.sysctl),
         log_opts=tuple(args.log_opt),
         shm_size=0 if args.shm_size is None else parse_size(args.shm_size, "--shm-size"),
         init=args.init,

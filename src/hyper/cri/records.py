@@ -71,6 +71,8 @@ class SandboxRecord:
     cni_result: str = ""
     address: str = ""  # e.g. 203.0.113.2/24
     gateway: str = ""
+    # The pod's namespaced sysctls (NAME=VALUE), written in its VM before each container starts.
+    sysctls: tuple[str, ...] = ()
 
     def moved(self, state: SandboxState) -> SandboxRecord:
         if state not in SANDBOX_TRANSITIONS[self.state]:
@@ -110,8 +112,8 @@ def _sandbox(document: dict[str, Any]) -> SandboxRecord:
     values["metadata"] = Metadata(**values["metadata"])
     values["state"] = SandboxState(values["state"])
     values["port_mappings"] = tuple(PortMapping(**p) for p in values["port_mappings"])
-    for key in ("dns_servers", "dns_searches", "dns_options"):
-        values[key] = tuple(values[key])
+    for key in ("dns_servers", "dns_searches", "dns_options", "sysctls"):
+        values[key] = tuple(values.get(key, ()))
     return SandboxRecord(**values)
 
 

@@ -13,7 +13,7 @@ import datetime
 import math
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from cri_api.v1 import api_pb2
 
@@ -21,6 +21,7 @@ from hyper.cri.records import Metadata, PortMapping, SandboxRecord
 from hyper.daemon.named_pods import PodOptions
 from hyper.daemon.requests import CreateRequest
 from hyper.errors import InvalidArgument
+from hyper.runtime import seccomp, security
 from hyper.runtime import spec as specs
 from hyper.runtime.settings import Settings
 
@@ -56,12 +57,11 @@ def refuse_host_namespaces(options: api_pb2.NamespaceOption, what: str) -> None:
         raise InvalidArgument(f"{what} asks for a user namespace, which Hyper does not set up yet")
 
 
-def _refuse_sysctls(sysctls: Mapping[str, str]) -> None:
-    if sysctls:
-        raise InvalidArgument(
-            f"sysctls ({', '.join(sorted(sysctls))}) are not applied in a Hyper VM yet",
-            hint="run the pod without sysctls",
-        )
+def _sysctls(sysctls: Mapping[str, str]) -> tuple[str, ...]:
+    """The pod's sysctls, checked now (runc's namespaced ones only): its VM's kernel is the pod's own."""
+    texts = tuple(f"{name}={value}" for name, value in sorted(sysctls.items()))
+    security.parse_sysctls(texts)
+    return texts
 
 
 def _memory_and_cpus(resources: api_pb2.LinuxContainerResources) -> tuple[int, int]:
@@ -77,7 +77,7 @@ def sandbox_record(request: api_pb2.RunPodSandboxRequest, sandbox_id: str, now_n
     config = request.config
     linux = config.linux
     refuse_host_namespaces(linux.security_context.namespace_options, "the pod")
-    _refuse_sysctls(linux.sysctls)
+    sysctls = _sysctls(linux.sysctls)
     ports = []
     for port in config.port_mappings:
         if not 0 < port.container_port < 65536 or not 0 <= port.host_port < 65536:
@@ -106,6 +106,7 @@ def sandbox_record(request: api_pb2.RunPodSandboxRequest, sandbox_id: str, now_n
         runtime_handler=request.runtime_handler,
         memory_limit_bytes=memory + overhead_memory if memory else 0,
         cpu_millis=cpus + overhead_cpus if cpus else 0,
+        sysctls=sysctls,
     )
 
 
@@ -165,13 +166,42 @@ def _security_options(context: api_pb2.LinuxContainerSecurityContext) -> tuple[s
     if profile.profile_type == api_pb2.SecurityProfile.Unconfined:
         options.append("seccomp=unconfined")
     elif profile.profile_type == api_pb2.SecurityProfile.Localhost:
-        raise InvalidArgument(
-            "a Localhost seccomp profile is not read by Hyper's CRI yet",
-            hint="use RuntimeDefault (Docker's default profile, applied in the guest) or Unconfined",
-        )
+        options.append("seccomp=" + localhost_profile(profile.localhost_ref))
     elif not profile.profile_type and context.seccomp_profile_path == "unconfined":
         options.append("seccomp=unconfined")
+    elif not profile.profile_type and context.seccomp_profile_path.startswith("localhost/"):
+        # The deprecated field's form of a Localhost profile.
+        options.append(
+            "seccomp=" + localhost_profile(context.seccomp_profile_path.removeprefix("localhost/"))
+        )
     return tuple(options)
+
+
+def localhost_profile(path: str) -> str:
+    """A Localhost seccomp profile's JSON text, read from the host (the one
+    effect of this module: the kubelet names a file on the node) and checked
+    now, so that a bad profile fails CreateContainer naming the file."""
+    if not path.startswith("/"):
+        raise InvalidArgument(
+            f"the Localhost seccomp profile {path!r} is not an absolute path",
+            hint="set localhost_ref to the profile's absolute path on the node",
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InvalidArgument(
+            f"cannot read the Localhost seccomp profile {path}: {reason}",
+            hint="put the profile's JSON on the node at that path",
+        ) from exc
+    try:
+        parsed = seccomp.parse_profile(text)
+        if parsed is not None:
+            seccomp.compile_profile(parsed, security.DEFAULT_CAPABILITIES, specs.DEFAULT_GUEST_KERNEL)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"the Localhost seccomp profile {path}: {exc.message}", hint=exc.hint) from exc
+    return text  # a JSON object: parse_security_opts takes its text, as Docker's CLI sends it
 
 
 def _mounts(config: api_pb2.ContainerConfig) -> tuple[str, ...]:
@@ -233,8 +263,22 @@ def create_request(
         security_opt=_security_options(context),
         read_only=context.readonly_rootfs,
         mounts=_mounts(config),
+        group_add=tuple(str(group) for group in context.supplemental_groups),
+        sysctls=sandbox.sysctls,
+        # The kubelet sends runc's defaults; a request without them keeps the
+        # agent's (a privileged container has none either way).
+        masked_paths=_paths(context.masked_paths, "masked_paths"),
+        readonly_paths=_paths(context.readonly_paths, "readonly_paths"),
     )
     return CreateRequest(options=options, labels={SANDBOX_LABEL: sandbox.id}, stdin_once=config.stdin_once)
+
+
+def _paths(paths: Sequence[str], what: str) -> tuple[str, ...] | None:
+    """A CRI path list, checked; None (the agent's runc defaults) when empty:
+    proto3 cannot tell an empty list from none, and containerd reads it so too."""
+    if not paths:
+        return None
+    return security.check_paths(paths, what)
 
 
 def _capability(name: str) -> str:

@@ -350,7 +350,8 @@ BODY_KEYS = frozenset(
         "name", "labels", "tty", "interactive", "stdin_once", "restart", "remove", "start", "stop_signal",
         "stop_timeout", "health_test", "health_interval", "health_timeout", "health_start_period",
         "health_retries", "cap_add", "cap_drop", "privileged", "security_opt", "ulimits", "shm_size",
-        "init", "mounts", "read_only", "volumes_from", "storage_opt", "network", "network_aliases", "ip",
+        "init", "group_add", "sysctls", "mounts", "read_only", "volumes_from", "storage_opt", "network",
+        "network_aliases", "ip",
         "publish", "publish_all", "expose", "dns", "dns_search", "dns_options", "extra_hosts", "log_opts",
         "nano_cpus", "cpuset_cpus", "pids_limit", "memory_swap", "pod", "console_size",
     }
@@ -457,6 +458,8 @@ def run_options(body: dict[str, Any], settings: Settings) -> specs.RunOptions:
         privileged=bool(body.get("privileged")),
         security_opt=strings("security_opt"),
         ulimits=strings("ulimits"),
+        group_add=strings("group_add"),
+        sysctls=strings("sysctls"),
         shm_size=number("shm_size", 0, minimum=0),
         init=bool(body.get("init")),
         mounts=container_mounts(strings("mounts")),

@@ -18,6 +18,9 @@ applies them just before the container's program is exec'ed:
   not exist in the guest, so only their "off" forms are accepted;
 - `seccomp_filter` ties them together: the compiled program the guest
   installs, or None when the container runs unconfined;
+- the process's setup around them: supplementary groups (`--group-add`),
+  namespaced sysctls (`--sysctl`, which the guest writes before the main
+  process starts) and masked and read-only paths (CRI's, replacing runc's);
 - `confinement` does all of it at once; its `message()` is the JSON the
   agent protocol carries, which the guest's `confine_message` applies.
 """
@@ -30,7 +33,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from hyper.agent.guest_security import CAPABILITY_NAMES, CAPABILITY_NUMBERS, RLIM_INFINITY
+from hyper.agent.guest_security import CAPABILITY_NAMES, CAPABILITY_NUMBERS, RLIM_INFINITY, sysctl_problem
 from hyper.errors import InvalidArgument
 from hyper.runtime.seccomp import SeccompFilter, compile_profile, default_profile, parse_profile
 
@@ -321,16 +324,64 @@ class Confinement:
     no_new_privileges: bool = False
     rlimits: tuple[tuple[int, int, int], ...] = ()
     seccomp: SeccompFilter | None = None
+    groups: tuple[str, ...] = ()  # added to the user's, resolved in the container's /etc/group
+    sysctls: tuple[tuple[str, str], ...] = ()
+    masked_paths: tuple[str, ...] | None = None  # None: runc's defaults
+    readonly_paths: tuple[str, ...] | None = None
 
     def message(self) -> dict[str, object]:
-        """The JSON form the agent protocol carries (guest_security.confinement_arguments reads it)."""
-        return {
+        """The JSON form the agent protocol carries (guest_security.read_confinement reads it)."""
+        message: dict[str, object] = {
             "capabilities": list(self.capabilities),
             "no_new_privileges": self.no_new_privileges,
             "rlimits": [list(limit) for limit in self.rlimits],
             "seccomp": None if self.seccomp is None else base64.b64encode(self.seccomp.program).decode(),
             "seccomp_flags": 0 if self.seccomp is None else self.seccomp.flags,
         }
+        # Only when set, so that every other request stays as it was.
+        if self.groups:
+            message["groups"] = list(self.groups)
+        if self.sysctls:
+            message["sysctls"] = [list(pair) for pair in self.sysctls]
+        if self.masked_paths is not None:
+            message["masked_paths"] = list(self.masked_paths)
+        if self.readonly_paths is not None:
+            message["readonly_paths"] = list(self.readonly_paths)
+        return message
+
+
+def check_group(group: str) -> str:
+    """A `--group-add` entry: a group name (looked up in the container's
+    /etc/group when it starts) or a number."""
+    if not group or ":" in group or "\n" in group or "," in group:
+        raise InvalidArgument(f"invalid group {group!r}", hint="give a group name or a number to --group-add")
+    if group.isdigit() and int(group) >= 1 << 32:
+        raise InvalidArgument(f"group {group} is out of range", hint="give a number below 4294967296")
+    return group
+
+
+def parse_sysctls(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """Docker's `--sysctl NAME=VALUE`: only sysctls of a kernel namespace (runc's rule)."""
+    pairs: dict[str, str] = {}
+    for text in values:
+        name, sep, value = text.partition("=")
+        if not sep:
+            raise InvalidArgument(f"invalid sysctl {text!r}", hint="use --sysctl NAME=VALUE")
+        problem = sysctl_problem(name, value)
+        if problem is not None:
+            raise InvalidArgument(
+                problem, hint="set only kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* or net.* sysctls"
+            )
+        pairs[name] = value
+    return tuple(pairs.items())
+
+
+def check_paths(paths: Iterable[str], what: str) -> tuple[str, ...]:
+    """Masked or read-only paths: absolute, without '..'."""
+    for path in paths:
+        if not path.startswith("/") or ".." in path.split("/") or "\0" in path or "\n" in path:
+            raise InvalidArgument(f"{what} {path!r} is not an absolute path without '..'")
+    return tuple(paths)
 
 
 def confinement(
@@ -341,6 +392,10 @@ def confinement(
     security_opt: Sequence[str] = (),
     ulimits: Iterable[Ulimit] = (),
     kernel: tuple[int, int],
+    group_add: Iterable[str] = (),
+    sysctls: Iterable[str] = (),
+    masked_paths: Iterable[str] | None = None,
+    readonly_paths: Iterable[str] | None = None,
 ) -> Confinement:
     """A container's confinement from Docker's options; `kernel` is the guest's (major, minor)."""
     capabilities = resolve_capabilities(cap_add, cap_drop, privileged)
@@ -350,4 +405,8 @@ def confinement(
         no_new_privileges=options.no_new_privileges,
         rlimits=tuple(ulimit.rlimit() for ulimit in ulimits),
         seccomp=seccomp_filter(options, capabilities, privileged, kernel),
+        groups=tuple(check_group(group) for group in group_add),
+        sysctls=parse_sysctls(sysctls),
+        masked_paths=None if masked_paths is None else check_paths(masked_paths, "masked path"),
+        readonly_paths=None if readonly_paths is None else check_paths(readonly_paths, "read-only path"),
     )

@@ -81,6 +81,11 @@ class RunOptions:
     ulimits: tuple[str, ...] = ()  # NAME=SOFT[:HARD], as `--ulimit`
     shm_size: int = 0  # bytes of /dev/shm; 0 is Docker's 64 MiB
     init: bool = False  # a minimal init as the container's PID 1
+    group_add: tuple[str, ...] = ()  # --group-add: group names or numbers
+    sysctls: tuple[str, ...] = ()  # --sysctl NAME=VALUE, namespaced ones only
+    # CRI's masked and read-only paths, replacing runc's defaults; None keeps them.
+    masked_paths: tuple[str, ...] | None = None
+    readonly_paths: tuple[str, ...] | None = None
     stop_signal: str | None = None  # None: the image's StopSignal, else SIGTERM
     stop_timeout: int | None = None  # seconds `stop` waits before SIGKILL; None: 10
     # Docker's Healthcheck: an empty test inherits the image's, ("NONE",) disables it;
@@ -237,6 +242,10 @@ def container_confinement(
         security_opt=options.security_opt,
         ulimits=security.ulimits_from_flags(options.ulimits),
         kernel=kernel,
+        group_add=options.group_add,
+        sysctls=options.sysctls,
+        masked_paths=options.masked_paths,
+        readonly_paths=options.readonly_paths,
     )
 
 

@@ -136,6 +136,8 @@ def create_request(body: dict[str, Any], name: str | None, settings: Settings | 
         privileged=bool(host.get("Privileged")),
         security_opt=strings(host.get("SecurityOpt"), "HostConfig.SecurityOpt"),
         ulimits=_ulimits(host.get("Ulimits")),
+        group_add=strings(host.get("GroupAdd"), "HostConfig.GroupAdd"),
+        sysctls=_sysctls(host.get("Sysctls")),
         log_opts=log_options(host),
         shm_size=number(host.get("ShmSize"), "HostConfig.ShmSize"),
         init=bool(host.get("Init")),
@@ -255,6 +257,14 @@ def _healthcheck(value: Any) -> Healthcheck:
         start_period=seconds("StartPeriod"),
         retries=number(value.get("Retries"), "Healthcheck.Retries"),
     )
+
+
+def _sysctls(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise InvalidArgument("HostConfig.Sysctls must map names to string values")
+    return tuple(f"{name}={setting}" for name, setting in value.items())
 
 
 def _ulimits(value: Any) -> tuple[str, ...]:
@@ -477,6 +487,10 @@ def confinement(options: dict[str, Any]) -> dict[str, Any]:
     }
     if options.get("init"):
         document["Init"] = True
+    if options.get("group_add"):
+        document["GroupAdd"] = list(options["group_add"])
+    if options.get("sysctls"):
+        document["Sysctls"] = dict(text.partition("=")[::2] for text in options["sysctls"])
     return document
 
 

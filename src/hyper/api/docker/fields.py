@@ -256,8 +256,19 @@ FIELDS: tuple[Field, ...] = (
         H,
         "the container's root mounted read-only; its volumes, tmpfs and /dev keep their own modes",
     ),
-    Field("HostConfig.GroupAdd", "--group-add", X, "supplementary groups are not set yet"),
-    Field("HostConfig.Sysctls", "--sysctl", X, "sysctls are not set in the VM yet"),
+    Field(
+        "HostConfig.GroupAdd",
+        "--group-add",
+        H,
+        "supplementary groups (names from the container's /etc/group, or numbers) added to the user's",
+    ),
+    Field(
+        "HostConfig.Sysctls",
+        "--sysctl",
+        H,
+        "namespaced sysctls (kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, net.*) written in the "
+        "VM before the process starts; others refused, as runc does",
+    ),
     Field("HostConfig.OomScoreAdj", "--oom-score-adj", X, "not set in the VM yet"),
     Field("HostConfig.OomKillDisable", "--oom-kill-disable", X, "the VM's kernel kills on OOM"),
     Field("HostConfig.PidsLimit", "--pids-limit", H, "pids.max of the container's cgroup in the guest"),
