@@ -48,6 +48,9 @@ WEB_SCRIPT = (
 )
 
 
+POD_SYSCTLS = {"net.ipv4.ip_forward": "1", "kernel.shmmax": "123456789"}
+
+
 @dataclass
 class Pod:
     hyperd: CriHyperd
@@ -75,7 +78,8 @@ def pod(image_state: Path, shared_cache: Path, tmp_path_factory: pytest.TempPath
     logs = tmp_path_factory.mktemp("cri-logs")
     try:
         with CriHyperd(state, shared_cache) as daemon, daemon.client() as client:
-            config = _sandbox_config("stats", logs)
+            # The pod's namespaced sysctls, read back by test_security_context_reaches_the_process.
+            config = _sandbox_config("stats", logs, sysctls=POD_SYSCTLS)
             sandbox_id = _run_sandbox(client, config)
             web = _create(client, sandbox_id, _container_config("web", ["sh", "-c", WEB_SCRIPT]), config)
             start(client, web)
@@ -237,6 +241,68 @@ def test_update_container_resources_changes_its_cgroup(pod: Pod) -> None:
     )
     client.call("UpdateContainerResources", unlimited, cri.UpdateContainerResourcesResponse)
     assert exec_sync(client, pod.web, "cat", "/sys/fs/cgroup/cpu.max").stdout == b"max 100000\n"
+
+
+def test_security_context_reaches_the_process(pod: Pod, tmp_path: Path) -> None:
+    """Supplemental groups, masked and read-only paths, a Localhost seccomp
+    profile and the pod's sysctls, seen from inside the VM (through ExecSync,
+    which is confined as its container)."""
+    client = pod.client
+    profile = tmp_path / "no-mkdir.json"
+    profile.write_text(
+        json.dumps(
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}],
+            }
+        )
+    )
+    context = cri.LinuxContainerSecurityContext(
+        supplemental_groups=[1234, 5678],
+        masked_paths=["/proc/version"],
+        readonly_paths=["/proc/uptime"],
+        seccomp=cri.SecurityProfile(profile_type=cri.SecurityProfile.Localhost, localhost_ref=str(profile)),
+    )
+    config = _container_config(
+        "secured", ["sleep", "100000"], linux=cri.LinuxContainerConfig(security_context=context)
+    )
+    secured = _create(client, pod.sandbox_id, config, pod.config)
+    start(client, secured)
+    script = (
+        "echo groups=$(id -G | tr ' ' ,); echo version=$(wc -c < /proc/version); "
+        "echo kcore=$(stat -c %s /proc/kcore); "
+        "echo uptime_ro=$(grep ' /proc/uptime ' /proc/self/mountinfo | grep -c ' ro,'); "
+        "echo forward=$(cat /proc/sys/net/ipv4/ip_forward); echo shmmax=$(cat /proc/sys/kernel/shmmax); "
+        "mkdir /tmp/d 2>/dev/null && echo mkdir=ok || echo mkdir=denied"
+    )
+    read = exec_sync(client, secured, "sh", "-c", script)
+    assert read.exit_code == 0, read.stderr
+    seen = dict(line.split("=", 1) for line in read.stdout.decode().split())
+    assert seen["groups"] == "0,1234,5678"
+    assert (seen["version"], seen["uptime_ro"]) == ("0", "1")
+    assert seen["kcore"] != "0"  # the given list replaced runc's
+    assert (seen["forward"], seen["shmmax"]) == ("1", "123456789")
+    assert seen["mkdir"] == "denied"
+    client.call(
+        "StopContainer", cri.StopContainerRequest(container_id=secured, timeout=0), cri.StopContainerResponse
+    )
+    client.call(
+        "RemoveContainer", cri.RemoveContainerRequest(container_id=secured), cri.RemoveContainerResponse
+    )
+
+    profile.write_text('{"defaultAction": "SCMP_ACT_SOMETIMES"}')
+    bad = cri.CreateContainerRequest(pod_sandbox_id=pod.sandbox_id, config=config, sandbox_config=pod.config)
+    message = _fails(
+        client, "CreateContainer", bad, cri.CreateContainerResponse, grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert f"the Localhost seccomp profile {profile}" in message
+    not_namespaced = cri.RunPodSandboxRequest(
+        config=_sandbox_config("panicky", tmp_path, sysctls={"kernel.panic": "1"})
+    )
+    message = _fails(
+        client, "RunPodSandbox", not_namespaced, cri.RunPodSandboxResponse, grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert "sysctl 'kernel.panic' is not in a separate kernel namespace" in message
 
 
 # -- streaming ----------------------------------------------------------------------

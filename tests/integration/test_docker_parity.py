@@ -137,8 +137,9 @@ OPTION_WALK: list[tuple[tuple[str, ...], str | None]] = [
     (("--device-cgroup-rule", "c 1:3 rwm"), "--device-cgroup-rule"),
     (("--gpus", "all"), "--gpus"),
     (("--domainname", "example.com"), "--domainname"),
-    (("--group-add", "10"), "--group-add"),
-    (("--sysctl", "net.core.somaxconn=100"), "--sysctl"),
+    (("--group-add", "10"), None),
+    (("--sysctl", "net.core.somaxconn=100"), None),
+    (("--sysctl", "net.a/b=1"), "invalid sysctl name 'net.a/b'"),  # the CLI refuses kernel.panic itself
     (("--oom-score-adj", "10"), "--oom-score-adj"),
     (("--oom-kill-disable",), "--oom-kill-disable"),
     (("--pids-limit", "10"), None),
@@ -251,15 +252,19 @@ def test_confinement_options_reach_the_container_and_show_in_inspect(hyperd: Doc
         "echo nofile=$(ulimit -n)\n"
         "echo shm=$(df -k /dev/shm | tail -1 | awk '{print $2}')\n"
         "echo pid=$$\n"
+        "echo groups=$(id -G | tr ' ' ,)\n"
+        "echo forward=$(cat /proc/sys/net/ipv4/ip_forward)\n"
     )
     output = ok(
         hyperd.docker(
             "run", "--name", "confined", "--cap-add", "SYS_PTRACE", "--cap-drop", "CHOWN",
             "--ulimit", "nofile=512:1024", "--shm-size", "128m", "--security-opt", "no-new-privileges",
-            "--init", "busybox", "sh", "-c", script,
+            "--init", "--group-add", "1234", "--sysctl", "net.ipv4.ip_forward=1",
+            "busybox", "sh", "-c", script,
         )
     )  # fmt: skip
     seen = dict(line.split("=", 1) for line in output.split())
+    assert (seen["groups"], seen["forward"]) == ("0,1234", "1")
     caps = int(seen["CapEff"], 16)
     assert not caps & (1 << 0) and caps & (1 << 19)  # CAP_CHOWN dropped, CAP_SYS_PTRACE added
     assert not caps & (1 << 21)  # no CAP_SYS_ADMIN: Docker's default set
@@ -270,6 +275,11 @@ def test_confinement_options_reach_the_container_and_show_in_inspect(hyperd: Doc
     assert (host["CapAdd"], host["CapDrop"]) == (["CAP_SYS_PTRACE"], ["CAP_CHOWN"])
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 512, "Hard": 1024}]
     assert (host["ShmSize"], host["Init"], host["SecurityOpt"]) == (128 << 20, True, ["no-new-privileges"])
+    assert (host["GroupAdd"], host["Sysctls"]) == (["1234"], {"net.ipv4.ip_forward": "1"})
+    # A group name is looked up in the container's /etc/group when it starts, as Docker does.
+    assert "unable to find group nosuch" in failed(
+        hyperd.docker("run", "--rm", "--group-add", "nosuch", "busybox", "true")
+    )
     privileged = ok(
         hyperd.docker(
             "run", "--rm", "--privileged", "busybox", "sh", "-c",

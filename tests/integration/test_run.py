@@ -449,10 +449,13 @@ def test_confinement_options_of_the_cli_reach_the_container(hyper_env: HyperEnv,
         "echo shm=$(df -k /dev/shm | tail -1 | awk '{print $2}')\n"
         "mkdir /tmp/x 2>/dev/null && echo mkdir=ok || echo mkdir=denied\n"
         "echo pid=$$\n"
+        "echo groups=$(id -G | tr ' ' ,)\n"
+        "echo msgmax=$(cat /proc/sys/kernel/msgmax)\n"
     )
     result = hyper_env.run(
         "run", "--rm", "--cap-drop", "chown", "--cap-add", "SYS_PTRACE", "--ulimit", "nofile=256:512",
-        "--shm-size", "32m", "--security-opt", f"seccomp={profile}", "--init", BUSYBOX, "sh", "-c", script,
+        "--shm-size", "32m", "--security-opt", f"seccomp={profile}", "--init", "--group-add", "4321",
+        "--sysctl", "kernel.msgmax=12345", BUSYBOX, "sh", "-c", script,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     seen = dict(line.split("=", 1) for line in result.stdout.decode().split())
@@ -461,5 +464,6 @@ def test_confinement_options_of_the_cli_reach_the_container(hyper_env: HyperEnv,
     assert (seen["Seccomp"], seen["mkdir"]) == ("2", "denied")  # the file's profile, not Docker's default
     assert (seen["nofile"], seen["shm"]) == ("256", str(32 << 10))
     assert seen["pid"] != "1"  # --init is PID 1
+    assert (seen["groups"], seen["msgmax"]) == ("0,4321", "12345")
     refused = hyper_env.run("run", "--rm", "--cap-add", "NO_SUCH_CAP", BUSYBOX, "true")
     assert refused.returncode == 125 and b"unknown capability" in refused.stderr

@@ -331,6 +331,10 @@ def test_namespaced_sysctls_pass_and_others_are_refused_naming_the_key() -> None
     for text, message in [
         ("kernel.panic=1", "sysctl 'kernel.panic' is not in a separate kernel namespace"),
         ("vm.swappiness=1", "sysctl 'vm.swappiness' is not in a separate kernel namespace"),
+        (
+            "net.core.bpf_jit_harden=0",
+            "sysctl 'net.core.bpf_jit_harden' is not in a separate kernel namespace",
+        ),
         ("net.ipv4.ip_forward", "use --sysctl NAME=VALUE"),
         ("net/ipv4/ip_forward=1", "invalid sysctl name"),
         ("net..x=1", "invalid sysctl name"),

@@ -353,7 +353,11 @@ def sysctl_problem(name: str, value: str) -> str | None:
         return f"invalid sysctl name {name!r}: use dotted names such as net.ipv4.ip_forward"
     if "\n" in value or "\0" in value:
         return f"the value of sysctl {name} must be one line"
-    if name not in NAMESPACED_SYSCTLS and not name.startswith(NAMESPACED_SYSCTL_PREFIXES):
+    # The BPF JIT's sysctls sit under net.core but belong to the whole kernel
+    # (a container's network namespace could not write them under runc either):
+    # they stay hardened as the agent booted them.
+    global_net = name.startswith("net.core.bpf_")
+    if global_net or (name not in NAMESPACED_SYSCTLS and not name.startswith(NAMESPACED_SYSCTL_PREFIXES)):
         return f"sysctl {name!r} is not in a separate kernel namespace"
     return None
 
