@@ -106,7 +106,17 @@ def unpack_layer(
     try:
         with tarfile.open(fileobj=stream, mode="r|") as archive:
             for member in archive:
-                extractor.add(archive, member)
+                try:
+                    extractor.add(archive, member)
+                except OSError as exc:
+                    # A name the layer's symlinks lead to can exceed NAME_MAX or PATH_MAX
+                    # though every entry's own name is within bounds.
+                    if exc.errno != errno.ENAMETOOLONG:
+                        raise
+                    raise InvalidArgument(
+                        f"layer entry {member.name!r} leads to a path too long for this file system",
+                        hint=_BAD_LAYER_HINT,
+                    ) from exc
     except (tarfile.TarError, EOFError, zlib.error, ValueError) as exc:
         # ValueError: tarfile's own parsing of some malformed PAX records (GNU sparse) raises it.
         raise DataLoss(
