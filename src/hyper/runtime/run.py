@@ -42,6 +42,7 @@ from hyper.runtime.teardown import STOP_SIGNALS, ForegroundStop
 from hyper.storage import mounts as storage_mounts
 from hyper.storage import plan as storage_plan
 from hyper.storage.share import ProxyShare, ShareEntry, share_mode, share_unavailable
+from hyper.storage.volume_disk import MKFS_SPARSE_EXT4
 from hyper.storage.volumes import VolumeStore
 from hyper.vm.accel import AccelChoice, choose_accel, probe_host
 from hyper.vm.appliance import Appliance, ensure_appliance
@@ -124,16 +125,7 @@ def make_writable_disk(path: Path, size: int = WRITABLE_DISK_BYTES) -> None:
         f.truncate(size)
     try:
         subprocess.run(
-            [
-                "mkfs.ext4",
-                "-q",
-                "-F",
-                "-m",
-                "0",
-                "-E",
-                "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
-                str(path),
-            ],
+            [*MKFS_SPARSE_EXT4, str(path)],
             capture_output=True,
             text=True,
             check=True,

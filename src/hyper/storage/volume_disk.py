@@ -36,6 +36,14 @@ MOUNT_OPTIONS = "loop,nosuid,nodev,discard"
 TIMEOUT = 120.0
 
 
+# No reserved blocks (a disk is all its user's); tables made lazily by the kernel, so
+# a large sparse image is formatted at once and stays sparse. Volumes' disks and
+# containers' writable disks (hyper.runtime.run) are made alike.
+MKFS_SPARSE_EXT4 = (
+    "mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+)  # fmt: skip
+
+
 def _run(command: list[str], what: str) -> None:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
@@ -80,21 +88,7 @@ def make_disk(directory: Path, size: int) -> None:
         with exclusive_lock(directory.parent / LOCK):
             with open(partial, "wb") as disk:
                 disk.truncate(size)
-            # No reserved blocks (the volume is all its user's); tables made lazily by the
-            # kernel, so a large volume is made at once and stays sparse.
-            _run(
-                [
-                    "mkfs.ext4",
-                    "-q",
-                    "-F",
-                    "-m",
-                    "0",
-                    "-E",
-                    "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
-                    str(partial),
-                ],
-                "format the volume's disk",
-            )
+            _run([*MKFS_SPARSE_EXT4, str(partial)], "format the volume's disk")
             os.rename(partial, image)
             _mount(image, data)
             # A new ext4 has lost+found; a new volume is empty (Docker's copy-up fills empty ones).
