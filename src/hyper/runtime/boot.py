@@ -65,4 +65,7 @@ async def _greet(vm: QemuDriver, timeout: float, *, auto_ack: bool, resume: int 
         await agent.close()
         raise
     finally:
+        # Cancelled meanwhile (the run is stopping): the hello must not outlive
+        # the agent and fail unseen ("Task exception was never retrieved").
+        hello.cancel()
         exited.cancel()
