@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from typing import Any
 
 from hyper.agent.host import AgentClient
 from hyper.errors import DeadlineExceeded
@@ -46,6 +47,11 @@ async def boot_agent(vm: QemuDriver, timeout: float, *, auto_ack: bool = True) -
     return await _greet(vm, timeout, auto_ack=auto_ack, resume=resume)
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def _greet(vm: QemuDriver, timeout: float, *, auto_ack: bool, resume: int | None = None) -> AgentClient:
     agent = await AgentClient.connect(vm.spec.agent_socket, 10, auto_ack=auto_ack)
     hello = asyncio.create_task(agent.hello(timeout, resume=resume))
@@ -65,7 +71,9 @@ async def _greet(vm: QemuDriver, timeout: float, *, auto_ack: bool, resume: int 
         await agent.close()
         raise
     finally:
-        # Cancelled meanwhile (the run is stopping): the hello must not outlive
-        # the agent and fail unseen ("Task exception was never retrieved").
+        # Cancelled meanwhile (the run is stopping), the hello must not outlive
+        # the agent, nor its failure go unseen ("Task exception was never
+        # retrieved"): before Python 3.12 its wait_for may swallow the cancel.
         hello.cancel()
+        hello.add_done_callback(_retrieve)
         exited.cancel()
