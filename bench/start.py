@@ -15,6 +15,14 @@ In one run, alternating, N times each (default 7):
 Prints medians, b/a, c/a, d/a, c/b, d/c and e/d (the CLI's share of a run),
 and the load average before and after, since the machine may be shared.
 
+Then (d)'s budget by phase: the pool's hyperd and its CLI runs mark their
+steps in one trace file (HYPER_TRACE, hyper.trace); each row is a step
+between two consecutive marks of a run (`spawned` and `reaped` are the
+bench's own, around the CLI process), its median over the runs that had it,
+and its share of (d)'s median. Steps that race (the CLI's start answer and
+the container's exit) may come in either order: a row says in how many runs
+it was.
+
 Every VM here has no network (HYPER_BRIDGE=none), as runsc's.
 
 Usage: python bench/start.py [-n N]
@@ -37,6 +45,7 @@ from pathlib import Path
 from hyper.cli.client import DaemonClient
 from hyper.image import ImageConfig, ImageStore
 from hyper.image.busybox import write_busybox_rootfs_tar
+from hyper.trace import Mark, parse, phase_rows, run_marks
 
 IMAGE = "localhost/busybox:latest"
 CLI_ONLY = (
@@ -46,10 +55,33 @@ CLI_ONLY = (
 )
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
+def timed(command: list[str], env: dict[str, str], windows: list[tuple[float, float]] | None = None) -> float:
+    """The seconds `command` took; with `windows`, its wall-clock span is added
+    there (for the trace's marks)."""
+    spawned = time.time()
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, timeout=300, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if windows is not None:
+        windows.append((spawned, time.time()))
+    return seconds
+
+
+def print_phases(trace: Path, windows: list[tuple[float, float]], total: float) -> None:
+    """(d)'s budget by phase, from the trace of its runs (the module's docstring)."""
+    marks = parse(trace.read_text()) if trace.exists() else []
+    runs = []
+    for spawned, reaped in windows:
+        inside = run_marks(marks, spawned, reaped)
+        runs.append(
+            [Mark(spawned, 0, "bench", "", "spawned"), *inside, Mark(reaped, 0, "bench", "", "reaped")]
+        )
+    print(f"(d) by phase, median of {len(runs)} runs (share of (d)'s median {total:.3f}s):")
+    width = max((len(f"{row.start} -> {row.end}") for row in phase_rows(runs)), default=0)
+    for row in phase_rows(runs):
+        label = f"{row.start} -> {row.end}"
+        seen = "" if row.runs == len(runs) else f"  (in {row.runs} of {len(runs)} runs)"
+        print(f"  {label:<{width}}  {row.seconds * 1000:7.1f} ms  {row.seconds / total:6.1%}{seen}")
 
 
 def stop_daemon(socket: Path) -> None:
@@ -89,10 +121,20 @@ def main() -> None:
     # No network anywhere, as runsc's --network=none (and a pool VM serves only
     # pods without a NIC of their own: docs/pool.md).
     env = dict(os.environ, HYPER_STATE_DIR=str(state), HYPER_RUNTIME_DIR=str(runtime), HYPER_BRIDGE="none")
-    for name in ("HYPER_RUN_DIRECT", "HYPER_POOL", "HYPER_POOL_MEMORY"):
+    for name in ("HYPER_RUN_DIRECT", "HYPER_POOL", "HYPER_POOL_MEMORY", "HYPER_TRACE"):
         env.pop(name, None)
     direct_env = dict(env, HYPER_RUN_DIRECT="1")
-    pool_env = dict(env, HYPER_STATE_DIR=str(pool_state), HYPER_RUNTIME_DIR=str(pool_runtime), HYPER_POOL="1")
+    # The pool's hyperd is started by the first run below, with this environment:
+    # it marks its steps in the same trace file as the CLI.
+    trace = scratch / "trace"
+    pool_env = dict(
+        env,
+        HYPER_STATE_DIR=str(pool_state),
+        HYPER_RUNTIME_DIR=str(pool_runtime),
+        HYPER_POOL="1",
+        HYPER_TRACE=str(trace),
+    )
+    windows: list[tuple[float, float]] = []  # the measured pool runs' spans
     hyper = [sys.executable, "-m", "hyper.cli.main"]
     runsc = shutil.which("runsc")
     print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}", flush=True)
@@ -107,7 +149,7 @@ def main() -> None:
 
         def from_pool() -> float:
             wait_ready(pool_runtime / "hyperd.sock")  # untimed: the pool keeps up
-            return timed(run, pool_env)
+            return timed(run, pool_env, windows)
 
         kinds: dict[str, Callable[[], float]] = {
             "direct": lambda: timed(run, direct_env),
@@ -127,6 +169,7 @@ def main() -> None:
         timed(run, pool_env)
         for kind in kinds.values():
             kind()
+        windows.clear()
         results: dict[str, list[float]] = {name: [] for name in kinds}
         for i in range(args.n):
             for name, kind in kinds.items():
@@ -153,6 +196,8 @@ def main() -> None:
         print(f"e/c = {medians['cli'] / medians['hyperd']:.3f} (of a run through hyperd)")
         with DaemonClient(pool_runtime / "hyperd.sock") as client:
             print(f"pool: {client.pool()}")
+        print()
+        print_phases(trace, windows, medians["pool"])
         print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
     finally:
         stop_daemon(runtime / "hyperd.sock")

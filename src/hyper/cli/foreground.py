@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from hyper import trace
 from hyper.cli.client import ContainerInfo, daemon_socket, docker_error, error_from_body
 from hyper.cli.context import CliContext
 from hyper.cli.streams import open_hijacked, relay
@@ -328,6 +329,7 @@ async def _session(
         await conn.close()
         raise
     try:
+        trace.mark("start sent", container_id)
         starting = asyncio.ensure_future(
             client.call("POST", _path(container_id, "start"), timeout=START_SECONDS)
         )
@@ -338,6 +340,7 @@ async def _session(
         except HyperError as exc:
             await conn.close()
             return await _start_failed(client, container_id, waiter, exc, remove=remove, say=say)
+        trace.mark("start answered", container_id)
 
         def forward(signum: int) -> None:
             call(lambda: client.kill(container_id, str(int(signum))))
@@ -385,6 +388,7 @@ async def _session(
         if not outcome.done():
             outcome.cancel()
             return await _torn_down(waiter, stop.torn_down.result(), say)
+        trace.mark("status received", container_id)
         return outcome.result().status
     finally:
         waiter.close()
@@ -481,6 +485,7 @@ def run_through_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
         print(f"hyper: {message}", file=ctx.stderr, flush=True)
 
     async def create() -> str:
+        trace.mark("create sent")
         try:
             answer = await client.call("POST", "/v1/containers", body=request.to_json())
         except NotFound:
@@ -492,6 +497,7 @@ def run_through_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
         container_id = json.loads(answer).get("id")
         if not isinstance(container_id, str):
             raise InternalError("hyperd's answer to a create has no ID")
+        trace.mark("create answered", container_id)
         return container_id
 
     async def run() -> int:

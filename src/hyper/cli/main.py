@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from hyper import __version__
+from hyper import __version__, trace
 from hyper.cli.context import CliContext
 from hyper.errors import HyperError
 from hyper.paths import default_paths
@@ -67,6 +67,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    trace.set_role("cli")
+    trace.mark("cli started")  # the interpreter and this module's imports are behind
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(words[0] if words else None)
     try:
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # argparse exits 2 on a bad flag; Docker says 125 for that.
         code = exc.code if isinstance(exc.code, int) else 1
         return 0 if code == 0 else EXIT_HYPER_FAILED
+    trace.mark("command parsed")  # and the command's modules imported
     func: CommandFunc | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
@@ -98,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = f"{type(exc).__name__}: {exc}"
         print(f"hyper: unexpected error: {detail} (set HYPER_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_HYPER_FAILED
+    finally:
+        trace.mark("cli exiting")
 
 
 if __name__ == "__main__":

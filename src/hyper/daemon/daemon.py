@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hyper import trace
 from hyper.daemon import members
 from hyper.daemon.events import EventBus
 from hyper.daemon.execs import ExecSession
@@ -220,6 +221,7 @@ class Daemon:
             await self.remove(pod.id, force=True, volumes=True)  # --rm takes anonymous volumes too
 
     async def create(self, request: CreateRequest) -> Pod:
+        trace.mark("create received")  # the container has no ID yet
         if request.options.name is not None:
             name = valid_name(request.options.name)
             request = dataclasses.replace(request, options=dataclasses.replace(request.options, name=name))
@@ -266,6 +268,7 @@ class Daemon:
             await pod.remove(force=True)
             raise
         self.pods[pod.id] = pod
+        trace.mark("container created", pod.id)
         return pod
 
     async def run(self, request: CreateRequest) -> Pod:

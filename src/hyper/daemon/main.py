@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from hyper import trace
 from hyper.api import tenant_admin
 from hyper.api.docker.server import make_docker_app
 from hyper.api.server import make_app
@@ -159,6 +160,7 @@ async def _answers(socket: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    trace.set_role("hyperd")
     parser = argparse.ArgumentParser(prog="hyperd", description=__doc__)
     parser.add_argument("--state-dir", type=Path)
     parser.add_argument("--cache-dir", type=Path)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hyper import trace
 from hyper.agent.host import AgentClient, AgentRequestError, ProcessChannel
 from hyper.errors import Category, FailedPrecondition, HyperError, InvalidArgument
 from hyper.image import Image, ImageStore, LayerDisk
@@ -217,6 +218,7 @@ class ContainerRun:
                 if not made:
                     await asyncio.to_thread(make_writable_disk, partial, size)
                 partial.rename(writable)
+            trace.mark("writable disk ready", self.id)
             return writable
         except BaseException:
             self.release_files(remove=self.fresh)
@@ -292,6 +294,7 @@ class ContainerRun:
         process = specs.process_spec(image.config, self.options, host_env, kernel)
         layers = await asyncio.to_thread(store.layer_disks, image)
         await asyncio.to_thread(self._plan_storage, image)
+        trace.mark("image prepared", self.id)
         return Prepared(image, process, inputs, layers)
 
     def vm_cpus(self) -> int:
@@ -443,6 +446,7 @@ class ContainerRun:
         if self.settings.templates and self.pool is not None and self._poolable(base):
             ready = await self.pool.claim(self._template_config(base))
             if ready is not None:
+                trace.mark("pool vm claimed", self.id)
                 return await self._take_ready(ready, layer_paths, writable)
         if self.settings.templates and fits_template:
             # A template's guest knows its writable disk as SLOT_BYTES long; a
@@ -496,6 +500,7 @@ class ContainerRun:
         except BaseException:
             await ready.discard()
             raise
+        trace.mark("disks hot-added", self.id)
         with contextlib.suppress(OSError):
             self.run_dir.rmdir()  # made for a VM of its own, still empty
         self.run_dir = ready.run_dir
@@ -560,7 +565,9 @@ class ContainerRun:
         try:
             await vm.start()
             # hyperd acknowledges output itself, once it is on disk.
-            return vm, await boot_agent(vm, self.settings.boot_timeout, auto_ack=not self.detached)
+            agent = await boot_agent(vm, self.settings.boot_timeout, auto_ack=not self.detached)
+            trace.mark("vm resumed" if self._resumed else "vm booted", self.id)
+            return vm, agent
         except BaseException:
             await vm.close()
             raise
@@ -602,6 +609,7 @@ class ContainerRun:
             time_ns=time.time_ns(),
             entropy=secrets.token_hex(64),
         )
+        trace.mark("guest set up", self.id)
         layer_serials, writable_serial = self._serials or (
             [templates.layer_serial(i) for i in range(len(layers))],
             templates.WRITABLE_SERIAL,
@@ -622,6 +630,7 @@ class ContainerRun:
             read_only=self.options.read_only,
             resources=specs.container_resources(self.options).message(),
         )
+        trace.mark("container mounted", self.id)
 
     async def _attach(
         self,
@@ -751,6 +760,7 @@ async def start_process(
         if exc.stage in ("exec", "user", "cwd"):
             raise ContainerExit(exc.message, specs.start_failure_status(exc.stage, exc.errno)) from exc
         raise
+    trace.mark("process started" if kind == "start" else "exec started", container)
     return channel
 
 
