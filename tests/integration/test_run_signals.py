@@ -14,14 +14,21 @@ Then the CLI gets SIGTERM or SIGINT (it must kill QEMU and remove its files)
 or SIGKILL (the kernel must kill QEMU: the jailer set a parent-death signal).
 Every wait is for a condition (a pidfd's exit, a process appearing), with a
 generous deadline for a loaded machine under TCG.
+
+hyperd's VMs are not the CLI's children: the jailer forks QEMU off and reports
+its pid. The last test cancels such a start (a pool VM's, resumed from the
+template) once QEMU is up but before the driver has read that report.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -200,3 +207,79 @@ def test_sigkill_of_the_cli_kills_its_qemu(hyper_env: HyperEnv) -> None:
         assert held.cli.returncode == -signal.SIGKILL
         assert held.qemu_exited(), f"QEMU {held.qemu} outlived a killed hyper run"
     assert hyper_env.qemu_processes() == []
+
+
+def _qmp_status(runtime: Path) -> str | None:
+    """The run state a QEMU under `runtime` reports over QMP, if one answers: its
+    main loop runs then, every device is made (the connection is closed after)."""
+    for path in runtime.glob("*/qmp.sock"):
+        with contextlib.suppress(OSError, ValueError), socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(DEADLINE)
+            client.connect(str(path))
+            replies = client.makefile("rb")
+            json.loads(replies.readline())  # the greeting
+            for command in ("qmp_capabilities", "query-status"):
+                client.sendall(json.dumps({"execute": command}).encode() + b"\n")
+                while "return" not in (reply := json.loads(replies.readline())):
+                    pass  # an event
+            return str(reply["return"]["status"])
+    return None
+
+
+def test_a_detached_vm_cancelled_before_its_pid_is_known_is_killed(
+    hyper_env: HyperEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hyperd's VMs are forked off by the jailer, which reports QEMU's pid and exits.
+    A start cancelled before that report (hyperd stopping while its pool fills) must
+    still kill that QEMU, a pool VM waiting in `-incoming defer`, or it runs on with
+    PID 1 as its parent. As root the VM's cgroup is killed at release too; hyperd
+    run by another user has none, so that safety net is taken away here (and the
+    cgroups and id leases released after) to see what the driver does alone."""
+    from hyper.paths import default_paths
+    from hyper.runtime.pool import PoolConfig, VmPool
+    from hyper.runtime.run import ContainerRun, prepare_vm_inputs
+    from hyper.runtime.settings import Settings
+    from hyper.runtime.spec import RunOptions
+    from hyper.vm import confine
+    from hyper.vm.jail import JailSpec
+
+    released: list[JailSpec | None] = []
+    real_release = confine.release
+    monkeypatch.setattr(confine, "release", released.append)
+    environ = hyper_env.environ()
+    paths, settings = default_paths(environ), Settings.from_env(environ)
+
+    async def attempt() -> None:
+        """Start a pool VM; cancel it once QEMU runs, before the driver heard its pid."""
+        run = ContainerRun(RunOptions(image=""), paths, settings, detached=True)
+        shape = run.vm_shape(await prepare_vm_inputs(paths, settings, None))
+        pool = VmPool(paths, settings, PoolConfig())
+        start = asyncio.ensure_future(pool._start(shape))  # what hyperd's pool fills with
+
+        def jailer() -> int | None:
+            return next((c for c in _children(os.getpid()) if b"jailer.py" in b" ".join(_cmdline(c))), None)
+
+        deadline = time.monotonic() + DEADLINE
+        while jailer() is None and not start.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        # Hold the event loop (blocking it on purpose) until QEMU is up: the jailer
+        # has reported and exited, but the driver has not heard it. Cancel then.
+        while _qmp_status(hyper_env.runtime) != "inmigrate":
+            if time.monotonic() > deadline:
+                pytest.fail("no QEMU started for the pool")
+            time.sleep(0.01)
+        start.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            ready = await start
+            await ready.discard()
+            pytest.fail("the pool's start ended before it saw its cancellation")
+
+    try:
+        asyncio.run(attempt())
+        deadline = time.monotonic() + DEADLINE
+        while hyper_env.qemu_processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hyper_env.qemu_processes() == [], "a cancelled detached VM's QEMU runs on"
+    finally:
+        for jail in released:
+            real_release(jail)

@@ -215,7 +215,14 @@ class QemuDriver:
         try:
             if self._share is not None and self._spec.file_share:
                 self._share_fd = await asyncio.to_thread(self._share.start)
-            await self._spawn(prepared)
+            if self._detached:
+                # The jailer forks QEMU off, reports its pid and exits. Cancelled
+                # before that pid is read, close() would have nothing to kill (nor
+                # would confine.release, without a cgroup of the VM's own) and QEMU
+                # would run on, nobody's: the spawn ends first, however cancelled.
+                await _to_the_end(asyncio.ensure_future(self._spawn(prepared)))
+            else:
+                await self._spawn(prepared)  # QEMU is our child: close() kills it
             self._qmp = await self._connect_qmp()
             if self._spec.incoming_state is not None:
                 await self._resume_from(self._spec.incoming_state)
@@ -625,6 +632,22 @@ class QemuDriver:
             self._jail_released = True
             # Shielded: a second Ctrl-C must not leave the cgroup and id lease behind.
             await asyncio.shield(asyncio.to_thread(confine.release, self._spec.jail))
+
+
+async def _to_the_end(future: asyncio.Future[None]) -> None:
+    """Await `future` until it ends even when cancelled meanwhile (bounded: it has
+    timeouts of its own); a cancellation is raised after, once it ended."""
+    cancelled: asyncio.CancelledError | None = None
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        if not future.cancelled():
+            future.exception()  # the cancellation is what the caller hears of
+        raise cancelled
+    future.result()
 
 
 async def _undo_preparation(preparing: asyncio.Future[confine.PreparedJail]) -> None:
