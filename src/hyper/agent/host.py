@@ -116,6 +116,29 @@ class AgentClient:
             raise AgentConnectionLost(f"cannot connect to the agent socket {socket_path}: {exc}") from exc
         return cls(reader, writer, auto_ack=auto_ack)
 
+    @classmethod
+    async def reconnect(cls, socket_path: Path, timeout: float, *, auto_ack: bool = True) -> AgentClient:
+        """Connect to the agent of a VM whose earlier host is gone (hyperd adopting
+        its pods after a crash).
+
+        A host that died while its VM was paused can leave QEMU 7.2's agent port
+        without a close: QEMU takes the next connection as the same one, so the
+        port keeps what the dead connection left (a port throttled by a write
+        that failed stays throttled), and the guest, never told that its host
+        left, misses the new host's hello (seen about once in ten adoptions of a
+        paused VM under load). So a first connection is made and closed at once:
+        QEMU accepts connections one at a time, so that one is taken after the
+        dead one is gone, and its end is a real close, which resets the port and
+        tells the guest; the second connection is then a fresh open.
+        """
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), timeout)
+            writer.close()
+            await writer.wait_closed()
+        except (TimeoutError, OSError) as exc:
+            raise AgentConnectionLost(f"cannot connect to the agent socket {socket_path}: {exc}") from exc
+        return await cls.connect(socket_path, timeout, auto_ack=auto_ack)
+
     # -- receiving ------------------------------------------------------------
     async def _read_loop(self) -> None:
         decoder = FrameDecoder()

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -328,7 +329,12 @@ class Pod(PodRequests):
         try:
             share = ProxyShare.adopt(spec.run_dir) if spec.file_share else None
             vm = await QemuDriver.adopt(spec, self.record.qemu_pid, self.settings.qemu_binary, share=share)
-        except VmStartError:
+        except VmStartError as exc:
+            print(
+                f"hyperd: container {self.record.name}: not adopted: {exc.message}",
+                file=sys.stderr,
+                flush=True,
+            )
             await self._finish(EXIT_VM_DIED, "the VM stopped while hyperd was not running")
             return
         resume = self.log.last_offset(since=int(doc.get("log_position") or 0))
@@ -340,7 +346,7 @@ class Pod(PodRequests):
                 paused = True
             else:
                 paused = False
-            agent = await AgentClient.connect(spec.agent_socket, 10, auto_ack=False)
+            agent = await AgentClient.reconnect(spec.agent_socket, 10, auto_ack=False)
             channel = agent.open_process(MAIN_PROCESS, keep=True)
             self._supervise(vm, agent, channel)  # reading starts before the hello: the replay comes first
             # The containers that joined this VM take their streams back too; the
@@ -358,7 +364,9 @@ class Pod(PodRequests):
         except (HyperError, TimeoutError) as exc:
             self.vm = vm
             message = exc.message if isinstance(exc, HyperError) else "timed out"
-            await self._finish(EXIT_VM_DIED, f"the VM's agent could not be reached again: {message}")
+            reason = f"the VM's agent could not be reached again: {message}"
+            print(f"hyperd: container {self.record.name}: {reason}", file=sys.stderr, flush=True)
+            await self._finish(EXIT_VM_DIED, reason)
 
     # -- running ----------------------------------------------------------------
     async def _pump(self, channel: ProcessChannel, generation: int) -> None:
