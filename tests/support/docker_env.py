@@ -11,6 +11,7 @@ of hyperd and of the CLI are temporary too, so no test reads the user's.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -200,6 +201,9 @@ class DockerHyperd:
         if self.log.exists():
             self.final_log = self.log.read_text(errors="replace")  # what it said up to its exit
         if not self.keep_root:
+            # VMs outlive hyperd by design; a test that ended (or failed) with
+            # pods running must not leave their QEMUs behind its directory.
+            _kill_qemus_of(self.root)
             unmount_all(self.state / "volumes")  # sized volumes' file systems, or rmtree stops at them
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -208,3 +212,21 @@ class DockerHyperd:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _kill_qemus_of(root: Path) -> None:
+    """SIGKILL every QEMU whose command line names a path under `root`, and wait for each."""
+    pattern = f"qemu-system.*{root}/"
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+    for pid in (int(word) for word in found.stdout.split()):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            select.select([pidfd], [], [], 30)  # readable once it is gone
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
