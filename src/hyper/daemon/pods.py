@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from hyper import trace
 from hyper.agent.host import AgentClient, AgentConnectionLost, ProcessChannel
 from hyper.agent.protocol import FrameKind
 from hyper.daemon import health
@@ -236,6 +237,7 @@ class Pod(PodRequests):
 
     async def start(self) -> bool:
         """Boot the container's VM and start its process; False if it already runs."""
+        trace.mark("start received", self.id)
         async with self._lock:
             if self.running:
                 return False
@@ -406,6 +408,7 @@ class Pod(PodRequests):
                     )
                 )
             return
+        trace.mark("process exited", self.id)
         self._spawn(self._finish(status, None, generation, oom_killed=channel.oom_killed))
 
     def _sync(self, offset: int | None, channel: ProcessChannel) -> None:
@@ -481,9 +484,11 @@ class Pod(PodRequests):
         if agent is not None and agent.failure is None and vm is not None and reason is None:
             with contextlib.suppress(HyperError):
                 await agent.request("shutdown", timeout=SHUTDOWN_SECONDS)
+            trace.mark("guest shut down", self.id)
         if vm is not None:
             await vm.stop(SHUTDOWN_SECONDS)
             await vm.close()
+            trace.mark("vm powered off", self.id)
         if self.network is not None:
             await self.network.release(self.id)  # its taps went with QEMU
         if agent is not None:
@@ -566,6 +571,7 @@ class Pod(PodRequests):
         self.state.delete(self.id)
         removed = await asyncio.to_thread(release_container_volumes, self.paths, self.id, anonymous=volumes)
         self.removed.set()
+        trace.mark("container removed", self.id)
         async with self._changed:
             self._changed.notify_all()
         self._publish("destroy")
