@@ -2,8 +2,9 @@
 
 When the environment variable `HYPER_TRACE` names a file, `mark(phase, ref)`
 appends one line to it; when it is unset (the usual case) `mark` returns at
-once: the choice is made once, at import, and this module imports nothing
-beyond `os` and `time`, so the marks on the hot paths cost next to nothing.
+once: the choice is made once, at import, and this module imports only
+standard modules every marking process has loaded already, so the marks on
+the hot paths cost next to nothing.
 
 Each line is one `write` on a descriptor opened with O_APPEND, so the CLI and
 hyperd (and any number of processes) can share one file without their lines
