@@ -332,12 +332,8 @@ class Pod(PodRequests):
             share = ProxyShare.adopt(spec.run_dir) if spec.file_share else None
             vm = await QemuDriver.adopt(spec, self.record.qemu_pid, self.settings.qemu_binary, share=share)
         except VmStartError as exc:
-            print(
-                f"hyperd: container {self.record.name}: not adopted: {exc.message}",
-                file=sys.stderr,
-                flush=True,
-            )
-            await self._finish(EXIT_VM_DIED, "the VM stopped while hyperd was not running")
+            gone = "the VM stopped while hyperd was not running"
+            await self._not_adopted(gone, f"not adopted: {exc.message}")
             return
         resume = self.log.last_offset(since=int(doc.get("log_position") or 0))
         if resume is None:
@@ -366,9 +362,13 @@ class Pod(PodRequests):
         except (HyperError, TimeoutError) as exc:
             self.vm = vm
             message = exc.message if isinstance(exc, HyperError) else "timed out"
-            reason = f"the VM's agent could not be reached again: {message}"
-            print(f"hyperd: container {self.record.name}: {reason}", file=sys.stderr, flush=True)
-            await self._finish(EXIT_VM_DIED, reason)
+            await self._not_adopted(f"the VM's agent could not be reached again: {message}")
+
+    async def _not_adopted(self, reason: str, detail: str | None = None) -> None:
+        """A VM an earlier hyperd left that this one cannot take over: said on
+        hyperd's log (with `detail` when there is more to say) and recorded."""
+        print(f"hyperd: container {self.record.name}: {detail or reason}", file=sys.stderr, flush=True)
+        await self._finish(EXIT_VM_DIED, reason)
 
     # -- running ----------------------------------------------------------------
     async def _pump(self, channel: ProcessChannel, generation: int) -> None:
